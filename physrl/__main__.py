@@ -1,0 +1,5 @@
+import sys
+
+from physrl.cli import main
+
+sys.exit(main())
