@@ -1,0 +1,219 @@
+"""Transfer (coupling) operators: apply C to a vector of per-environment updates.
+
+MODEL.md §1-4. Every coupling has one interface, ``apply(v)``: given
+``v`` of shape ``(..., n_envs)`` it returns ``C v`` of the same shape, i.e.
+``(C v)_i = sum_j C_ij v_j``: how much the updates earned on every env j move
+env i. Leading axes are independent replicas (a batch); coupling parameters
+(``c``, ``length_scale``, coordinates) may carry the same leading axes, so a
+batch of replicas can hold different couplings (used by fits that evaluate
+many parameter vectors at once and by sweeps over resampled environments).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@runtime_checkable
+class Coupling(Protocol):
+    """A transfer matrix C with C_ii = 1, applied to vectors.
+
+    Attributes
+    ----------
+    n_envs : int
+        N, the size of the last axis of the vectors it accepts.
+    """
+
+    n_envs: int
+
+    def apply(self, v: Tensor) -> Tensor:
+        """Return ``C v``; ``v`` has shape ``(..., n_envs)``."""
+        ...
+
+    def row_sums(self) -> Tensor:
+        """Return ``sum_j C_ij``, shape ``(..., n_envs)`` (for step-size checks)."""
+        ...
+
+
+def _as_tensor(value, like: Tensor | None = None, dtype=None, device=None) -> Tensor:
+    if like is not None:
+        dtype, device = like.dtype, like.device
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+class IdentityCoupling:
+    """No transfer: C = I (each environment learns only from itself).
+
+    Parameters
+    ----------
+    n_envs : int
+        Number of environments N (>= 1).
+    """
+
+    def __init__(self, n_envs: int):
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        self.n_envs = int(n_envs)
+
+    def apply(self, v: Tensor) -> Tensor:
+        return v
+
+    def row_sums(self) -> Tensor:
+        return torch.ones(self.n_envs, dtype=torch.float64)
+
+
+class HomogeneousCoupling:
+    """C = (1 - c) I + c 11ᵀ, applied in O(N) (MODEL.md §3).
+
+    Parameters
+    ----------
+    c : float or Tensor
+        Transfer in [0, 1]. A tensor of shape ``(...,)`` gives one c per
+        replica (it broadcasts against the vectors' leading axes).
+    n_envs : int
+        Number of environments N (>= 1).
+
+    Raises
+    ------
+    ValueError
+        If c lies outside [0, 1] or n_envs < 1.
+    """
+
+    def __init__(self, c, n_envs: int):
+        c_t = torch.as_tensor(c, dtype=torch.float64)
+        if torch.any(c_t < 0) or torch.any(c_t > 1) or torch.any(torch.isnan(c_t)):
+            raise ValueError(f"c (transfer) must lie in [0, 1], got {c}")
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        self.c = c
+        self.n_envs = int(n_envs)
+
+    def _c(self, v: Tensor) -> Tensor:
+        c = _as_tensor(self.c, like=v)
+        return c.unsqueeze(-1) if c.ndim else c
+
+    def apply(self, v: Tensor) -> Tensor:
+        c = self._c(v)
+        return (1 - c) * v + c * v.sum(dim=-1, keepdim=True)
+
+    def row_sums(self) -> Tensor:
+        c = torch.as_tensor(self.c, dtype=torch.float64)
+        c = c.unsqueeze(-1) if c.ndim else c
+        return (1 + (self.n_envs - 1) * c) * torch.ones(self.n_envs, dtype=torch.float64)
+
+
+class DenseCoupling:
+    """An explicit matrix C of shape ``(..., N, N)``; ``apply`` is ``C @ v``.
+
+    Parameters
+    ----------
+    matrix : Tensor or array, shape (..., N, N)
+        The transfer matrix; leading axes are replicas.
+    """
+
+    def __init__(self, matrix):
+        m = torch.as_tensor(matrix)
+        if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
+            raise ValueError(f"matrix must have shape (..., N, N), got {tuple(m.shape)}")
+        self.matrix = m
+        self.n_envs = int(m.shape[-1])
+
+    def apply(self, v: Tensor) -> Tensor:
+        m = self.matrix.to(dtype=v.dtype, device=v.device)
+        return (m @ v.unsqueeze(-1)).squeeze(-1)
+
+    def row_sums(self) -> Tensor:
+        return self.matrix.to(torch.float64).sum(dim=-1)
+
+
+def gaussian_kernel_matrix(coords, length_scale) -> Tensor:
+    """Exact Gaussian transfer kernel C_ij = exp(-|e_i - e_j|² / (2 ℓ²)) (MODEL.md §4).
+
+    Parameters
+    ----------
+    coords : Tensor, shape (..., N, D)
+        Environment coordinates e_i.
+    length_scale : float or Tensor, shape (...,)
+        Characteristic transfer distance ℓ > 0 (per replica if a tensor).
+
+    Returns
+    -------
+    Tensor, shape (..., N, N)
+    """
+    e = torch.as_tensor(coords)
+    ell = _as_tensor(length_scale, like=e)
+    if torch.any(ell <= 0):
+        raise ValueError(f"length_scale must be > 0, got {length_scale}")
+    d2 = (e.unsqueeze(-2) - e.unsqueeze(-3)).pow(2).sum(-1)
+    ell = ell[..., None, None] if ell.ndim else ell
+    return torch.exp(-d2 / (2 * ell**2))
+
+
+class GaussianKernelCoupling(DenseCoupling):
+    """Exact Gaussian kernel coupling from coordinates, O(N²) per product (MODEL.md §4).
+
+    Parameters
+    ----------
+    coords : Tensor, shape (..., N, D)
+        Environment coordinates.
+    length_scale : float or Tensor, shape (...,)
+        ℓ > 0.
+    """
+
+    def __init__(self, coords, length_scale):
+        self.coords = torch.as_tensor(coords)
+        self.length_scale = length_scale
+        super().__init__(gaussian_kernel_matrix(self.coords, length_scale))
+
+
+class RandomFourierCoupling:
+    """Gaussian kernel approximated by random Fourier features, O(N M) per product.
+
+    C ≈ Φ Φᵀ with Φ = sqrt(2/M) cos(E W / ℓ + b), W ~ N(0, I), b ~ U(0, 2π)
+    (Rahimi & Recht 2007, "Random Features for Large-Scale Kernel Machines";
+    MODEL.md §4). The diagonal is 1 only in expectation.
+
+    Parameters
+    ----------
+    coords : Tensor, shape (..., N, D)
+        Environment coordinates (leading axes are replicas).
+    length_scale : float
+        ℓ > 0.
+    n_features : int
+        M, the number of random features.
+    generator : torch.Generator, optional
+        Source of W and b (for reproducible features).
+    """
+
+    def __init__(self, coords, length_scale: float, n_features: int = 512,
+                 generator: torch.Generator | None = None):
+        e = torch.as_tensor(coords)
+        if not length_scale > 0:
+            raise ValueError(f"length_scale must be > 0, got {length_scale}")
+        if n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        d = e.shape[-1]
+        w = torch.randn(d, n_features, generator=generator, dtype=torch.float64)
+        b = torch.rand(n_features, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        w, b = w.to(e.device, e.dtype), b.to(e.device, e.dtype)
+        self.features = math.sqrt(2.0 / n_features) * torch.cos(e @ w / length_scale + b)
+        self.n_envs = int(e.shape[-2])
+        self.length_scale = length_scale
+        self.n_features = n_features
+
+    def apply(self, v: Tensor) -> Tensor:
+        phi = self.features
+        if phi.dtype != v.dtype or phi.device != v.device:
+            phi = phi.to(dtype=v.dtype, device=v.device)
+            self.features = phi
+        u = (v.unsqueeze(-2) @ phi)  # (..., 1, M)
+        return (u @ phi.transpose(-1, -2)).squeeze(-2)
+
+    def row_sums(self) -> Tensor:
+        phi = self.features.to(torch.float64)
+        return (phi @ phi.sum(-2, keepdim=True).transpose(-1, -2)).squeeze(-1)
