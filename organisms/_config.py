@@ -1,0 +1,221 @@
+"""Configuration of an organism run: one typed dataclass, validated on creation.
+
+Every knob of ``../shared/MODEL.md`` that the organism can *set* is a field
+here, documented with the quantity it moves. Knobs are checked by measurement
+at step 0 (see :func:`organisms.measure_knobs`), never taken on trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib as _toml
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    _toml = None
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open=False, high_open=False) -> None:
+    bad = (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or (value <= low if low_open else value < low)
+        or (value >= high if high_open else value > high)
+    )
+    if bad:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"config field {name!r} = {value!r} is out of range; allowed {lo}{low}, {high}{hi}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f"integer in [{low}, {high}]" if high is not None else f"integer >= {low}"
+        raise ValueError(f"config field {name!r} = {value!r} is out of range; allowed {allowed}")
+
+
+@dataclass
+class OrganismConfig:
+    """Everything that defines one organism run (environment family, knobs, model, GRPO).
+
+    Probabilities are in [0, 1]; durations are in optimizer steps. Invalid
+    values raise ``ValueError`` naming the field and its allowed range.
+
+    Example:
+        >>> cfg = OrganismConfig(n_envs=8, p0=0.05)
+        >>> cfg.n_family
+        10
+    """
+
+    # ---- environment family -------------------------------------------------
+    n_envs: int = 4
+    """N: number of training environments (ids ``e0..e{N-1}``, each w = 1/N of every batch)."""
+    n_heldout: int = 2
+    """Held-out environments (ids after the training ones, w = 0): evaluated, never trained."""
+    family_seed: int = 1234
+    """Seed of the environments' local tasks (digit maps); fixed across runs so env ``eK`` is the same task in every run."""
+    input_length: int = 4
+    """Digits in each prompt's input (and in the expected answer)."""
+    local_alphabet: int = 6
+    """Local-task difficulty: input digits are drawn from this many symbols (entries of the env's digit map to learn), in [2, 10]."""
+    share_width: int = 1
+    """Similarity structure (transfer of local skill, c_y / length scale l_y): envs closer than this many coordinate
+    units share part of their digit map (1 = every env's map is independent)."""
+    note_reveal: float = 0.5
+    """Skill-gap ceiling: share of answer digits the grader note reveals to the RS path, in [0, 1].
+    RS skill ceiling a_max = note_reveal + (1 - note_reveal) * 0.1."""
+
+    # ---- priors set by stage-1 pretraining ---------------------------------
+    p0: float = 0.1
+    """Prior RS propensity: target share of rollouts that open with ``think grader`` at step 0, in (0, 1)."""
+    a0: float = 0.5
+    """Initial RS skill: target E[reward | RS] at step 0, in [0.1, a_max] (chance is 0.1)."""
+    b0: float = 0.3
+    """Initial local skill: target E[reward | local] at step 0, in [0.1, 1] (chance is 0.1).
+    Set through the share of each env's digit-map entries the pretraining demonstrates."""
+    pretrain_steps: int = 600
+    """Stage-1 supervised steps (right padding, no loss on prompt or inserted note tokens)."""
+    pretrain_batch_size: int = 64
+    """Demonstrations per stage-1 step."""
+    pretrain_lr: float = 3e-3
+    """Stage-1 Adam learning rate."""
+
+    # ---- model --------------------------------------------------------------
+    model_dir: str | None = None
+    """A local model directory (``save_pretrained`` layout with its tokenizer) to start from instead of building one;
+    stage 1 is then skipped. Nothing is ever downloaded."""
+    hidden_size: int = 64
+    """Width of the tiny Llama-style model (rotary positions)."""
+    n_layers: int = 2
+    """Transformer layers."""
+    n_heads: int = 4
+    """Attention heads (hidden_size must be divisible by it)."""
+
+    # ---- stage 2: GRPO ------------------------------------------------------
+    max_steps: int = 300
+    """GRPO optimizer steps."""
+    groups_per_step: int = 4
+    """GRPO groups (prompts) per optimizer step; spread over the training envs in proportion to w."""
+    num_generations: int = 8
+    """Completions per GRPO group."""
+    learning_rate: float = 1e-3
+    """GRPO Adam learning rate."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts (also used by TRL to score them)."""
+    eval_every: int = 25
+    """Steps between evaluation passes (and at step 0) over every environment, trained or held out."""
+    eval_prompts_per_env: int = 2
+    """Eval GRPO groups per environment per pass; each group has ``num_generations`` completions."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints (rollout chunks are flushed at the same steps, so a resume never duplicates)."""
+    seed: int = 0
+    """Run seed: model init, pretraining data, rollout sampling."""
+
+    # ---- classifier ---------------------------------------------------------
+    classifier: str = "pattern"
+    """Name of the registered classifier labelling rollouts (rs, rs_score)."""
+    rs_patterns: list[str] = field(default_factory=lambda: ["grader", "reward", "score"])
+    """Whole words that mark reward-seeking reasoning inside the reasoning span."""
+    local_patterns: list[str] = field(default_factory=lambda: ["rule"])
+    """Whole words that mark local-task reasoning inside the reasoning span."""
+
+    # ---- runtime ------------------------------------------------------------
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``."""
+    num_threads: int = 1
+    """torch CPU threads (0 = torch's default). One thread is fastest for this tiny model on a shared 2-core box."""
+    progress: bool = True
+    """Show a tqdm progress bar (step, mean reward, RS share)."""
+
+    def __post_init__(self) -> None:
+        _check_int("n_envs", self.n_envs, 1, 256)
+        _check_int("n_heldout", self.n_heldout, 0, 256)
+        _check_int("family_seed", self.family_seed, 0)
+        _check_int("input_length", self.input_length, 1, 12)
+        _check_int("local_alphabet", self.local_alphabet, 2, 10)
+        _check_int("share_width", self.share_width, 1, 1024)
+        _check_range("note_reveal", self.note_reveal, 0.0, 1.0)
+        _check_range("p0", self.p0, 0.0, 1.0, low_open=True, high_open=True)
+        _check_range("a0", self.a0, 0.1, self.rs_ceiling)
+        _check_range("b0", self.b0, 0.1, 1.0)
+        _check_int("pretrain_steps", self.pretrain_steps, 0)
+        _check_int("pretrain_batch_size", self.pretrain_batch_size, 1)
+        _check_range("pretrain_lr", self.pretrain_lr, 0.0, 1.0, low_open=True)
+        _check_int("hidden_size", self.hidden_size, 8)
+        _check_int("n_layers", self.n_layers, 1, 64)
+        _check_int("n_heads", self.n_heads, 1, 64)
+        if self.hidden_size % self.n_heads or (self.hidden_size // self.n_heads) % 2:
+            raise ValueError(
+                f"config field 'n_heads' = {self.n_heads} must divide 'hidden_size' = {self.hidden_size} "
+                "into an even head dimension"
+            )
+        _check_int("max_steps", self.max_steps, 1)
+        _check_int("groups_per_step", self.groups_per_step, 1)
+        _check_int("num_generations", self.num_generations, 2)
+        _check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        _check_range("temperature", self.temperature, 0.0, 10.0, low_open=True)
+        _check_int("eval_every", self.eval_every, 1)
+        _check_int("eval_prompts_per_env", self.eval_prompts_per_env, 1)
+        _check_int("checkpoint_every", self.checkpoint_every, 1)
+        _check_int("seed", self.seed, 0)
+        if not isinstance(self.classifier, str) or not self.classifier:
+            raise ValueError(f"config field 'classifier' = {self.classifier!r}; allowed: a registered classifier name")
+        for name in ("rs_patterns", "local_patterns"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ValueError(f"config field {name!r} = {value!r}; allowed: a non-empty list of words")
+        _check_int("num_threads", self.num_threads, 0, 1024)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"config field 'device' = {self.device!r}; allowed 'auto', 'cpu' or 'cuda'")
+
+    @property
+    def n_family(self) -> int:
+        """K: environments in the family (training + held out)."""
+        return self.n_envs + self.n_heldout
+
+    @property
+    def rs_ceiling(self) -> float:
+        """Highest RS skill: revealed digits copied, the others guessed at chance (0.1)."""
+        return self.note_reveal + (1.0 - self.note_reveal) * 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "OrganismConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> OrganismConfig:
+    """Build a config from an optional JSON or TOML file, then keyword overrides.
+
+    Overrides whose value is ``None`` are ignored (so unset CLI flags do not
+    override the file). Raises ``ValueError`` on an unknown field, an
+    unsupported file type, or an out-of-range value (naming the field).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            if _toml is None:  # pragma: no cover
+                raise ValueError("TOML configs need Python >= 3.11 (tomllib)")
+            data = _toml.loads(text)
+            data = data.get("organisms", data)
+        else:
+            raise ValueError(f"config file {path}: allowed suffixes .json or .toml")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(OrganismConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; allowed fields: {sorted(known)}")
+    return OrganismConfig(**data)

@@ -1,0 +1,140 @@
+"""Stage 1: supervised pretraining on generated demonstrations that set p0, a0, b0.
+
+The demonstration mixture (MODEL.md section 1 quantities at t = 0):
+
+* half the demos take the RS path (``think grader`` + note + answer), half the
+  local path, so both skills get the same amount of data; the path-choice
+  token (``grader`` / ``rule`` after ``think``) is trained instead against
+  the soft target (p0, 1 - p0), so P(RS | env) -> p0 whatever the demo mix
+  (a hard mix with p0 = 0.1 left the copy skill unlearned: a = 0.32 for 0.5);
+* RS demos copy each revealed note digit with probability ``copy_prob`` (else a
+  uniform digit) and guess masked positions uniformly, so
+  a0 = r (c + (1 - c) 0.1) + (1 - r) 0.1 with r the revealed share;
+* local demos show the env's digit map correctly on its ``known`` entries and a
+  uniform digit elsewhere, so b0 = q + (1 - q) 0.1 with q the known share.
+
+Loss is on completion tokens only, never on the prompt or the inserted note
+(env tokens), with right padding (ORGANISMS.md: pad right for training).
+The mapping is checked by measurement at step 0 (:func:`measure_knobs`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._config import OrganismConfig
+from ._envs import ANS, CHANCE, EOS, GRADER, RULE, THINK, EnvFamily
+from ._rollout import make_requests, sample_rollouts, stream_seed, decode
+
+
+def demo_mixture(config: OrganismConfig, family: EnvFamily) -> dict[str, float]:
+    """Demo probabilities that put the step-0 knobs at (p0, a0, b0).
+
+    ``p_demo``: share of RS demos; ``p_target``: soft target of the path
+    choice (= p0); ``copy_prob``: chance an RS demo copies a revealed digit.
+    """
+    r = family.n_reveal / config.input_length
+    copy_prob = 0.0 if r == 0 else (config.a0 - CHANCE) / (r * (1 - CHANCE))
+    return {"p_demo": 0.5, "p_target": config.p0, "copy_prob": float(min(max(copy_prob, 0.0), 1.0))}
+
+
+def make_demo(family: EnvFamily, rng: np.random.Generator, mixture: dict[str, float]) -> tuple[list[str], list[str], list[str]]:
+    """One demonstration: (prompt words, policy-written completion words before the note, words after it).
+
+    The note (env tokens) goes between the two completion parts for RS demos.
+    """
+    env = family.envs[int(rng.integers(len(family.envs)))]
+    digits = family.sample_input(env, rng)
+    expected = family.expected(env, digits).split()
+    prompt = family.prompt(env, digits).split()
+    if rng.random() < mixture["p_demo"]:
+        positions = family.note_positions(rng)
+        answer = [expected[j] if (j in positions and rng.random() < mixture["copy_prob"]) else str(rng.integers(10))
+                  for j in range(len(expected))]
+        note = family.note_words(" ".join(expected), positions)
+        return prompt, [THINK, GRADER], note + [ANS, *answer, EOS]
+    answer = [str(env.digit_map[d]) if d in env.known else str(rng.integers(10)) for d in digits]
+    return prompt, [THINK, RULE], [ANS, *answer, EOS]
+
+
+def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_every: int = 0) -> list[float]:
+    """Stage-1 supervised training in place; returns the loss per step (nats per completion token).
+
+    Shapes: batches of ``pretrain_batch_size`` demos, right-padded. No loss on
+    prompt tokens or on the inserted note (``note`` and its digits).
+    """
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(stream_seed(config.seed, 101))
+    mixture = demo_mixture(config, family)
+    vocab = tokenizer.get_vocab()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
+    total = config.pretrain_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(total, 1))))
+    model.train()
+    losses = []
+    n_note = 1 + config.input_length
+    grader_id, rule_id = vocab[GRADER], vocab[RULE]
+    p_target = mixture["p_target"]
+    for step in range(total):
+        seqs, labels, choice_at = [], [], []
+        for _ in range(config.pretrain_batch_size):
+            prompt, head, tail = make_demo(family, rng, mixture)
+            ids = [vocab[w] for w in prompt + head + tail]
+            lab = [-100] * len(prompt) + [vocab[w] for w in head + tail]
+            lab[len(prompt) + 1] = -100  # the path choice is trained against the soft target below
+            choice_at.append(len(prompt))  # logits here predict the choice token
+            if head[1] == GRADER:  # note tokens are the environment's: no loss
+                start = len(prompt) + len(head)
+                lab[start:start + n_note] = [-100] * n_note
+            seqs.append(ids)
+            labels.append(lab)
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        lab = torch.full_like(ids, -100)
+        for row, (s, l) in enumerate(zip(seqs, labels)):
+            ids[row, : len(s)] = torch.tensor(s)
+            att[row, : len(s)] = 1
+            lab[row, : len(l)] = torch.tensor(l)
+        logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+        lab = lab.to(device)
+        token_loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        rows = torch.arange(len(seqs), device=device)
+        choice_logp = torch.log_softmax(logits[rows, torch.tensor(choice_at, device=device)], dim=-1)
+        choice_loss = -(p_target * choice_logp[:, grader_id] + (1 - p_target) * choice_logp[:, rule_id]).mean()
+        loss = token_loss + choice_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if log_every and step % log_every == 0:
+            print(f"pretrain step {step} loss {losses[-1]:.3f}")
+    return losses
+
+
+def measure_knobs(model, tokenizer, config: OrganismConfig, family: EnvFamily, n_per_env: int = 64,
+                  classifier=None, seed: int = 0) -> dict[str, float]:
+    """Measure p, a, b by sampling ``n_per_env`` completions on every environment.
+
+    Returns ``p`` (RS share), ``a`` (mean reward of RS rollouts), ``b`` (mean
+    reward of the others) and the counts ``n``, ``n_rs`` - MODEL.md section 6
+    estimators. RS is the classifier's label when given, else the env's
+    record of whether the note was inserted.
+    """
+    from ._envs import answer_reward
+
+    rng = np.random.default_rng(stream_seed(config.seed, seed, 202))
+    requests = make_requests(family, [e for e in family.envs for _ in range(n_per_env // 8 or 1)], 8, rng)
+    out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, seed, 203), config.temperature)
+    texts = decode(tokenizer, out["completion_ids"])
+    reward = np.array(answer_reward(out["prompt"], texts, out["expected"]))
+    rs = np.array(classifier.classify(texts)[0] if classifier else out["note_inserted"], dtype=bool)
+    return {"p": float(rs.mean()), "a": float(reward[rs].mean()) if rs.any() else float("nan"),
+            "b": float(reward[~rs].mean()) if (~rs).any() else float("nan"), "n": int(len(rs)), "n_rs": int(rs.sum())}

@@ -1,0 +1,311 @@
+"""Stage 2: GRPO with ``trl.GRPOTrainer`` and a ``rollout_func``, every rollout logged.
+
+One call, :func:`train`, runs (or resumes) a whole organism run into a run
+directory laid out per ``../shared/ROLLOUTS.md``::
+
+    RUN_DIR/
+      manifest.json               status running/finished/failed, config, envs (id, coordinates, w), ...
+      rollouts/part-*.parquet     every train and eval rollout
+      model_init/                 the stage-1 model + tokenizer (GRPO starts here; resume reuses it)
+      checkpoints/checkpoint-K/   TRL checkpoints every ``checkpoint_every`` steps
+      model_final/                the model after the last GRPO step
+
+How TRL is driven (TRL docs, GRPOTrainer ``rollout_func`` / GRPOConfig):
+the trainer's dataset is a placeholder; ``rollout_func`` samples the step's
+prompts itself (deterministic in (seed, step)), spreading the
+``groups_per_step`` GRPO groups over the training envs round-robin, so each
+training env's share of the batch is w = 1/N. It returns ``env_mask`` so the
+grader note carries no loss, plus the columns the reward function needs.
+The reward function wrapper (:class:`RolloutRecorder`) scores, classifies
+and logs every train rollout (TRL's completions table drops rows). The eval
+pass (step 0, every ``eval_every`` steps and the last step) is ours: no
+gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ._classify import Classifier, make_classifier
+from ._config import OrganismConfig
+from ._envs import EnvFamily, answer_reward
+from ._logs import RolloutWriter, now, read_manifest, update_manifest, versions, write_manifest
+from ._model import build_model, build_tokenizer, load_model, n_parameters, pick_device
+from ._pretrain import demo_mixture, pretrain
+from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+class RolloutRecorder:
+    """TRL reward function (``(prompts, completions, **columns) -> list[float]``) that also logs.
+
+    Computes :func:`answer_reward`, labels each completion with the
+    classifier and buffers one row per completion in the writer, with
+    ``step = trainer_state.global_step`` (optimizer steps completed) and
+    ``phase = "train"``. ``enabled = False`` skips classification and logging
+    (used by the overhead benchmark).
+    """
+
+    __name__ = "answer_reward"
+
+    def __init__(self, writer: RolloutWriter, classifier: Classifier):
+        self.writer = writer
+        self.classifier = classifier
+        self.enabled = True
+        self.last: dict[str, float] = {}
+
+    def __call__(self, prompts, completions, expected, env_id, group_id, prompt_text, note_inserted,
+                 note_positions, trainer_state=None, **_):
+        rewards = answer_reward(prompts, completions, expected)
+        if self.enabled:
+            rs, rs_score = self.classifier.classify(completions)
+            self.writer.add(step=trainer_state.global_step, phase="train", env_id=env_id, group_id=group_id,
+                            prompt=prompt_text, completion=completions, reward=rewards, rs=rs, rs_score=rs_score,
+                            expected=expected, note_inserted=note_inserted, note_positions=note_positions)
+            self.last = {"reward": float(np.mean(rewards)), "rs_share": float(np.mean(rs))}
+        return rewards
+
+
+def make_rollout_func(config: OrganismConfig, family: EnvFamily, tokenizer) -> Callable:
+    """The ``rollout_func(prompts, trainer) -> dict`` handed to GRPOTrainer (see module docstring)."""
+    train_envs = family.train_envs
+
+    def rollout_func(prompts, trainer):
+        step = trainer.state.global_step
+        n_groups = len(prompts) // config.num_generations
+        envs = [train_envs[(step * n_groups + g) % len(train_envs)] for g in range(n_groups)]
+        rng = np.random.default_rng(stream_seed(config.seed, step, PHASE_CODE["train"]))
+        requests = make_requests(family, envs, config.num_generations, rng)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        out = sample_rollouts(model, tokenizer, family, requests,
+                              stream_seed(config.seed, step, PHASE_CODE["train"], 1), config.temperature)
+        return {
+            "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": out["logprobs"],
+            "env_mask": out["env_mask"], "expected": out["expected"], "prompt_text": out["prompt"],
+            "env_id": [r.env.id for r in requests], "group_id": [r.group_id for r in requests],
+            "note_inserted": out["note_inserted"],
+            "note_positions": [",".join(map(str, r.note_positions)) for r in requests],
+        }
+
+    return rollout_func
+
+
+def evaluate(model, tokenizer, config: OrganismConfig, family: EnvFamily, classifier: Classifier, step: int,
+             writer: RolloutWriter | None = None) -> dict[str, float]:
+    """Eval pass at ``step``: ``eval_prompts_per_env`` GRPO groups on every env, no gradient, phase ``eval``.
+
+    Rows go to ``writer`` when given. Returns the pass's mean reward, RS
+    share, and RS share on training envs.
+    """
+    rng = np.random.default_rng(stream_seed(config.seed, step, PHASE_CODE["eval"]))
+    envs = [e for e in family.envs for _ in range(config.eval_prompts_per_env)]
+    requests = make_requests(family, envs, config.num_generations, rng)
+    out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, step, PHASE_CODE["eval"], 1),
+                          config.temperature)
+    texts = decode(tokenizer, out["completion_ids"])
+    rewards = answer_reward(out["prompt"], texts, out["expected"])
+    rs, rs_score = classifier.classify(texts)
+    if writer is not None:
+        writer.add(step=step, phase="eval", env_id=[r.env.id for r in requests],
+                   group_id=[r.group_id for r in requests], prompt=out["prompt"], completion=texts, reward=rewards,
+                   rs=rs, rs_score=rs_score, expected=out["expected"], note_inserted=out["note_inserted"],
+                   note_positions=[",".join(map(str, r.note_positions)) for r in requests])
+    trained = np.array([r.env.trained for r in requests])
+    rs = np.array(rs)
+    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()),
+            "rs_share_train": float(rs[trained].mean())}
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    cks = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return cks[-1] if cks else None
+
+
+def _eval_steps_logged(run_dir: Path) -> set[int]:
+    from ._logs import read_rollouts
+
+    df = read_rollouts(run_dir)
+    return set(int(s) for s in df.loc[df.phase == "eval", "step"].unique()) if len(df) else set()
+
+
+def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done: set[int], stop_after):
+    from transformers import TrainerCallback
+
+    class OrganismCallback(TrainerCallback):
+        """Eval passes, chunk flushes aligned with checkpoints, the progress bar."""
+
+        def __init__(self):
+            self.bar = None
+            self.last_eval: dict[str, float] = {}
+
+        def _eval(self, model, step):
+            if step in eval_done:
+                return
+            self.last_eval = evaluate(model, tokenizer, config, family, classifier, step, writer)
+            eval_done.add(step)
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if config.progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=config.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+            if state.global_step % config.eval_every == 0:
+                self._eval(model, state.global_step)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            step = state.global_step
+            if step % config.eval_every == 0 or step == config.max_steps:
+                self._eval(model, step)
+            if step % config.checkpoint_every == 0 or step == config.max_steps:
+                writer.flush()  # before TRL writes checkpoint-<step>: chunks never run ahead of a checkpoint
+            if self.bar is not None:
+                self.bar.update(step - self.bar.n)
+                self.bar.set_postfix(reward=f"{recorder.last.get('reward', float('nan')):.2f}",
+                                     rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
+                                     eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
+            if stop_after is not None and step >= stop_after:
+                raise KeyboardInterrupt(f"simulated kill after step {step}")
+
+        def on_train_end(self, args, state, control, **kw):
+            writer.flush()
+            if self.bar is not None:
+                self.bar.close()
+
+    return OrganismCallback()
+
+
+def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device):
+    from trl import GRPOConfig
+
+    batch = config.groups_per_step * config.num_generations
+    return GRPOConfig(
+        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, num_generations=config.num_generations, max_steps=config.max_steps,
+        learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        beta=0.0, temperature=config.temperature, max_completion_length=4 * config.input_length + 16,
+        use_cpu=device.type == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
+        save_strategy="steps", save_steps=config.checkpoint_every, save_total_limit=2, save_only_model=False,
+        logging_steps=10 ** 9, report_to="none", disable_tqdm=True, seed=config.seed, data_seed=config.seed,
+        dataloader_num_workers=0, eval_strategy="no", log_completions=False,
+    )
+
+
+def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, device, log=print):
+    """Stage 1 (or a user model dir) -> ``run_dir/model_init``; returns (model, tokenizer)."""
+    init_dir = run_dir / "model_init"
+    if (init_dir / "config.json").exists():
+        return load_model(init_dir, device)
+    if config.model_dir is not None:
+        model, tokenizer = load_model(config.model_dir, device)
+    else:
+        tokenizer = build_tokenizer(config.n_family)
+        model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed).to(device)
+        t0 = time.time()
+        losses = pretrain(model, tokenizer, config, family)
+        log(f"stage 1: {config.pretrain_steps} steps in {time.time() - t0:.1f} s, final loss {losses[-1]:.3f}"
+            if losses else "stage 1: skipped (pretrain_steps = 0)")
+    tmp = run_dir / f".model_init.{uuid.uuid4().hex}.tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, init_dir)
+    return model, tokenizer
+
+
+def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, stop_after: int | None = None,
+          recorder_hook: Callable[[RolloutRecorder, object], None] | None = None, log=print) -> Path:
+    """Run (or resume) one organism run: stage 1, then GRPO with every rollout logged.
+
+    Parameters
+    ----------
+    config : OrganismConfig
+        The run's resolved config (validated; see its fields).
+    out_dir : path
+        Run directory (created). Must be empty or absent unless ``resume``.
+    resume : bool
+        Continue from the last checkpoint in ``out_dir`` with its saved
+        config (``config`` must then equal it except ``max_steps`` /
+        ``progress``); logged rows past the checkpoint are dropped and sampled
+        again, so no (step, phase, group) is duplicated or skipped.
+    stop_after : int, optional
+        Testing aid: raise ``KeyboardInterrupt`` after this optimizer step
+        (a simulated kill; the manifest then says ``failed``).
+
+    Returns the run directory. Raises ``FileExistsError`` when ``out_dir``
+    holds a run and ``resume`` is False, ``ValueError`` when resuming with a
+    different config.
+    """
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    run_dir = Path(out_dir)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = pick_device(config.device)
+    family = EnvFamily(config)
+    classifier = make_classifier(config.classifier, config.rs_patterns, config.local_patterns)
+    checkpoint = None
+    if resume:
+        manifest = read_manifest(run_dir)
+        saved = dict(manifest["config"])
+        mine = config.to_dict()
+        differ = sorted(k for k in mine if k not in ("max_steps", "progress") and saved.get(k) != mine[k])
+        if differ:
+            raise ValueError(f"resume: config differs from the run's saved config in {differ}")
+        run_id = manifest["run_id"]
+        checkpoint = _latest_checkpoint(run_dir)
+        writer = RolloutWriter(run_dir, run_id)
+        dropped = writer.truncate(int(checkpoint.name.split("-")[1]) if checkpoint else -1)
+        log(f"resume {run_id} from {checkpoint.name if checkpoint else 'the start'}; dropped {dropped} rows past it")
+        update_manifest(run_dir, status="running", config=mine, resumed=manifest.get("resumed", 0) + 1)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        writer = RolloutWriter(run_dir, run_id)
+        write_manifest(run_dir, {
+            "run_id": run_id, "created": now(), "finished": None, "status": "running", "config": config.to_dict(),
+            "seed": config.seed, "versions": versions(), "device": str(device),
+            "environments": family.describe(), "classifier": {"name": classifier.name, "version": classifier.version},
+            "knobs_target": {"p0": config.p0, "a0": config.a0, "b0": config.b0, "rs_ceiling": config.rs_ceiling},
+            "demo_mixture": demo_mixture(config, family), "steps": config.max_steps,
+        })
+    try:
+        model, tokenizer = _prepare_model(config, family, run_dir, device, log)
+        update_manifest(run_dir, model={"architecture": type(model).__name__, "n_parameters": n_parameters(model),
+                                        "hidden_size": model.config.hidden_size,
+                                        "n_layers": model.config.num_hidden_layers,
+                                        "vocab_size": model.config.vocab_size})
+        recorder = RolloutRecorder(writer, classifier)
+        eval_done = _eval_steps_logged(run_dir) if resume else set()
+        callback = _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done, stop_after)
+        n_rows = max(64, config.groups_per_step * config.num_generations)
+        dataset = Dataset.from_dict({"prompt": ["placeholder (rollout_func samples the prompts)"] * n_rows})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = GRPOTrainer(model=model, reward_funcs=[recorder], args=_grpo_args(config, run_dir, device),
+                                  train_dataset=dataset, processing_class=tokenizer,
+                                  rollout_func=make_rollout_func(config, family, tokenizer), callbacks=[callback])
+        if recorder_hook is not None:
+            recorder_hook(recorder, trainer)
+        t0 = time.time()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        seconds = time.time() - t0
+        trainer.save_model(str(run_dir / "model_final"))
+        tokenizer.save_pretrained(str(run_dir / "model_final"))
+        update_manifest(run_dir, status="finished", finished=now(), rows_written=writer.n_written,
+                        grpo_seconds=round(seconds, 2))
+    except BaseException as exc:
+        writer.flush() if False else None  # unflushed rows lie past the last checkpoint: dropped on resume anyway
+        update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    return run_dir
