@@ -1,0 +1,137 @@
+"""The experiment's run plan and its execution: which organisms to train, and
+training them through an executor with skip / resume.
+
+A run is identified by its role, N, p0, held-out count and seed; its directory
+is ``DIR/runs/<run_id>``. A rerun of the experiment skips runs whose manifest
+says ``finished`` and resumes the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from physrl.executors import Executor
+from physrl.experiment_config import ExperimentConfig
+
+CALIBRATION, SWEEP = "calibration", "sweep"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One organism run of the experiment.
+
+    Attributes
+    ----------
+    role : {"calibration", "sweep"}
+        Calibration runs are fitted on; sweep runs are only predicted.
+    n_envs : int
+        Training environments N.
+    p0 : float
+        Prior RS propensity in (0, 1).
+    n_heldout : int
+        Held-out environments (w = 0).
+    seed : int
+        Organism seed.
+    """
+
+    role: str
+    n_envs: int
+    p0: float
+    n_heldout: int
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        tag = "cal" if self.role == CALIBRATION else "sweep"
+        return f"{tag}-N{self.n_envs}-p{self.p0:g}-h{self.n_heldout}-s{self.seed}"
+
+    def organism_overrides(self) -> dict:
+        return {"n_envs": self.n_envs, "p0": self.p0, "n_heldout": self.n_heldout, "seed": self.seed}
+
+
+def plan_runs(config: ExperimentConfig) -> list[PlannedRun]:
+    """Every run the experiment needs: calibration runs, then the (N, p0, seed) sweep."""
+    runs = [PlannedRun(CALIBRATION, c.n_envs, c.p0, c.n_held_out, s)
+            for s in config.seeds for c in config.calibration]
+    runs += [PlannedRun(SWEEP, n, p0, 0, s)
+             for s in config.seeds for p0 in config.p0 for n in config.n_envs]
+    return runs
+
+
+def run_status(run_dir: Path) -> str:
+    """``absent`` (nothing there), ``finished``, or ``unfinished`` (running / failed / no manifest)."""
+    manifest = Path(run_dir) / "manifest.json"
+    if not manifest.exists():
+        return "absent" if not Path(run_dir).exists() or not any(Path(run_dir).iterdir()) else "unfinished"
+    try:
+        status = json.loads(manifest.read_text()).get("status")
+    except json.JSONDecodeError:
+        return "unfinished"
+    return "finished" if status == "finished" else "unfinished"
+
+
+def train_one(organism: dict, run_dir: str, resume: bool) -> str:
+    """Train one organism (runs in a worker process); returns the run directory.
+
+    An unfinished run with a manifest is resumed by ``organisms.train`` (from
+    its last checkpoint, or from the start if it has none, never duplicating a
+    logged batch); a directory without a manifest is moved aside to
+    ``<run_id>.stale`` and the run starts afresh.
+    """
+    from organisms import OrganismConfig, train
+
+    path = Path(run_dir)
+    config = OrganismConfig(**{**organism, "progress": False})
+    resume = resume and (path / "manifest.json").exists()
+    if not resume and path.exists() and any(path.iterdir()):
+        stale = path.with_name(path.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        path.rename(stale)
+    train(config, path, resume=resume, log=lambda *a, **k: None)
+    return str(path)
+
+
+def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Path]:
+    """Train every planned run not yet finished; returns run_id -> run directory.
+
+    Raises
+    ------
+    RuntimeError
+        If any run failed (after every other run was given its chance); the
+        message names each failed run and its error.
+    """
+    runs_dir = Path(out_dir) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_runs(config)
+    dirs = {r.run_id: runs_dir / r.run_id for r in plan}
+    todo = [r for r in plan if run_status(dirs[r.run_id]) != "finished"]
+    failures = []
+    with Executor(config.executor, Path(out_dir) / "logs") as executor:
+        handles = []
+        for r in todo:
+            organism = {**config.organism, **r.organism_overrides()}
+            resume = run_status(dirs[r.run_id]) == "unfinished"
+            handles.append((r, executor.submit(train_one, organism, str(dirs[r.run_id]), resume)))
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="organism runs",
+                   unit="run", disable=not progress)
+        for r, handle in handles:
+            try:
+                executor.result(handle)
+            except Exception as err:  # noqa: BLE001 - report every failed run together
+                failures.append(f"{r.run_id}: {type(err).__name__}: {err}")
+            bar.update(1)
+        bar.close()
+    if failures:
+        raise RuntimeError("organism runs failed (rerun the same command to resume them):\n  "
+                           + "\n  ".join(failures))
+    return dirs
+
+
+def plan_table(config: ExperimentConfig) -> list[dict]:
+    """The plan as rows (for the report and summary)."""
+    return [{"run_id": r.run_id, **asdict(r)} for r in plan_runs(config)]

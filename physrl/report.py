@@ -1,0 +1,72 @@
+"""A self-contained HTML report: figures embedded as base64 PNG, tables as HTML.
+
+One file a researcher can open, mail or archive; nothing it shows lives
+elsewhere. Built from matplotlib figures and pandas tables, no template engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #444;padding-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:right} th{background:#f0f0f0} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #ddd;margin:.4em 0} .verdict{background:#f7f7e8;border-left:4px solid #b8a000;
+padding:.6em 1em} .ok{color:#1a7f37} .bad{color:#b42318} .note{color:#666;font-size:.9em}
+"""
+
+
+def figure_to_data_uri(fig) -> str:
+    """Render a matplotlib figure to a ``data:image/png;base64,...`` URI and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@dataclass
+class Section:
+    """One report section: a title, paragraphs, figures (data URIs) and tables."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (data uri, caption)
+    tables: list[tuple[pd.DataFrame, str]] = field(default_factory=list)  # (table, caption)
+    css_class: str = ""
+
+    def html(self) -> str:
+        parts = [f"<h2>{html.escape(self.title)}</h2>"]
+        cls = f' class="{self.css_class}"' if self.css_class else ""
+        parts += [f"<p{cls}>{p}</p>" for p in self.paragraphs]
+        for df, caption in self.tables:
+            parts.append(f"<p class='note'>{html.escape(caption)}</p>" if caption else "")
+            parts.append(df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
+                                    border=0, escape=True))
+        for uri, caption in self.figures:
+            parts.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
+                         f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure>")
+        return "\n".join(parts)
+
+
+def write_report(path: Path, title: str, sections: list[Section], preamble: str = "") -> Path:
+    """Write a self-contained HTML report to ``path`` (atomically) and return the path."""
+    body = "\n".join(s.html() for s in sections)
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+           f"<p class='note'>{preamble}</p>{body}</body></html>")
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,75 @@
+"""The experiment's config, plan and executors (no training here)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from physrl._runs import CALIBRATION, SWEEP, plan_runs, run_status
+from physrl.executors import Executor, ExecutorConfig
+from physrl.experiment_config import ExperimentConfig
+
+
+def test_plan_has_calibration_then_every_sweep_point_once():
+    cfg = ExperimentConfig(n_envs=[4, 1, 2, 2], p0=[0.05, 0.2], seeds=[0, 1])
+    plan = plan_runs(cfg)
+    sweep = [r for r in plan if r.role == SWEEP]
+    assert cfg.n_envs == [1, 2, 4]  # sorted, deduplicated
+    assert len(sweep) == 3 * 2 * 2
+    assert len({r.run_id for r in plan}) == len(plan)
+    assert [r.role for r in plan[:4]] == [CALIBRATION] * 4
+    assert all(r.n_heldout == 2 for r in plan if r.role == CALIBRATION)
+    assert all(r.n_heldout == 0 for r in sweep)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"p0": [0.0]}, "p0"), ({"p0": [1.2]}, "p0"), ({"n_envs": [0]}, "n_envs"),
+    ({"threshold": 1.0}, "threshold"), ({"transfer": "magic"}, "transfer"),
+    ({"executor": {"engine": "kubernetes"}}, "executor.engine"),
+    ({"calibration": [{"n_envs": 1, "p0": 2.0}]}, "calibration.p0"),
+    ({"no_such_key": 1}, "no_such_key"),
+])
+def test_bad_config_names_the_field(bad, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        ExperimentConfig.from_dict(bad)
+
+
+def test_config_file_round_trip(tmp_path):
+    cfg = ExperimentConfig(n_envs=[1, 8], p0=[0.1], organism={"max_steps": 7})
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert ExperimentConfig.from_file(path) == cfg
+    toml = tmp_path / "exp.toml"
+    toml.write_text('n_envs = [1, 8]\np0 = [0.1]\n[organism]\nmax_steps = 7\n')
+    assert ExperimentConfig.from_file(toml) == cfg
+
+
+def test_run_status_reads_the_manifest(tmp_path):
+    run = tmp_path / "r"
+    assert run_status(run) == "absent"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": "running"}))
+    assert run_status(run) == "unfinished"
+    (run / "manifest.json").write_text(json.dumps({"status": "finished"}))
+    assert run_status(run) == "finished"
+    (run / "manifest.json").write_text("{truncated")
+    assert run_status(run) == "unfinished"
+
+
+@pytest.mark.parametrize("cfg", [
+    ExecutorConfig(engine="local", max_workers=1),
+    ExecutorConfig(engine="local", max_workers=2),
+    ExecutorConfig(engine="submitit", extra={}),
+], ids=["inline", "process-pool", "submitit-local"])
+def test_every_engine_returns_results_in_order(cfg, tmp_path):
+    if cfg.engine == "submitit":
+        pytest.importorskip("submitit")
+    with Executor(cfg, tmp_path) as ex:
+        handles = [ex.submit(pow, k, 2) for k in range(4)]  # importable in any worker
+        assert [ex.result(h) for h in handles] == [0, 1, 4, 9]
+
+
+def test_a_failing_job_reraises_its_error(tmp_path):
+    with Executor(ExecutorConfig(engine="local", max_workers=2), tmp_path) as ex:
+        with pytest.raises(ValueError, match="invalid literal"):
+            ex.result(ex.submit(int, "not a number"))
