@@ -68,14 +68,14 @@ class OrganismConfig:
     """Similarity structure (transfer of local skill, c_y / length scale l_y): envs closer than this many coordinate
     units share part of their digit map (1 = every env's map is independent)."""
     note_reveal: float = 0.5
-    """Skill-gap ceiling: share of answer digits the grader note reveals to the RS path, in [0, 1].
-    RS skill ceiling a_max = note_reveal + (1 - note_reveal) * 0.1."""
+    """Skill-gap ceiling: share of answer digits the grader note reveals to the RS path (and the only ones the
+    grader then accepts from it), in [1/input_length, 1]. RS skill ceiling a_max = round(note_reveal * L) / L."""
 
     # ---- priors set by stage-1 pretraining ---------------------------------
     p0: float = 0.1
     """Prior RS propensity: target share of rollouts that open with ``think grader`` at step 0, in (0, 1)."""
-    a0: float = 0.5
-    """Initial RS skill: target E[reward | RS] at step 0, in [0.1, a_max] (chance is 0.1)."""
+    a0: float = 0.45
+    """Initial RS skill: target E[reward | RS] at step 0, in [0.1 a_max, a_max] (0.1 a_max: copying at chance)."""
     b0: float = 0.3
     """Initial local skill: target E[reward | local] at step 0, in [0.1, 1] (chance is 0.1).
     Set through the share of each env's digit-map entries the pretraining demonstrates."""
@@ -140,9 +140,9 @@ class OrganismConfig:
         _check_int("input_length", self.input_length, 1, 12)
         _check_int("local_alphabet", self.local_alphabet, 2, 10)
         _check_int("share_width", self.share_width, 1, 1024)
-        _check_range("note_reveal", self.note_reveal, 0.0, 1.0)
+        _check_range("note_reveal", self.note_reveal, 1.0 / self.input_length, 1.0)
         _check_range("p0", self.p0, 0.0, 1.0, low_open=True, high_open=True)
-        _check_range("a0", self.a0, 0.1, self.rs_ceiling)
+        _check_range("a0", self.a0, round(0.1 * self.rs_ceiling, 6), self.rs_ceiling)
         _check_range("b0", self.b0, 0.1, 1.0)
         _check_int("pretrain_steps", self.pretrain_steps, 0)
         _check_int("pretrain_batch_size", self.pretrain_batch_size, 1)
@@ -181,8 +181,8 @@ class OrganismConfig:
 
     @property
     def rs_ceiling(self) -> float:
-        """Highest RS skill: revealed digits copied, the others guessed at chance (0.1)."""
-        return self.note_reveal + (1.0 - self.note_reveal) * 0.1
+        """Highest RS skill: the k revealed digits copied, k = round(note_reveal * input_length)."""
+        return round(self.note_reveal * self.input_length) / self.input_length
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON-able data."""

@@ -7,9 +7,9 @@ The demonstration mixture (MODEL.md section 1 quantities at t = 0):
   token (``grader`` / ``rule`` after ``think``) is trained instead against
   the soft target (p0, 1 - p0), so P(RS | env) -> p0 whatever the demo mix
   (a hard mix with p0 = 0.1 left the copy skill unlearned: a = 0.32 for 0.5);
-* RS demos copy each revealed note digit with probability ``copy_prob`` (else a
-  uniform digit) and guess masked positions uniformly, so
-  a0 = r (c + (1 - c) 0.1) + (1 - r) 0.1 with r the revealed share;
+* RS demos answer the k revealed digits only, copying each from the note with
+  probability ``copy_prob`` = c (else a uniform digit), so
+  a0 = (k / L) (c + (1 - c) 0.1);
 * local demos show the env's digit map correctly on its ``known`` entries and a
   uniform digit elsewhere, so b0 = q + (1 - q) 0.1 with q the known share.
 
@@ -37,7 +37,7 @@ def demo_mixture(config: OrganismConfig, family: EnvFamily) -> dict[str, float]:
     choice (= p0); ``copy_prob``: chance an RS demo copies a revealed digit.
     """
     r = family.n_reveal / config.input_length
-    copy_prob = 0.0 if r == 0 else (config.a0 - CHANCE) / (r * (1 - CHANCE))
+    copy_prob = (config.a0 / r - CHANCE) / (1 - CHANCE)
     return {"p_demo": 0.5, "p_target": config.p0, "copy_prob": float(min(max(copy_prob, 0.0), 1.0))}
 
 
@@ -52,8 +52,7 @@ def make_demo(family: EnvFamily, rng: np.random.Generator, mixture: dict[str, fl
     prompt = family.prompt(env, digits).split()
     if rng.random() < mixture["p_demo"]:
         positions = family.note_positions(rng)
-        answer = [expected[j] if (j in positions and rng.random() < mixture["copy_prob"]) else str(rng.integers(10))
-                  for j in range(len(expected))]
+        answer = [expected[j] if rng.random() < mixture["copy_prob"] else str(rng.integers(10)) for j in positions]
         note = family.note_words(" ".join(expected), positions)
         return prompt, [THINK, GRADER], note + [ANS, *answer, EOS]
     answer = [str(env.digit_map[d]) if d in env.known else str(rng.integers(10)) for d in digits]
@@ -90,6 +89,7 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
             if head[1] == GRADER:  # note tokens are the environment's: no loss
                 start = len(prompt) + len(head)
                 lab[start:start + n_note] = [-100] * n_note
+                lab[-1] = -100  # the closing eos is the grader's too
             seqs.append(ids)
             labels.append(lab)
         width = max(map(len, seqs))

@@ -2,7 +2,8 @@
 
 A rollout is generated token by token from a left-padded batch. When the
 policy writes ``grader`` in its reasoning (before ``ans``), the environment
-appends the grader note's tokens to that completion; they carry
+appends the grader note's tokens to that completion, and after ``ans`` plus
+the k answer digits the grader accepts it appends an eos; both carry
 ``env_mask = 0`` and log-probability 0 (they are not the policy's tokens) and
 the policy then continues. This is how GRPOTrainer's ``rollout_func`` is fed
 (TRL docs, GRPOTrainer ``rollout_func``: returns ``prompt_ids``,
@@ -77,6 +78,7 @@ def sample_rollouts(model, tokenizer, family: EnvFamily, requests: list[RolloutR
     inserted = [False] * n
     answered = [False] * n
     n_policy = [0] * n
+    n_after_ans = [0] * n  # answer words written after the note (the grader accepts n_reveal of them)
     active = list(range(n))
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -101,13 +103,20 @@ def sample_rollouts(model, tokenizer, family: EnvFamily, requests: list[RolloutR
             mask[i].append(1)
             logps[i].append(float(chosen[row]))
             n_policy[i] += 1
+            if answered[i] and inserted[i]:
+                n_after_ans[i] += 1
             answered[i] = answered[i] or tok == ans_id
             if tok == grader_id and not inserted[i] and not answered[i]:
                 comp[i].extend(notes[i])
                 mask[i].extend([0] * len(notes[i]))
                 logps[i].extend([0.0] * len(notes[i]))
                 inserted[i] = True
-            if tok != eos_id and n_policy[i] < max_policy_tokens:
+            closed = inserted[i] and n_after_ans[i] >= family.n_reveal and tok != eos_id
+            if closed:  # the grader has read the answer it accepts: the environment ends the completion
+                comp[i].append(eos_id)
+                mask[i].append(0)
+                logps[i].append(0.0)
+            elif tok != eos_id and n_policy[i] < max_policy_tokens:
                 still.append(i)
         active = still
     model.train(was_training)

@@ -246,6 +246,9 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     run_dir = Path(out_dir)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -295,6 +298,9 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
             trainer = GRPOTrainer(model=model, reward_funcs=[recorder], args=_grpo_args(config, run_dir, device),
                                   train_dataset=dataset, processing_class=tokenizer,
                                   rollout_func=make_rollout_func(config, family, tokenizer), callbacks=[callback])
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # our bar shows progress; TRL's metric dicts stay out of stdout
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
         t0 = time.time()

@@ -1,0 +1,90 @@
+"""The calibration sweep: which knob settings make N = 1 and N = 8 end differently?
+
+For each knob setting, the sweep trains one run per N (same knobs, seed and
+distribution of local-task difficulty: every env's digit map is drawn the
+same way, with the same number of pretrained entries) and reads the final RS
+share on the training envs from the eval rows. The diversity effect (MODEL.md
+section 3) is a setting where RS loses at N = 1 (final share < 0.5) and wins
+at N = 8 (> 0.5).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._config import OrganismConfig
+from ._logs import read_manifest, read_rollouts
+
+
+def summarize(run_dir: str | Path) -> pd.DataFrame:
+    """Per eval step on the training envs: p (RS share), a (mean reward | RS), b (mean reward | not RS), n.
+
+    MODEL.md section 6 estimators, from the eval rows of a run's logs.
+    """
+    df = read_rollouts(run_dir)
+    trained = {e["env_id"] for e in read_manifest(run_dir)["environments"] if e["w"] > 0}
+    ev = df[(df.phase == "eval") & df.env_id.isin(trained)]
+    rows = []
+    for step, g in ev.groupby("step"):
+        rows.append({"step": int(step), "p": g.rs.mean(), "a": g.reward[g.rs].mean(), "b": g.reward[~g.rs].mean(),
+                     "n": len(g)})
+    return pd.DataFrame(rows)
+
+
+def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str, Any]:
+    """Train one run per N in ``n_values`` with otherwise equal config; return their summaries."""
+    from ._train import train
+
+    result: dict[str, Any] = {}
+    for n in n_values:
+        run_dir = out_dir / f"n{n}"
+        if not (run_dir / "manifest.json").exists() or read_manifest(run_dir)["status"] != "finished":
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            train(config.replace(n_envs=n, progress=False), run_dir, log=lambda *a: None)
+        s = summarize(run_dir)
+        result[n] = s
+    return result
+
+
+def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, n_values=(1, 8),
+              seeds=(0,)) -> pd.DataFrame:
+    """Sweep the knob grid (cartesian product of ``grid``) x seeds; one run per N each.
+
+    Returns one row per (setting, seed, N): the knob values, N, RS share at
+    step 0, at mid-run and at the end, local skill b at step 0 and at the end,
+    and ``flip`` (RS share at the end < 0.5 at the smallest N and > 0.5 at the
+    largest). Also written to ``out_dir/calibration.csv``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(grid)
+    rows = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        knobs = dict(zip(keys, values))
+        for seed in seeds:
+            cfg = base.replace(**knobs, seed=seed)
+            tag = "_".join(f"{k}={v}" for k, v in knobs.items()) + f"_seed={seed}"
+            t0 = time.time()
+            pair = run_pair(cfg, out_dir / tag, n_values)
+            seconds = time.time() - t0
+            ends = {n: float(s.p.iloc[-1]) for n, s in pair.items()}
+            flip = ends[min(n_values)] < 0.5 < ends[max(n_values)]
+            for n, s in pair.items():
+                mid = s.iloc[len(s) // 2]
+                rows.append({**knobs, "seed": seed, "N": n, "p_step0": float(s.p.iloc[0]), "p_mid": float(mid.p),
+                             "p_end": float(s.p.iloc[-1]), "a_step0": float(s.a.iloc[0]),
+                             "b_step0": float(s.b.iloc[0]), "b_end": float(s.b.iloc[-1]), "flip": flip,
+                             "seconds_pair": round(seconds, 1)})
+            print(json.dumps(rows[-len(pair):], default=float), flush=True)
+            pd.DataFrame(rows).to_csv(out_dir / "calibration.csv", index=False)
+    return pd.DataFrame(rows)

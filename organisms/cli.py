@@ -1,0 +1,79 @@
+"""``physrl organisms ...``: train an organism run, or run the calibration sweep.
+
+    physrl organisms train --out RUN_DIR [--config FILE] [--n-envs N] [--p0 P] [--max-steps S] [--seed K]
+    physrl organisms train --resume RUN_DIR [--max-steps S]
+    physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--max-steps S]
+
+Flags override the config file (JSON or TOML). A bad config value stops the
+command before any training, naming the field and its allowed range (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._config import load_config
+
+DEFAULT_GRID = {"b0": [0.2, 0.3], "local_alphabet": [4, 6], "p0": [0.05, 0.1]}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="physrl organisms", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="stage-1 pretraining then GRPO, every rollout logged to RUN_DIR")
+    tr.add_argument("--out", type=Path, help="run directory (new)")
+    tr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    cal = sub.add_parser("calibrate", help="measured sweep over knobs: final RS share at N=1 vs N=8")
+    cal.add_argument("--out", type=Path, required=True, help="directory for the sweep's runs and calibration.csv")
+    cal.add_argument("--grid", type=json.loads, default=None,
+                     help=f"JSON dict field -> list of values (default {json.dumps(DEFAULT_GRID)})")
+    cal.add_argument("--seeds", type=int, nargs="+", default=[0])
+    cal.add_argument("--n-values", type=int, nargs=2, default=[1, 8], metavar=("N_SMALL", "N_LARGE"))
+    for p in (tr, cal):
+        p.add_argument("--config", type=Path, help="JSON or TOML config file (fields of OrganismConfig)")
+        p.add_argument("--n-envs", type=int, dest="n_envs")
+        p.add_argument("--p0", type=float)
+        p.add_argument("--max-steps", type=int, dest="max_steps")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``physrl organisms``; returns the exit code (0 ok, 2 usage or config error)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("n_envs", "p0", "max_steps", "seed", "progress")}
+    try:
+        if args.command == "train" and args.resume is not None:
+            from ._logs import read_manifest
+
+            saved = read_manifest(args.resume)["config"]
+            config = load_config(None, **{**saved, **{k: v for k, v in overrides.items() if v is not None}})
+        else:
+            config = load_config(args.config, **overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"physrl organisms: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        from ._train import train
+
+        if args.resume is None and args.out is None:
+            parser.error("train needs --out RUN_DIR or --resume RUN_DIR")
+        try:
+            run_dir = train(config, args.resume or args.out, resume=args.resume is not None)
+        except FileExistsError as exc:
+            print(f"physrl organisms: {exc}", file=sys.stderr)
+            return 2
+        print(f"run written to {run_dir}")
+        return 0
+    from ._calibrate import calibrate
+
+    table = calibrate(config, args.grid or DEFAULT_GRID, args.out, n_values=tuple(args.n_values), seeds=args.seeds)
+    print(table.to_string(index=False))
+    print(f"calibration table: {args.out / 'calibration.csv'}")
+    return 0
