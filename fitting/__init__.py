@@ -1,0 +1,27 @@
+"""fitting: estimate the toy model's parameters from rollout logs and test its predictions.
+
+Reads only the log contract (``../shared/ROLLOUTS.md``); never imports
+``organisms``. Public surface (re-exported from small private modules):
+
+- logs: :func:`load_runs`, :func:`read_table`, :class:`Run`,
+  :class:`Environment`, :class:`LogValidationError`
+- observations: :func:`observations`, :func:`jeffreys_interval`
+- synthetic logs: :func:`synthesize`, :data:`DEFAULT_TRUTH`
+- the fit: :func:`fit`, :func:`compare`, :class:`FitResult`, :class:`FitSpec`
+"""
+
+from ._fit import FitResult as FitResult
+from ._fit import ParameterEstimate as ParameterEstimate
+from ._fit import compare as compare
+from ._fit import fit as fit
+from ._logs import Environment as Environment
+from ._logs import LogValidationError as LogValidationError
+from ._logs import Run as Run
+from ._logs import load_runs as load_runs
+from ._logs import read_table as read_table
+from ._observations import jeffreys_interval as jeffreys_interval
+from ._observations import observations as observations
+from ._problem import FitSpec as FitSpec
+from ._synthesize import DEFAULT_TRUTH as DEFAULT_TRUTH
+from ._synthesize import identifiable_truth as identifiable_truth
+from ._synthesize import synthesize as synthesize
