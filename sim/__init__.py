@@ -8,6 +8,11 @@ Public surface (re-exported from small private modules):
 - model: :class:`ToyModel` (learnabilities, couplings, weights),
   :class:`Latents` (log-odds z, x, y)
 - integrators: :func:`euler`, :func:`adaptive`, :class:`Solution`
+- critical diversity: :func:`critical_diversity` (any model family, via a
+  builder ``N -> (model, y0)``), :func:`critical_diversity_homogeneous`,
+  :func:`final_rs_share`, :func:`homogeneous_final_share`,
+  :class:`IntegrationConfig`, :class:`CriticalDiversity`, :func:`log_grid`,
+  :func:`interpolate_crossing`
 """
 
 from ._couplings import Coupling as Coupling
@@ -22,3 +27,11 @@ from ._integrate import adaptive as adaptive
 from ._integrate import euler as euler
 from ._model import Latents as Latents
 from ._model import ToyModel as ToyModel
+from ._critical import CriticalDiversity as CriticalDiversity
+from ._critical import IntegrationConfig as IntegrationConfig
+from ._critical import critical_diversity as critical_diversity
+from ._critical import critical_diversity_homogeneous as critical_diversity_homogeneous
+from ._critical import final_rs_share as final_rs_share
+from ._critical import homogeneous_final_share as homogeneous_final_share
+from ._critical import interpolate_crossing as interpolate_crossing
+from ._critical import log_grid as log_grid

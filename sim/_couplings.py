@@ -211,9 +211,40 @@ class RandomFourierCoupling:
         if phi.dtype != v.dtype or phi.device != v.device:
             phi = phi.to(dtype=v.dtype, device=v.device)
             self.features = phi
-        u = (v.unsqueeze(-2) @ phi)  # (..., 1, M)
-        return (u @ phi.transpose(-1, -2)).squeeze(-2)
+        return _feature_product(phi, v)
 
     def row_sums(self) -> Tensor:
         phi = self.features.to(torch.float64)
         return (phi @ phi.sum(-2, keepdim=True).transpose(-1, -2)).squeeze(-1)
+
+
+def _feature_product(phi: Tensor, v: Tensor) -> Tensor:
+    """Φ (Φᵀ v) with broadcasting, as batched matrix-matrix products where possible.
+
+    ``phi`` has shape ``(*B, N, M)``, ``v`` shape ``(*V, N)`` with B and V
+    broadcastable. Axes of V that Φ does not vary along (size 1 or missing in
+    B) are moved into the rows of one matmul, so Φ is read once per distinct
+    feature matrix instead of once per vector (memory-bound otherwise).
+    """
+    n = phi.shape[-2]
+    b_shape, v_shape = phi.shape[:-2], v.shape[:-1]
+    out_shape = torch.broadcast_shapes(b_shape, v_shape)
+    nd = len(out_shape)
+    b_full = (1,) * (nd - len(b_shape)) + tuple(b_shape)
+    v = v.reshape((1,) * (nd - len(v_shape)) + tuple(v_shape) + (n,))
+    row_axes = [i for i in range(nd) if b_full[i] == 1]
+    feat_axes = [i for i in range(nd) if b_full[i] != 1]
+    v = v.expand(*out_shape, n)
+    perm = feat_axes + row_axes + [nd]
+    vp = v.permute(perm)
+    feat_sizes = [out_shape[i] for i in feat_axes]
+    rows = int(math.prod(out_shape[i] for i in row_axes))
+    vp = vp.reshape(*feat_sizes, rows, n)
+    ph = phi.reshape(*feat_sizes, n, phi.shape[-1])
+    u = vp @ ph                                   # (*F, rows, M)
+    res = u @ ph.transpose(-1, -2)                # (*F, rows, N)
+    res = res.reshape(*feat_sizes, *[out_shape[i] for i in row_axes], n)
+    inv = [0] * (nd + 1)
+    for k, ax in enumerate(perm):
+        inv[ax] = k
+    return res.permute(inv)
