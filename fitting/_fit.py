@@ -359,9 +359,9 @@ def _fit(runs, *, transfer, priors, learnabilities, lam, phases, substeps, profi
     dof = max(problem.n_data - len(names), 1)
     scale = deviance / dof if scale_covar else 1.0
     ident, cov = _identify(problem, result.params, names, jac, scale)
-    for j, n in enumerate(names):  # what fit_report shows follows the same covariance
-        se = ident[n][0]
-        result.params[n].stderr = se if np.isfinite(se) else None
+    for n in names:  # fit_report shows the same errors; none for what the data cannot constrain
+        se, reason, _ = ident[n]
+        result.params[n].stderr = se if (np.isfinite(se) and not reason) else None
     result.covar = cov
     estimates = {}
     for name, par in result.params.items():

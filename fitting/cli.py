@@ -1,0 +1,207 @@
+"""``physrl fit``: fit rollout logs, predict other runs, synthesize logs from the ODE.
+
+Usage::
+
+    physrl fit RUN [RUN ...] --out FIT_DIR [--transfer none|homogeneous|kernel]
+               [--predict RUN ...] [--priors shared|per_env] [--learnabilities shared|per_env]
+               [--lam] [--compare] [--profile] [--emcee-steps K] [--phases eval,train]
+    physrl fit synthesize --out RUN_DIR --n-envs N --seed K [--n-heldout H]
+               [--param NAME=VALUE ...] [--transfer ...] [--steps S] [--eval-every E]
+               [--rollouts-per-env R] [--train-rollouts-per-env R] [--continuous-rewards]
+
+A RUN is a run directory (ROLLOUTS.md) or a .csv/.jsonl/.parquet table with
+the same columns. Bad input (a log that breaks the contract, a missing
+path, a bad option value) prints one clear message and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._logs import LogValidationError
+from ._problem import FitSpec
+from ._synthesize import DEFAULT_TRUTH
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit code 2 without a traceback, as argparse does, but testable
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _synth_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="physrl fit synthesize",
+                description="Write a run directory sampled from the ODE with binomial noise, plus truth.json.")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--n-envs", type=int, default=4, help="trained environments (w = 1/n each)")
+    p.add_argument("--n-heldout", type=int, default=2, help="held-out environments (w = 0; identify transfer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--transfer", choices=["none", "homogeneous", "kernel"], default="homogeneous")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"true parameter override; names: {', '.join(DEFAULT_TRUTH)}")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    p.add_argument("--eval-every", type=int, default=5, help="eval interval in optimizer steps")
+    p.add_argument("--rollouts-per-env", type=int, default=64, help="eval rollouts per env and eval step")
+    p.add_argument("--train-rollouts-per-env", type=int, default=0, help="train rollouts per trained env and step")
+    p.add_argument("--continuous-rewards", action="store_true", help="fractional rewards (Beta) instead of 0/1")
+    p.add_argument("--spacing", type=float, default=1.0, help="distance between env coordinates")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="physrl fit", description="Fit the toy ODE to rollout logs (MODEL.md §6) and predict other runs.",
+                epilog="`physrl fit synthesize --help` for synthetic logs.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
+    p.add_argument("--out", required=True, help="directory for fit.json, fit_report.txt and figures")
+    p.add_argument("--transfer", choices=["none", "homogeneous", "kernel"], default="homogeneous")
+    p.add_argument("--priors", choices=["shared", "per_env"], default="shared")
+    p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
+    p.add_argument("--lam", action="store_true", help="fit footnote-4 λ")
+    p.add_argument("--phases", default="eval,train", help="rollout phases used as observations")
+    p.add_argument("--predict", nargs="+", default=[], metavar="RUN", help="runs to predict (not fitted)")
+    p.add_argument("--compare", action="store_true", help="also rank transfer variants by AIC/BIC")
+    p.add_argument("--profile", action="store_true", help="profile-likelihood intervals (slow)")
+    p.add_argument("--emcee-steps", type=int, default=0, help="emcee sampling steps (needs `pip install emcee`)")
+    p.add_argument("--samples", type=int, default=200, help="parameter draws for predictive bands")
+    p.add_argument("--no-figures", action="store_true")
+    return p
+
+
+def _parse_params(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise _UsageError(f"--param expects NAME=VALUE, got {item!r}")
+        if name not in DEFAULT_TRUTH:
+            raise _UsageError(f"--param: unknown parameter {name!r}; known: {', '.join(DEFAULT_TRUTH)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise _UsageError(f"--param {name}: {value!r} is not a number") from None
+    return out
+
+
+def _synthesize(argv: list[str]) -> int:
+    from ._synthesize import synthesize
+
+    args = _synth_parser().parse_args(argv)
+    out = synthesize(args.out, n_envs=args.n_envs, n_heldout=args.n_heldout, seed=args.seed,
+                     transfer=args.transfer, params=_parse_params(args.param), steps=args.steps,
+                     eval_every=args.eval_every, rollouts_per_env=args.rollouts_per_env,
+                     train_rollouts_per_env=args.train_rollouts_per_env,
+                     binary_rewards=not args.continuous_rewards, spacing=args.spacing, run_id=args.run_id,
+                     overwrite=args.overwrite)
+    print(f"wrote {out} (manifest.json, rollouts/part-00000.parquet, truth.json)")
+    return 0
+
+
+def _fit(argv: list[str]) -> int:
+    from ._fit import compare, fit
+    from ._logs import load_runs
+    from ._predict import in_sample, predict
+
+    args = _fit_parser().parse_args(argv)
+    phases = tuple(s.strip() for s in args.phases.split(",") if s.strip())
+    FitSpec(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
+            phases=phases)  # validate before reading anything
+    runs = load_runs(args.runs)
+    targets = load_runs(args.predict) if args.predict else []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = fit(runs, transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
+                 lam=args.lam, phases=phases, profile=args.profile, emcee_steps=args.emcee_steps)
+    result.save(out / "fit.json")
+    report = result.report()
+    if args.compare:
+        table = compare(runs, phases=phases, priors=args.priors, learnabilities=args.learnabilities)
+        report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
+        table.to_csv(out / "model_comparison.csv", index=False)
+    (out / "fit_report.txt").write_text(report + "\n")
+    written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
+    figures = not args.no_figures
+    if figures:
+        from ._figures import plot_predicted_vs_observed, plot_run
+
+        fitted = []
+        for i, run in enumerate(runs):
+            pred = in_sample(result, i, n_samples=args.samples)
+            fitted.append(pred)
+            name = f"fit_{i:02d}.png"
+            plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name,
+                     f"fit, run {run.run_id} (p0 = {pred.p0:.3g})")
+            written.append(name)
+        plot_predicted_vs_observed(fitted, out / "fit_vs_observed.png", "fitted runs: observed vs model")
+        written.append("fit_vs_observed.png")
+    if targets:
+        preds = [predict(result, run, n_samples=args.samples) for run in targets]
+        doc = {"fit": str(out / "fit.json"), "predictions": [p.to_dict() for p in preds]}
+        (out / "prediction.json").write_text(json.dumps(_clean(doc), indent=2))
+        written.append("prediction.json")
+        if figures:
+            for k, (pred, run) in enumerate(zip(preds, targets)):
+                name = f"predict_{k:02d}.png"
+                plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name,
+                         f"prediction, run {run.run_id} (p0 = {pred.p0:.3g}, {pred.p0_source})")
+                written.append(name)
+            plot_predicted_vs_observed(preds, out / "predicted_vs_observed.png", "held-out runs: observed vs predicted")
+            written.append("predicted_vs_observed.png")
+    print(report)
+    for p in (preds if targets else []):
+        m = p.metrics
+        ns = m["n_star"] or {}
+        print(f"\nprediction {p.run_id}: inside predictive band {m['coverage']['all']:.0%}; "
+              f"end state observed p={m['end_state']['observed_mean_p']}, predicted "
+              f"p={m['end_state']['predicted_mean_p']:.3f} (agree: {m['end_state']['agree']}); "
+              f"N* = {ns.get('value')} {ns.get('interval', '')}")
+    print(f"\nwrote {out}: {', '.join(written)}")
+    return 0
+
+
+def _clean(x):
+    import math
+
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``physrl fit``; returns the exit code (0 ok, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in ([], ["-h"], ["--help"]):
+        _fit_parser().print_help()
+        return 0 if argv else 2
+    try:
+        if argv[0] == "synthesize":
+            if any(a in ("-h", "--help") for a in argv[1:]):
+                _synth_parser().print_help()
+                return 0
+            return _synthesize(argv[1:])
+        if any(a in ("-h", "--help") for a in argv):
+            _fit_parser().print_help()
+            return 0
+        return _fit(argv)
+    except (_UsageError, LogValidationError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"physrl fit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
