@@ -1,0 +1,172 @@
+"""From finished organism runs to the experiment's verdict: fit on the
+calibration runs, predict the sweep, and compare critical diversities.
+
+Observed N*(p0): among the sweep's diversities, the smallest N whose final RS
+share (eval phase, last step, mean over trained environments) exceeds the
+threshold (MODEL.md §3, read off real runs). Predicted N*(p0): the smallest N
+at which the fitted ODE, run under the *same protocol* as the organisms (N
+trained environments sharing the batch, w = 1/N each, for the same number of
+optimizer steps), ends with mean p above the threshold; its interval comes
+from parameter draws from the fit's covariance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+import fitting
+import sim
+
+
+@dataclass
+class SweepPoint:
+    """One sweep run's outcome: what the organism did and what the ODE said."""
+
+    run_id: str
+    n_envs: int
+    p0: float
+    seed: int
+    observed_final_p: float
+    predicted_final_p: float | None
+    rmse: dict
+    coverage: float | None
+    end_state_agrees: bool | None
+
+
+def final_rs_share(obs: pd.DataFrame, run: "fitting.Run") -> tuple[int, float]:
+    """(last eval step, RS share over the trained envs' eval rollouts there).
+
+    Raises
+    ------
+    ValueError
+        If the run has no eval rollouts on a trained environment.
+    """
+    trained = {e.env_id for e in run.environments if e.w > 0}
+    rows = obs[(obs.run_id == run.run_id) & (obs.phase == "eval") & obs.env_id.isin(trained)]
+    if rows.empty:
+        raise ValueError(f"run {run.run_id} has no eval rollouts on a trained environment")
+    last = int(rows.step.max())
+    at = rows[rows.step == last]
+    return last, float(at.n_rs.sum() / at.n.sum())
+
+
+def step0_rs_share(obs: pd.DataFrame, run_id: str) -> float:
+    """Measured prior: RS share of the step-0 eval rollouts, smoothed ((k + ½)/(n + 1)) into (0, 1)."""
+    rows = obs[(obs.run_id == run_id) & (obs.phase == "eval") & (obs.step == obs[obs.run_id == run_id].step.min())]
+    k, n = float(rows.n_rs.sum()), float(rows.n.sum())
+    return (k + 0.5) / (n + 1.0)
+
+
+def observed_n_star(points: list[SweepPoint], threshold: float) -> pd.DataFrame:
+    """Per (p0, seed): the smallest swept N whose final RS share > threshold (NaN: none did)."""
+    rows = []
+    for (p0, seed), group in pd.DataFrame([p.__dict__ for p in points]).groupby(["p0", "seed"]):
+        won = group[group.observed_final_p > threshold].n_envs
+        rows.append({"p0": p0, "seed": seed, "n_star": float(won.min()) if len(won) else math.nan,
+                     "n_max": int(group.n_envs.max())})
+    return pd.DataFrame(rows)
+
+
+def _homogeneous_draws(fit_result, n_draws: int, seed: int) -> dict[str, np.ndarray]:
+    """Draws of the shared parameters the protocol simulation needs (row 0 = point estimate)."""
+    draws, names = fitting.sample_parameters(fit_result, n_draws, seed=seed)
+    out = {}
+    for key in ("a0", "b0", "alpha_x", "alpha_y", "alpha_z", "time_scale", "c_z", "c_x", "c_y", "lam"):
+        if key in names:
+            out[key] = draws[:, names.index(key)]
+        elif key in fit_result.params:
+            out[key] = np.full(draws.shape[0], float(fit_result.params[key].value))
+    if fit_result.spec.transfer == "none":
+        for key in ("c_z", "c_x", "c_y"):
+            out[key] = np.zeros(draws.shape[0])
+    return out
+
+
+def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws: int = 64,
+                     seed: int = 0) -> np.ndarray:
+    """Mean p after ``max_steps`` optimizer steps of N envs sharing the batch (w = 1/N).
+
+    The fitted ODE under the organisms' protocol: N identical environments
+    with the fit's shared priors, learnabilities and homogeneous transfer
+    c (MODEL.md §3), which is exactly one environment with learnabilities
+    α (1 + (N − 1) c) / N, in optimizer-step units (model time = time_scale ·
+    step).
+
+    Parameters
+    ----------
+    fit_result : fitting.FitResult
+        A fit with ``transfer`` "homogeneous" or "none" and shared priors and
+        learnabilities.
+    p0 : float
+        Prior in (0, 1).
+    n_values : sequence of int
+        Diversities N.
+    max_steps : int
+        Optimizer steps of a run.
+
+    Returns
+    -------
+    ndarray, shape (n_draws + 1, len(n_values))
+        Final mean p; row 0 uses the point estimate, the others parameter
+        draws from the fit's covariance.
+
+    Raises
+    ------
+    ValueError
+        For a kernel fit or per-environment parameters (no single N-env
+        protocol follows from them).
+    """
+    spec = fit_result.spec
+    if spec.transfer not in ("homogeneous", "none") or spec.priors != "shared" or spec.learnabilities != "shared":
+        raise ValueError("the protocol N* needs a homogeneous (or no-transfer) fit with shared priors "
+                         f"and learnabilities, got transfer={spec.transfer!r}, priors={spec.priors!r}, "
+                         f"learnabilities={spec.learnabilities!r}")
+    d = _homogeneous_draws(fit_result, n_draws, seed)
+    ns = torch.as_tensor(np.asarray(n_values, dtype=float))[None, :]  # (1, K)
+
+    def col(key, default=1.0):
+        v = d.get(key)
+        return torch.as_tensor(np.full(len(d["a0"]), default) if v is None else v)[:, None]  # (B, 1)
+
+    tau = col("time_scale")
+    eff = {k: tau * col(f"alpha_{k}") * (1 + (ns - 1) * col(f"c_{k}")) / ns for k in ("z", "x", "y")}
+    lam = float(np.mean(d["lam"])) if "lam" in d else 0.0
+    model = sim.ToyModel.single(alpha_z=eff["z"].unsqueeze(-1), alpha_x=eff["x"].unsqueeze(-1),
+                                alpha_y=eff["y"].unsqueeze(-1), lam=lam)
+    shape = (len(d["a0"]), ns.shape[1], 1)
+    y0 = sim.Latents.from_probabilities(torch.full(shape, float(p0), dtype=torch.float64),
+                                        col("a0").unsqueeze(-1).expand(shape),
+                                        col("b0").unsqueeze(-1).expand(shape))
+    rate = model.max_rate()
+    dt = min(1.0, 1.0 / max(rate, 1e-12))
+    sol = sim.euler(model, y0, dt=dt, t_max=float(max_steps), tol=None, save="final")
+    return sol.final_p[..., 0].numpy()
+
+
+def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshold: float, *,
+                     n_draws: int = 64, level: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    """Predicted N*(p0) under the organisms' protocol, with an interval over parameter draws.
+
+    Returns a table with columns ``p0, n_star, lower, upper, share_above_n_max``;
+    ``n_star`` is NaN when even ``n_max`` environments do not pass the
+    threshold (then ``share_above_n_max`` is 1 for the point estimate).
+    """
+    n_values = np.arange(1, n_max + 1)
+    rows = []
+    for p0 in p0_values:
+        final = protocol_final_p(fit_result, p0, n_values, max_steps, n_draws=n_draws, seed=seed)
+        passed = final > threshold
+        first = np.where(passed.any(axis=1), passed.argmax(axis=1) + 1, np.inf)
+        draws = first[1:]
+        tail = (1 - level) / 2
+        lo, hi = np.quantile(draws, [tail, 1 - tail]) if draws.size else (math.nan, math.nan)
+        rows.append({"p0": float(p0), "n_star": float(first[0]) if np.isfinite(first[0]) else math.nan,
+                     "lower": float(lo) if np.isfinite(lo) else math.nan,
+                     "upper": float(hi) if np.isfinite(hi) else math.nan,
+                     "share_above_n_max": float(np.mean(~np.isfinite(draws))) if draws.size else math.nan})
+    return pd.DataFrame(rows)

@@ -1,0 +1,221 @@
+"""The experiment report's figures and sections (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from physrl.report import Section, figure_to_data_uri  # noqa: E402
+
+
+def _png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _save(fig, path: Path) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return figure_to_data_uri(fig)
+
+
+def _trained_share(obs: pd.DataFrame, run) -> pd.DataFrame:
+    trained = {e.env_id for e in run.environments if e.w > 0}
+    rows = obs[(obs.run_id == run.run_id) & (obs.phase == "eval") & obs.env_id.isin(trained)]
+    g = rows.groupby("step")[["n_rs", "n"]].sum()
+    return pd.DataFrame({"step": g.index, "p": g.n_rs / g.n, "n": g.n}).reset_index(drop=True)
+
+
+def rs_share_figure(obs, runs, plan, path: Path) -> str:
+    """RS share over optimizer steps, one line per N, one panel per p0 (sweep runs)."""
+    sweep = [k for k, r in plan.items() if r.role != "calibration"]
+    p0s = sorted({plan[k].p0 for k in sweep})
+    ns = sorted({plan[k].n_envs for k in sweep})
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, len(p0s), figsize=(4.6 * len(p0s), 3.6), squeeze=False, sharey=True)
+    for ax, p0 in zip(axes[0], p0s):
+        for k in sweep:
+            r = plan[k]
+            if r.p0 != p0:
+                continue
+            share = _trained_share(obs, runs[k])
+            color = cmap(ns.index(r.n_envs) / max(1, len(ns) - 1))
+            ax.plot(share.step, share.p, "-o", ms=3, color=color, alpha=0.9,
+                    label=f"N = {r.n_envs}" + (f" (seed {r.seed})" if r.seed else ""))
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"prior p0 = {p0:g}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("RS share (eval, trained envs)")
+    axes[0, -1].legend(fontsize=8, loc="best")
+    fig.suptitle("Organisms: does reward-seeking spread more with more environments?", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
+    """Sweep runs: observed RS share (points, Jeffreys 95%) against the predicted mean p (band)."""
+    from fitting import jeffreys_interval
+
+    keys = list(predictions)
+    p0s = sorted({plan[k].p0 for k in keys})
+    ns = sorted({plan[k].n_envs for k in keys})
+    fig, axes = plt.subplots(len(p0s), len(ns), figsize=(2.9 * len(ns), 2.5 * len(p0s)), squeeze=False,
+                             sharex=True, sharey=True)
+    for k in keys:
+        r, pred, run = plan[k], predictions[k], runs[k]
+        ax = axes[p0s.index(r.p0), ns.index(r.n_envs)]
+        trained = [j for j, e in enumerate(pred.env_ids)
+                   if any(env.env_id == e and env.w > 0 for env in run.environments)]
+        ax.fill_between(pred.steps, pred.lower["p"][:, trained].mean(1), pred.upper["p"][:, trained].mean(1),
+                        color="tab:red", alpha=0.25, lw=0)
+        ax.plot(pred.steps, pred.mean["p"][:, trained].mean(1), color="tab:red", lw=1.5)
+        share = _trained_share(obs, run)
+        k_rs = share.p * share.n
+        lo, hi = jeffreys_interval(k_rs, share.n)
+        ax.errorbar(share.step, share.p, yerr=[share.p - lo, hi - share.p], fmt="o", ms=3, color="black", lw=0.7)
+        ax.set_title(f"N = {r.n_envs}, p0 = {r.p0:g}" + (f", s{r.seed}" if r.seed else ""), fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RS share p")
+    fig.suptitle("Predicted (red: mean p over trained envs, band: parameter uncertainty) vs observed (black)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def n_star_figure(observed: pd.DataFrame, predicted: pd.DataFrame, threshold: float, path: Path) -> str:
+    """Critical diversity N* against p0 on log-log axes: predicted curve with interval, observed points."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    if len(predicted):
+        ok = np.isfinite(predicted.n_star.to_numpy(float))
+        ax.plot(predicted.p0[ok], predicted.n_star[ok], "-", color="tab:red", label="predicted N* (fit)")
+        lo = predicted.lower.to_numpy(float)
+        hi = predicted.upper.to_numpy(float)
+        band = np.isfinite(lo)
+        hi_plot = np.where(np.isfinite(hi), hi, np.nanmax(np.where(np.isfinite(hi), hi, np.nan), initial=1) * 2)
+        ax.fill_between(predicted.p0[band], lo[band], hi_plot[band], color="tab:red", alpha=0.2, lw=0,
+                        label="90% interval (parameter draws)")
+    for row in observed.itertuples():
+        if np.isfinite(row.n_star):
+            ax.plot(row.p0, row.n_star, "ks", ms=7, label="observed N* (organisms)"
+                    if "observed N* (organisms)" not in ax.get_legend_handles_labels()[1] else None)
+        else:
+            ax.annotate("", xy=(row.p0, row.n_max * 1.8), xytext=(row.p0, row.n_max),
+                        arrowprops=dict(arrowstyle="->", color="black"))
+            ax.plot(row.p0, row.n_max, "k^", ms=7, mfc="white",
+                    label="observed: N* > largest N run" if "observed: N* > largest N run"
+                    not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prior p0")
+    ax.set_ylabel(f"critical diversity N* (final RS share > {threshold:g})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> list[str]:
+    lines = []
+    runs = summary["runs"]
+    agree = [r for r in runs if r["end_state_agrees"] is not None]
+    n_ok = sum(bool(r["end_state_agrees"]) for r in agree)
+    if agree:
+        lines.append(f"End state (does RS win, final share > {summary['threshold']:g}): the ODE got "
+                     f"<b>{n_ok} of {len(agree)}</b> sweep runs right.")
+        wrong = [r["run_id"] for r in agree if not r["end_state_agrees"]]
+        if wrong:
+            lines.append("<span class='bad'>Wrong end state:</span> " + ", ".join(html.escape(w) for w in wrong))
+    cov = [r["coverage"] for r in runs if r["coverage"] is not None]
+    if cov:
+        lines.append(f"Share of observed points inside the 95% predictive band, median over sweep runs: "
+                     f"<b>{np.median(cov):.0%}</b> (a calibrated model gives about 95%).")
+    rm = [r["rmse"]["p"] for r in runs if r["rmse"].get("p") is not None and np.isfinite(r["rmse"]["p"])]
+    if rm:
+        lines.append(f"RMSE of the RS share p over time, median over sweep runs: <b>{np.median(rm):.3f}</b>.")
+    # selection effect
+    for p0, group in observed.groupby("p0"):
+        finite = group.n_star.dropna()
+        pred = predicted[np.isclose(predicted.p0, p0)]
+        pred_txt = "not computed"
+        if len(pred):
+            row = pred.iloc[0]
+            pred_txt = ("none up to the searched maximum" if not np.isfinite(row.n_star)
+                        else f"{row.n_star:g} (90% interval {row.lower:g}–{row.upper:g})")
+        obs_txt = (f"{finite.median():g}" if len(finite)
+                   else f"none of the swept N (up to {int(group.n_max.max())}) made RS win")
+        lines.append(f"p0 = {p0:g}: observed N* = {obs_txt}; predicted N* = {pred_txt}.")
+    if summary["unidentified"]:
+        lines.append("<span class='bad'>Not identified by the calibration runs</span> (predictions lean on "
+                     "their whole plausible range): " + ", ".join(summary["unidentified"]) + ".")
+    return lines
+
+
+def report_sections(config, obs, runs, plan, fit_result, points, observed, predicted, predictions,
+                    summary, figs: Path) -> list[Section]:
+    """Every section of ``report.html`` in order."""
+    from fitting import in_sample
+    from fitting._figures import plot_run
+
+    sections = [Section("Verdict: where the ODE held and where it failed",
+                        paragraphs=_verdict(summary, observed, predicted), css_class="verdict")]
+    sections.append(Section(
+        "Organisms: RS share over training, per diversity N",
+        paragraphs=["Each line is one sweep run: the share of reward-seeking rollouts among evaluation "
+                    "rollouts on its trained environments. The post's claim is that the share ends higher "
+                    "for larger N."],
+        figures=[(rs_share_figure(obs, runs, plan, figs / "rs_share.png"), "RS share per step")]))
+    params = pd.DataFrame(summary["parameters"])
+    cols = ["name", "value", "stderr", "lower_95", "upper_95", "identified", "meaning"]
+    fit_figs = []
+    for i, k in enumerate(fit_result.problem.run_ids):
+        path = figs / f"fit_{k}.png"
+        pred = in_sample(fit_result, i)
+        weights = {e.env_id: e.w for e in fit_result.runs[i].environments}
+        plot_run(pred, weights, path, title=f"calibration run {k}: fit (in sample)")
+        fit_figs.append((_png_uri(path), f"fit to {k}"))
+    sections.append(Section(
+        "Fitted parameters (calibration runs only)",
+        paragraphs=[f"Transfer model '{config.transfer}', fitted on {len(fit_result.runs)} calibration runs "
+                    f"(AIC {fit_result.aic:.1f}, BIC {fit_result.bic:.1f}). Learnabilities are per model-time "
+                    "unit; model time = time_scale × optimizer steps. Intervals are Wald 95% on the natural "
+                    "scale; a parameter the data cannot constrain is marked not identified."],
+        tables=[(params[cols], "")], figures=fit_figs))
+    sections.append(Section(
+        "Predictions for the runs the fit never saw",
+        paragraphs=["Each panel is one sweep run. Points: observed RS share with Jeffreys 95% intervals. "
+                    "Red: the fitted ODE started from the run's measured step-0 share, with its band from "
+                    "parameter uncertainty."],
+        figures=[(bands_figure(plan, predictions, obs, runs, figs / "predicted_bands.png"),
+                  "predicted bands vs observed")],
+        tables=[(pd.DataFrame([{"run": p.run_id, "N": p.n_envs, "p0": p.p0, "observed final p": p.observed_final_p,
+                                "predicted final p": p.predicted_final_p, "RMSE p": p.rmse.get("p"),
+                                "coverage": p.coverage, "end state agrees": p.end_state_agrees}
+                               for p in points]), "per-run prediction errors")]))
+    sections.append(Section(
+        "Critical diversity N* against the prior p0",
+        paragraphs=["Observed: the smallest swept N whose final RS share passed the threshold. Predicted: the "
+                    "fitted ODE run under the same protocol (N envs sharing the batch, the same number of "
+                    "optimizer steps). MODEL.md's headline: a straight line of falling slope on log-log axes.",
+                    html.escape(summary["predicted_n_star_note"])],
+        figures=[(n_star_figure(observed, predicted, config.threshold, figs / "n_star.png"), "N* vs p0")],
+        tables=[(predicted, "predicted N* curve")]))
+    sections.append(Section("Limits of this comparison", paragraphs=[
+        "The ODE is a toy: binary RS labels, one scalar propensity per environment, linearly summed transfer, "
+        "no coupling between local heuristics and RS skill (unless λ is fitted). The organisms' environments "
+        "differ in their local tasks while the homogeneous fit treats them as identical. A run's 'final' share "
+        "is measured at a finite step budget, not at saturation. One seed per point unless the config asks "
+        "for more."]))
+    return sections
