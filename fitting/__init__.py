@@ -8,6 +8,8 @@ Reads only the log contract (``../shared/ROLLOUTS.md``); never imports
 - observations: :func:`observations`, :func:`jeffreys_interval`
 - synthetic logs: :func:`synthesize`, :data:`DEFAULT_TRUTH`
 - the fit: :func:`fit`, :func:`compare`, :class:`FitResult`, :class:`FitSpec`
+- prediction check: :func:`predict`, :func:`in_sample`, :class:`Prediction`,
+  :func:`save_prediction`, :func:`sample_parameters` (figures in ``fitting._figures``)
 """
 
 from ._fit import FitResult as FitResult
@@ -25,3 +27,8 @@ from ._problem import FitSpec as FitSpec
 from ._synthesize import DEFAULT_TRUTH as DEFAULT_TRUTH
 from ._synthesize import identifiable_truth as identifiable_truth
 from ._synthesize import synthesize as synthesize
+from ._predict import Prediction as Prediction
+from ._predict import in_sample as in_sample
+from ._predict import predict as predict
+from ._predict import sample_parameters as sample_parameters
+from ._predict import save_prediction as save_prediction

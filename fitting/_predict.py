@@ -111,6 +111,29 @@ def _sample_fit(fit: FitResult, n_samples: int, rng: np.random.Generator) -> tup
     return draws, names
 
 
+def sample_parameters(fit: FitResult, n_samples: int = 200, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Draws of the fit's varying parameters, for propagating its uncertainty.
+
+    Identified parameters are drawn from the Gaussian of the fit's covariance;
+    unidentified ones uniformly over their plausible range (probabilities over
+    their bounds, scales over a factor 10 either side), then every draw is
+    clipped to its bounds.
+
+    Parameters
+    ----------
+    fit : FitResult
+    n_samples : int
+        Number of draws S.
+    seed : int
+
+    Returns
+    -------
+    (draws, names) : ndarray of shape (S + 1, P), list of P str
+        Row 0 is the point estimate; ``names`` are ``fit.var_names``.
+    """
+    return _sample_fit(fit, n_samples, np.random.default_rng(seed))
+
+
 def _map_to_target(fit: FitResult, target: Problem, draws: np.ndarray, names: list[str], p0: float) -> np.ndarray:
     """θ_full of the target problem for each draw of the fit's parameters."""
     src = fit.problem
