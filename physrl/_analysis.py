@@ -153,8 +153,9 @@ def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshol
     """Predicted N*(p0) under the organisms' protocol, with an interval over parameter draws.
 
     Returns a table with columns ``p0, n_star, lower, upper, share_above_n_max``;
-    ``n_star`` is NaN when even ``n_max`` environments do not pass the
-    threshold (then ``share_above_n_max`` is 1 for the point estimate).
+    ``n_star`` (and an interval end) is NaN when even ``n_max`` environments
+    do not pass the threshold, i.e. N* > n_max; ``share_above_n_max`` is the
+    share of parameter draws for which that happens.
     """
     n_values = np.arange(1, n_max + 1)
     rows = []
@@ -164,7 +165,11 @@ def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshol
         first = np.where(passed.any(axis=1), passed.argmax(axis=1) + 1, np.inf)
         draws = first[1:]
         tail = (1 - level) / 2
-        lo, hi = np.quantile(draws, [tail, 1 - tail]) if draws.size else (math.nan, math.nan)
+        # "never passed" ranks above every N searched: quantiles past n_max read as +inf
+        capped = np.where(np.isfinite(draws), draws, n_max + 1)
+        lo, hi = (np.quantile(capped, [tail, 1 - tail], method="nearest") if draws.size
+                  else (math.nan, math.nan))
+        lo, hi = (math.inf if v > n_max else v for v in (lo, hi))
         rows.append({"p0": float(p0), "n_star": float(first[0]) if np.isfinite(first[0]) else math.nan,
                      "lower": float(lo) if np.isfinite(lo) else math.nan,
                      "upper": float(hi) if np.isfinite(hi) else math.nan,

@@ -163,7 +163,7 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
                                 "meaning": "smallest swept N whose final RS share > threshold; "
                                            "null: no swept N passed"}
     pred_by_p0 = {f"{row.p0:g}": {"n_star": row.n_star, "interval_90": [row.lower, row.upper],
-                                  "share_above_n_max": row.share_above_n_max}
+                                  "share_above_n_max": row.share_above_n_max, "n_max": config.n_star_max}
                   for row in predicted.itertuples() if any(np.isclose(row.p0, config.p0))}
     return {
         "name": config.name,
@@ -175,7 +175,7 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
         "predicted_n_star_curve": predicted.to_dict(orient="records"),
         "predicted_n_star_note": n_star_note or
         "protocol N*: N envs sharing the batch (w = 1/N) for max_steps steps, homogeneous fit; "
-        "90% interval over parameter draws",
+        "90% interval over parameter draws; null: above n_max (no N up to n_max made RS win)",
         "runs": [{
             "run_id": p.run_id, "n_envs": p.n_envs, "p0": p.p0, "seed": p.seed,
             "observed_final_p": p.observed_final_p, "predicted_final_p": p.predicted_final_p,

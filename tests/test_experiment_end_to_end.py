@@ -1,0 +1,106 @@
+"""The main job end to end: organisms → fit → predicted vs observed N* → report.
+
+Two paths: the analysis on ODE-sampled stand-in runs (fast, checks values),
+and a reduced real experiment (tiny organisms, two N values, a few GRPO
+steps) through the same command.
+"""
+
+import json
+import math
+
+import pytest
+
+import fitting
+from physrl._runs import plan_runs
+from physrl.cli import main
+from physrl.experiment import run_experiment
+from physrl.experiment_config import ExperimentConfig
+
+REPORT_SECTIONS = ["Verdict", "RS share over training", "Fitted parameters", "Predictions for the runs",
+                   "Critical diversity N*"]
+SUMMARY_KEYS = ["observed_n_star", "predicted_n_star", "runs", "parameters", "unidentified", "fit"]
+
+
+def _check_outputs(out, cfg):
+    html = (out / "report.html").read_text()
+    for title in REPORT_SECTIONS:
+        assert title in html, title
+    assert html.count("data:image/png;base64,") >= 4  # every figure embedded, nothing linked
+    summary = json.loads((out / "summary.json").read_text())
+    for key in SUMMARY_KEYS:
+        assert key in summary, key
+    assert set(summary["observed_n_star"]) == {f"{p:g}" for p in cfg.p0}
+    assert set(summary["predicted_n_star"]) == {f"{p:g}" for p in cfg.p0}
+    for entry in summary["observed_n_star"].values():
+        assert entry["n_star"] is None or entry["n_star"] in cfg.n_envs
+    for entry in summary["predicted_n_star"].values():
+        assert entry["n_star"] is None or 1 <= entry["n_star"] <= cfg.n_star_max
+        assert len(entry["interval_90"]) == 2
+    assert len(summary["runs"]) == len(cfg.n_envs) * len(cfg.p0) * len(cfg.seeds)
+    for run in summary["runs"]:
+        assert 0 <= run["observed_final_p"] <= 1
+        assert 0 <= run["predicted_final_p"] <= 1
+        assert math.isfinite(run["rmse"]["p"]) and run["rmse"]["p"] >= 0
+    for par in summary["parameters"]:
+        assert math.isfinite(par["value"]), par["name"]
+    return summary
+
+
+def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path):
+    """Stand-in runs sampled from the ODE with a known diversity effect: RS loses at N = 1
+    and wins at N = 8; the observed and predicted N* must both say so."""
+    cfg = ExperimentConfig(n_envs=[1, 8], p0=[0.1], organism={"max_steps": 150}, n_star_max=16)
+    truth = {"a0": 0.6, "b0": 0.3, "time_scale": 0.5, "alpha_x": 1.0, "alpha_y": 1.5,
+             "c_z": 1.0, "c_x": 1.0, "c_y": 0.0}
+    for r in plan_runs(cfg):
+        fitting.synthesize(tmp_path / "runs" / r.run_id, n_envs=r.n_envs, n_heldout=r.n_heldout,
+                           seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
+                           rollouts_per_env=48, run_id=r.run_id)
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    _check_outputs(tmp_path, cfg)
+    by_n = {r["n_envs"]: r for r in summary["runs"]}
+    assert by_n[1]["observed_final_p"] < 0.5 < by_n[8]["observed_final_p"]
+    assert summary["observed_n_star"]["0.1"]["n_star"] == 8
+    predicted = summary["predicted_n_star"]["0.1"]["n_star"]
+    assert predicted is not None and 2 <= predicted <= 8
+    assert all(r["end_state_agrees"] for r in summary["runs"])
+
+
+def test_reduced_real_experiment_through_the_command_line(tmp_path):
+    """Tiny organisms, two N values, a few GRPO steps: the whole command, report and summary."""
+    config = tmp_path / "exp.toml"
+    config.write_text("""
+name = "reduced"
+n_envs = [1, 2]
+p0 = [0.2]
+n_star_max = 8
+calibration = [{n_envs = 1, p0 = 0.2, n_held_out = 1}]
+[organism]
+max_steps = 4
+eval_every = 2
+pretrain_steps = 60
+groups_per_step = 2
+num_generations = 4
+eval_prompts_per_env = 1
+checkpoint_every = 2
+[executor]
+engine = "local"
+max_workers = 2
+""")
+    out = tmp_path / "out"
+    assert main(["experiment", str(config), "--out", str(out), "--no-progress"]) == 0
+    cfg = ExperimentConfig.from_file(config)
+    _check_outputs(out, cfg)
+    # a rerun skips every finished run and rewrites the same summary keys
+    before = {p.parent.name: p.stat().st_mtime for p in (out / "runs").glob("*/manifest.json")}
+    assert main(["experiment", str(config), "--out", str(out), "--no-progress"]) == 0
+    after = {p.parent.name: p.stat().st_mtime for p in (out / "runs").glob("*/manifest.json")}
+    assert before == after
+
+
+def test_bad_experiment_config_exits_2_naming_the_field(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("n_envs = [1, 2]\np0 = [1.5]\n")
+    assert main(["experiment", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "p0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
