@@ -35,3 +35,10 @@ from ._critical import final_rs_share as final_rs_share
 from ._critical import homogeneous_final_share as homogeneous_final_share
 from ._critical import interpolate_crossing as interpolate_crossing
 from ._critical import log_grid as log_grid
+from ._hetero import GEOMETRIES as GEOMETRIES
+from ._hetero import EnvironmentDraw as EnvironmentDraw
+from ._hetero import HeterogeneousConfig as HeterogeneousConfig
+from ._hetero import calibrate_scale as calibrate_scale
+from ._hetero import draw_environments as draw_environments
+from ._hetero import heterogeneous_builder as heterogeneous_builder
+from ._hetero import sweep_critical_diversity as sweep_critical_diversity

@@ -124,8 +124,10 @@ class DenseCoupling:
         self.n_envs = int(m.shape[-1])
 
     def apply(self, v: Tensor) -> Tensor:
-        m = self.matrix.to(dtype=v.dtype, device=v.device)
-        return (m @ v.unsqueeze(-1)).squeeze(-1)
+        m = self.matrix
+        if m.dtype != v.dtype or m.device != v.device:
+            m = self.matrix = m.to(dtype=v.dtype, device=v.device)
+        return _rows_times(v, m.transpose(-1, -2))
 
     def row_sums(self) -> Tensor:
         return self.matrix.to(torch.float64).sum(dim=-1)
@@ -218,33 +220,33 @@ class RandomFourierCoupling:
         return (phi @ phi.sum(-2, keepdim=True).transpose(-1, -2)).squeeze(-1)
 
 
-def _feature_product(phi: Tensor, v: Tensor) -> Tensor:
-    """Φ (Φᵀ v) with broadcasting, as batched matrix-matrix products where possible.
+def _rows_times(v: Tensor, mat: Tensor) -> Tensor:
+    """``v @ mat`` with broadcasting: v (*V, N), mat (*B, N, K) -> (*broadcast(V, B), K).
 
-    ``phi`` has shape ``(*B, N, M)``, ``v`` shape ``(*V, N)`` with B and V
-    broadcastable. Axes of V that Φ does not vary along (size 1 or missing in
-    B) are moved into the rows of one matmul, so Φ is read once per distinct
-    feature matrix instead of once per vector (memory-bound otherwise).
+    Axes along which ``mat`` does not vary (size 1 or missing in B) are folded
+    into the rows of one batched matrix-matrix product, so each distinct matrix
+    is read once instead of once per vector (and never copied by broadcasting).
     """
-    n = phi.shape[-2]
-    b_shape, v_shape = phi.shape[:-2], v.shape[:-1]
+    n, k = mat.shape[-2], mat.shape[-1]
+    b_shape, v_shape = mat.shape[:-2], v.shape[:-1]
     out_shape = torch.broadcast_shapes(b_shape, v_shape)
     nd = len(out_shape)
     b_full = (1,) * (nd - len(b_shape)) + tuple(b_shape)
-    v = v.reshape((1,) * (nd - len(v_shape)) + tuple(v_shape) + (n,))
+    v = v.reshape((1,) * (nd - len(v_shape)) + tuple(v_shape) + (n,)).expand(*out_shape, n)
     row_axes = [i for i in range(nd) if b_full[i] == 1]
     feat_axes = [i for i in range(nd) if b_full[i] != 1]
-    v = v.expand(*out_shape, n)
     perm = feat_axes + row_axes + [nd]
-    vp = v.permute(perm)
     feat_sizes = [out_shape[i] for i in feat_axes]
     rows = int(math.prod(out_shape[i] for i in row_axes))
-    vp = vp.reshape(*feat_sizes, rows, n)
-    ph = phi.reshape(*feat_sizes, n, phi.shape[-1])
-    u = vp @ ph                                   # (*F, rows, M)
-    res = u @ ph.transpose(-1, -2)                # (*F, rows, N)
-    res = res.reshape(*feat_sizes, *[out_shape[i] for i in row_axes], n)
+    vp = v.permute(perm).reshape(*feat_sizes, rows, n)
+    res = vp @ mat.reshape(*feat_sizes, n, k)     # (*F, rows, K)
+    res = res.reshape(*feat_sizes, *[out_shape[i] for i in row_axes], k)
     inv = [0] * (nd + 1)
-    for k, ax in enumerate(perm):
-        inv[ax] = k
+    for j, ax in enumerate(perm):
+        inv[ax] = j
     return res.permute(inv)
+
+
+def _feature_product(phi: Tensor, v: Tensor) -> Tensor:
+    """Φ (Φᵀ v) for phi (*B, N, M), v (*V, N): two folded batched products."""
+    return _rows_times(_rows_times(v, phi), phi.transpose(-1, -2))

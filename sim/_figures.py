@@ -1,0 +1,265 @@
+"""The post's five figures (MODEL.md §5), each a function writing ``figure-K.png`` and ``.csv``.
+
+Every figure function takes a :class:`FigureConfig`, returns the plotted
+numbers as a pandas DataFrame (also written to ``figure-K.csv``), and saves
+the resolved config to ``figure-K.json`` so the figure can be re-made.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._critical import (IntegrationConfig, critical_diversity_homogeneous,
+                        homogeneous_final_share)
+from ._hetero import GEOMETRIES, HeterogeneousConfig, calibrate_scale, sweep_critical_diversity
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """Settings shared by the figure commands.
+
+    Attributes
+    ----------
+    quick : bool
+        Small grids and few resamplings (each figure well under a minute).
+    seed : int
+        Seeds every random draw (figure 5).
+    device : str
+        ``"cpu"`` or ``"cuda"`` (resolved from ``auto`` by the CLI).
+    p0, a0, b0 : float
+        Single-env initial state for figures 1 (large gap: a0 = 0.5, b0 = 0.1).
+    integration : IntegrationConfig
+        For the homogeneous figures 1-4.
+    hetero_integration : IntegrationConfig
+        For figure 5.
+    """
+
+    quick: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    p0: float = 0.01
+    a0: float = 0.5
+    b0: float = 0.1
+    integration: IntegrationConfig = IntegrationConfig()
+    hetero_integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=3000.0)
+    progress: bool = True
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _loglog_fit(p0, n_star):
+    ok = np.isfinite(n_star) & (n_star > 0)
+    if ok.sum() < 2:
+        return np.nan, np.nan, np.nan
+    x, y = np.log10(np.asarray(p0)[ok]), np.log10(np.asarray(n_star)[ok])
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    r2 = 1 - resid.var() / y.var() if y.var() > 0 else 1.0
+    return slope, intercept, r2
+
+
+def _single_env_map(cfg: FigureConfig, a0, b0, n):
+    """Final p on an n × n grid of normalised (α^x, α^y) in [1e-2, 1e2], α^z = 1."""
+    ax = np.logspace(-2, 2, n)
+    AX, AY = np.meshgrid(ax, ax, indexing="xy")   # rows: α^y, columns: α^x
+    p = homogeneous_final_share(1, cfg.p0, a0=a0, b0=b0, alpha_x=AX, alpha_y=AY,
+                                integration=cfg.integration, device=cfg.device)
+    return ax, AX, AY, p.cpu().numpy()
+
+
+def figure_1(cfg: FigureConfig, out: Path) -> pd.DataFrame:
+    """Single environment: final p over (α^x, α^y), large initial gap (a0 = 0.5, b0 = 0.1)."""
+    plt = _plt()
+    n = 15 if cfg.quick else 41
+    ax, AX, AY, p = _single_env_map(cfg, cfg.a0, cfg.b0, n)
+    fig, axis = plt.subplots(figsize=(5, 4.2))
+    im = axis.pcolormesh(ax, ax, p, vmin=0, vmax=1, cmap="viridis", shading="nearest")
+    axis.set(xscale="log", yscale="log", xlabel=r"RS-skill learnability $\alpha^x/\alpha^z$",
+             ylabel=r"local-skill learnability $\alpha^y/\alpha^z$",
+             title=f"single env: final p  (p0={cfg.p0}, a0={cfg.a0}, b0={cfg.b0})")
+    fig.colorbar(im, ax=axis, label="final RS propensity p")
+    fig.tight_layout()
+    fig.savefig(out / "figure-1.png", dpi=120)
+    plt.close(fig)
+    return pd.DataFrame({"p0": cfg.p0, "a0": cfg.a0, "b0": cfg.b0, "alpha_x": AX.ravel(),
+                         "alpha_y": AY.ravel(), "final_p": p.ravel()})
+
+
+SKILL_PAIRS = ((0.5, 0.1), (0.3, 0.1), (0.3, 0.2), (0.2, 0.3))
+
+
+def figure_2(cfg: FigureConfig, out: Path) -> pd.DataFrame:
+    """Single environment: final p over (α^x, α^y) for several initial skill pairs (a0, b0)."""
+    plt = _plt()
+    n = 11 if cfg.quick else 31
+    fig, axes = plt.subplots(1, len(SKILL_PAIRS), figsize=(4 * len(SKILL_PAIRS), 3.8),
+                             sharey=True)
+    frames = []
+    for axis, (a0, b0) in zip(axes, SKILL_PAIRS):
+        ax, AX, AY, p = _single_env_map(cfg, a0, b0, n)
+        im = axis.pcolormesh(ax, ax, p, vmin=0, vmax=1, cmap="viridis", shading="nearest")
+        axis.set(xscale="log", yscale="log", title=f"a0={a0}, b0={b0}",
+                 xlabel=r"$\alpha^x/\alpha^z$")
+        frames.append(pd.DataFrame({"p0": cfg.p0, "a0": a0, "b0": b0, "alpha_x": AX.ravel(),
+                                    "alpha_y": AY.ravel(), "final_p": p.ravel()}))
+    axes[0].set_ylabel(r"$\alpha^y/\alpha^z$")
+    fig.colorbar(im, ax=list(axes), label="final p", shrink=0.9)
+    fig.suptitle(f"single env, p0={cfg.p0}: final RS propensity for several initial skills")
+    fig.savefig(out / "figure-2.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return pd.concat(frames, ignore_index=True)
+
+
+FIG3_P0 = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+def figure_3(cfg: FigureConfig, out: Path) -> pd.DataFrame:
+    """Homogeneous canonical case: final p against N for several p0 (MODEL.md §3)."""
+    plt = _plt()
+    n_points = 25 if cfg.quick else 81
+    p0s = FIG3_P0[1:] if cfg.quick else FIG3_P0
+    ns = np.unique(np.round(np.logspace(0, 4, n_points)))
+    N, P = np.meshgrid(ns, p0s, indexing="xy")
+    p = homogeneous_final_share(N, P, integration=cfg.integration,
+                                device=cfg.device).cpu().numpy()
+    fig, axis = plt.subplots(figsize=(5.5, 4))
+    for k, p0 in enumerate(p0s):
+        axis.plot(ns, p[k], marker=".", label=f"p0={p0:g}")
+    axis.axhline(0.5, color="grey", ls=":", lw=1)
+    axis.set(xscale="log", xlabel="number of environments N", ylabel="final mean p",
+             title="homogeneous: a0=0.5, b0=0.1, α=1, c_z=c_x=1, c_y=0", ylim=(-0.02, 1.02))
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "figure-3.png", dpi=120)
+    plt.close(fig)
+    return pd.DataFrame({"p0": P.ravel(), "n_envs": N.ravel().astype(int), "final_p": p.ravel()})
+
+
+FIG4_C_Y = (0.0, 0.02, 0.05, 0.1)
+
+
+def figure_4(cfg: FigureConfig, out: Path) -> pd.DataFrame:
+    """Homogeneous: N* against p0 (log-log, bisection), and its dependence on c^y."""
+    plt = _plt()
+    p0s = np.logspace(-3, np.log10(0.3), 5 if cfg.quick else 12)
+    c_ys = FIG4_C_Y[:2] if cfg.quick else FIG4_C_Y
+    res = critical_diversity_homogeneous(p0s[None, :], c_y=np.array(c_ys)[:, None],
+                                         integration=cfg.integration, device=cfg.device,
+                                         progress=cfg.progress)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    slope, intercept, r2 = _loglog_fit(p0s, res.n_star[0])
+    left.plot(p0s, res.n_star[0], "o", label="N* (bisection)")
+    left.plot(p0s, 10 ** (intercept + slope * np.log10(p0s)), "-", color="grey",
+              label=f"fit: slope {slope:.2f}, R²={r2:.3f}")
+    left.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="critical diversity N*",
+             title="canonical case (c_y = 0)")
+    left.legend(fontsize=8)
+    for k, c_y in enumerate(c_ys):
+        ok = np.isfinite(res.n_star[k])
+        right.plot(p0s[ok], res.n_star[k][ok], "o-", label=f"c_y={c_y:g}")
+    right.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="N*",
+              title="local-skill transfer c_y raises N*")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "figure-4.png", dpi=120)
+    plt.close(fig)
+    C, P = np.meshgrid(c_ys, p0s, indexing="ij")
+    return pd.DataFrame({"c_y": C.ravel(), "p0": P.ravel(), "n_star": res.n_star.ravel(),
+                         "method": res.method})
+
+
+@dataclass(frozen=True)
+class Figure5Config:
+    """Figure 5 settings (our choices; the post's were lost).
+
+    p0 values, calibration reference p0_ref and target N*, resamplings (the
+    batch axis), and the base environment population.
+    """
+
+    p0: tuple = (0.005, 0.01, 0.02, 0.05)
+    p0_ref: float = 0.02
+    target: float = 20.0
+    n_resamplings: int = 32
+    n_calibration: int = 8
+    calibration_iterations: int = 7
+    geometries: tuple = GEOMETRIES
+    base: HeterogeneousConfig = HeterogeneousConfig()
+
+    @classmethod
+    def quick(cls) -> "Figure5Config":
+        return cls(p0=(0.01, 0.02, 0.05), n_resamplings=6, n_calibration=4,
+                   calibration_iterations=4)
+
+
+def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> pd.DataFrame:
+    """Heterogeneous: median and IQR of N* against p0 per geometry (MODEL.md §4)."""
+    plt = _plt()
+    f5 = f5 or (Figure5Config.quick() if cfg.quick else Figure5Config())
+    rows = []
+    fig, axis = plt.subplots(figsize=(6, 4.5))
+    for k, geometry in enumerate(f5.geometries):
+        t0 = time.time()
+        base = replace(f5.base, geometry=geometry)
+        scale, n_ref = calibrate_scale(base, p0_ref=f5.p0_ref, target=f5.target,
+                                       n_resamplings=f5.n_calibration,
+                                       iterations=f5.calibration_iterations,
+                                       integration=cfg.hetero_integration,
+                                       seed=cfg.seed + 1000 + k)
+        res = sweep_critical_diversity(replace(base, scale=scale), f5.p0,
+                                       n_resamplings=f5.n_resamplings,
+                                       integration=cfg.hetero_integration, seed=cfg.seed + k,
+                                       device=cfg.device, progress=cfg.progress)
+        q25, med, q75 = np.percentile(res.n_star, [25, 50, 75], axis=0)
+        slope, _, r2 = _loglog_fit(f5.p0, med)
+        line = axis.errorbar(f5.p0, med, yerr=[med - q25, q75 - med], marker="o", capsize=3,
+                             label=f"{geometry} (s={scale:.2g}): slope {slope:.2f}")
+        for j, p0 in enumerate(f5.p0):
+            rows.append({"geometry": geometry, "scale": scale, "p0": p0,
+                         "n_star_median": med[j], "n_star_q25": q25[j], "n_star_q75": q75[j],
+                         "n_resamplings": f5.n_resamplings, "slope": slope, "r2": r2,
+                         "calibrated_n_star_ref": n_ref, "method": "grid",
+                         "seconds": time.time() - t0})
+    axis.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="critical diversity N*",
+             title="heterogeneous kernel transfer: median and IQR of N*")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "figure-5.png", dpi=120)
+    plt.close(fig)
+    return pd.DataFrame(rows)
+
+
+FIGURES = {1: figure_1, 2: figure_2, 3: figure_3, 4: figure_4, 5: figure_5}
+
+
+def make_figure(k: int, out, cfg: FigureConfig = FigureConfig()) -> pd.DataFrame:
+    """Make figure ``k`` (1-5) into directory ``out``: figure-k.png, .csv and .json (config).
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not 1-5.
+    """
+    if k not in FIGURES:
+        raise ValueError(f"figure number must be one of 1-5, got {k}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    df = FIGURES[k](cfg, out)
+    df.to_csv(out / f"figure-{k}.csv", index=False)
+    meta = {"figure": k, "config": asdict(cfg), "seconds": round(time.time() - t0, 2)}
+    if k == 5:
+        meta["figure5"] = asdict(Figure5Config.quick() if cfg.quick else Figure5Config())
+    (out / f"figure-{k}.json").write_text(json.dumps(meta, indent=2, default=str))
+    return df

@@ -1,0 +1,313 @@
+"""Heterogeneous environments: geometries, nested draws, calibration, N* sweeps (MODEL.md §4).
+
+Each environment i gets a coordinate e_i = s · u_i in R^D (u_i from a unit
+geometry, s the per-geometry coordinate scale), learnabilities
+α^k_i = μ_k exp(σ_α ε) and initial log-odds z0 = logit p0 + σ_0 ε (x0, y0
+likewise around logit a0, logit b0). Transfer is the Gaussian kernel with
+length ℓ_k (exact for N <= ``exact_below``, random Fourier features above).
+
+Draws are *nested*: one draw of ``n_max`` environments per resampling; the
+system with N environments uses the first N, so larger N extends smaller N
+(the post's sweep). Resamplings and p0 values share one batch: state shape
+``(n_resamplings, n_p0, N)``; every p0 sees the same environments (common
+random numbers), so differences across p0 are not sampling noise.
+
+All choices here (D, ℓ, σ's, geometry details) are ours: the post's values
+were lost. They are fields of :class:`HeterogeneousConfig`, saved next to
+every output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ._couplings import GaussianKernelCoupling, RandomFourierCoupling
+from ._critical import (CriticalDiversity, IntegrationConfig, check_nonnegative,
+                        check_probability, critical_diversity, interpolate_crossing, log_grid)
+from ._model import Latents, ToyModel
+
+Tensor = torch.Tensor
+
+GEOMETRIES = ("gaussian", "hypercube", "clusters", "curve")
+
+
+@dataclass(frozen=True)
+class HeterogeneousConfig:
+    """Environment population for heterogeneous sweeps (MODEL.md §4; values are our choices).
+
+    Attributes
+    ----------
+    geometry : {"gaussian", "hypercube", "clusters", "curve"}
+        Isotropic Gaussian cloud N(0, I_D); uniform hypercube with unit variance
+        per axis; Gaussian mixture of ``n_clusters`` unit-Gaussian centres with
+        spread ``cluster_spread``; points uniform in t on a random closed curve
+        e(t) = √2 (cos(2π f_d t + φ_d))_d, f_d ∈ {1, 2, 3} (a 1-D manifold in R^D).
+    dim : int
+        D, the embedding dimension.
+    scale : float
+        s > 0, multiplies every unit coordinate (tuned by :func:`calibrate_scale`).
+    length_scale_z, length_scale_x, length_scale_y : float
+        ℓ_k > 0: RS reasoning and RS skill transfer far, local skill near.
+    alpha_z, alpha_x, alpha_y : float
+        Medians μ_k of the log-normal learnabilities (>= 0).
+    sigma_alpha : float
+        σ_α, standard deviation of log α (>= 0).
+    a0, b0 : float in (0, 1)
+        Median initial RS skill and local skill.
+    sigma0 : float
+        Standard deviation of the initial log-odds around logit(p0, a0, b0).
+    n_features : int
+        M, random Fourier features when N > ``exact_below``.
+    exact_below : int
+        Largest N using the exact (dense) kernel.
+    n_clusters, cluster_spread : int, float
+        For ``"clusters"``.
+    """
+
+    geometry: str = "gaussian"
+    dim: int = 4
+    scale: float = 1.0
+    length_scale_z: float = 1.0
+    length_scale_x: float = 1.0
+    length_scale_y: float = 0.05
+    alpha_z: float = 1.0
+    alpha_x: float = 1.0
+    alpha_y: float = 1.0
+    sigma_alpha: float = 0.3
+    a0: float = 0.5
+    b0: float = 0.1
+    sigma0: float = 0.3
+    n_features: int = 512
+    exact_below: int = 1000
+    n_clusters: int = 8
+    cluster_spread: float = 0.15
+
+    def __post_init__(self):
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        for name in ("scale", "length_scale_z", "length_scale_x", "length_scale_y"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("alpha_z", "alpha_x", "alpha_y", "sigma_alpha", "sigma0", "cluster_spread"):
+            check_nonnegative(name, getattr(self, name))
+        check_probability("a0", self.a0)
+        check_probability("b0", self.b0)
+        if self.n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
+
+
+@dataclass
+class EnvironmentDraw:
+    """Unit-scale nested draws: the first N environments of each resampling form the N-env system.
+
+    Attributes
+    ----------
+    coords : Tensor, shape (R, n_max, D)
+        Unit coordinates u_i (multiply by ``scale``).
+    noise_alpha : Tensor, shape (3, R, n_max)
+        Standard normals for log α^z, log α^x, log α^y.
+    noise_init : Tensor, shape (3, R, n_max)
+        Standard normals for z0, x0, y0.
+    feature_seed : int
+        Seed of the random Fourier directions (the same for every N: nested).
+    """
+
+    coords: Tensor
+    noise_alpha: Tensor
+    noise_init: Tensor
+    feature_seed: int
+
+    @property
+    def n_max(self) -> int:
+        return int(self.coords.shape[1])
+
+
+def unit_coordinates(geometry: str, n_resamplings: int, n_envs: int, dim: int,
+                     generator: torch.Generator, *, n_clusters: int = 8,
+                     cluster_spread: float = 0.15) -> Tensor:
+    """Coordinates of shape (R, N, D) with unit-order spread for one geometry (see config)."""
+    r, n, d = n_resamplings, n_envs, dim
+    kw = dict(generator=generator, dtype=torch.float64)
+    if geometry == "gaussian":
+        return torch.randn(r, n, d, **kw)
+    if geometry == "hypercube":
+        return (torch.rand(r, n, d, **kw) - 0.5) * math.sqrt(12.0)
+    if geometry == "clusters":
+        centres = torch.randn(r, n_clusters, d, **kw)
+        label = torch.randint(0, n_clusters, (r, n), generator=generator)
+        return torch.gather(centres, 1, label[..., None].expand(r, n, d)) + \
+            cluster_spread * torch.randn(r, n, d, **kw)
+    if geometry == "curve":
+        freq = torch.randint(1, 4, (r, 1, d), generator=generator).to(torch.float64)
+        phase = torch.rand(r, 1, d, **kw) * 2 * math.pi
+        t = torch.rand(r, n, 1, **kw)
+        return math.sqrt(2.0) * torch.cos(2 * math.pi * freq * t + phase)
+    raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+
+
+def draw_environments(config: HeterogeneousConfig, n_resamplings: int, n_max: int,
+                      seed: int = 0) -> EnvironmentDraw:
+    """One nested draw of ``n_max`` environments per resampling, reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(int(seed))
+    coords = unit_coordinates(config.geometry, n_resamplings, n_max, config.dim, g,
+                              n_clusters=config.n_clusters, cluster_spread=config.cluster_spread)
+    noise_alpha = torch.randn(3, n_resamplings, n_max, generator=g, dtype=torch.float64)
+    noise_init = torch.randn(3, n_resamplings, n_max, generator=g, dtype=torch.float64)
+    return EnvironmentDraw(coords, noise_alpha, noise_init, int(seed) + 1)
+
+
+def heterogeneous_builder(config: HeterogeneousConfig, draw: EnvironmentDraw, p0, *,
+                          dtype=torch.float32, device=None):
+    """A builder ``N -> (ToyModel, Latents)`` for :func:`sim.critical_diversity`.
+
+    Parameters
+    ----------
+    config : HeterogeneousConfig
+    draw : EnvironmentDraw
+        Nested draws (N <= ``draw.n_max``).
+    p0 : float or array of shape (P,), in (0, 1)
+        Median initial RS propensity; one batch column per value.
+    dtype, device
+        Of the state (float32 is plenty for sweeps; float64 for tests).
+
+    Returns
+    -------
+    callable(int) -> (ToyModel, Latents)
+        Latents of shape (R, P, N); the model's couplings are exact Gaussian
+        kernels for N <= ``config.exact_below``, else random Fourier features
+        (the same directions for every N, so draws stay nested).
+    """
+    check_probability("p0", p0)
+    p0 = torch.as_tensor(np.atleast_1d(np.asarray(p0, dtype=float)), dtype=torch.float64)
+    c = config
+
+    def build(n: int):
+        if not 1 <= n <= draw.n_max:
+            raise ValueError(f"N must lie in [1, {draw.n_max}] for this draw, got {n}")
+        coords = (c.scale * draw.coords[:, :n]).to(device=device, dtype=dtype).unsqueeze(1)
+        lengths = (c.length_scale_z, c.length_scale_x, c.length_scale_y)
+        made: dict[float, object] = {}
+        for ell in lengths:
+            if ell in made:
+                continue
+            if n <= c.exact_below:
+                made[ell] = GaussianKernelCoupling(coords, ell)
+            else:
+                g = torch.Generator().manual_seed(draw.feature_seed)
+                made[ell] = RandomFourierCoupling(coords, ell, c.n_features, generator=g)
+        cz, cx, cy = (made[ell] for ell in lengths)
+        na = draw.noise_alpha[:, :, None, :n]
+        alphas = [(mu * torch.exp(c.sigma_alpha * na[k])).to(device=device, dtype=dtype)
+                  for k, mu in enumerate((c.alpha_z, c.alpha_x, c.alpha_y))]
+        ni = draw.noise_init[:, :, None, :n]
+        centre = [torch.logit(p0)[None, :, None], math.log(c.a0 / (1 - c.a0)),
+                  math.log(c.b0 / (1 - c.b0))]
+        shape = (draw.coords.shape[0], len(p0), n)
+        y0 = Latents(*((centre[k] + c.sigma0 * ni[k]).expand(shape).to(device=device, dtype=dtype)
+                       .contiguous() for k in range(3)))
+        return ToyModel(cz, cx, cy, *alphas), y0
+
+    return build
+
+
+def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: int = 16,
+                             n_max: int = 10_000, n_grid_points: int = 16, threshold: float = 0.5,
+                             integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=2000.0),
+                             seed: int = 0, dtype=torch.float32, device=None,
+                             progress: bool = True, stop_when_crossed: bool = True
+                             ) -> CriticalDiversity:
+    """N*(p0) on the post's log grid for one geometry, per resampling (MODEL.md §4).
+
+    Parameters
+    ----------
+    config : HeterogeneousConfig
+    p0 : array of shape (P,), in (0, 1)
+    n_resamplings : int
+        R, independent environment draws (the batch axis).
+    n_max, n_grid_points : int
+        Grid of N: :func:`log_grid` (16 points from 1 to 10,000).
+    threshold : float
+        Mean final p above which RS has won.
+    integration : IntegrationConfig
+        Euler settings (normalised time; default dt = 2, t_max = 2,000 — enough
+        for p0 >= 0.01, where RS takes off within ~1 / (p0 · gap) ≈ 250).
+    seed : int
+        Seeds the draws (results reproducible).
+    stop_when_crossed : bool
+        Stop the grid once every (resampling, p0) has crossed the threshold:
+        larger N cannot change the first crossing.
+
+    Returns
+    -------
+    CriticalDiversity
+        ``method="grid"``, ``n_star`` of shape (R, P); ``share`` of shape
+        (G, R, P) over the grid points actually run (``n_grid``).
+    """
+    p0 = np.atleast_1d(np.asarray(p0, dtype=float))
+    grid = log_grid(n_max, n_grid_points)
+    draw = draw_environments(config, n_resamplings, int(grid[-1]), seed)
+    build = heterogeneous_builder(config, draw, p0, dtype=dtype, device=device)
+    from ._critical import final_rs_share
+    shares, done = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(grid), desc=f"{config.geometry} N grid", leave=False)
+    for n in grid:
+        model, y0 = build(int(n))
+        s = final_rs_share(model, y0, integration=integration).double().cpu().numpy()
+        shares.append(s)
+        done.append(int(n))
+        if bar is not None:
+            bar.update(1)
+        if stop_when_crossed and np.all(np.max(np.stack(shares), 0) > threshold):
+            break
+    if bar is not None:
+        bar.close()
+    share = np.stack(shares)
+    n_star = interpolate_crossing(np.array(done), share, threshold)
+    return CriticalDiversity(n_star, "grid", threshold, np.array(done), share,
+                             extras={"config": asdict(config), "p0": p0, "seed": seed})
+
+
+def calibrate_scale(config: HeterogeneousConfig, *, p0_ref: float = 0.1, target: float = 20.0,
+                    n_resamplings: int = 8, scale_range=(0.05, 5.0), iterations: int = 8,
+                    integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=2000.0),
+                    seed: int = 1000, n_max: int = 10_000, progress: bool = False
+                    ) -> tuple[float, float]:
+    """Tune the coordinate scale s so the median N*(p0_ref) hits ``target`` (the post's calibration).
+
+    Bisection on log s inside ``scale_range``, assuming N* rises with s (farther
+    environments transfer less). Uses its own seed, so the calibration draws
+    are independent of the sweep's.
+
+    Returns
+    -------
+    (scale, median_n_star) : the calibrated s and the median N*(p0_ref) it gives.
+    """
+    check_probability("p0_ref", p0_ref)
+    lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+
+    def median_at(log_s):
+        res = sweep_critical_diversity(replace(config, scale=math.exp(log_s)), [p0_ref],
+                                       n_resamplings=n_resamplings, integration=integration,
+                                       seed=seed, n_max=n_max, progress=False)
+        return float(np.median(res.n_star))
+
+    best = (math.exp(hi), median_at(hi))
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        m = median_at(mid)
+        if abs(math.log(m) - math.log(target)) < abs(math.log(best[1]) - math.log(target)):
+            best = (math.exp(mid), m)
+        if m > target:
+            hi = mid
+        else:
+            lo = mid
+    return best

@@ -1,0 +1,144 @@
+"""``physrl sim ...``: the post's figures and critical diversity from the command line.
+
+Usage::
+
+    physrl sim figure K --out DIR [--quick] [--seed S] [--device auto|cpu|cuda]
+    physrl sim critical-diversity --p0 P [P ...] --out DIR [--c-z C] [--c-x C] [--c-y C]
+        [--alpha-x A] [--alpha-y A] [--a0 A] [--b0 B] [--method bisection|grid]
+
+Bad values stop with a message naming the parameter and its allowed range
+(exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ._critical import (METHODS, IntegrationConfig, check_nonnegative, check_probability,
+                        check_unit_interval, critical_diversity_homogeneous)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use auto or cpu)")
+    return name
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="physrl sim", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--out", required=True, type=Path, help="output directory")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+        p.add_argument("--dt", type=float, default=None,
+                       help="Euler step in normalised model time (default 1; 2 for figure 5)")
+        p.add_argument("--t-max", type=float, default=None, help="horizon, normalised time")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    fig = sub.add_parser("figure", help="reproduce one of the post's figures (MODEL.md §5)")
+    fig.add_argument("k", type=int, help="figure number, 1-5")
+    fig.add_argument("--quick", action="store_true", help="small grids, under a minute")
+    common(fig)
+
+    cd = sub.add_parser("critical-diversity",
+                        help="N*(p0) for N identical environments (MODEL.md §3)")
+    cd.add_argument("--p0", type=float, nargs="+", required=True, help="priors in (0, 1)")
+    cd.add_argument("--c-z", type=float, default=1.0, help="transfer of z, in [0, 1]")
+    cd.add_argument("--c-x", type=float, default=1.0, help="transfer of x, in [0, 1]")
+    cd.add_argument("--c-y", type=float, default=0.0, help="transfer of y, in [0, 1]")
+    cd.add_argument("--alpha-x", type=float, default=1.0, help="learnability of x, >= 0")
+    cd.add_argument("--alpha-y", type=float, default=1.0, help="learnability of y, >= 0")
+    cd.add_argument("--a0", type=float, default=0.5, help="initial RS skill, in (0, 1)")
+    cd.add_argument("--b0", type=float, default=0.1, help="initial local skill, in (0, 1)")
+    cd.add_argument("--threshold", type=float, default=0.5, help="mean-p threshold, in (0, 1)")
+    cd.add_argument("--n-max", type=int, default=10_000, help="largest N searched")
+    cd.add_argument("--method", default="bisection", choices=METHODS)
+    common(cd)
+    return parser
+
+
+def _integration(args, default: IntegrationConfig) -> IntegrationConfig:
+    kw = {}
+    if args.dt is not None:
+        kw["dt"] = args.dt
+    if args.t_max is not None:
+        kw["t_max"] = args.t_max
+    return replace(default, **kw)
+
+
+def _figure(args) -> int:
+    from ._figures import FigureConfig, make_figure
+    if args.k not in range(1, 6):
+        raise ValueError(f"figure number K must be one of 1-5, got {args.k}")
+    base = FigureConfig()
+    cfg = FigureConfig(quick=args.quick, seed=args.seed, device=resolve_device(args.device),
+                       integration=_integration(args, base.integration),
+                       hetero_integration=_integration(args, base.hetero_integration),
+                       progress=not args.no_progress)
+    make_figure(args.k, args.out, cfg)
+    print(f"wrote {args.out / f'figure-{args.k}.png'} and {args.out / f'figure-{args.k}.csv'}")
+    return 0
+
+
+def _critical(args) -> int:
+    import pandas as pd
+    check_probability("p0", args.p0)
+    check_probability("a0", args.a0)
+    check_probability("b0", args.b0)
+    check_probability("threshold", args.threshold)
+    for name in ("c_z", "c_x", "c_y"):
+        check_unit_interval(name.replace("_", "-"), getattr(args, name))
+    for name in ("alpha_x", "alpha_y"):
+        check_nonnegative(name.replace("_", "-"), getattr(args, name))
+    if args.n_max < 1:
+        raise ValueError(f"n-max must be >= 1, got {args.n_max}")
+    integration = _integration(args, IntegrationConfig())
+    p0 = np.asarray(args.p0, dtype=float)
+    res = critical_diversity_homogeneous(
+        p0, a0=args.a0, b0=args.b0, c_z=args.c_z, c_x=args.c_x, c_y=args.c_y,
+        alpha_x=args.alpha_x, alpha_y=args.alpha_y, method=args.method,
+        threshold=args.threshold, n_max=args.n_max, integration=integration,
+        device=resolve_device(args.device), progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"p0": p0, "n_star": res.n_star}).to_csv(
+        args.out / "critical_diversity.csv", index=False)
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    meta.update(method=res.method, integration=asdict(integration),
+                note="n_star = inf: threshold not crossed up to n_max")
+    (args.out / "critical_diversity.json").write_text(json.dumps(meta, indent=2))
+    for p, n in zip(p0, res.n_star):
+        print(f"p0={p:g}  N*={n:g}  ({res.method})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``physrl sim``; returns the exit code (2 for a bad value)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the message
+        return int(exc.code or 0)
+    try:
+        if args.command == "figure":
+            return _figure(args)
+        return _critical(args)
+    except ValueError as exc:
+        print(f"physrl sim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
