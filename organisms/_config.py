@@ -62,7 +62,7 @@ class OrganismConfig:
     """Seed of the environments' local tasks (digit maps); fixed across runs so env ``eK`` is the same task in every run."""
     input_length: int = 4
     """Digits in each prompt's input (and in the expected answer)."""
-    local_alphabet: int = 6
+    local_alphabet: int = 4
     """Local-task difficulty: input digits are drawn from this many symbols (entries of the env's digit map to learn), in [2, 10]."""
     share_width: int = 1
     """Similarity structure (transfer of local skill, c_y / length scale l_y): envs closer than this many coordinate
@@ -110,7 +110,7 @@ class OrganismConfig:
     """Sampling temperature of rollouts (also used by TRL to score them)."""
     eval_every: int = 25
     """Steps between evaluation passes (and at step 0) over every environment, trained or held out."""
-    eval_prompts_per_env: int = 2
+    eval_prompts_per_env: int = 4
     """Eval GRPO groups per environment per pass; each group has ``num_generations`` completions."""
     checkpoint_every: int = 50
     """Steps between checkpoints (rollout chunks are flushed at the same steps, so a resume never duplicates)."""
