@@ -104,9 +104,11 @@ def time_scale(model: ToyModel) -> Tensor:
         a = torch.as_tensor(alpha, dtype=torch.float64).cpu()
         if w is None:
             rs = coupling.row_sums().cpu().abs()
-        else:
-            # Σ_j |C_ij| w_j is bounded by max_j w_j Σ_j |C_ij|.
-            rs = coupling.row_sums().cpu().abs() * w.cpu().amax(-1, keepdim=True)
+        else:  # Σ_j C_ij w_j (exact for non-negative kernels; held-out envs count 0)
+            w_full = w.expand(*w.shape[:-1], coupling.n_envs)
+            # only trained rows: a held-out env has no feedback on itself (a pure
+            # receiver), so it neither limits stability nor sets the time unit
+            rs = (coupling.apply(w_full).cpu().abs() * (w_full.cpu() > 0))
         rates.append((a * rs).amax(-1, keepdim=True) if (a * rs).ndim else (a * rs).reshape(1))
     shape = torch.broadcast_shapes(*(r.shape for r in rates))
     out = torch.stack([r.expand(shape) for r in rates]).amax(0)
@@ -217,9 +219,46 @@ def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y
     shape = torch.broadcast_shapes(az.shape, ax.shape, ay.shape, y0.z.shape)
     az, ax, ay = (v.expand(shape).unsqueeze(-1) for v in (az, ax, ay))
     y0 = Latents(*(v.expand(shape).unsqueeze(-1).clone() for v in y0))
+    if device is None or str(device) == "cpu":
+        # same Euler steps as sim.euler, in numpy (per-op overhead ~20x below torch's
+        # for these tiny batches); checked equal in tests/test_sim_critical.py
+        return torch.as_tensor(_single_env_final_p(
+            az.squeeze(-1).numpy(), ax.squeeze(-1).numpy(), ay.squeeze(-1).numpy(),
+            *(v.squeeze(-1).numpy() for v in y0), lam, integration), dtype=dtype)
     one = IdentityCoupling(1)
     model = ToyModel(one, one, one, az, ax, ay, None, lam)
     return final_rs_share(model, y0, integration=integration)
+
+
+def _single_env_final_p(az, ax, ay, z, x, y, lam, integration: IntegrationConfig) -> np.ndarray:
+    """Forward Euler of a batch of single-env systems (MODEL.md §2), numpy float64."""
+    az, ax, ay = (np.broadcast_to(np.asarray(v, dtype=float), z.shape) for v in (az, ax, ay))
+    if integration.normalize_time:
+        scale = np.maximum(np.maximum(az, ax), ay)
+        scale = np.where(scale > 0, scale, 1.0)
+        az, ax, ay = az / scale, ax / scale, ay / scale
+    rate = max(float(np.max(az)), float(np.max(ax)), float(np.max(ay))) * (1 + lam) / 4
+    if integration.dt * rate >= 2:
+        raise ValueError(f"dt={integration.dt} makes the Euler step unstable: dt must be < "
+                         f"{2 / rate:.4g}")
+    dt, tol = integration.dt, integration.tol
+    z, x, y = (np.array(v, dtype=float) for v in (z, x, y))
+    n_max = int(np.ceil(integration.t_max / dt - 1e-9))
+    with np.errstate(over="ignore", under="ignore"):
+        for _ in range(n_max):
+            p = 1 / (1 + np.exp(-z))
+            a = 1 / (1 + np.exp(-(x + lam * y))) if lam else 1 / (1 + np.exp(-x))
+            b = 1 / (1 + np.exp(-y))
+            dz = az * (p * (1 - p) * (a - b))
+            gx = p * a * (1 - a)
+            dx = ax * gx
+            dy = ay * ((1 - p) * b * (1 - b) + lam * gx) if lam else ay * ((1 - p) * b * (1 - b))
+            if tol is not None and max(np.abs(dz).max(), np.abs(dx).max(), np.abs(dy).max()) < tol:
+                break
+            z += dt * dz
+            x += dt * dx
+            y += dt * dy
+    return 1 / (1 + np.exp(-z))
 
 
 @dataclass

@@ -216,56 +216,102 @@ def heterogeneous_builder(config: HeterogeneousConfig, draw: EnvironmentDraw, p0
     return build
 
 
+def _padded_system(config: HeterogeneousConfig, draw: EnvironmentDraw, p0: Tensor, ns,
+                   dtype, device):
+    """All N in ``ns`` at once: the N-env system embedded in the first max(ns) envs.
+
+    Environments j >= N get w_j = 0 (held out): they send no updates, so the
+    first N evolve exactly as the N-env system, and they are excluded from the
+    mean p. Batch shape (R, G, P, n_pad) with G = len(ns).
+    """
+    c = config
+    n_pad = int(max(ns))
+    r, g, p = draw.coords.shape[0], len(ns), len(p0)
+    coords = (c.scale * draw.coords[:, :n_pad]).to(device=device, dtype=dtype)[:, None, None]
+    lengths = (c.length_scale_z, c.length_scale_x, c.length_scale_y)
+    made: dict[float, object] = {}
+    for ell in lengths:
+        if ell in made:
+            continue
+        if n_pad <= c.exact_below:
+            made[ell] = GaussianKernelCoupling(coords, ell)
+        else:
+            gen = torch.Generator().manual_seed(draw.feature_seed)
+            made[ell] = RandomFourierCoupling(coords, ell, c.n_features, generator=gen)
+    w = (torch.arange(n_pad)[None, :] < torch.as_tensor(ns)[:, None]).to(dtype)
+    w = w.to(device)[None, :, None, :]                                   # (1, G, 1, n_pad)
+    na = draw.noise_alpha[:, :, None, None, :n_pad]
+    alphas = [(mu * torch.exp(c.sigma_alpha * na[k])).to(device=device, dtype=dtype)
+              for k, mu in enumerate((c.alpha_z, c.alpha_x, c.alpha_y))]
+    ni = draw.noise_init[:, :, None, None, :n_pad]
+    centre = [torch.logit(p0)[None, None, :, None], math.log(c.a0 / (1 - c.a0)),
+              math.log(c.b0 / (1 - c.b0))]
+    shape = (r, g, p, n_pad)
+    y0 = Latents(*((centre[k] + c.sigma0 * ni[k]).expand(shape).to(device=device, dtype=dtype)
+                   .contiguous() for k in range(3)))
+    cz, cx, cy = (made[ell] for ell in lengths)
+    return ToyModel(cz, cx, cy, *alphas, w=w), y0
+
+
 def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: int = 16,
                              n_max: int = 10_000, n_grid_points: int = 16, threshold: float = 0.5,
-                             integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=2000.0),
+                             integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=3000.0),
                              seed: int = 0, dtype=torch.float32, device=None,
-                             progress: bool = True, stop_when_crossed: bool = True
-                             ) -> CriticalDiversity:
+                             progress: bool = True, stop_when_crossed: bool = True,
+                             chunk: int = 4) -> CriticalDiversity:
     """N*(p0) on the post's log grid for one geometry, per resampling (MODEL.md §4).
+
+    Grid points are integrated ``chunk`` at a time in one batch: the N-env
+    system is the first N environments of the largest N of the chunk with the
+    others held out (w = 0), which is exact (held-out envs send no updates).
 
     Parameters
     ----------
     config : HeterogeneousConfig
     p0 : array of shape (P,), in (0, 1)
     n_resamplings : int
-        R, independent environment draws (the batch axis).
+        R, independent nested environment draws (a batch axis).
     n_max, n_grid_points : int
-        Grid of N: :func:`log_grid` (16 points from 1 to 10,000).
+        Grid of N: :func:`log_grid` (the post's 16 points from 1 to 10,000).
     threshold : float
-        Mean final p above which RS has won.
+        Mean final p (over trained envs) above which RS has won.
     integration : IntegrationConfig
-        Euler settings (normalised time; default dt = 2, t_max = 2,000 — enough
-        for p0 >= 0.01, where RS takes off within ~1 / (p0 · gap) ≈ 250).
+        Euler settings in normalised time (default dt = 2, t_max = 3,000:
+        RS takes off after ~1 / (p0 · gap), about 500 at p0 = 0.005).
     seed : int
         Seeds the draws (results reproducible).
     stop_when_crossed : bool
-        Stop the grid once every (resampling, p0) has crossed the threshold:
-        larger N cannot change the first crossing.
+        Stop once every (resampling, p0) has crossed: larger N cannot change
+        the first crossing.
+    chunk : int
+        Grid points per batched integration.
 
     Returns
     -------
     CriticalDiversity
-        ``method="grid"``, ``n_star`` of shape (R, P); ``share`` of shape
-        (G, R, P) over the grid points actually run (``n_grid``).
+        ``method="grid"`` (log-linear interpolation), ``n_star`` of shape
+        (R, P), ``share`` of shape (G, R, P) over the grid points run (``n_grid``).
     """
-    p0 = np.atleast_1d(np.asarray(p0, dtype=float))
+    check_probability("p0", p0)
+    p0_arr = np.atleast_1d(np.asarray(p0, dtype=float))
+    p0_t = torch.as_tensor(p0_arr, dtype=torch.float64)
     grid = log_grid(n_max, n_grid_points)
     draw = draw_environments(config, n_resamplings, int(grid[-1]), seed)
-    build = heterogeneous_builder(config, draw, p0, dtype=dtype, device=device)
     from ._critical import final_rs_share
     shares, done = [], []
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid), desc=f"{config.geometry} N grid", leave=False)
-    for n in grid:
-        model, y0 = build(int(n))
+        bar = tqdm(total=len(grid), desc=f"{config.geometry}: N grid", leave=False)
+    for start in range(0, len(grid), chunk):
+        ns = [int(n) for n in grid[start:start + chunk]]
+        model, y0 = _padded_system(config, draw, p0_t, ns, dtype, device)
         s = final_rs_share(model, y0, integration=integration).double().cpu().numpy()
-        shares.append(s)
-        done.append(int(n))
+        for k, n in enumerate(ns):
+            shares.append(s[:, k])
+            done.append(n)
         if bar is not None:
-            bar.update(1)
+            bar.update(len(ns))
         if stop_when_crossed and np.all(np.max(np.stack(shares), 0) > threshold):
             break
     if bar is not None:
@@ -273,12 +319,12 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
     share = np.stack(shares)
     n_star = interpolate_crossing(np.array(done), share, threshold)
     return CriticalDiversity(n_star, "grid", threshold, np.array(done), share,
-                             extras={"config": asdict(config), "p0": p0, "seed": seed})
+                             extras={"config": asdict(config), "p0": p0_arr, "seed": seed})
 
 
 def calibrate_scale(config: HeterogeneousConfig, *, p0_ref: float = 0.1, target: float = 20.0,
                     n_resamplings: int = 8, scale_range=(0.05, 5.0), iterations: int = 8,
-                    integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=2000.0),
+                    integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=3000.0),
                     seed: int = 1000, n_max: int = 10_000, progress: bool = False
                     ) -> tuple[float, float]:
     """Tune the coordinate scale s so the median N*(p0_ref) hits ``target`` (the post's calibration).

@@ -156,15 +156,25 @@ class ToyModel:
         )
 
     def max_rate(self) -> float:
-        """An upper bound on the stiffness: max_i α_i Σ_j |C_ij| w_j / 4 over latents.
+        """An upper bound on the stiffness: max_i α_i |Σ_j C_ij w_j| / 4 over latents.
+
+        (With weights, Σ_j C_ij w_j; a bound for non-negative C, approximate for
+        random features, whose entries can be slightly negative.)
 
         Forward Euler is stable when ``dt * max_rate() < 2`` (the sigmoid's slope
         is at most 1/4 and the gradients are sums of such terms).
         """
-        w = 1.0 if self.w is None else float(torch.as_tensor(self.w).max())
         rate = 0.0
         for alpha, coupling in ((self.alpha_z, self.coupling_z), (self.alpha_x, self.coupling_x),
                                 (self.alpha_y, self.coupling_y)):
-            a = float(torch.as_tensor(alpha, dtype=torch.float64).max())
-            rate = max(rate, a * float(coupling.row_sums().abs().max()) * w / 4)
+            a = torch.as_tensor(alpha, dtype=torch.float64).cpu()
+            if self.w is None:
+                rs = coupling.row_sums().abs().cpu()
+            else:  # Σ_j C_ij w_j: held-out envs (w = 0) add no stiffness
+                w = torch.as_tensor(self.w, dtype=torch.float64)
+                w_full = w.expand(*w.shape[:-1], coupling.n_envs).to(torch.float64)
+                # rows of held-out envs excluded: w_i = 0 means env i never feeds
+                # back on itself (a pure receiver), so it cannot make Euler unstable
+                rs = coupling.apply(w_full).abs().cpu() * (w_full.cpu() > 0)
+            rate = max(rate, float((a * rs).max()) / 4)
         return rate * (1 + self.lam)
