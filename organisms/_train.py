@@ -311,7 +311,7 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
         update_manifest(run_dir, status="finished", finished=now(), rows_written=writer.n_written,
                         grpo_seconds=round(seconds, 2))
     except BaseException as exc:
-        writer.flush() if False else None  # unflushed rows lie past the last checkpoint: dropped on resume anyway
+        # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
         update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
         raise
     return run_dir

@@ -126,3 +126,9 @@ def test_kill_and_resume_neither_duplicates_nor_skips(tmp_path, run20):
     expected = {(s, "train", g) for s in range(20) for g in range(cfg.groups_per_step)}
     expected |= {(s, "eval", g) for s in (0, 10, 20) for g in range(3 * cfg.eval_prompts_per_env)}
     assert set(keys.index) == expected  # ... nor skipped
+    # same config, seed and starting weights as run20: the resumed run reproduces its rows exactly
+    cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
+    order = ["step", "phase", "group_id", "env_id", "completion"]
+    ours = df[cols].sort_values(order).reset_index(drop=True)
+    reference = read_rollouts(run20)[cols].sort_values(order).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, reference)
