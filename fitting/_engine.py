@@ -25,6 +25,12 @@ import sim
 Tensor = torch.Tensor
 LATENTS = ("z", "x", "y")
 TRANSFERS = ("none", "homogeneous", "kernel")
+#: cap on Euler steps per optimizer step (parameters needing more are far outside any sensible fit)
+MAX_SUBSTEPS = 64
+
+
+class UnstableStep(ValueError):
+    """The parameters make the ODE so fast that the step-unit Euler grid cannot follow it."""
 
 
 @contextlib.contextmanager
@@ -160,11 +166,16 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     transfer : {"none", "homogeneous", "kernel"}
     substeps : int
         Euler steps per optimizer step (more if stability needs it: the step
-        is shrunk until ``dt · max_rate <= max_rate_dt``).
+        is shrunk until ``dt · max_rate <= max_rate_dt``, at most MAX_SUBSTEPS).
 
     Returns
     -------
     (p, a, b) : Tensors, shape (T, B, R, N), probabilities at ``config.steps``.
+
+    Raises
+    ------
+    UnstableStep
+        If even MAX_SUBSTEPS Euler steps per optimizer step would be unstable.
     """
     n = config.n_envs
     scale = phys["time_scale"]
@@ -179,7 +190,9 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
                          w=torch.as_tensor(config.w, dtype=torch.float64),
                          lam=0.0 if lam is None else lam)
     rate = model.max_rate()
-    n_sub = max(int(substeps), int(np.ceil(rate / max_rate_dt)))
+    n_sub = min(max(int(substeps), int(np.ceil(rate / max_rate_dt))), MAX_SUBSTEPS)
+    if rate / n_sub >= 2:
+        raise UnstableStep(f"rates {rate:.3g} per optimizer step need more than {MAX_SUBSTEPS} Euler substeps")
     steps = np.asarray(config.steps, dtype=float)
     t_max = float(steps.max()) if steps.size else 0.0
     if t_max <= 0:

@@ -351,6 +351,11 @@ def _fit(runs, *, transfer, priors, learnabilities, lam, phases, substeps, profi
                                 Dfun=problem.jacobian, col_deriv=False, nan_policy="raise")
     result = minimizer.leastsq(max_nfev=max_nfev)
     result.scale_covar_used = scale_covar
+    if problem._cache.get("rejected"):
+        notes.append(f"{problem._cache['rejected']} trial parameter vectors were too fast for the step-unit Euler "
+                     "grid and were rejected (residual 1e6) during the search")
+    if problem._cache.get("nonfinite"):
+        notes.append(f"{problem._cache['nonfinite']} non-finite residuals were replaced by 1e6 during the search")
     if not result.success:
         notes.append(f"optimizer did not report success: {result.message}")
     names = list(result.var_names)

@@ -176,11 +176,11 @@ def _coerce(df: pd.DataFrame, path: Path, arrow_types: dict[str, pa.DataType] | 
         bad = (frame[name] < low) | (frame[name] > high)
         if bad.any():
             i = _first_bad(bad.to_numpy())
-            raise LogValidationError(path, i, name, f"value {frame[name].iloc[i]!r} outside [{low:g}, {high:g}]")
+            raise LogValidationError(path, i, name, f"value {float(frame[name].iloc[i])!r} outside [{low:g}, {high:g}]")
     bad = frame["step"] < 0
     if bad.any():
         i = _first_bad(bad.to_numpy())
-        raise LogValidationError(path, i, "step", f"negative step {frame['step'].iloc[i]}")
+        raise LogValidationError(path, i, "step", f"negative step {int(frame['step'].iloc[i])}")
     bad = ~frame["phase"].isin(PHASES)
     if bad.any():
         i = _first_bad(bad.to_numpy())

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from scipy.special import gammaln
 
-from ._engine import TRANSFERS, BatchConfig, simulate
+from ._engine import TRANSFERS, BatchConfig, UnstableStep, simulate
 from ._logs import Run
 
 PROB_MIN, PROB_MAX = 1e-4, 1 - 1e-4
@@ -217,7 +217,11 @@ class Problem:
     # ---- likelihood -------------------------------------------------------------------------
     def residuals_full(self, theta_full: np.ndarray) -> np.ndarray:
         """Signed deviance residuals, shape (B, M), for a batch of θ_full (B, P_all)."""
-        p, a, b = self.predict_states(theta_full)
+        try:
+            p, a, b = self.predict_states(theta_full)
+        except UnstableStep as exc:  # far outside the data's range: a wall the optimizer backs off from
+            self._cache["rejected"] = self._cache.get("rejected", 0) + 1
+            return np.full((np.atleast_2d(theta_full).shape[0], self.n_data), 1e6)
         states = {"p": p, "a": a, "b": b}
         pieces = []
         for comp in self.components:
@@ -227,7 +231,7 @@ class Problem:
         bad = ~np.isfinite(res)
         if bad.any():  # never silently: the simulation left the valid range
             res = np.where(bad, 1e6, res)
-            self.notes.append(f"{int(bad.sum())} non-finite residuals replaced by 1e6 during the fit")
+            self._cache["nonfinite"] = self._cache.get("nonfinite", 0) + int(bad.sum())
         return res
 
     def residual(self, params: lmfit.Parameters) -> np.ndarray:

@@ -63,7 +63,7 @@ def identifiable_truth(truth: dict[str, float], transfer: str) -> dict[str, floa
 
 def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: int = 0,
                transfer: str = "homogeneous", params: dict[str, float] | None = None,
-               steps: int = 200, eval_every: int = 5, rollouts_per_env: int = 64,
+               steps: int = 200, eval_every: int = 5, rollouts_per_env: int = 256,
                train_rollouts_per_env: int = 0, binary_rewards: bool = True,
                spacing: float = 1.0, run_id: str | None = None, substeps: int = 16,
                overwrite: bool = False) -> Path:

@@ -47,7 +47,7 @@ def _synth_parser() -> argparse.ArgumentParser:
                    help=f"true parameter override; names: {', '.join(DEFAULT_TRUTH)}")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
     p.add_argument("--eval-every", type=int, default=5, help="eval interval in optimizer steps")
-    p.add_argument("--rollouts-per-env", type=int, default=64, help="eval rollouts per env and eval step")
+    p.add_argument("--rollouts-per-env", type=int, default=256, help="eval rollouts per env and eval step")
     p.add_argument("--train-rollouts-per-env", type=int, default=0, help="train rollouts per trained env and step")
     p.add_argument("--continuous-rewards", action="store_true", help="fractional rewards (Beta) instead of 0/1")
     p.add_argument("--spacing", type=float, default=1.0, help="distance between env coordinates")

@@ -1,0 +1,52 @@
+"""`physrl fit` end to end: synthesize, fit, predict, files written, bad input -> exit 2."""
+
+import json
+
+import pytest
+
+from physrl.cli import main as physrl
+
+
+def test_synthesize_fit_predict_end_to_end(tmp_path, capsys):
+    small = ["--steps", "80", "--eval-every", "10", "--n-envs", "3"]
+    assert physrl(["fit", "synthesize", "--out", str(tmp_path / "lo"), "--seed", "1",
+                   "--param", "p0=0.1", *small]) == 0
+    assert physrl(["fit", "synthesize", "--out", str(tmp_path / "hi"), "--seed", "2",
+                   "--param", "p0=0.4", "--param", "time_scale=0.6", *small]) == 0
+    truth = json.loads((tmp_path / "hi" / "truth.json").read_text())
+    assert truth["params"]["time_scale"] == 0.6 and truth["params"]["p0"] == 0.4
+    assert physrl(["fit", "synthesize", "--out", str(tmp_path / "target"), "--seed", "3",
+                   "--param", "p0=0.25", "--n-envs", "5", "--n-heldout", "0", "--steps", "80"]) == 0
+    out = tmp_path / "fit"
+    code = physrl(["fit", str(tmp_path / "lo"), str(tmp_path / "hi"), "--out", str(out),
+                   "--predict", str(tmp_path / "target"), "--samples", "40"])
+    assert code == 0
+    doc = json.loads((out / "fit.json").read_text())
+    for name, entry in doc["params"].items():
+        assert {"value", "stderr", "identified"} <= set(entry)
+    assert doc["spec"]["transfer"] == "homogeneous"
+    report = (out / "fit_report.txt").read_text()
+    assert "[[Variables]]" in report and "[[Identifiability and 95% intervals]]" in report
+    pred = json.loads((out / "prediction.json").read_text())["predictions"][0]
+    assert pred["p0"] == 0.25 and 0 <= pred["metrics"]["coverage"]["all"] <= 1
+    for png in ("fit_00.png", "fit_01.png", "fit_vs_observed.png", "predict_00.png", "predicted_vs_observed.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "{missing}", "--out", "{out}"], "no such run directory"),
+    (["fit", "{bad}", "--out", "{out}"], "column 'reward'"),
+    (["fit", "{bad}", "--out", "{out}", "--transfer", "sideways"], "invalid choice"),
+    (["fit", "synthesize", "--out", "{out}", "--param", "c_q=0.3"], "unknown parameter 'c_q'"),
+    (["fit", "synthesize", "--out", "{out}", "--param", "c_y=2"], "c_y must lie in [0, 1]"),
+    (["fit", "synthesize", "--out", "{out}", "--param", "p0"], "NAME=VALUE"),
+])
+def test_bad_input_is_a_clear_message_and_exit_2(tmp_path, capsys, argv, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("run_id,step,phase,env_id,group_id,prompt,completion,reward,rs,rs_score\n"
+                   "r,0,eval,e,0,p,c,7,true,0.5\n")
+    paths = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"), "bad": str(bad)}
+    code = physrl([a.format(**paths) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
