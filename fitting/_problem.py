@@ -252,6 +252,7 @@ class Problem:
         ``Dfun``, derivatives across the rows, ``col_deriv=False``).
         """
         names = [n for n, p in params.items() if p.vary]
+        self._cache["n_jacobians"] = self._cache.get("n_jacobians", 0) + 1
         theta = self.full(params)
         batch = np.repeat(theta[None, :], len(names) + 1, axis=0)
         steps = np.empty(len(names))
