@@ -443,7 +443,8 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
     for name in fit_result.unidentified:  # unidentified directions are flat: keep them fixed
         params[name].vary = False
     nvar = sum(p.vary for p in params.values())
-    out = minimizer.emcee(params=params, steps=steps, nwalkers=walkers or max(2 * nvar + 2, 16),
+    walkers = walkers or max(2 * nvar + 2, 16)
+    out = minimizer.emcee(params=params, steps=steps, nwalkers=walkers,
                           burn=steps // 4, is_weighted=True, seed=seed, progress=False)
     summary = {}
     for name in out.var_names:
@@ -451,7 +452,7 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
         q = np.quantile(chain, [0.025, 0.05, 0.5, 0.95, 0.975])
         summary[name] = {"median": float(q[2]), "interval90": [float(q[1]), float(q[3])],
                          "interval95": [float(q[0]), float(q[4])]}
-    fit_result.emcee = {"steps": steps, "walkers": int(out.nwalkers), "burn": steps // 4,
+    fit_result.emcee = {"steps": steps, "walkers": int(walkers), "burn": steps // 4,
                         "acceptance": float(np.mean(out.acceptance_fraction)), "params": summary}
 
 

@@ -166,3 +166,22 @@ def test_step_unit_euler_matches_the_adaptive_reference():
     ref = sim.adaptive(model, y0, t_eval=steps * ts)
     assert float((p[:, 0, 0] - ref.p).abs().max()) < 3e-3
     assert float((b[:, 0, 0] - ref.b).abs().max()) < 3e-3
+
+
+def test_profile_interval_agrees_with_the_covariance(tmp_path):
+    runs, _ = _design(tmp_path, seed=1, steps=100, eval_every=10)
+    res = fitting.fit(runs, profile=["c_y"])
+    prof = res.estimates["c_y"].profile
+    lo, hi = res.interval("c_y")
+    assert prof["lower"] < res.value("c_y") < prof["upper"]
+    assert abs(prof["lower"] - lo) < 0.2 * (hi - lo) and abs(prof["upper"] - hi) < 0.2 * (hi - lo)
+
+
+def test_emcee_on_request(tmp_path):
+    pytest.importorskip("emcee")
+    runs, _ = _design(tmp_path, seed=1, steps=60, eval_every=10)
+    res = fitting.fit(runs, emcee_steps=40, emcee_walkers=20)
+    assert res.emcee["walkers"] == 20 and res.emcee["acceptance"] > 0
+    med = res.emcee["params"]["c_y"]["median"]
+    assert abs(med - res.value("c_y")) < 2 * res.estimates["c_y"].stderr
+    assert res.to_dict()["emcee"]["params"]["c_y"]["interval95"][0] < med
