@@ -71,8 +71,9 @@ def _loglog_fit(p0, n_star):
 
 
 def _single_env_map(cfg: FigureConfig, a0, b0, n):
-    """Final p on an n × n grid of normalised (α^x, α^y) in [1e-2, 1e2], α^z = 1."""
-    ax = np.logspace(-2, 2, n)
+    """Final p on an n × n grid of normalised (α^x, α^y) in [1e-2, 1e1], α^z = 1 (above ~10 the
+    fastest-rate time unit makes z too slow to finish within t_max)."""
+    ax = np.logspace(-2, 1, n)
     AX, AY = np.meshgrid(ax, ax, indexing="xy")   # rows: α^y, columns: α^x
     p = homogeneous_final_share(1, cfg.p0, a0=a0, b0=b0, alpha_x=AX, alpha_y=AY,
                                 integration=cfg.integration, device=cfg.device)

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Euler step in normalised model time (default 1; 2 for figure 5)")
         p.add_argument("--t-max", type=float, default=None, help="horizon, normalised time")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (1 is much faster when other jobs share the cores)")
 
     fig = sub.add_parser("figure", help="reproduce one of the post's figures (MODEL.md §5)")
     fig.add_argument("k", type=int, help="figure number, 1-5")
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the message
         return int(exc.code or 0)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "figure":
             return _figure(args)
