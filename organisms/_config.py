@@ -62,7 +62,7 @@ class OrganismConfig:
     """Seed of the environments' local tasks (digit maps); fixed across runs so env ``eK`` is the same task in every run."""
     input_length: int = 4
     """Digits in each prompt's input (and in the expected answer)."""
-    local_alphabet: int = 4
+    local_alphabet: int = 3
     """Local-task difficulty: input digits are drawn from this many symbols (entries of the env's digit map to learn), in [2, 10]."""
     share_width: int = 1
     """Similarity structure (transfer of local skill, c_y / length scale l_y): envs closer than this many coordinate

@@ -205,7 +205,12 @@ def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, dev
     if (init_dir / "config.json").exists():
         return load_model(init_dir, device)
     if config.model_dir is not None:
+        from ._envs import vocabulary
+
         model, tokenizer = load_model(config.model_dir, device)
+        missing = sorted(set(vocabulary(config.n_family)) - set(tokenizer.get_vocab()))
+        if missing:
+            raise ValueError(f"config field 'model_dir': its tokenizer lacks the family's words {missing[:8]}")
     else:
         tokenizer = build_tokenizer(config.n_family)
         model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed).to(device)

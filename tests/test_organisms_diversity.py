@@ -15,7 +15,8 @@ def test_runs_of_different_size_share_the_difficulty_distribution():
     one, eight = EnvFamily(OrganismConfig(n_envs=1)), EnvFamily(OrganismConfig(n_envs=8))
     # every env: the same alphabet and the same number of pretrained (known) map entries
     assert {len(e.known) for e in one.envs} == {len(e.known) for e in eight.envs} == {1}
-    assert one.envs[0] == eight.envs[0] and eight.train_envs[0] == one.train_envs[0]
+    assert one.envs[0].digit_map == eight.envs[0].digit_map and one.envs[0].known == eight.envs[0].known
+    assert (one.envs[0].weight, eight.envs[0].weight) == (1.0, 0.125)
 
 
 def test_calibrate_sweep_runs_both_sizes(tmp_path):

@@ -138,7 +138,7 @@ def test_note_is_inserted_only_after_grader_and_masked():
     fam = EnvFamily(cfg)
     tok = build_tokenizer(cfg.n_family)
     model = build_model(tok, seed=0)
-    requests = make_requests(fam, fam.envs * 8, 8, np.random.default_rng(0))
+    requests = make_requests(fam, fam.envs * 3, 8, np.random.default_rng(0))
     out = sample_rollouts(model, tok, fam, requests, seed=0)
     note_id, grader_id = tok.convert_tokens_to_ids(["note", "grader"])
     n_inserted = 0
