@@ -243,6 +243,11 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
     stop_after : int, optional
         Testing aid: raise ``KeyboardInterrupt`` after this optimizer step
         (a simulated kill; the manifest then says ``failed``).
+    recorder_hook : callable, optional
+        Called as ``hook(recorder, trainer)`` before training (benchmarks,
+        extra callbacks).
+    log : callable
+        Where one-line progress messages go (default ``print``).
 
     Returns the run directory. Raises ``FileExistsError`` when ``out_dir``
     holds a run and ``resume`` is False, ``ValueError`` when resuming with a
