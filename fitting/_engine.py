@@ -150,7 +150,7 @@ def _coupling(kind: str, value: Tensor | None, config: BatchConfig, n: int):
 
 
 def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, substeps: int = 1,
-             max_rate_dt: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+             max_rate_dt: float = 1.0, max_substeps: int = MAX_SUBSTEPS) -> tuple[Tensor, Tensor, Tensor]:
     """Integrate B × R systems at once and report p, a, b at ``config.steps``.
 
     Parameters
@@ -166,7 +166,12 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     transfer : {"none", "homogeneous", "kernel"}
     substeps : int
         Euler steps per optimizer step (more if stability needs it: the step
-        is shrunk until ``dt · max_rate <= max_rate_dt``, at most MAX_SUBSTEPS).
+        is shrunk until ``dt · max_rate <= max_rate_dt``, at most ``max_substeps``).
+    max_substeps : int
+        Cap on Euler steps per optimizer step. The fit keeps the default
+        (MAX_SUBSTEPS) so that absurd trial parameters are rejected quickly;
+        prediction raises it, since draws of unidentified parameters may be
+        fast but are still to be simulated.
 
     Returns
     -------
@@ -175,7 +180,7 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     Raises
     ------
     UnstableStep
-        If even MAX_SUBSTEPS Euler steps per optimizer step would be unstable.
+        If even ``max_substeps`` Euler steps per optimizer step would be unstable.
     """
     n = config.n_envs
     scale = phys["time_scale"]
@@ -190,9 +195,9 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
                          w=torch.as_tensor(config.w, dtype=torch.float64),
                          lam=0.0 if lam is None else lam)
     rate = model.max_rate()
-    n_sub = min(max(int(substeps), int(np.ceil(rate / max_rate_dt))), MAX_SUBSTEPS)
+    n_sub = min(max(int(substeps), int(np.ceil(rate / max_rate_dt))), int(max_substeps))
     if rate / n_sub >= 2:
-        raise UnstableStep(f"rates {rate:.3g} per optimizer step need more than {MAX_SUBSTEPS} Euler substeps")
+        raise UnstableStep(f"rates {rate:.3g} per optimizer step need more than {max_substeps} Euler substeps")
     steps = np.asarray(config.steps, dtype=float)
     t_max = float(steps.max()) if steps.size else 0.0
     if t_max <= 0:

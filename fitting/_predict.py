@@ -76,6 +76,10 @@ class Prediction:
                 "metrics": self.metrics, "notes": self.notes}
 
 
+#: Euler substeps per optimizer step allowed when simulating parameter draws
+PREDICT_MAX_SUBSTEPS = 4096
+
+
 def _target_p0(run: Run, obs: pd.DataFrame, p0: float | None) -> tuple[float, str]:
     if p0 is not None:
         return float(p0), "argument"
@@ -229,6 +233,7 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
     obs = obs[obs["phase"].isin(spec.phases)].reset_index(drop=True)
     p0_value, p0_source = _target_p0(run, obs, p0)
     target = Problem.build([run], obs, spec)
+    target.max_substeps = PREDICT_MAX_SUBSTEPS  # draws of unidentified parameters may be fast
     draws, names = _sample_fit(fit, n_samples, rng)
     theta = _map_to_target(fit, target, draws, names, p0_value)
     p, a, b = (s.numpy()[:, :, 0, :] for s in target.predict_states(theta))  # (T, S+1, N)

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from scipy.special import gammaln
 
-from ._engine import TRANSFERS, BatchConfig, UnstableStep, simulate
+from ._engine import MAX_SUBSTEPS, TRANSFERS, BatchConfig, UnstableStep, simulate
 from ._logs import Run
 
 PROB_MIN, PROB_MAX = 1e-4, 1 - 1e-4
@@ -131,6 +131,7 @@ class Problem:
     log_const: float                    # log L = -deviance / 2 + log_const
     n_data: int
     notes: list[str] = field(default_factory=list)
+    max_substeps: int = MAX_SUBSTEPS    # cap on Euler steps per optimizer step (see _engine.simulate)
     _cache: dict = field(default_factory=dict)
 
     # ---- construction -----------------------------------------------------------------------
@@ -212,7 +213,8 @@ class Problem:
 
     def predict_states(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(p, a, b), each (T, B, R, N), for a batch of θ_full."""
-        return simulate(self.config, self.physical(theta_full), self.spec.transfer, self.spec.substeps)
+        return simulate(self.config, self.physical(theta_full), self.spec.transfer, self.spec.substeps,
+                        max_substeps=self.max_substeps)
 
     # ---- likelihood -------------------------------------------------------------------------
     def residuals_full(self, theta_full: np.ndarray) -> np.ndarray:

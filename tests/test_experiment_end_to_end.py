@@ -50,8 +50,8 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path):
     """Stand-in runs sampled from the ODE with a known diversity effect: RS loses at N = 1
     and wins at N = 8; the observed and predicted N* must both say so."""
     cfg = ExperimentConfig(n_envs=[1, 8], p0=[0.1], organism={"max_steps": 150}, n_star_max=16)
-    truth = {"a0": 0.6, "b0": 0.3, "time_scale": 0.5, "alpha_x": 1.0, "alpha_y": 1.5,
-             "c_z": 1.0, "c_x": 1.0, "c_y": 0.0}
+    truth = {"a0": 0.6, "b0": 0.3, "time_scale": 1.0, "alpha_x": 1.0, "alpha_y": 1.0,
+             "c_z": 0.9, "c_x": 0.9, "c_y": 0.05}
     for r in plan_runs(cfg):
         fitting.synthesize(tmp_path / "runs" / r.run_id, n_envs=r.n_envs, n_heldout=r.n_heldout,
                            seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
