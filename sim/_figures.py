@@ -220,7 +220,7 @@ def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> p
                                        n_resamplings=f5.n_calibration,
                                        iterations=f5.calibration_iterations,
                                        integration=cfg.hetero_integration,
-                                       seed=cfg.seed + 1000 + k)
+                                       seed=cfg.seed + 1000 + k, progress=cfg.progress)
         res = sweep_critical_diversity(replace(base, scale=scale), f5.p0,
                                        n_resamplings=f5.n_resamplings,
                                        integration=cfg.hetero_integration, seed=cfg.seed + k,

@@ -258,7 +258,7 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
                              integration: IntegrationConfig = IntegrationConfig(dt=2.0, t_max=3000.0),
                              seed: int = 0, dtype=torch.float32, device=None,
                              progress: bool = True, stop_when_crossed: bool = True,
-                             chunk: int = 4) -> CriticalDiversity:
+                             chunk: int = 4, n_grid=None) -> CriticalDiversity:
     """N*(p0) on the post's log grid for one geometry, per resampling (MODEL.md §4).
 
     Grid points are integrated ``chunk`` at a time in one batch: the N-env
@@ -285,6 +285,8 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
         the first crossing.
     chunk : int
         Grid points per batched integration.
+    n_grid : array of int, optional
+        Explicit grid of N (overrides ``n_max``/``n_grid_points``).
 
     Returns
     -------
@@ -295,7 +297,7 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
     check_probability("p0", p0)
     p0_arr = np.atleast_1d(np.asarray(p0, dtype=float))
     p0_t = torch.as_tensor(p0_arr, dtype=torch.float64)
-    grid = log_grid(n_max, n_grid_points)
+    grid = log_grid(n_max, n_grid_points) if n_grid is None else np.asarray(n_grid, dtype=int)
     draw = draw_environments(config, n_resamplings, int(grid[-1]), seed)
     from ._critical import final_rs_share
     shares, done = [], []
@@ -339,21 +341,36 @@ def calibrate_scale(config: HeterogeneousConfig, *, p0_ref: float = 0.1, target:
     """
     check_probability("p0_ref", p0_ref)
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+    # never sweep far past the target: an s that pushes N* beyond 30 × target is
+    # simply "too large" (saves running the grid to 10,000 with random features)
+    grid = log_grid(n_max)
+    cap = int(grid[min(len(grid) - 1, int(np.searchsorted(grid, 30 * target)))])
 
     def median_at(log_s):
         res = sweep_critical_diversity(replace(config, scale=math.exp(log_s)), [p0_ref],
                                        n_resamplings=n_resamplings, integration=integration,
-                                       seed=seed, n_max=n_max, progress=False)
+                                       seed=seed, n_grid=grid[grid <= cap], progress=False)
         return float(np.median(res.n_star))
 
-    best = (math.exp(hi), median_at(hi))
+    def distance(m):
+        return abs(math.log(m) - math.log(target)) if math.isfinite(m) else math.inf
+
+    best = (math.exp(0.5 * (lo + hi)), math.inf)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=iterations, desc=f"{config.geometry}: calibrate s", leave=False)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
         m = median_at(mid)
-        if abs(math.log(m) - math.log(target)) < abs(math.log(best[1]) - math.log(target)):
+        if distance(m) < distance(best[1]):
             best = (math.exp(mid), m)
         if m > target:
             hi = mid
         else:
             lo = mid
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return best
