@@ -157,6 +157,9 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
         obs_txt = (f"{finite.median():g}" if len(finite)
                    else f"none of the swept N (up to {int(group.n_max.max())}) made RS win")
         lines.append(f"p0 = {p0:g}: observed N* = {obs_txt}; predicted N* = {pred_txt}.")
+    if not summary["fit"]["converged"]:
+        lines.append(f"<span class='bad'>The fit stopped before converging</span> ({summary['fit']['nfev']} "
+                     "residual evaluations, the config's fit_max_nfev): read its parameters as a best effort.")
     if summary["unidentified"]:
         lines.append("<span class='bad'>Not identified by the calibration runs</span> (predictions lean on "
                      "their whole plausible range): " + ", ".join(summary["unidentified"]) + ".")

@@ -86,7 +86,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     fit_dir = out / "fit"
     fit_dir.mkdir(exist_ok=True)
-    fit_result = fitting.fit([runs[k] for k in cal_ids], transfer=config.transfer)
+    fit_result = fitting.fit([runs[k] for k in cal_ids], transfer=config.transfer, max_nfev=config.fit_max_nfev)
     fit_result.save(fit_dir / "fit.json")
     (fit_dir / "fit_report.txt").write_text(fit_result.report())
 
@@ -185,6 +185,8 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
         "parameters": _parameters(fit_result),
         "unidentified": list(fit_result.unidentified),
         "fit": {"aic": fit_result.aic, "bic": fit_result.bic, "loglik": fit_result.loglik,
-                "n_data": fit_result.n_data, "seconds": fit_result.seconds},
+                "n_data": fit_result.n_data, "seconds": fit_result.seconds,
+                "converged": bool(fit_result.result.success), "nfev": int(fit_result.result.nfev),
+                "notes": list(fit_result.notes)},
         "seconds": {"training": t_train, "total": t_total},
     }

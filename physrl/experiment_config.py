@@ -75,6 +75,10 @@ class ExperimentConfig:
         Where runs execute (local pool, Slurm via submitit, Ray).
     n_star_max : int
         Largest N searched when predicting N*.
+    fit_max_nfev : int
+        Cap on the fit's residual evaluations (lmfit ``max_nfev``). Real logs
+        can pin parameters at a bound (c = 1, α → 0), where Levenberg-Marquardt
+        crawls; a fit stopped by the cap says so in its notes and the report.
     """
 
     name: str = "diversity"
@@ -88,6 +92,7 @@ class ExperimentConfig:
     organism: dict = field(default_factory=dict)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     n_star_max: int = 64
+    fit_max_nfev: int = 400
 
     def __post_init__(self):
         if not self.n_envs or any(int(n) < 1 for n in self.n_envs):
@@ -107,6 +112,8 @@ class ExperimentConfig:
                             for c in self.calibration]
         if isinstance(self.executor, dict):
             self.executor = ExecutorConfig(**self.executor)
+        if self.fit_max_nfev < 10:
+            raise ValueError(f"fit_max_nfev must be >= 10, got {self.fit_max_nfev}")
         if self.n_star_max < max(self.n_envs):
             raise ValueError(f"n_star_max must be >= max(n_envs) = {max(self.n_envs)}")
 
