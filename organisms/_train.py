@@ -43,6 +43,9 @@ from ._pretrain import demo_mixture, pretrain
 from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+# TRL 1.16 calls transformers 5.x's deprecated `is_gradient_checkpointing` on every
+# save and step; the warning is theirs, not the user's, and floods the terminal.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class RolloutRecorder:
