@@ -71,6 +71,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="profile-likelihood intervals (slow)")
     p.add_argument("--emcee-steps", type=int, default=0, help="emcee sampling steps (needs `pip install emcee`)")
     p.add_argument("--samples", type=int, default=200, help="parameter draws for predictive bands")
+    p.add_argument("--max-nfev", type=int, default=None,
+                   help="cap on residual evaluations (lmfit max_nfev); a capped fit says so in its notes")
     p.add_argument("--no-figures", action="store_true")
     return p
 
@@ -118,7 +120,8 @@ def _fit(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = fit(runs, transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
-                 lam=args.lam, phases=phases, profile=args.profile, emcee_steps=args.emcee_steps)
+                 lam=args.lam, phases=phases, profile=args.profile, emcee_steps=args.emcee_steps,
+                 max_nfev=args.max_nfev)
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:
