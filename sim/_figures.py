@@ -224,7 +224,8 @@ def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> p
         res = sweep_critical_diversity(replace(base, scale=scale), f5.p0,
                                        n_resamplings=f5.n_resamplings,
                                        integration=cfg.hetero_integration, seed=cfg.seed + k,
-                                       device=cfg.device, progress=cfg.progress)
+                                       device=cfg.device, progress=cfg.progress,
+                                       stop_fraction=0.8)
         q25, med, q75 = np.percentile(res.n_star, [25, 50, 75], axis=0)
         slope, _, r2 = _loglog_fit(f5.p0, med)
         line = axis.errorbar(f5.p0, med, yerr=[med - q25, q75 - med], marker="o", capsize=3,
