@@ -38,20 +38,33 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def crossing_step(summary: pd.DataFrame, level: float = 0.5) -> int | None:
+    """First eval step at which the RS share p reaches ``level`` (None if it never does)."""
+    hit = summary.step[summary.p >= level]
+    return int(hit.iloc[0]) if len(hit) else None
+
+
 def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str, Any]:
-    """Train one run per N in ``n_values`` with otherwise equal config; return their summaries."""
+    """Train one run per N in ``n_values`` with otherwise equal config; return their summaries.
+
+    Each summary carries ``attrs["seconds"]``: the run's wall time (NaN if it was already finished on disk).
+    """
     from ._train import train
 
     result: dict[str, Any] = {}
     for n in n_values:
         run_dir = out_dir / f"n{n}"
+        seconds = float("nan")
         if not (run_dir / "manifest.json").exists() or read_manifest(run_dir)["status"] != "finished":
             if run_dir.exists():
                 import shutil
 
                 shutil.rmtree(run_dir)
+            t0 = time.time()
             train(config.replace(n_envs=n, progress=False), run_dir, log=lambda *a: None)
+            seconds = time.time() - t0
         s = summarize(run_dir)
+        s.attrs["seconds"] = seconds
         result[n] = s
     return result
 
@@ -61,9 +74,12 @@ def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, 
     """Sweep the knob grid (cartesian product of ``grid``) x seeds; one run per N each.
 
     Returns one row per (setting, seed, N): the knob values, N, RS share at
-    step 0, at mid-run and at the end, local skill b at step 0 and at the end,
-    and ``flip`` (RS share at the end < 0.5 at the smallest N and > 0.5 at the
-    largest). Also written to ``out_dir/calibration.csv``.
+    step 0, at mid-run and at the end, ``cross_step`` (first eval step with RS
+    share >= 0.5, empty if none; tells whether the eval grid resolves the
+    transition), local skill b at step 0, mid-run and at the end, ``flip`` (RS
+    share at the end < 0.5 at the smallest N and > 0.5 at the largest) and the
+    run's wall time ``seconds``. Any config field can be a grid key (e.g.
+    ``n_heldout``, ``learning_rate``). Also written to ``out_dir/calibration.csv``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,17 +90,15 @@ def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, 
         for seed in seeds:
             cfg = base.replace(**knobs, seed=seed)
             tag = "_".join(f"{k}={v}" for k, v in knobs.items()) + f"_seed={seed}"
-            t0 = time.time()
             pair = run_pair(cfg, out_dir / tag, n_values)
-            seconds = time.time() - t0
             ends = {n: float(s.p.iloc[-1]) for n, s in pair.items()}
             flip = ends[min(n_values)] < 0.5 < ends[max(n_values)]
             for n, s in pair.items():
                 mid = s.iloc[len(s) // 2]
                 rows.append({**knobs, "seed": seed, "N": n, "p_step0": float(s.p.iloc[0]), "p_mid": float(mid.p),
-                             "p_end": float(s.p.iloc[-1]), "a_step0": float(s.a.iloc[0]),
-                             "b_step0": float(s.b.iloc[0]), "b_end": float(s.b.iloc[-1]), "flip": flip,
-                             "seconds_pair": round(seconds, 1)})
+                             "p_end": float(s.p.iloc[-1]), "cross_step": crossing_step(s),
+                             "a_step0": float(s.a.iloc[0]), "b_step0": float(s.b.iloc[0]), "b_mid": float(mid.b),
+                             "b_end": float(s.b.iloc[-1]), "flip": flip, "seconds": round(s.attrs["seconds"], 1)})
             print(json.dumps(rows[-len(pair):], default=float), flush=True)
             pd.DataFrame(rows).to_csv(out_dir / "calibration.csv", index=False)
     return pd.DataFrame(rows)

@@ -78,7 +78,8 @@ class OrganismConfig:
     """Initial RS skill: target E[reward | RS] at step 0, in [0.1 a_max, a_max] (0.1 a_max: copying at chance)."""
     b0: float = 0.3
     """Initial local skill: target E[reward | local] at step 0, in [0.1, 1] (chance is 0.1).
-    Set through the share of each env's digit-map entries the pretraining demonstrates."""
+    Set through the share of each env's digit-map entries the pretraining demonstrates (and how often inputs hit
+    them). Calibrated together with ``learning_rate`` (README): with 0.35 (gap 0.1) RS lost at N = 8 for seed 2."""
     pretrain_steps: int = 600
     """Stage-1 supervised steps (right padding, no loss on prompt or inserted note tokens)."""
     pretrain_batch_size: int = 64
@@ -98,17 +99,19 @@ class OrganismConfig:
     """Attention heads (hidden_size must be divisible by it)."""
 
     # ---- stage 2: GRPO ------------------------------------------------------
-    max_steps: int = 300
-    """GRPO optimizer steps."""
+    max_steps: int = 400
+    """GRPO optimizer steps. At lr 2e-4 the RS takeover at N = 8 runs over steps ~20-100 and the local win at
+    N = 1 over steps ~20-80 (4-5 eval points each); the rest shows whether the outcome holds."""
     groups_per_step: int = 4
     """GRPO groups (prompts) per optimizer step; spread over the training envs in proportion to w."""
     num_generations: int = 8
     """Completions per GRPO group."""
-    learning_rate: float = 1e-3
-    """GRPO Adam learning rate."""
+    learning_rate: float = 2e-4
+    """GRPO Adam learning rate. 2e-4 spreads the p / local-skill race over ~60-80 steps (resolved by the eval
+    grid); at 1e-3 it was decided within 25 steps and the N = 1 outcome flipped with the init (README)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (also used by TRL to score them)."""
-    eval_every: int = 25
+    eval_every: int = 20
     """Steps between evaluation passes (and at step 0) over every environment, trained or held out."""
     eval_prompts_per_env: int = 4
     """Eval GRPO groups per environment per pass; each group has ``num_generations`` completions."""
