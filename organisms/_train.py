@@ -278,10 +278,15 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
             raise ValueError(f"resume: config differs from the run's saved config in {differ}")
         run_id = manifest["run_id"]
         checkpoint = _latest_checkpoint(run_dir)
+        done = int(saved.get("max_steps", 0))
+        if manifest.get("status") == "finished" and done >= config.max_steps:
+            log(f"{run_id} already finished its {done} steps (max_steps {config.max_steps}); nothing to resume")
+            return run_dir
         writer = RolloutWriter(run_dir, run_id)
         dropped = writer.truncate(int(checkpoint.name.split("-")[1]) if checkpoint else -1)
         log(f"resume {run_id} from {checkpoint.name if checkpoint else 'the start'}; dropped {dropped} rows past it")
-        update_manifest(run_dir, status="running", config=mine, resumed=manifest.get("resumed", 0) + 1)
+        update_manifest(run_dir, status="running", config=mine, steps=config.max_steps,
+                        resumed=manifest.get("resumed", 0) + 1)
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")

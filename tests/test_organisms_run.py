@@ -132,3 +132,8 @@ def test_kill_and_resume_neither_duplicates_nor_skips(tmp_path, run20):
     ours = df[cols].sort_values(order).reset_index(drop=True)
     reference = read_rollouts(run20)[cols].sort_values(order).reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, reference)
+    # resuming a finished run is a no-op: no extra step, no new rows
+    before = len(df)
+    train(cfg, run_dir, resume=True, log=lambda *a: None)
+    assert len(read_rollouts(run_dir)) == before
+    assert not (run_dir / "checkpoints" / "checkpoint-21").exists()
