@@ -96,19 +96,70 @@ def train_one(organism: dict, run_dir: str, resume: bool) -> str:
     return str(path)
 
 
+def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
+    """The resolved organism config of every planned run, validated before anything trains.
+
+    Raises
+    ------
+    ValueError
+        A bad ``[organism]`` value, naming the field and its allowed range.
+    """
+    from organisms import OrganismConfig
+
+    out = {}
+    for r in plan_runs(config):
+        try:
+            resolved = OrganismConfig(**{**config.organism, **r.organism_overrides()})
+        except TypeError as err:  # unknown field
+            raise ValueError(f"[organism]: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"[organism] (run {r.run_id}): {err}") from err
+        out[r.run_id] = resolved.to_dict()
+    return out
+
+
+def _config_mismatch(run_dir: Path, wanted: dict) -> list[str]:
+    """Fields where a finished run's saved organism config differs from the planned one."""
+    saved = json.loads((Path(run_dir) / "manifest.json").read_text()).get("config", {})
+    return sorted(k for k, v in wanted.items() if k != "progress" and saved.get(k) != v)
+
+
+def check_existing_runs(config: ExperimentConfig, out_dir: Path) -> None:
+    """Refuse to reuse finished runs in ``out_dir`` that were trained with another config.
+
+    Raises
+    ------
+    ValueError
+        A bad organism config, or a finished run whose saved config differs
+        (naming the run and the fields).
+    """
+    resolved = organism_configs(config)
+    for r in plan_runs(config):
+        run_dir = Path(out_dir) / "runs" / r.run_id
+        if run_status(run_dir) == "finished":
+            differ = _config_mismatch(run_dir, resolved[r.run_id])
+            if differ:
+                raise ValueError(f"{run_dir} was trained with a different config ({', '.join(differ)}); "
+                                 "results would mix configs: use a new --out folder")
+
+
 def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Path]:
     """Train every planned run not yet finished; returns run_id -> run directory.
 
     Raises
     ------
+    ValueError
+        A bad organism config, or a finished run in ``out_dir`` that was
+        trained with a different config (use a new output folder).
     RuntimeError
         If any run failed (after every other run was given its chance); the
         message names each failed run and its error.
     """
+    check_existing_runs(config, out_dir)
     runs_dir = Path(out_dir) / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_runs(config)
     dirs = {r.run_id: runs_dir / r.run_id for r in plan}
+    runs_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in plan if run_status(dirs[r.run_id]) != "finished"]
     failures = []
     with Executor(config.executor, Path(out_dir) / "logs") as executor:

@@ -24,7 +24,7 @@ import pandas as pd
 
 import fitting
 from physrl import _analysis, _figures
-from physrl._runs import CALIBRATION, plan_runs, train_all
+from physrl._runs import CALIBRATION, check_existing_runs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
 from physrl.report import Section, write_report
 
@@ -67,11 +67,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     Raises
     ------
+    ValueError
+        A bad organism config, or finished runs in ``out_dir`` trained with
+        another config.
     RuntimeError
         If an organism run failed (rerunning resumes it).
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
+    check_existing_runs(config, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2))
     dirs = train_all(config, out, progress=progress)

@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from physrl._runs import organism_configs
 from physrl.experiment_config import ExperimentConfig
 
 DEMO_CONFIG = "demo.toml"
@@ -18,6 +19,9 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
 
     try:
         summary = run_experiment(config, out, progress=progress)
+    except ValueError as err:
+        print(f"physrl: {err}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         print(f"physrl: {err}", file=sys.stderr)
         return 1
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = _load(args.config, args.set)
+        organism_configs(config)  # every organism value checked before anything runs
     except (OSError, ValueError, TypeError) as err:
         print(f"physrl experiment: bad config: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,29 @@ from physrl.executors import ExecutorConfig
 TRANSFERS = ("none", "homogeneous", "kernel")
 
 
+def _is_list(value, types) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(v, types) and not isinstance(v, bool) for v in value))
+
+
+def _build(cls, data, where: str):
+    """``cls(**data)`` with unknown keys and wrong types named (``where.key``)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {where} key(s) {unknown}; known: {sorted(known)}")
+    for key, value in data.items():
+        kind = str(known[key].type)
+        if value is None and "None" in kind:
+            continue
+        expected = {"int": int, "float": (int, float), "str": str}.get(kind.split(" ")[0])
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ValueError(f"{where}.{key} must be of type {known[key].type}, got {value!r}")
+    return cls(**data)
+
+
 @dataclass
 class CalibrationRun:
     """One run the ODE is fitted on (MODEL.md §6: a low-p0 and a higher-p0 run,
@@ -95,23 +118,37 @@ class ExperimentConfig:
     fit_max_nfev: int = 400
 
     def __post_init__(self):
-        if not self.n_envs or any(int(n) < 1 for n in self.n_envs):
-            raise ValueError(f"n_envs must be a non-empty list of integers >= 1, got {self.n_envs}")
-        self.n_envs = sorted({int(n) for n in self.n_envs})
-        if not self.p0 or any(not 0 < p < 1 for p in self.p0):
-            raise ValueError(f"p0 must be a non-empty list of priors in (0, 1), got {self.p0}")
-        if not self.seeds:
-            raise ValueError("seeds must be a non-empty list of integers")
+        if not _is_list(self.n_envs, int) or any(n < 1 for n in self.n_envs):
+            raise ValueError(f"n_envs must be a non-empty list of integers >= 1, got {self.n_envs!r}")
+        self.n_envs = sorted(set(self.n_envs))  # a repeated value would plan the same run twice
+        if not _is_list(self.p0, (int, float)) or any(not 0 < p < 1 for p in self.p0):
+            raise ValueError(f"p0 must be a non-empty list of priors in (0, 1), got {self.p0!r}")
+        self.p0 = sorted({float(p) for p in self.p0})
+        if not _is_list(self.seeds, int) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
+        self.seeds = sorted(set(self.seeds))
+        for name in ("threshold",):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("n_star_max", "fit_max_nfev"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if not isinstance(self.organism, dict):
+            raise ValueError(f"organism must be a table of organism config fields, got {self.organism!r}")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS}, got {self.transfer!r}")
         if not self.calibration:
             raise ValueError("calibration must name at least one run to fit on")
-        self.calibration = [c if isinstance(c, CalibrationRun) else CalibrationRun(**c)
+        self.calibration = [c if isinstance(c, CalibrationRun) else _build(CalibrationRun, c, "calibration")
                             for c in self.calibration]
+        if len({(c.n_envs, c.p0, c.n_held_out) for c in self.calibration}) < len(self.calibration):
+            raise ValueError("calibration lists the same run twice")
         if isinstance(self.executor, dict):
-            self.executor = ExecutorConfig(**self.executor)
+            self.executor = _build(ExecutorConfig, self.executor, "executor")
+        elif not isinstance(self.executor, ExecutorConfig):
+            raise ValueError(f"executor must be a table, got {self.executor!r}")
         if self.fit_max_nfev < 10:
             raise ValueError(f"fit_max_nfev must be >= 10, got {self.fit_max_nfev}")
         if self.n_star_max < max(self.n_envs):

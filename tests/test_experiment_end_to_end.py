@@ -11,7 +11,7 @@ import math
 import pytest
 
 import fitting
-from physrl._runs import plan_runs
+from physrl._runs import organism_configs, plan_runs
 from physrl.cli import main
 from physrl.experiment import run_experiment
 from physrl.experiment_config import ExperimentConfig
@@ -52,10 +52,13 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path):
     cfg = ExperimentConfig(n_envs=[1, 8], p0=[0.1], organism={"max_steps": 150}, n_star_max=16)
     truth = {"a0": 0.6, "b0": 0.3, "time_scale": 1.0, "alpha_x": 1.0, "alpha_y": 1.0,
              "c_z": 0.9, "c_x": 0.9, "c_y": 0.05}
+    planned = organism_configs(cfg)
     for r in plan_runs(cfg):
-        fitting.synthesize(tmp_path / "runs" / r.run_id, n_envs=r.n_envs, n_heldout=r.n_heldout,
-                           seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
-                           rollouts_per_env=48, run_id=r.run_id)
+        run_dir = fitting.synthesize(tmp_path / "runs" / r.run_id, n_envs=r.n_envs, n_heldout=r.n_heldout,
+                                     seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
+                                     rollouts_per_env=48, run_id=r.run_id)
+        manifest = json.loads((run_dir / "manifest.json").read_text())  # stand in for the planned organism
+        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "config": planned[r.run_id]}))
     summary = run_experiment(cfg, tmp_path, progress=False)
     _check_outputs(tmp_path, cfg)
     by_n = {r["n_envs"]: r for r in summary["runs"]}
@@ -96,6 +99,10 @@ max_workers = 2
     assert main(["experiment", str(config), "--out", str(out), "--no-progress"]) == 0
     after = {p.parent.name: p.stat().st_mtime for p in (out / "runs").glob("*/manifest.json")}
     assert before == after
+    # ... and a rerun with another organism config refuses to mix it with the finished runs
+    assert main(["experiment", str(config), "--out", str(out), "--no-progress",
+                 "--set", "organism.max_steps=6"]) == 2
+    assert json.loads((out / "experiment.json").read_text())["organism"]["max_steps"] == 4
 
 
 def test_bad_experiment_config_exits_2_naming_the_field(tmp_path, capsys):
@@ -103,4 +110,12 @@ def test_bad_experiment_config_exits_2_naming_the_field(tmp_path, capsys):
     config.write_text("n_envs = [1, 2]\np0 = [1.5]\n")
     assert main(["experiment", str(config), "--out", str(tmp_path / "o")]) == 2
     assert "p0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_organism_value_stops_before_any_run(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("n_envs = [1]\np0 = [0.2]\n[organism]\nmax_steps = -4\n")
+    assert main(["experiment", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "max_steps" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -73,3 +73,24 @@ def test_a_failing_job_reraises_its_error(tmp_path):
     with Executor(ExecutorConfig(engine="local", max_workers=2), tmp_path) as ex:
         with pytest.raises(ValueError, match="invalid literal"):
             ex.result(ex.submit(int, "not a number"))
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"threshold": "0.5"}, "threshold must be a number"),
+    ({"p0": ["0.2"]}, "p0"),
+    ({"n_envs": 3}, "n_envs"),
+    ({"n_envs": [1.7, 2]}, "n_envs"),
+    ({"calibration": [{"n_envs": "one", "p0": 0.1}]}, "calibration.n_envs"),
+    ({"calibration": [{"n_envs": 1, "p0": 0.1, "held_out": 1}]}, "held_out"),
+    ({"organism": 5}, "organism must be a table"),
+    ({"executor": {"engin": "local"}}, "engin"),
+])
+def test_wrong_types_are_named_not_raised_as_python_errors(bad, words):
+    with pytest.raises(ValueError, match=words):
+        ExperimentConfig.from_dict(bad)
+
+
+def test_repeated_values_do_not_plan_a_run_twice():
+    cfg = ExperimentConfig(n_envs=[1, 1, 2], p0=[0.2, 0.2], seeds=[0, 0])
+    ids = [r.run_id for r in plan_runs(cfg)]
+    assert len(ids) == len(set(ids)) == 2 + 2
