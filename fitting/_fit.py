@@ -357,7 +357,9 @@ def _fit(runs, *, transfer, priors, learnabilities, lam, phases, substeps, profi
     if problem._cache.get("nonfinite"):
         notes.append(f"{problem._cache['nonfinite']} non-finite residuals were replaced by 1e6 during the search")
     if not result.success:
-        notes.append(f"optimizer did not report success: {result.message}")
+        capped = max_nfev is not None and result.nfev >= max_nfev
+        notes.append(f"stopped at the cap of {max_nfev} residual evaluations (max_nfev) before converging"
+                     if capped else f"optimizer did not report success: {result.message}")
     names = list(result.var_names)
     jac = problem.jacobian(result.params)
     deviance = float(np.sum(problem.residual(result.params) ** 2))

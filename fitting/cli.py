@@ -112,6 +112,10 @@ def _fit(argv: list[str]) -> int:
     from ._predict import in_sample, predict
 
     args = _fit_parser().parse_args(argv)
+    if args.samples < 1:
+        raise _UsageError(f"--samples must be >= 1, got {args.samples}")
+    if args.max_nfev is not None and args.max_nfev < 1:
+        raise _UsageError(f"--max-nfev must be >= 1, got {args.max_nfev}")
     phases = tuple(s.strip() for s in args.phases.split(",") if s.strip())
     FitSpec(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
             phases=phases)  # validate before reading anything
