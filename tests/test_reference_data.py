@@ -28,7 +28,7 @@ def test_reference_runs_follow_the_contract():
 def test_fit_on_reference_reproduces_the_stored_values(tmp_path):
     stored = json.loads((REFERENCE / "fit" / "fit.json").read_text())
     cal = [str(p) for p in RUNS if p.name.startswith("cal-")]
-    code = main(["fit", *cal, "--out", str(tmp_path), "--max-nfev", str(stored["nfev"]), "--no-figures",
+    code = main(["fit", *cal, "--out", str(tmp_path), "--max-nfev", "60", "--no-figures",  # as data/reference/README.md
                  "--transfer", stored["spec"]["transfer"]])
     assert code == 0
     fresh = json.loads((tmp_path / "fit.json").read_text())
