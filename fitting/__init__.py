@@ -16,6 +16,7 @@ from ._fit import FitResult as FitResult
 from ._fit import ParameterEstimate as ParameterEstimate
 from ._fit import compare as compare
 from ._fit import fit as fit
+from ._json import json_safe as json_safe
 from ._logs import Environment as Environment
 from ._logs import LogValidationError as LogValidationError
 from ._logs import Run as Run

@@ -27,6 +27,7 @@ import sim
 
 from ._engine import single_thread
 from ._fit import FitResult
+from ._json import json_safe
 from ._logs import Run, load_runs
 from ._observations import observations
 from ._problem import PROB_MAX, PROB_MIN, Problem, kind_of
@@ -350,17 +351,7 @@ def _n_star(fit: FitResult, draws: np.ndarray, names: list[str], p0: float, leve
 
 def save_prediction(pred: Prediction, path: str | Path) -> None:
     """Write ``prediction.json`` (metrics, p0 and its source, notes); no NaN (nulls instead)."""
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, np.generic):
-            return clean(x.item())
-        return x
-    Path(path).write_text(json.dumps(clean(pred.to_dict()), indent=2))
+    Path(path).write_text(json.dumps(json_safe(pred.to_dict()), indent=2))
 
 
 def in_sample(fit: FitResult, index: int, **kwargs) -> Prediction:

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._json import json_safe
 from ._logs import LogValidationError
 from ._problem import FitSpec
 from ._synthesize import DEFAULT_TRUTH
@@ -151,7 +152,7 @@ def _fit(argv: list[str]) -> int:
     if targets:
         preds = [predict(result, run, n_samples=args.samples) for run in targets]
         doc = {"fit": str(out / "fit.json"), "predictions": [p.to_dict() for p in preds]}
-        (out / "prediction.json").write_text(json.dumps(_clean(doc), indent=2))
+        (out / "prediction.json").write_text(json.dumps(json_safe(doc), indent=2))
         written.append("prediction.json")
         if figures:
             for k, (pred, run) in enumerate(zip(preds, targets)):
@@ -171,22 +172,6 @@ def _fit(argv: list[str]) -> int:
               f"N* = {ns.get('value')} {ns.get('interval', '')}")
     print(f"\nwrote {out}: {', '.join(written)}")
     return 0
-
-
-def _clean(x):
-    import math
-
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,20 +26,7 @@ import fitting
 from physrl import _analysis, _figures
 from physrl._runs import CALIBRATION, check_existing_runs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
-from physrl.report import Section, write_report
-
-
-def _clean(x):
-    """JSON-safe: NaN/inf → None, numpy scalars → Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+from physrl.report import write_report
 
 
 def _parameters(fit_result) -> list[dict]:
@@ -132,8 +119,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "
                           f"Config: experiment.json; logs: runs/; fit: fit/.")
     summary["seconds"]["total"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
-    return _clean(summary)
+    (out / "summary.json").write_text(json.dumps(fitting.json_safe(summary), indent=2))
+    return fitting.json_safe(summary)
 
 
 def _only(runs: dict, path: Path) -> str:
