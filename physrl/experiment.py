@@ -98,8 +98,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                                            rmse, (m.get("coverage") or {}).get("all"), agrees))
 
     observed = _analysis.observed_n_star(points, config.threshold)
-    p0_grid = np.unique(np.concatenate([np.geomspace(min(config.p0) / 2, min(0.9, max(config.p0) * 2), 9),
-                                        config.p0]))
+    # rounded so that a grid point equal to a configured p0 up to float noise appears once
+    p0_grid = np.unique(np.round(np.concatenate([np.geomspace(min(config.p0) / 2, min(0.9, max(config.p0) * 2), 9),
+                                                 config.p0]), 10))
     try:
         predicted = _analysis.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
                                                config.threshold, seed=min(config.seeds))
