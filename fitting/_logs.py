@@ -272,8 +272,24 @@ def _read_run_dir(path: Path) -> list[Run]:
     if not parts:
         raise LogValidationError(path, None, None, "no rollouts/part-*.parquet chunks")
     frames = [read_table(p) for p in parts]
+    _check_no_batch_in_two_chunks(parts, frames)
     rollouts = pd.concat(frames, ignore_index=True)
     return [_make_run(manifest, rollouts, path, notes)]
+
+
+def _check_no_batch_in_two_chunks(parts: list[Path], frames: list[pd.DataFrame]) -> None:
+    """ROLLOUTS.md: no (step, phase, group) batch is logged twice. A writer flushes whole
+    batches, so one that appears in two chunks is a duplicated (e.g. copied) chunk, which
+    would make the fit look more certain than it is."""
+    seen: dict[tuple, Path] = {}
+    for part, frame in zip(parts, frames):
+        keys = frame[["step", "phase", "group_id"]].drop_duplicates()
+        for row, key in zip(keys.index, keys.itertuples(index=False, name=None)):
+            if key in seen:
+                raise LogValidationError(part, int(row), "group_id",
+                                         f"(step, phase, group) = {key} is already logged in {seen[key].name}: "
+                                         "a batch logged twice (duplicated chunk?)")
+            seen[key] = part
 
 
 def _make_run(manifest: dict, rollouts: pd.DataFrame, source: Path, notes: list[str]) -> Run:

@@ -132,3 +132,12 @@ def test_no_rs_rollouts_means_no_a_hat_not_an_error(run_dir):
     assert obs.b_hat.notna().all()
     lo, hi = fitting.jeffreys_interval([0, 5, 3], [10, 5, 0])
     assert lo[0] == 0 and hi[1] == 1 and np.isnan(lo[2])
+
+
+def test_a_duplicated_chunk_is_rejected_not_fitted_twice(run_dir):
+    """A copied chunk would double every count and shrink the error bars silently."""
+    import shutil
+
+    shutil.copy(_part(run_dir), run_dir / "rollouts" / "part-00001.parquet")
+    with pytest.raises(LogValidationError, match=r"part-00001\.parquet.*row 0.*group_id.*logged twice"):
+        fitting.load_runs([run_dir])
