@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -13,16 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from physrl.report import Section, figure_to_data_uri  # noqa: E402
-
-
-def _png_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return figure_to_data_uri(fig)
+from physrl.report import Section, figure_to_data_uri, png_data_uri  # noqa: E402
 
 
 def _trained_share(obs: pd.DataFrame, run) -> pd.DataFrame:
@@ -57,7 +47,7 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
     axes[0, -1].legend(fontsize=8, loc="best")
     fig.suptitle("Organisms: does reward-seeking spread more with more environments?", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return figure_to_data_uri(fig, path)
 
 
 def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
@@ -91,7 +81,7 @@ def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
     fig.suptitle("Predicted (red: mean p over trained envs, band: parameter uncertainty) vs observed (black)",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return figure_to_data_uri(fig, path)
 
 
 def n_star_figure(observed: pd.DataFrame, predicted: pd.DataFrame, threshold: float, path: Path) -> str:
@@ -123,7 +113,7 @@ def n_star_figure(observed: pd.DataFrame, predicted: pd.DataFrame, threshold: fl
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return figure_to_data_uri(fig, path)
 
 
 def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> list[str]:
@@ -187,7 +177,7 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
         pred = in_sample(fit_result, i)
         weights = {e.env_id: e.w for e in fit_result.runs[i].environments}
         plot_run(pred, weights, path, title=f"calibration run {k}: fit (in sample)")
-        fit_figs.append((_png_uri(path), f"fit to {k}"))
+        fit_figs.append((png_data_uri(path.read_bytes()), f"fit to {k}"))
     sections.append(Section(
         "Fitted parameters (calibration runs only)",
         paragraphs=[f"Transfer model '{config.transfer}', fitted on {len(fit_result.runs)} calibration runs "

@@ -25,14 +25,23 @@ padding:.6em 1em} .ok{color:#1a7f37} .bad{color:#b42318} .note{color:#666;font-s
 """
 
 
-def figure_to_data_uri(fig) -> str:
-    """Render a matplotlib figure to a ``data:image/png;base64,...`` URI and close it."""
+def png_data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_to_data_uri(fig, path: Path | None = None) -> str:
+    """Render a matplotlib figure once to PNG, optionally also write it to ``path``,
+    close it, and return its data URI."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    png = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(png)
+    return png_data_uri(png)
 
 
 @dataclass
