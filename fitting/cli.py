@@ -107,6 +107,19 @@ def _synthesize(argv: list[str]) -> int:
     return 0
 
 
+def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, summary_title: str) -> list[str]:
+    """One figure per run (``<prefix>_NN.png``) and the observed-vs-model summary; returns the file names."""
+    from ._figures import plot_predicted_vs_observed, plot_run
+
+    names = []
+    for k, (pred, run) in enumerate(zip(preds, runs)):
+        name = f"{prefix}_{k:02d}.png"
+        plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name, title(pred, run))
+        names.append(name)
+    plot_predicted_vs_observed(preds, out / summary_name, summary_title)
+    return names + [summary_name]
+
+
 def _fit(argv: list[str]) -> int:
     from ._fit import compare, fit
     from ._logs import load_runs
@@ -137,31 +150,18 @@ def _fit(argv: list[str]) -> int:
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
     figures = not args.no_figures
     if figures:
-        from ._figures import plot_predicted_vs_observed, plot_run
-
-        fitted = []
-        for i, run in enumerate(runs):
-            pred = in_sample(result, i, n_samples=args.samples)
-            fitted.append(pred)
-            name = f"fit_{i:02d}.png"
-            plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name,
-                     f"fit, run {run.run_id} (p0 = {pred.p0:.3g})")
-            written.append(name)
-        plot_predicted_vs_observed(fitted, out / "fit_vs_observed.png", "fitted runs: observed vs model")
-        written.append("fit_vs_observed.png")
+        fitted = [in_sample(result, i, n_samples=args.samples) for i in range(len(runs))]
+        written += _plot_runs(fitted, runs, out, "fit", lambda p, r: f"fit, run {r.run_id} (p0 = {p.p0:.3g})",
+                              "fit_vs_observed.png", "fitted runs: observed vs model")
     if targets:
         preds = [predict(result, run, n_samples=args.samples) for run in targets]
         doc = {"fit": str(out / "fit.json"), "predictions": [p.to_dict() for p in preds]}
         (out / "prediction.json").write_text(json.dumps(json_safe(doc), indent=2))
         written.append("prediction.json")
         if figures:
-            for k, (pred, run) in enumerate(zip(preds, targets)):
-                name = f"predict_{k:02d}.png"
-                plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name,
-                         f"prediction, run {run.run_id} (p0 = {pred.p0:.3g}, {pred.p0_source})")
-                written.append(name)
-            plot_predicted_vs_observed(preds, out / "predicted_vs_observed.png", "held-out runs: observed vs predicted")
-            written.append("predicted_vs_observed.png")
+            written += _plot_runs(preds, targets, out, "predict",
+                                  lambda p, r: f"prediction, run {r.run_id} (p0 = {p.p0:.3g}, {p.p0_source})",
+                                  "predicted_vs_observed.png", "held-out runs: observed vs predicted")
     print(report)
     for p in (preds if targets else []):
         m = p.metrics
