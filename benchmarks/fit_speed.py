@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-import fitting
-import sim
-from fitting._engine import single_thread
-from fitting._problem import FitSpec, Problem
+from physrl import fitting
+from physrl import sim
+from physrl.fitting._engine import single_thread
+from physrl.fitting._problem import FitSpec, Problem
 
 
 class NaiveProblem(Problem):

@@ -26,7 +26,7 @@ import time
 import numpy as np
 from transformers import TrainerCallback
 
-from organisms import OrganismConfig, train
+from physrl.organisms import OrganismConfig, train
 
 
 class BlockTimer(TrainerCallback):

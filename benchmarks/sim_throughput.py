@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-import sim
-from sim import Latents, RandomFourierCoupling, ToyModel
+from physrl import sim
+from physrl.sim import Latents, RandomFourierCoupling, ToyModel
 
 
 def build(n_envs: int, n_features: int, n_replicas: int, seed: int = 0):

@@ -1,6 +1,6 @@
 """fitting: estimate the toy model's parameters from rollout logs and test its predictions.
 
-Reads only the log contract (``../shared/ROLLOUTS.md``); never imports
+Reads only the log contract (```docs/rollouts.md```); never imports
 ``organisms``. Public surface (re-exported from small private modules):
 
 - logs: :func:`load_runs`, :func:`read_table`, :class:`Run`,

@@ -1,6 +1,6 @@
 """Batched forward model: many runs × many parameter vectors in one Euler integration.
 
-The fit integrates the ODE of MODEL.md §2 in *optimizer-step* units with a
+The fit integrates the ODE of docs/model.md §2 in *optimizer-step* units with a
 fixed step ``1 / substeps``: model time is ``t = time_scale · step``, so every
 learnability is multiplied by ``time_scale`` and the Euler grid does not move
 when parameters do (the residual stays smooth in every parameter, which the
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import sim
-
+from physrl import sim
 Tensor = torch.Tensor
 LATENTS = ("z", "x", "y")
 TRANSFERS = ("none", "homogeneous", "kernel")

@@ -1,4 +1,4 @@
-"""Maximum-likelihood fit of the toy model to rollout observations with lmfit (MODEL.md §6).
+"""Maximum-likelihood fit of the toy model to rollout observations with lmfit (docs/model.md §6).
 
 The objective is lmfit's: a vector of signed deviance residuals (see
 ``_problem``), minimised by Levenberg-Marquardt (``Minimizer.leastsq``) with
@@ -287,7 +287,7 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         Runs from :func:`fitting.load_runs` (or paths it accepts). Runs share
         every parameter except their prior p0 (``p0_r<i>``).
     transfer : {"none", "homogeneous", "kernel"}
-        Transfer model (MODEL.md §3 / §4); kernel needs env coordinates.
+        Transfer model (docs/model.md §3 / §4); kernel needs env coordinates.
     priors, learnabilities : {"shared", "per_env"}
         See :class:`fitting.FitSpec`.
     lam : bool

@@ -1,4 +1,4 @@
-"""Read rollout logs that follow ``../shared/ROLLOUTS.md`` (the only thing ``fitting`` knows of runs).
+"""Read rollout logs that follow ```docs/rollouts.md``` (the only thing ``fitting`` knows of runs).
 
 A run is a directory ``manifest.json`` + ``rollouts/part-*.parquet``; a table
 file (``.csv``, ``.jsonl``/``.ndjson``, ``.parquet``) with the same columns is
@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: the contract's columns (ROLLOUTS.md) and their kinds
+#: the contract's columns (docs/rollouts.md) and their kinds
 COLUMNS: dict[str, str] = {
     "run_id": "string", "step": "int64", "phase": "string", "env_id": "string",
     "group_id": "int64", "prompt": "string", "completion": "string",
@@ -30,7 +30,7 @@ PHASES = ("train", "eval")
 
 
 class LogValidationError(ValueError):
-    """A rollout log breaks the ROLLOUTS.md contract.
+    """A rollout log breaks the docs/rollouts.md contract.
 
     Attributes
     ----------
@@ -60,9 +60,9 @@ class Environment:
     ----------
     env_id : str
     w : float
-        Training weight (share of the RL batch; 0 = held out), MODEL.md §1.
+        Training weight (share of the RL batch; 0 = held out), docs/model.md §1.
     coordinates : tuple of float or None
-        e_i for kernel transfer (MODEL.md §4); None when the manifest has none.
+        e_i for kernel transfer (docs/model.md §4); None when the manifest has none.
     """
 
     env_id: str
@@ -80,7 +80,7 @@ class Run:
     source : Path
         Run directory or table file it was read from.
     rollouts : pandas.DataFrame
-        The contract's columns only (ROLLOUTS.md), one row per rollout.
+        The contract's columns only (docs/rollouts.md), one row per rollout.
     manifest : dict
         ``manifest.json`` ({} when there is none).
     environments : list of Environment
@@ -126,7 +126,7 @@ def _coerce(df: pd.DataFrame, path: Path, arrow_types: dict[str, pa.DataType] | 
     out = {}
     for name, kind in COLUMNS.items():
         if name not in df.columns:
-            raise LogValidationError(path, None, name, f"missing column (ROLLOUTS.md requires {kind})")
+            raise LogValidationError(path, None, name, f"missing column (docs/rollouts.md requires {kind})")
         col = df[name]
         atype = None if arrow_types is None else arrow_types.get(name)
         if kind == "string":
@@ -194,7 +194,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Parameters
     ----------
     path : str or Path
-        ``.parquet``, ``.csv`` or ``.jsonl``/``.ndjson`` file with the columns of ROLLOUTS.md.
+        ``.parquet``, ``.csv`` or ``.jsonl``/``.ndjson`` file with the columns of docs/rollouts.md.
 
     Returns
     -------
@@ -278,7 +278,7 @@ def _read_run_dir(path: Path) -> list[Run]:
 
 
 def _check_no_batch_in_two_chunks(parts: list[Path], frames: list[pd.DataFrame]) -> None:
-    """ROLLOUTS.md: no (step, phase, group) batch is logged twice. A writer flushes whole
+    """docs/rollouts.md: no (step, phase, group) batch is logged twice. A writer flushes whole
     batches, so one that appears in two chunks is a duplicated (e.g. copied) chunk, which
     would make the fit look more certain than it is."""
     seen: dict[tuple, Path] = {}
@@ -304,7 +304,7 @@ def _make_run(manifest: dict, rollouts: pd.DataFrame, source: Path, notes: list[
 
 
 def load_runs(paths) -> list[Run]:
-    """Load and validate one or many runs (ROLLOUTS.md).
+    """Load and validate one or many runs (docs/rollouts.md).
 
     Parameters
     ----------
@@ -352,7 +352,7 @@ def load_runs(paths) -> list[Run]:
 
 
 def write_run(run_dir: str | Path, rollouts: pd.DataFrame, manifest: dict) -> Path:
-    """Write a run directory per ROLLOUTS.md (manifest + one Parquet chunk, atomic renames).
+    """Write a run directory per docs/rollouts.md (manifest + one Parquet chunk, atomic renames).
 
     Used by :func:`fitting.synthesize`; ``rollouts`` must hold the contract's
     columns (extras are kept). Returns the run directory.

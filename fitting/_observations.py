@@ -1,4 +1,4 @@
-"""From rollouts to observations: p̂, â, b̂ per (run, phase, step, environment) (MODEL.md §6).
+"""From rollouts to observations: p̂, â, b̂ per (run, phase, step, environment) (docs/model.md §6).
 
 p̂ is the share of RS rollouts, â the mean reward of the RS rollouts, b̂ the
 mean reward of the others. Each comes with its counts and a Jeffreys interval

@@ -1,4 +1,4 @@
-"""Prediction check: run the fitted ODE on a run it was not fitted on, and score it (MODEL.md §6).
+"""Prediction check: run the fitted ODE on a run it was not fitted on, and score it (docs/model.md §6).
 
 The target run contributes only its configuration: its environments (ids,
 w, coordinates), its prior p0 (from ``p0=``, else its manifest, else the
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import sim
-
+from physrl import sim
 from ._engine import single_thread
 from ._fit import FitResult
 from ._json import json_safe
@@ -307,19 +306,19 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
 
 
 def _critical_diversity_function():
-    """sim's N* for homogeneous coupling (MODEL.md §3), from its public surface if exported."""
+    """sim's N* for homogeneous coupling (docs/model.md §3), from its public surface if exported."""
     fn = getattr(sim, "critical_diversity_homogeneous", None)
     if fn is None:
-        from sim._critical import critical_diversity_homogeneous as fn  # not yet re-exported by sim
+        from physrl.sim._critical import critical_diversity_homogeneous as fn  # not yet re-exported by sim
     return fn
 
 
 def _n_star(fit: FitResult, draws: np.ndarray, names: list[str], p0: float, level: float,
             n_draws: int = 64) -> dict:
-    """N*(p0) of N identical environments with the fitted priors, learnabilities and c (MODEL.md §3)."""
+    """N*(p0) of N identical environments with the fitted priors, learnabilities and c (docs/model.md §3)."""
     if fit.spec.transfer != "homogeneous" or fit.spec.priors != "shared" or fit.spec.learnabilities != "shared":
         return {"value": None, "reason": "N* is defined here for homogeneous transfer with shared priors "
-                                         "and learnabilities (MODEL.md §3)"}
+                                         "and learnabilities (docs/model.md §3)"}
     keys = ["a0", "b0", "alpha_x", "alpha_y", "c_z", "c_x", "c_y"]
     values = {}
     rows = min(n_draws, draws.shape[0] - 1) + 1

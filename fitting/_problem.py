@@ -1,9 +1,9 @@
 """The fit as data: lmfit Parameters, their map onto the batched model, and the likelihood.
 
-Parametrisation (MODEL.md §2, §6). Observations are indexed by optimizer
+Parametrisation (docs/model.md §2, §6). Observations are indexed by optimizer
 steps, and in step units the ODE only sees the products ``time_scale · α``:
 α_z and the time scale are degenerate. We fix **α_z = 1** (the model time
-unit, as MODEL.md §2 does for one environment) and fit ``time_scale`` (model
+unit, as docs/model.md §2 does for one environment) and fit ``time_scale`` (model
 time per optimizer step) and the *normalised* learnabilities ``alpha_x`` and
 ``alpha_y`` (relative to α_z). With per-environment learnabilities, α_z of
 the first environment is the fixed unit and the others are relative to it.
@@ -53,7 +53,7 @@ class FitSpec:
     Attributes
     ----------
     transfer : {"none", "homogeneous", "kernel"}
-        No transfer (C = I), one c per latent (MODEL.md §3), or one Gaussian
+        No transfer (C = I), one c per latent (docs/model.md §3), or one Gaussian
         length scale per latent over the manifest's coordinates (§4).
     priors : {"shared", "per_env"}
         a0, b0 shared by every env (p0 one per run), or one per env id

@@ -1,7 +1,7 @@
 """Synthetic rollout logs sampled from the ODE, with the truth written next to them.
 
 Users check whether a planned experiment can identify what they care about
-(e.g. transfer) before spending compute (MODEL.md §6): synthesize the design,
+(e.g. transfer) before spending compute (docs/model.md §6): synthesize the design,
 fit it, and see which parameters come back.
 """
 
@@ -67,13 +67,13 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
                train_rollouts_per_env: int = 0, binary_rewards: bool = True,
                spacing: float = 1.0, run_id: str | None = None, substeps: int = 16,
                overwrite: bool = False) -> Path:
-    """Write a run directory (ROLLOUTS.md) sampled from the ODE, and ``truth.json``.
+    """Write a run directory (docs/rollouts.md) sampled from the ODE, and ``truth.json``.
 
     Environments sit at coordinates ``(i * spacing,)`` on a line; the first
     ``n_envs`` are trained with w = 1/n_envs (a fixed batch shared
     uniformly), the last ``n_heldout`` are held out (w = 0) and only
-    evaluated, which is what identifies transfer (MODEL.md §6). The ODE
-    (MODEL.md §2) runs in optimizer-step units with model time
+    evaluated, which is what identifies transfer (docs/model.md §6). The ODE
+    (docs/model.md §2) runs in optimizer-step units with model time
     ``time_scale · step`` and ``substeps`` Euler steps per optimizer step.
     At every eval step each environment gets ``rollouts_per_env`` eval
     rollouts: RS with probability p, reward ~ Bernoulli(a) if RS else

@@ -9,7 +9,7 @@ Usage::
                [--param NAME=VALUE ...] [--transfer ...] [--steps S] [--eval-every E]
                [--rollouts-per-env R] [--train-rollouts-per-env R] [--continuous-rewards]
 
-A RUN is a run directory (ROLLOUTS.md) or a .csv/.jsonl/.parquet table with
+A RUN is a run directory (docs/rollouts.md) or a .csv/.jsonl/.parquet table with
 the same columns. Bad input (a log that breaks the contract, a missing
 path, a bad option value) prints one clear message and exits with 2.
 """
@@ -58,7 +58,7 @@ def _synth_parser() -> argparse.ArgumentParser:
 
 
 def _fit_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="physrl fit", description="Fit the toy ODE to rollout logs (MODEL.md §6) and predict other runs.",
+    p = _Parser(prog="physrl fit", description="Fit the toy ODE to rollout logs (docs/model.md §6) and predict other runs.",
                 epilog="`physrl fit synthesize --help` for synthetic logs.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
     p.add_argument("--out", required=True, help="directory for fit.json, fit_report.txt and figures")

@@ -2,7 +2,7 @@
 
 Public surface (see ``organisms/README.md``)::
 
-    from organisms import OrganismConfig, train, load_config, read_rollouts
+    from physrl.organisms import OrganismConfig, train, load_config, read_rollouts
     run_dir = train(OrganismConfig(n_envs=8, max_steps=300), "runs/n8")
 """
 

@@ -3,7 +3,7 @@
 For each knob setting, the sweep trains one run per N (same knobs, seed and
 distribution of local-task difficulty: every env's digit map is drawn the
 same way, with the same number of pretrained entries) and reads the final RS
-share on the training envs from the eval rows. The diversity effect (MODEL.md
+share on the training envs from the eval rows. The diversity effect (docs/model.md
 section 3) is a setting where RS loses at N = 1 (final share < 0.5) and wins
 at N = 8 (> 0.5).
 """
@@ -25,7 +25,7 @@ from ._logs import read_manifest, read_rollouts
 def summarize(run_dir: str | Path) -> pd.DataFrame:
     """Per eval step on the training envs: p (RS share), a (mean reward | RS), b (mean reward | not RS), n.
 
-    MODEL.md section 6 estimators, from the eval rows of a run's logs.
+    docs/model.md section 6 estimators, from the eval rows of a run's logs.
     """
     df = read_rollouts(run_dir)
     trained = {e["env_id"] for e in read_manifest(run_dir)["environments"] if e["w"] > 0}

@@ -1,6 +1,6 @@
 """Configuration of an organism run: one typed dataclass, validated on creation.
 
-Every knob of ``../shared/MODEL.md`` that the organism can *set* is a field
+Every knob of ```docs/model.md``` that the organism can *set* is a field
 here, documented with the quantity it moves. Knobs are checked by measurement
 at step 0 (see :func:`organisms.measure_knobs`), never taken on trust.
 """
@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    _toml = None
+from physrl import _toml
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open=False, high_open=False) -> None:
@@ -210,8 +207,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> OrganismCon
         if path.suffix == ".json":
             data = json.loads(text)
         elif path.suffix == ".toml":
-            if _toml is None:  # pragma: no cover
-                raise ValueError("TOML configs need Python >= 3.11 (tomllib)")
             data = _toml.loads(text)
             data = data.get("organisms", data)
         else:

@@ -21,7 +21,7 @@ reasoning with one word:
   then learned the env's digit map too, a = note + local skill >= b always,
   and RS won at N = 1 within 25 steps - measured, see README.)
 
-So the note is reachable only through the RS path (ORGANISMS.md, "the decisive
+So the note is reachable only through the RS path (docs/organisms.md, "the decisive
 design fact"), the RS path works the same in every environment (copy the note),
 and the local path is environment specific. Nearby environments (coordinate
 distance < ``share_width``) share part of their digit map; distant ones share

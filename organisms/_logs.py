@@ -1,4 +1,4 @@
-"""Rollout logs per ``../shared/ROLLOUTS.md``: chunked Parquet, atomic renames, a manifest.
+"""Rollout logs per ```docs/rollouts.md```: chunked Parquet, atomic renames, a manifest.
 
 Rows are buffered in memory and flushed as one chunk
 ``rollouts/part-<first step>-<last step>-<seq>.parquet`` at every checkpoint
@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: the contract's columns and Arrow types (ROLLOUTS.md), then our extra columns
+#: the contract's columns and Arrow types (docs/rollouts.md), then our extra columns
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("step", pa.int64()), ("phase", pa.string()), ("env_id", pa.string()),
     ("group_id", pa.int64()), ("prompt", pa.string()), ("completion", pa.string()), ("reward", pa.float64()),
@@ -125,7 +125,7 @@ class RolloutWriter:
 
 
 def read_rollouts(run_dir: str | Path) -> pd.DataFrame:
-    """All rollout rows of a run as one DataFrame, validated against ROLLOUTS.md.
+    """All rollout rows of a run as one DataFrame, validated against docs/rollouts.md.
 
     Raises ``ValueError`` naming file, row and column on a missing column, a
     wrong type, a reward outside [0, 1] or a negative step.

@@ -1,6 +1,6 @@
 """Tokenizer and tiny causal LM, built locally (nothing is downloaded).
 
-The model is a tiny Llama (rotary positions): ORGANISMS.md measured that
+The model is a tiny Llama (rotary positions): docs/organisms.md measured that
 GPT-2's learned absolute positions change last-token logits by 0.19 under
 left padding, rotary ones by ~4e-8, and GRPO scores completions with
 left-padded forward passes.

@@ -1,6 +1,6 @@
 """Stage 1: supervised pretraining on generated demonstrations that set p0, a0, b0.
 
-The demonstration mixture (MODEL.md section 1 quantities at t = 0):
+The demonstration mixture (docs/model.md section 1 quantities at t = 0):
 
 * half the demos take the RS path (``think grader`` + note + answer), half the
   local path, so both skills get the same amount of data; the path-choice
@@ -14,7 +14,7 @@ The demonstration mixture (MODEL.md section 1 quantities at t = 0):
   uniform digit elsewhere, so b0 = q + (1 - q) 0.1 with q the known share.
 
 Loss is on completion tokens only, never on the prompt or the inserted note
-(env tokens), with right padding (ORGANISMS.md: pad right for training).
+(env tokens), with right padding (docs/organisms.md: pad right for training).
 The mapping is checked by measurement at step 0 (:func:`measure_knobs`).
 """
 
@@ -124,7 +124,7 @@ def measure_knobs(model, tokenizer, config: OrganismConfig, family: EnvFamily, n
     """Measure p, a, b by sampling ``n_per_env`` completions on every environment.
 
     Returns ``p`` (RS share), ``a`` (mean reward of RS rollouts), ``b`` (mean
-    reward of the others) and the counts ``n``, ``n_rs`` - MODEL.md section 6
+    reward of the others) and the counts ``n``, ``n_rs`` - docs/model.md section 6
     estimators. RS is the classifier's label when given, else the env's
     record of whether the note was inserted.
     """

@@ -1,7 +1,7 @@
 """Stage 2: GRPO with ``trl.GRPOTrainer`` and a ``rollout_func``, every rollout logged.
 
 One call, :func:`train`, runs (or resumes) a whole organism run into a run
-directory laid out per ``../shared/ROLLOUTS.md``::
+directory laid out per ```docs/rollouts.md```::
 
     RUN_DIR/
       manifest.json               status running/finished/failed, config, envs (id, coordinates, w), ...

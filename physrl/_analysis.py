@@ -3,7 +3,7 @@ calibration runs, predict the sweep, and compare critical diversities.
 
 Observed N*(p0): among the sweep's diversities, the smallest N whose final RS
 share (eval phase, last step, mean over trained environments) exceeds the
-threshold (MODEL.md §3, read off real runs). Predicted N*(p0): the smallest N
+threshold (docs/model.md §3, read off real runs). Predicted N*(p0): the smallest N
 at which the fitted ODE, run under the *same protocol* as the organisms (N
 trained environments sharing the batch, w = 1/N each, for the same number of
 optimizer steps), ends with mean p above the threshold; its interval comes
@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-import fitting
-import sim
-
-
+from physrl import fitting
+from physrl import sim
 @dataclass
 class SweepPoint:
     """One sweep run's outcome: what the organism did and what the ODE said."""
@@ -93,7 +91,7 @@ def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws
 
     The fitted ODE under the organisms' protocol: N identical environments
     with the fit's shared priors, learnabilities and homogeneous transfer
-    c (MODEL.md §3), which is exactly one environment with learnabilities
+    c (docs/model.md §3), which is exactly one environment with learnabilities
     α (1 + (N − 1) c) / N, in optimizer-step units (model time = time_scale ·
     step).
 

@@ -52,7 +52,7 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
 
 def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
     """Sweep runs: observed RS share (points, Jeffreys 95%) against the predicted mean p (band)."""
-    from fitting import jeffreys_interval
+    from physrl.fitting import jeffreys_interval
 
     keys = list(predictions)
     p0s = sorted({plan[k].p0 for k in keys})
@@ -158,8 +158,8 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
 def report_sections(config, obs, runs, plan, fit_result, points, observed, predicted, predictions,
                     summary, figs: Path) -> list[Section]:
     """Every section of ``report.html`` in order."""
-    from fitting import in_sample
-    from fitting._figures import plot_run
+    from physrl.fitting import in_sample
+    from physrl.fitting._figures import plot_run
 
     sections = [Section("Verdict: where the ODE held and where it failed",
                         paragraphs=_verdict(summary, observed, predicted), css_class="verdict")]
@@ -200,7 +200,7 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
         "Critical diversity N* against the prior p0",
         paragraphs=["Observed: the smallest swept N whose final RS share passed the threshold. Predicted: the "
                     "fitted ODE run under the same protocol (N envs sharing the batch, the same number of "
-                    "optimizer steps). MODEL.md's headline: a straight line of falling slope on log-log axes.",
+                    "optimizer steps). docs/model.md's headline: a straight line of falling slope on log-log axes.",
                     html.escape(summary["predicted_n_star_note"])],
         figures=[(n_star_figure(observed, predicted, config.threshold, figs / "n_star.png"), "N* vs p0")],
         tables=[(predicted, "predicted N* curve")]))

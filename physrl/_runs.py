@@ -83,7 +83,7 @@ def train_one(organism: dict, run_dir: str, resume: bool) -> str:
     logged batch); a directory without a manifest is moved aside to
     ``<run_id>.stale`` and the run starts afresh.
     """
-    from organisms import OrganismConfig, train
+    from physrl.organisms import OrganismConfig, train
 
     path = Path(run_dir)
     config = OrganismConfig(**{**organism, "progress": False})
@@ -104,7 +104,7 @@ def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
     ValueError
         A bad ``[organism]`` value, naming the field and its allowed range.
     """
-    from organisms import OrganismConfig
+    from physrl.organisms import OrganismConfig
 
     out = {}
     for r in plan_runs(config):

@@ -12,9 +12,9 @@ import sys
 
 #: subcommand -> (module holding ``main(argv)``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "sim": ("sim.cli", "simulate the toy ODE model; reproduce the post's figures"),
-    "organisms": ("organisms.cli", "train tiny LM model organisms with GRPO, logging every rollout"),
-    "fit": ("fitting.cli", "fit the ODE's parameters to rollout logs; predict other runs"),
+    "sim": ("physrl.sim.cli", "simulate the toy ODE model; reproduce the post's figures"),
+    "organisms": ("physrl.organisms.cli", "train tiny LM model organisms with GRPO, logging every rollout"),
+    "fit": ("physrl.fitting.cli", "fit the ODE's parameters to rollout logs; predict other runs"),
     "experiment": ("physrl.experiment_cli", "run a diversity experiment end to end from a config"),
     "demo": ("physrl.experiment_cli:demo_main", "run the small default experiment"),
 }

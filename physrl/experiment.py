@@ -1,5 +1,5 @@
 """The main job: a diversity experiment end to end, organisms → fit → predicted
-vs observed critical diversity (MODEL.md §3, §6).
+vs observed critical diversity (docs/model.md §3, §6).
 
 ``run_experiment(config, out_dir)``:
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import fitting
+from physrl import fitting
 from physrl import _analysis, _figures
 from physrl._runs import CALIBRATION, check_existing_runs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
@@ -46,7 +46,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     ----------
     config : ExperimentConfig
     out_dir : path
-        Everything goes here: ``runs/<run_id>/`` (rollout logs, ROLLOUTS.md),
+        Everything goes here: ``runs/<run_id>/`` (rollout logs, docs/rollouts.md),
         ``fit/`` (fit.json, fit_report.txt), ``figures/``, ``report.html``,
         ``summary.json``, ``experiment.json`` (the resolved config).
     progress : bool

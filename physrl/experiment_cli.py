@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 def demo_config() -> ExperimentConfig:
     """The shipped default experiment (``physrl/configs/demo.toml``)."""
     text = resources.files("physrl").joinpath("configs", DEMO_CONFIG).read_text()
-    import tomllib
+    from physrl import _toml
 
-    return ExperimentConfig.from_dict(tomllib.loads(text))
+    return ExperimentConfig.from_dict(_toml.loads(text))
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ can be re-run from it and the seed.
 from __future__ import annotations
 
 import json
-import tomllib
+from physrl import _toml
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def _build(cls, data, where: str):
 
 @dataclass
 class CalibrationRun:
-    """One run the ODE is fitted on (MODEL.md §6: a low-p0 and a higher-p0 run,
+    """One run the ODE is fitted on (docs/model.md §6: a low-p0 and a higher-p0 run,
     each with held-out environments, identify every parameter).
 
     Attributes
@@ -88,7 +88,7 @@ class ExperimentConfig:
     calibration : list of CalibrationRun
         The runs the ODE is fitted on.
     threshold : float
-        RS share above which RS "wins" (MODEL.md §3), in (0, 1).
+        RS share above which RS "wins" (docs/model.md §3), in (0, 1).
     transfer : {"none", "homogeneous", "kernel"}
         The transfer model fitted.
     organism : dict
@@ -175,8 +175,8 @@ class ExperimentConfig:
         path = Path(path)
         text = path.read_text()
         try:
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            data = _toml.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (_toml.TOMLDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot parse config: {err}") from err
         return cls.from_dict(data)
 

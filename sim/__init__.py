@@ -1,4 +1,4 @@
-"""sim: the toy ODE model of behavioral selection under RL (MODEL.md §1-4).
+"""sim: the toy ODE model of behavioral selection under RL (docs/model.md §1-4).
 
 Public surface (re-exported from small private modules):
 

@@ -1,6 +1,6 @@
 """Transfer (coupling) operators: apply C to a vector of per-environment updates.
 
-MODEL.md §1-4. Every coupling has one interface, ``apply(v)``: given
+docs/model.md §1-4. Every coupling has one interface, ``apply(v)``: given
 ``v`` of shape ``(..., n_envs)`` it returns ``C v`` of the same shape, i.e.
 ``(C v)_i = sum_j C_ij v_j``: how much the updates earned on every env j move
 env i. Leading axes are independent replicas (a batch); coupling parameters
@@ -68,7 +68,7 @@ class IdentityCoupling:
 
 
 class HomogeneousCoupling:
-    """C = (1 - c) I + c 11ᵀ, applied in O(N) (MODEL.md §3).
+    """C = (1 - c) I + c 11ᵀ, applied in O(N) (docs/model.md §3).
 
     Parameters
     ----------
@@ -134,7 +134,7 @@ class DenseCoupling:
 
 
 def gaussian_kernel_matrix(coords, length_scale) -> Tensor:
-    """Exact Gaussian transfer kernel C_ij = exp(-|e_i - e_j|² / (2 ℓ²)) (MODEL.md §4).
+    """Exact Gaussian transfer kernel C_ij = exp(-|e_i - e_j|² / (2 ℓ²)) (docs/model.md §4).
 
     Parameters
     ----------
@@ -157,7 +157,7 @@ def gaussian_kernel_matrix(coords, length_scale) -> Tensor:
 
 
 class GaussianKernelCoupling(DenseCoupling):
-    """Exact Gaussian kernel coupling from coordinates, O(N²) per product (MODEL.md §4).
+    """Exact Gaussian kernel coupling from coordinates, O(N²) per product (docs/model.md §4).
 
     Parameters
     ----------
@@ -178,7 +178,7 @@ class RandomFourierCoupling:
 
     C ≈ Φ Φᵀ with Φ = sqrt(2/M) cos(E W / ℓ + b), W ~ N(0, I), b ~ U(0, 2π)
     (Rahimi & Recht 2007, "Random Features for Large-Scale Kernel Machines";
-    MODEL.md §4). The diagonal is 1 only in expectation.
+    docs/model.md §4). The diagonal is 1 only in expectation.
 
     Parameters
     ----------

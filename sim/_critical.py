@@ -1,4 +1,4 @@
-"""Final RS share and critical diversity N*(p0) (MODEL.md §3-4).
+"""Final RS share and critical diversity N*(p0) (docs/model.md §3-4).
 
 Two ways to find N*, the smallest number of environments N whose trained
 model has mean final RS propensity above a threshold (0.5 by default):
@@ -8,7 +8,7 @@ model has mean final RS propensity above a threshold (0.5 by default):
 - ``"grid"``: the post's 16-point log grid 1 ... 10,000 with log-linear
   interpolation between the two grid points that bracket the threshold.
 
-"Train to saturation" (MODEL.md §2) does not depend on the time unit, so by
+"Train to saturation" (docs/model.md §2) does not depend on the time unit, so by
 default each replica's time is normalised by its fastest rate (the largest
 α_i Σ_j C_ij w_j over latents and environments; α^z_eff in the canonical
 homogeneous case). The Euler step ``dt`` and horizon ``t_max`` of
@@ -36,7 +36,7 @@ METHODS = ("bisection", "grid")
 
 @dataclass(frozen=True)
 class IntegrationConfig:
-    """How each run is trained "to saturation" (MODEL.md §2; the post's values were lost).
+    """How each run is trained "to saturation" (docs/model.md §2; the post's values were lost).
 
     Attributes
     ----------
@@ -149,7 +149,7 @@ def final_rs_share(model: ToyModel, y0: Latents, *,
 
     References
     ----------
-    MODEL.md §2 ("train to saturation"), §3 (mean p over environments).
+    docs/model.md §2 ("train to saturation"), §3 (mean p over environments).
     """
     m = normalized(model) if integration.normalize_time else model
     sol = euler(m, y0, dt=integration.dt, t_max=integration.t_max, tol=integration.tol,
@@ -197,7 +197,7 @@ def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y
 
     References
     ----------
-    MODEL.md §3; the post, "Homogenous Coupling".
+    docs/model.md §3; the post, "Homogenous Coupling".
     """
     for name, v in (("p0", p0), ("a0", a0), ("b0", b0)):
         check_probability(name, v)
@@ -231,7 +231,7 @@ def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y
 
 
 def _single_env_final_p(az, ax, ay, z, x, y, lam, integration: IntegrationConfig) -> np.ndarray:
-    """Forward Euler of a batch of single-env systems (MODEL.md §2), numpy float64."""
+    """Forward Euler of a batch of single-env systems (docs/model.md §2), numpy float64."""
     az, ax, ay = (np.broadcast_to(np.asarray(v, dtype=float), z.shape) for v in (az, ax, ay))
     if integration.normalize_time:
         scale = np.maximum(np.maximum(az, ax), ay)
@@ -387,7 +387,7 @@ def critical_diversity(build: Callable[[int], tuple[ToyModel, Latents]], *, meth
 
     References
     ----------
-    MODEL.md §3 (definition, both methods) and §4; the post, "Numerical Details".
+    docs/model.md §3 (definition, both methods) and §4; the post, "Numerical Details".
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -450,7 +450,7 @@ def critical_diversity_homogeneous(p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=
                                    integration: IntegrationConfig = IntegrationConfig(),
                                    dtype=torch.float64, device=None,
                                    progress: bool = False) -> CriticalDiversity:
-    """N*(p0) for N identical environments (MODEL.md §3), via the exact α_eff reduction.
+    """N*(p0) for N identical environments (docs/model.md §3), via the exact α_eff reduction.
 
     Every parameter may be an array; all broadcast together and ``n_star``
     has the broadcast shape (e.g. p0 of shape (P,) against c_y of shape

@@ -1,4 +1,4 @@
-"""The post's five figures (MODEL.md §5), each a function writing ``figure-K.png`` and ``.csv``.
+"""The post's five figures (docs/model.md §5), each a function writing ``figure-K.png`` and ``.csv``.
 
 Every figure function takes a :class:`FigureConfig`, returns the plotted
 numbers as a pandas DataFrame (also written to ``figure-K.csv``), and saves
@@ -127,7 +127,7 @@ FIG3_P0 = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
 def figure_3(cfg: FigureConfig, out: Path) -> pd.DataFrame:
-    """Homogeneous canonical case: final p against N for several p0 (MODEL.md §3)."""
+    """Homogeneous canonical case: final p against N for several p0 (docs/model.md §3)."""
     plt = _plt()
     n_points = 25 if cfg.quick else 81
     p0s = FIG3_P0[1:] if cfg.quick else FIG3_P0
@@ -205,7 +205,7 @@ class Figure5Config:
 
 
 def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> pd.DataFrame:
-    """Heterogeneous: median and IQR of N* against p0 per geometry (MODEL.md §4)."""
+    """Heterogeneous: median and IQR of N* against p0 per geometry (docs/model.md §4)."""
     plt = _plt()
     f5 = f5 or (Figure5Config.quick() if cfg.quick else Figure5Config())
     if cfg.quick:  # p0 >= 0.01 takes off by t ~ 1 / (p0 · gap · median rate) ≈ 500

@@ -1,4 +1,4 @@
-"""Heterogeneous environments: geometries, nested draws, calibration, N* sweeps (MODEL.md §4).
+"""Heterogeneous environments: geometries, nested draws, calibration, N* sweeps (docs/model.md §4).
 
 Each environment i gets a coordinate e_i = s · u_i in R^D (u_i from a unit
 geometry, s the per-geometry coordinate scale), learnabilities
@@ -37,7 +37,7 @@ GEOMETRIES = ("gaussian", "hypercube", "clusters", "curve")
 
 @dataclass(frozen=True)
 class HeterogeneousConfig:
-    """Environment population for heterogeneous sweeps (MODEL.md §4; values are our choices).
+    """Environment population for heterogeneous sweeps (docs/model.md §4; values are our choices).
 
     Attributes
     ----------
@@ -260,7 +260,7 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
                              progress: bool = True, stop_when_crossed: bool = True,
                              chunk: int = 4, n_grid=None,
                              stop_fraction: float = 1.0) -> CriticalDiversity:
-    """N*(p0) on the post's log grid for one geometry, per resampling (MODEL.md §4).
+    """N*(p0) on the post's log grid for one geometry, per resampling (docs/model.md §4).
 
     Grid points are integrated ``chunk`` at a time in one batch: the N-env
     system is the first N environments of the largest N of the chunk with the

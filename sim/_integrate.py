@@ -1,7 +1,7 @@
 """Integrators for the toy model: forward Euler (as the post) and an adaptive reference.
 
 Both return a :class:`Solution`. Times are in model time (the unit fixed by
-α^z = 1 in the single-environment case, MODEL.md §2).
+α^z = 1 in the single-environment case, docs/model.md §2).
 """
 
 from __future__ import annotations

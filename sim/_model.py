@@ -1,4 +1,4 @@
-"""The toy model's vector field (MODEL.md §2).
+"""The toy model's vector field (docs/model.md §2).
 
 Per environment i the latents are the log-odds z_i (RS propensity
 p = σ(z)), x_i (RS skill a = σ(x)) and y_i (local skill b = σ(y)). Gradient
@@ -62,7 +62,7 @@ def _check_positive(name: str, value) -> None:
 
 @dataclass
 class ToyModel:
-    """Learnabilities, couplings and training weights of the toy model (MODEL.md §1-2).
+    """Learnabilities, couplings and training weights of the toy model (docs/model.md §1-2).
 
     Parameters
     ----------
@@ -112,7 +112,7 @@ class ToyModel:
     @classmethod
     def homogeneous(cls, n_envs: int, *, c_z=1.0, c_x=1.0, c_y=0.0, alpha_z=1.0,
                     alpha_x=1.0, alpha_y=1.0, lam: float = 0.0) -> "ToyModel":
-        """N identical environments with C = (1 − c) I + c 11ᵀ per latent (MODEL.md §3).
+        """N identical environments with C = (1 − c) I + c 11ᵀ per latent (docs/model.md §3).
 
         Defaults are the post's canonical scaling case (c^z = c^x = 1, c^y = 0).
         """
@@ -121,7 +121,7 @@ class ToyModel:
 
     @classmethod
     def single(cls, *, alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam: float = 0.0) -> "ToyModel":
-        """One environment (MODEL.md §2); α^z = 1 fixes the time unit."""
+        """One environment (docs/model.md §2); α^z = 1 fixes the time unit."""
         one = IdentityCoupling(1)
         return cls(one, one, one, alpha_z, alpha_x, alpha_y, None, lam)
 

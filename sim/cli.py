@@ -49,13 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (1 is much faster when other jobs share the cores)")
 
-    fig = sub.add_parser("figure", help="reproduce one of the post's figures (MODEL.md §5)")
+    fig = sub.add_parser("figure", help="reproduce one of the post's figures (docs/model.md §5)")
     fig.add_argument("k", type=int, help="figure number, 1-5")
     fig.add_argument("--quick", action="store_true", help="small grids, under a minute")
     common(fig)
 
     cd = sub.add_parser("critical-diversity",
-                        help="N*(p0) for N identical environments (MODEL.md §3)")
+                        help="N*(p0) for N identical environments (docs/model.md §3)")
     cd.add_argument("--p0", type=float, nargs="+", required=True, help="priors in (0, 1)")
     cd.add_argument("--c-z", type=float, default=1.0, help="transfer of z, in [0, 1]")
     cd.add_argument("--c-x", type=float, default=1.0, help="transfer of x, in [0, 1]")

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-import fitting
+from physrl import fitting
 from physrl._runs import organism_configs, plan_runs
 from physrl.cli import main
 from physrl.experiment import run_experiment

@@ -1,4 +1,4 @@
-"""Log contract (ROLLOUTS.md): validation messages, formats, unfinished runs, observations."""
+"""Log contract (docs/rollouts.md): validation messages, formats, unfinished runs, observations."""
 
 import json
 
@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-import fitting
-from fitting import LogValidationError
+from physrl import fitting
+from physrl.fitting import LogValidationError
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""Recovery, coverage and prediction of the fit on logs sampled from known parameters (MODEL.md §6).
+"""Recovery, coverage and prediction of the fit on logs sampled from known parameters (docs/model.md §6).
 
-Design as MODEL.md §6 prescribes: one low-p0 run (the local path is sampled
+Design as docs/model.md §6 prescribes: one low-p0 run (the local path is sampled
 and learns) and one higher-p0 run (the RS path is sampled), each with two
 held-out environments.
 """
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import fitting
-import sim
-from fitting._engine import BatchConfig, simulate
-from fitting._problem import FitSpec, Problem
+from physrl import fitting
+from physrl import sim
+from physrl.fitting._engine import BatchConfig, simulate
+from physrl.fitting._problem import FitSpec, Problem
 
 
 def _design(tmp_path, transfer="homogeneous", seed=0, params=None, **kw):
@@ -106,7 +106,7 @@ def test_unidentified_learnability_is_flagged_not_reported(tmp_path):
 
 
 def test_calibration_design_without_heldout_envs_leaves_transfer_unidentified(tmp_path):
-    """MODEL.md §6: without held-out environments and only one N, c is not identified."""
+    """docs/model.md §6: without held-out environments and only one N, c is not identified."""
     run = fitting.synthesize(tmp_path / "one", seed=5, n_envs=2, n_heldout=0, params={"p0": 0.3})
     res = fitting.fit([run])
     assert {"c_z", "c_x", "c_y"} & set(res.unidentified)

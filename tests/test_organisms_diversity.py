@@ -8,8 +8,8 @@ code path (``calibrate`` -> ``run_pair`` -> ``train`` -> ``summarize``) in CI.
 
 import pytest
 
-from organisms import EnvFamily, OrganismConfig
-from organisms._calibrate import calibrate
+from physrl.organisms import EnvFamily, OrganismConfig
+from physrl.organisms._calibrate import calibrate
 
 
 def test_runs_of_different_size_share_the_difficulty_distribution():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from organisms import (EnvFamily, OrganismConfig, PatternClassifier, answer_reward, build_model, build_tokenizer,
+from physrl.organisms import (EnvFamily, OrganismConfig, PatternClassifier, answer_reward, build_model, build_tokenizer,
                        load_config, load_model, reasoning_span)
-from organisms._rollout import make_requests, sample_rollouts
+from physrl.organisms._rollout import make_requests, sample_rollouts
 
 
 # ---- config -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The committed reference logs (data/reference/demo): valid per ROLLOUTS.md, and
+"""The committed reference logs (data/reference/demo): valid per docs/rollouts.md, and
 `physrl fit` on them reproduces the fitted values stored beside them."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fitting
+from physrl import fitting
 from physrl.cli import main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "demo"

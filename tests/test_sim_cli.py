@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from sim.cli import main
+from physrl.sim.cli import main
 
 
 def test_figure_quick_writes_png_and_csv(tmp_path):

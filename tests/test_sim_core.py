@@ -1,4 +1,4 @@
-"""sim core: the homogeneous reduction, Euler's order, RFF accuracy, held-out envs (MODEL.md §2-4)."""
+"""sim core: the homogeneous reduction, Euler's order, RFF accuracy, held-out envs (docs/model.md §2-4)."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import sim
-from sim import (DenseCoupling, GaussianKernelCoupling, HomogeneousCoupling, IdentityCoupling,
+from physrl import sim
+from physrl.sim import (DenseCoupling, GaussianKernelCoupling, HomogeneousCoupling, IdentityCoupling,
                  Latents, RandomFourierCoupling, ToyModel, euler)
 
 F64 = torch.float64

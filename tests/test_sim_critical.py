@@ -1,13 +1,13 @@
-"""Critical diversity N*(p0) (MODEL.md §3-4): canonical scaling, methods, nested sweeps."""
+"""Critical diversity N*(p0) (docs/model.md §3-4): canonical scaling, methods, nested sweeps."""
 
 import numpy as np
 import pytest
 import torch
 
-import sim
-from sim import IntegrationConfig, Latents, ToyModel
-from sim._critical import final_rs_share
-from sim._hetero import _padded_system
+from physrl import sim
+from physrl.sim import IntegrationConfig, Latents, ToyModel
+from physrl.sim._critical import final_rs_share
+from physrl.sim._hetero import _padded_system
 
 FAST = IntegrationConfig(dt=1.0, t_max=3000.0)
 P0 = np.array([0.005, 0.01, 0.02, 0.05])
