@@ -3,8 +3,9 @@
 Reads only the log contract (```docs/rollouts.md```); never imports
 ``organisms``. Public surface (re-exported from small private modules):
 
-- logs: :func:`load_runs`, :func:`read_table`, :class:`Run`,
-  :class:`Environment`, :class:`LogValidationError`
+- logs (from the contract module :mod:`physrl.contract`): :func:`load_runs`,
+  :func:`read_table`, :class:`Run`, :class:`Manifest`, :class:`Environment`,
+  :class:`MeasuredPrior`, :class:`LogValidationError`
 - observations: :func:`observations`, :func:`jeffreys_interval`
 - synthetic logs: :func:`synthesize`, :data:`DEFAULT_TRUTH`
 - the fit: :func:`fit`, :func:`compare`, :class:`FitResult`, :class:`FitSpec`
@@ -17,12 +18,16 @@ from ._fit import ParameterEstimate as ParameterEstimate
 from ._fit import compare as compare
 from ._fit import fit as fit
 from ._json import json_safe as json_safe
-from ._logs import Environment as Environment
-from ._logs import LogValidationError as LogValidationError
-from ._logs import Run as Run
-from ._logs import load_runs as load_runs
-from ._logs import read_table as read_table
-from ._observations import jeffreys_interval as jeffreys_interval
+from physrl.contract import Environment as Environment
+from physrl.contract import LogValidationError as LogValidationError
+from physrl.contract import Manifest as Manifest
+from physrl.contract import MeasuredPrior as MeasuredPrior
+from physrl.contract import Run as Run
+from physrl.contract import jeffreys_interval as jeffreys_interval
+from physrl.contract import load_runs as load_runs
+from physrl.contract import read_table as read_table
+
+from ._engine import TRANSFERS as TRANSFERS
 from ._observations import observations as observations
 from ._problem import FitSpec as FitSpec
 from ._synthesize import DEFAULT_TRUTH as DEFAULT_TRUTH

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from physrl.contract import Run, load_runs
+
 from ._engine import single_thread
-from ._logs import Run, load_runs
 from ._observations import observations
 from ._problem import FitSpec, Problem, kind_of
 

@@ -14,38 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from ._logs import Run
+from physrl.contract import Run, jeffreys_interval
 
 KEYS = ["run_id", "phase", "step", "env_id"]
-
-
-def jeffreys_interval(successes, trials, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Jeffreys interval for a binomial proportion.
-
-    Parameters
-    ----------
-    successes, trials : array_like
-        Success counts k (may be fractional) and trial counts n >= k.
-    level : float
-        Coverage in (0, 1).
-
-    Returns
-    -------
-    (lower, upper) : ndarrays
-        In [0, 1]; lower = 0 when k = 0, upper = 1 when k = n, NaN when n = 0.
-    """
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(trials, dtype=float)
-    tail = (1 - level) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lo = stats.beta.ppf(tail, k + 0.5, n - k + 0.5)
-        hi = stats.beta.ppf(1 - tail, k + 0.5, n - k + 0.5)
-    lo = np.where(k <= 0, 0.0, lo)
-    hi = np.where(k >= n, 1.0, hi)
-    empty = n <= 0
-    return np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
 
 
 def observations(runs: list[Run] | Run, level: float = 0.95) -> pd.DataFrame:

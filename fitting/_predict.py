@@ -1,8 +1,8 @@
 """Prediction check: run the fitted ODE on a run it was not fitted on, and score it (docs/model.md §6).
 
 The target run contributes only its configuration: its environments (ids,
-w, coordinates), its prior p0 (from ``p0=``, else its manifest, else the
-pooled p̂ at its first observed step; the source is recorded) and its
+w, coordinates), its prior p0 (from ``p0=``, else its manifest's ``p0``, else its
+measured prior, :meth:`physrl.contract.Run.measured_prior`; the source is recorded) and its
 steps. Parameter uncertainty is propagated by sampling: identified
 parameters from the fit's normal approximation (clipped to their bounds);
 parameters the fit could not identify are drawn over their whole plausible
@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from physrl import sim
+from physrl.contract import Run, load_runs
+
 from ._engine import single_thread
 from ._fit import FitResult
 from ._json import json_safe
-from ._logs import Run, load_runs
 from ._observations import observations
 from ._problem import PROB_MAX, PROB_MIN, Problem, kind_of
 
@@ -80,14 +81,16 @@ class Prediction:
 PREDICT_MAX_SUBSTEPS = 4096
 
 
-def _target_p0(run: Run, obs: pd.DataFrame, p0: float | None) -> tuple[float, str]:
+def _target_p0(run: Run, phases, p0: float | None) -> tuple[float, str]:
     if p0 is not None:
         return float(p0), "argument"
     if run.p0_hint is not None:
         return run.p0_hint, "manifest"
-    first = obs[obs["step"] == obs["step"].min()]
-    k, n = float(first["n_rs"].sum()), float(first["n"].sum())
-    return float(np.clip((k + 0.5) / (n + 1.0), PROB_MIN, PROB_MAX)), f"observed p̂ at step {int(first['step'].min())}"
+    prior = run.measured_prior(phases=phases)
+    est = prior.pooled
+    return (float(np.clip(est.value, PROB_MIN, PROB_MAX)),
+            f"measured prior at step {prior.step} ({est.n_rs}/{est.n} RS rollouts on envs {list(prior.env_ids)}, "
+            f"Jeffreys {est.level:.0%} [{est.lower:.3g}, {est.upper:.3g}])")
 
 
 def _sample_fit(fit: FitResult, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
@@ -194,8 +197,9 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
         The target run (any of the forms :func:`fitting.load_runs` reads; the
         first run if several).
     p0 : float, optional
-        Prior RS propensity of the target in (0, 1); default from its manifest
-        (``p0``, ``knobs_target.p0`` or ``config.p0``), else its first observed p̂.
+        Prior RS propensity of the target in (0, 1); default the manifest's
+        ``p0`` (a prior the producer set exactly), else the run's measured prior
+        (:meth:`physrl.contract.Run.measured_prior` in the fit's phases, trained envs pooled).
     n_samples : int
         Parameter draws for the bands and the N* interval.
     level : float
@@ -231,7 +235,7 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
     spec = fit.spec
     obs = observations([run])
     obs = obs[obs["phase"].isin(spec.phases)].reset_index(drop=True)
-    p0_value, p0_source = _target_p0(run, obs, p0)
+    p0_value, p0_source = _target_p0(run, spec.phases, p0)
     target = Problem.build([run], obs, spec)
     target.max_substeps = PREDICT_MAX_SUBSTEPS  # draws of unidentified parameters may be fast
     draws, names = _sample_fit(fit, n_samples, rng)

@@ -39,8 +39,9 @@ import pandas as pd
 import torch
 from scipy.special import gammaln
 
+from physrl.contract import Run
+
 from ._engine import MAX_SUBSTEPS, TRANSFERS, BatchConfig, UnstableStep, simulate
-from ._logs import Run
 
 PROB_MIN, PROB_MAX = 1e-4, 1 - 1e-4
 SCALE_PARAMS = ("alpha", "time_scale", "length_scale")
@@ -343,6 +344,13 @@ def _pooled_first(obs: pd.DataFrame, mask: np.ndarray, num: str, den: str, defau
     return float(np.clip(first[num].sum() / total, 0.02, 0.98))
 
 
+def _start(estimate, default: float = 0.2) -> float:
+    """A start value for a prior from a measured share: clipped into [0.02, 0.98]."""
+    if estimate is None or not estimate.n:
+        return default
+    return float(np.clip(estimate.share, 0.02, 0.98))
+
+
 def _parameters(runs, run_env_ids, env_ids, obs, spec: FitSpec, n_envs: int):
     params = lmfit.Parameters()
     n_runs = len(runs)
@@ -355,17 +363,20 @@ def _parameters(runs, run_env_ids, env_ids, obs, spec: FitSpec, n_envs: int):
         return len(names) - 1
 
     everywhere = np.ones(len(obs), bool)
-    # priors: p0 per run (or per run and env); a0, b0 shared (or per env id)
+    # priors: p0 per run (or per run and env), started at the run's measured prior
+    # (Run.measured_prior, every env pooled); a0, b0 shared (or per env id)
     p0_idx = np.zeros((n_runs, n_envs), int)
     for i, run in enumerate(runs):
-        in_run = (obs["run_id"] == run.run_id).to_numpy()
+        try:
+            prior = run.measured_prior(phases=spec.phases, env_ids=run.env_ids)
+        except ValueError:  # no rows of this run in these phases
+            prior = None
         if spec.priors == "shared":
-            guess = _pooled_first(obs, in_run, "n_rs", "n", 0.2)
+            guess = _start(prior.pooled if prior else None)
             p0_idx[i, :] = add(f"p0_r{i}", guess, True, PROB_MIN, PROB_MAX)
         else:
             for j, env in enumerate(run_env_ids[i]):
-                mask = in_run & (obs["env_id"] == env).to_numpy()
-                p0_idx[i, j] = add(f"p0_r{i}_e{env_ids.index(env)}", _pooled_first(obs, mask, "n_rs", "n", 0.2),
+                p0_idx[i, j] = add(f"p0_r{i}_e{env_ids.index(env)}", _start(prior.per_env.get(env) if prior else None),
                                    True, PROB_MIN, PROB_MAX)
     index["p0"] = p0_idx
     for lat in ("a", "b"):

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from physrl.contract import write_run
+
 from ._engine import TRANSFERS, BatchConfig, simulate, single_thread
-from ._logs import write_run
 
 #: default true parameters (normalised: α_z = 1, time_scale = model time per optimizer step)
 DEFAULT_TRUTH: dict[str, float] = {
@@ -202,13 +203,13 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
                     "spacing": spacing, "substeps": substeps, "p0": truth["p0"]}
     manifest = {
         "run_id": run_id, "created": _now(), "finished": _now(), "status": "finished",
-        "config": synth_config, "seed": seed, "p0": truth["p0"], "steps": steps,
+        "seed": seed, "p0": truth["p0"], "steps": steps,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
         "environments": [{"env_id": e, "index": i, "coordinates": coords[i].tolist(), "w": float(w[i])}
                          for i, e in enumerate(env_ids)],
         "classifier": {"name": "synthetic-truth", "version": "1"},
         "model": {"name": "toy-ode (fitting.synthesize)"},
-        "generator": "fitting.synthesize",
+        "synthesize": {"config": synth_config, "generator": "physrl.fitting.synthesize"},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_run(out, rows, manifest)

@@ -21,8 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+from physrl.contract import LogValidationError
+
+from ._engine import TRANSFERS
 from ._json import json_safe
-from ._logs import LogValidationError
 from ._problem import FitSpec
 from ._synthesize import DEFAULT_TRUTH
 
@@ -43,7 +45,7 @@ def _synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=4, help="trained environments (w = 1/n each)")
     p.add_argument("--n-heldout", type=int, default=2, help="held-out environments (w = 0; identify transfer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--transfer", choices=["none", "homogeneous", "kernel"], default="homogeneous")
+    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help=f"true parameter override; names: {', '.join(DEFAULT_TRUTH)}")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
@@ -62,7 +64,7 @@ def _fit_parser() -> argparse.ArgumentParser:
                 epilog="`physrl fit synthesize --help` for synthetic logs.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
     p.add_argument("--out", required=True, help="directory for fit.json, fit_report.txt and figures")
-    p.add_argument("--transfer", choices=["none", "homogeneous", "kernel"], default="homogeneous")
+    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
     p.add_argument("--priors", choices=["shared", "per_env"], default="shared")
     p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
     p.add_argument("--lam", action="store_true", help="fit footnote-4 λ")
@@ -122,7 +124,7 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
 
 def _fit(argv: list[str]) -> int:
     from ._fit import compare, fit
-    from ._logs import load_runs
+    from physrl.contract import load_runs
     from ._predict import in_sample, predict
 
     args = _fit_parser().parse_args(argv)
@@ -135,6 +137,9 @@ def _fit(argv: list[str]) -> int:
             phases=phases)  # validate before reading anything
     runs = load_runs(args.runs)
     targets = load_runs(args.predict) if args.predict else []
+    for run in runs + targets:  # defaults the reader substituted; also recorded in fit.json's notes
+        for warning in run.warnings:
+            print(f"physrl fit: warning: run {run.run_id}: {warning}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = fit(runs, transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,

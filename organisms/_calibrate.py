@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from physrl.contract import read_manifest, read_rollouts
+
 from ._config import OrganismConfig
-from ._logs import read_manifest, read_rollouts
 
 
 def summarize(run_dir: str | Path) -> pd.DataFrame:
@@ -28,7 +29,7 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
     docs/model.md section 6 estimators, from the eval rows of a run's logs.
     """
     df = read_rollouts(run_dir)
-    trained = {e["env_id"] for e in read_manifest(run_dir)["environments"] if e["w"] > 0}
+    trained = set(read_manifest(run_dir).trained_env_ids)
     ev = df[(df.phase == "eval") & df.env_id.isin(trained)]
     rows = []
     for step, g in ev.groupby("step"):
@@ -54,7 +55,7 @@ def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str
     for n in n_values:
         run_dir = out_dir / f"n{n}"
         seconds = float("nan")
-        if not (run_dir / "manifest.json").exists() or read_manifest(run_dir)["status"] != "finished":
+        if not (run_dir / "manifest.json").exists() or read_manifest(run_dir).status != "finished":
             if run_dir.exists():
                 import shutil
 

@@ -25,6 +25,7 @@ gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
 from __future__ import annotations
 
 import os
+import platform
 import time
 import uuid
 import warnings
@@ -32,15 +33,57 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
+
+from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_rollouts, rows_on_disk, update_manifest,
+                             write_manifest)
 
 from ._classify import Classifier, make_classifier
 from ._config import OrganismConfig
 from ._envs import EnvFamily, answer_reward
-from ._logs import RolloutWriter, now, read_manifest, update_manifest, versions, write_manifest
 from ._model import build_model, build_tokenizer, load_model, n_parameters, pick_device
 from ._pretrain import demo_mixture, pretrain
 from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed
+
+#: the organisms' own rollout columns, after the contract's (docs/rollouts.md: readers ignore them)
+EXTRA_COLUMNS = (("expected", pa.string()), ("note_inserted", pa.bool_()), ("note_positions", pa.string()))
+#: keys of an environment entry that belong to the contract; the rest go under "organisms"
+_CONTRACT_ENV_KEYS = ("env_id", "w", "coordinates", "observation")
+
+
+class RolloutWriter(ChunkWriter):
+    """The contract's chunk writer with the organisms' extra columns (expected answer, grader note)."""
+
+    def __init__(self, run_dir: str | Path, run_id: str):
+        super().__init__(run_dir, run_id, EXTRA_COLUMNS)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a run."""
+    import pandas, tokenizers, transformers, trl
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "tokenizers": tokenizers.__version__, "numpy": np.__version__,
+            "pyarrow": pa.__version__, "pandas": pandas.__version__}
+
+
+def saved_config(run_dir: str | Path) -> dict:
+    """The resolved :class:`OrganismConfig` fields an organisms run saved in its manifest.
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest in ``run_dir``.
+    ValueError
+        The manifest breaks the contract, or has no ``organisms.config`` (not an organisms run).
+    """
+    manifest = read_manifest(run_dir)
+    config = (manifest.organisms or {}).get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{Path(run_dir) / 'manifest.json'}: no {ORGANISMS}.config: not a physrl organisms run "
+                         "(or one written before the manifest's 'organisms' namespace)")
+    return config
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 # TRL 1.16 calls transformers 5.x's deprecated `is_gradient_checkpointing` on every
@@ -134,8 +177,6 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _eval_steps_logged(run_dir: Path) -> set[int]:
-    from ._logs import read_rollouts
-
     df = read_rollouts(run_dir)
     return set(int(s) for s in df.loc[df.phase == "eval", "step"].unique()) if len(df) else set()
 
@@ -271,34 +312,40 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
     checkpoint = None
     if resume:
         manifest = read_manifest(run_dir)
-        saved = dict(manifest["config"])
+        saved = saved_config(run_dir)
         mine = config.to_dict()
         differ = sorted(k for k in mine if k not in ("max_steps", "progress") and saved.get(k) != mine[k])
         if differ:
             raise ValueError(f"resume: config differs from the run's saved config in {differ}")
-        run_id = manifest["run_id"]
+        run_id = manifest.run_id
         checkpoint = _latest_checkpoint(run_dir)
         done = int(saved.get("max_steps", 0))
-        if manifest.get("status") == "finished" and done >= config.max_steps:
+        if manifest.status == "finished" and done >= config.max_steps:
             log(f"{run_id} already finished its {done} steps (max_steps {config.max_steps}); nothing to resume")
             return run_dir
         writer = RolloutWriter(run_dir, run_id)
         dropped = writer.truncate(int(checkpoint.name.split("-")[1]) if checkpoint else -1)
         log(f"resume {run_id} from {checkpoint.name if checkpoint else 'the start'}; dropped {dropped} rows past it")
-        update_manifest(run_dir, status="running", config=mine, steps=config.max_steps,
-                        resumed=manifest.get("resumed", 0) + 1)
+        update_manifest(run_dir, status="running", error=None, steps=config.max_steps,
+                        organisms={"config": mine, "resumed": (manifest.organisms or {}).get("resumed", 0) + 1})
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         writer = RolloutWriter(run_dir, run_id)
+        described = family.describe()
         write_manifest(run_dir, {
-            "run_id": run_id, "created": now(), "finished": None, "status": "running", "config": config.to_dict(),
-            "seed": config.seed, "versions": versions(), "device": str(device),
-            "environments": family.describe(), "classifier": {"name": classifier.name, "version": classifier.version},
-            "knobs_target": {"p0": config.p0, "a0": config.a0, "b0": config.b0, "rs_ceiling": config.rs_ceiling},
-            "demo_mixture": demo_mixture(config, family), "steps": config.max_steps,
+            "run_id": run_id, "created": now(), "status": "running", "seed": config.seed, "steps": config.max_steps,
+            "versions": versions(), "classifier": {"name": classifier.name, "version": classifier.version},
+            "environments": [{k: e[k] for k in _CONTRACT_ENV_KEYS if k in e} for e in described],
+            ORGANISMS: {
+                "config": config.to_dict(), "device": str(device),
+                "environments": [{k: v for k, v in e.items() if k == "env_id" or k not in _CONTRACT_ENV_KEYS}
+                                 for e in described],
+                "knobs_target": {"p0": config.p0, "a0": config.a0, "b0": config.b0, "rs_ceiling": config.rs_ceiling},
+                "demo_mixture": demo_mixture(config, family),
+            },
         })
     try:
         model, tokenizer = _prepare_model(config, family, run_dir, device, log)
@@ -326,8 +373,9 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
         seconds = time.time() - t0
         trainer.save_model(str(run_dir / "model_final"))
         tokenizer.save_pretrained(str(run_dir / "model_final"))
-        update_manifest(run_dir, status="finished", finished=now(), rows_written=writer.n_written,
-                        grpo_seconds=round(seconds, 2))
+        earlier = (read_manifest(run_dir).organisms or {}).get("grpo_seconds", 0.0)
+        update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
+                        organisms={"grpo_seconds": round(earlier + seconds, 2)})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
         update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")

@@ -52,9 +52,9 @@ def main(argv: list[str]) -> int:
     overrides = {k: getattr(args, k) for k in ("n_envs", "p0", "max_steps", "seed", "progress")}
     try:
         if args.command == "train" and args.resume is not None:
-            from ._logs import read_manifest
+            from ._train import saved_config
 
-            saved = read_manifest(args.resume)["config"]
+            saved = saved_config(args.resume)
             config = load_config(None, **{**saved, **{k: v for k, v in overrides.items() if v is not None}})
         else:
             config = load_config(args.config, **overrides)

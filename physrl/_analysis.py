@@ -53,13 +53,6 @@ def final_rs_share(obs: pd.DataFrame, run: "fitting.Run") -> tuple[int, float]:
     return last, float(at.n_rs.sum() / at.n.sum())
 
 
-def step0_rs_share(obs: pd.DataFrame, run_id: str) -> float:
-    """Measured prior: RS share of the step-0 eval rollouts, smoothed ((k + ½)/(n + 1)) into (0, 1)."""
-    rows = obs[(obs.run_id == run_id) & (obs.phase == "eval") & (obs.step == obs[obs.run_id == run_id].step.min())]
-    k, n = float(rows.n_rs.sum()), float(rows.n.sum())
-    return (k + 0.5) / (n + 1.0)
-
-
 def observed_n_star(points: list[SweepPoint], threshold: float) -> pd.DataFrame:
     """Per (p0, seed): the smallest swept N whose final RS share > threshold (NaN: none did)."""
     rows = []

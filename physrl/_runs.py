@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from physrl.contract import read_manifest
 from physrl.executors import Executor
 from physrl.experiment_config import ExperimentConfig
 
@@ -120,7 +121,7 @@ def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
 
 def _config_mismatch(run_dir: Path, wanted: dict) -> list[str]:
     """Fields where a finished run's saved organism config differs from the planned one."""
-    saved = json.loads((Path(run_dir) / "manifest.json").read_text()).get("config", {})
+    saved = (read_manifest(run_dir).organisms or {}).get("config", {})
     return sorted(k for k, v in wanted.items() if k != "progress" and saved.get(k) != v)
 
 

@@ -86,7 +86,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     for k in sweep_ids:
         r, run = plan[k], runs[k]
         last, final_p = _analysis.final_rs_share(obs, run)
-        pred = fitting.predict(fit_result, run, p0=_analysis.step0_rs_share(obs, run.run_id), n_star=False,
+        pred = fitting.predict(fit_result, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
                                n_samples=100, seed=r.seed)
         predictions[k] = pred
         m = pred.metrics
@@ -132,7 +132,7 @@ def _only(runs: dict, path: Path) -> str:
 
 
 def _max_steps(config: ExperimentConfig, runs: dict) -> int:
-    steps = {int(r.manifest.get("config", {}).get("max_steps", 0)) for r in runs.values()}
+    steps = {int(r.manifest.steps or 0) for r in runs.values()}
     steps.discard(0)
     if len(steps) != 1:
         return int(max(int(r.rollouts.step.max()) for r in runs.values()))

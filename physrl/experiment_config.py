@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from physrl.executors import ExecutorConfig
-
-TRANSFERS = ("none", "homogeneous", "kernel")
+from physrl.fitting import TRANSFERS
 
 
 def _is_list(value, types) -> bool:

@@ -58,7 +58,7 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path):
                                      seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
                                      rollouts_per_env=48, run_id=r.run_id)
         manifest = json.loads((run_dir / "manifest.json").read_text())  # stand in for the planned organism
-        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "config": planned[r.run_id]}))
+        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": planned[r.run_id]}}))
     summary = run_experiment(cfg, tmp_path, progress=False)
     _check_outputs(tmp_path, cfg)
     by_n = {r["n_envs"]: r for r in summary["runs"]}

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from physrl import fitting
+from physrl import contract, fitting
 from physrl.fitting import LogValidationError
 
 
@@ -93,19 +93,22 @@ def test_extra_columns_ignored_temp_files_skipped_unfinished_flagged(run_dir):
     manifest["status"] = "running"
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     run = fitting.load_runs(run_dir)[0]
-    assert list(run.rollouts.columns) == list(fitting._logs.COLUMNS)
+    assert list(run.rollouts.columns) == list(contract.COLUMNS)
     assert run.finished is False
     assert any("not finished" in note for note in run.notes)
     res_notes = fitting.fit([run], transfer="none", grid=False, max_nfev=5).notes
     assert any("not finished" in note for note in res_notes)
 
 
-def test_missing_path_and_empty_run_dir(tmp_path):
+def test_missing_path_and_empty_run_dir(tmp_path, run_dir):
     with pytest.raises(FileNotFoundError):
         fitting.load_runs(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LogValidationError, match="no rollouts/part"):
+    with pytest.raises(LogValidationError, match=r"empty, field 'manifest.json': .* has none"):
         fitting.load_runs(tmp_path / "empty")
+    _part(run_dir).unlink()
+    with pytest.raises(LogValidationError, match="no rollouts/part"):
+        fitting.load_runs(run_dir)
 
 
 def test_observations_counts_and_jeffreys_intervals(run_dir):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from physrl.organisms import (EnvFamily, OrganismConfig, PatternClassifier, load_model, measure_knobs, read_manifest,
-                       read_rollouts, train)
+                              read_rollouts, saved_config, train)
 from physrl.organisms._envs import digit_accuracy
 from physrl.organisms.cli import main as organisms_main
 
@@ -32,14 +32,18 @@ def run20(tmp_path_factory):
 def test_run_writes_valid_logs(run20):
     manifest = read_manifest(run20)
     df = read_rollouts(run20)
-    cfg = manifest["config"]
-    assert manifest["status"] == "finished" and manifest["seed"] == 7 and cfg["max_steps"] == 20
+    cfg = manifest.organisms["config"]
+    assert manifest.status == "finished" and manifest.seed == 7 and cfg["max_steps"] == 20 == manifest.steps
     for key in ("run_id", "created", "finished", "versions", "environments", "classifier", "model"):
-        assert manifest[key]
-    assert manifest["classifier"] == {"name": "pattern", "version": "1"}
-    assert [e["w"] for e in manifest["environments"]] == [0.5, 0.5, 0.0]
-    assert manifest["model"]["architecture"] == "LlamaForCausalLM" and manifest["model"]["n_parameters"] > 10_000
-    assert set(df.run_id) == {manifest["run_id"]}
+        assert getattr(manifest, key)
+    assert manifest.classifier == {"name": "pattern", "version": "1"}
+    assert [e.w for e in manifest.environments] == [0.5, 0.5, 0.0]
+    assert [e.coordinates for e in manifest.environments] == [(0.0,), (1.0,), (2.0,)]
+    assert [e["env_id"] for e in manifest.organisms["environments"]] == ["e0", "e1", "e2"]
+    assert all("digit_map" in e for e in manifest.organisms["environments"])
+    assert manifest.model["architecture"] == "LlamaForCausalLM" and manifest.model["n_parameters"] > 10_000
+    assert manifest.rows_written == len(df)
+    assert set(df.run_id) == {manifest.run_id}
     assert df.reward.between(0, 1).all() and df.rs_score.between(0, 1).all()
     train_rows, eval_rows = df[df.phase == "train"], df[df.phase == "eval"]
     assert sorted(train_rows.step.unique()) == list(range(20))
@@ -67,7 +71,7 @@ def test_every_trained_parameter_changed(run20):
 
 
 def test_knobs_measured_at_step0_match_config(run20):
-    cfg = OrganismConfig(**read_manifest(run20)["config"])
+    cfg = OrganismConfig(**saved_config(run20))
     model, tok = load_model(run20 / "model_init")
     m = measure_knobs(model, tok, cfg, EnvFamily(cfg), n_per_env=256)
     n_local = m["n"] - m["n_rs"]
@@ -110,16 +114,16 @@ def test_bad_config_stops_before_training(tmp_path, capsys):
 
 
 def test_kill_and_resume_neither_duplicates_nor_skips(tmp_path, run20):
-    cfg = OrganismConfig(**{**read_manifest(run20)["config"], "model_dir": str(run20 / "model_init"),
+    cfg = OrganismConfig(**{**saved_config(run20), "model_dir": str(run20 / "model_init"),
                             "max_steps": 20})
     run_dir = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run_dir, stop_after=12, log=lambda *a: None)
-    assert read_manifest(run_dir)["status"] == "failed"
+    assert read_manifest(run_dir).status == "failed"
     partial = read_rollouts(run_dir)
     assert partial[partial.phase == "train"].step.max() == 9  # flushed with checkpoint-10; 10-12 not yet written
     train(cfg, run_dir, resume=True, log=lambda *a: None)
-    assert read_manifest(run_dir)["status"] == "finished"
+    assert read_manifest(run_dir).status == "finished"
     df = read_rollouts(run_dir)
     keys = df.groupby(["step", "phase", "group_id"]).size()
     assert (keys == cfg.num_generations).all()  # no (step, phase, group) duplicated

@@ -22,7 +22,7 @@ def test_reference_runs_follow_the_contract():
         assert run.finished
         rows = obs[(obs.run_id == run.run_id) & (obs.phase == "eval")]
         assert set(rows[rows.step == 0].env_id) == set(run.env_ids)  # step 0 measured on every env
-        assert int(run.rollouts.step.max()) == run.manifest["config"]["max_steps"] == 400
+        assert int(run.rollouts.step.max()) == run.manifest.steps == 400
 
 
 def test_fit_on_reference_reproduces_the_stored_values(tmp_path):
