@@ -38,6 +38,9 @@ class PlannedRun:
         Held-out environments (w = 0).
     seed : int
         Organism seed.
+    family_seed : int or None
+        The environment family's seed (digit maps); None keeps the organism
+        config's.
     """
 
     role: str
@@ -45,6 +48,7 @@ class PlannedRun:
     p0: float
     n_heldout: int
     seed: int
+    family_seed: int | None = None
 
     @property
     def run_id(self) -> str:
@@ -52,16 +56,36 @@ class PlannedRun:
         return f"{tag}-N{self.n_envs}-p{self.p0:g}-h{self.n_heldout}-s{self.seed}"
 
     def organism_overrides(self) -> dict:
-        return {"n_envs": self.n_envs, "p0": self.p0, "n_heldout": self.n_heldout, "seed": self.seed}
+        out = {"n_envs": self.n_envs, "p0": self.p0, "n_heldout": self.n_heldout, "seed": self.seed}
+        if self.family_seed is not None:
+            out["family_seed"] = self.family_seed
+        return out
 
 
-def plan_runs(config: ExperimentConfig) -> list[PlannedRun]:
-    """Every run the experiment needs: calibration runs, then the (N, p0, seed) sweep."""
-    runs = [PlannedRun(CALIBRATION, c.n_envs, c.p0, c.n_held_out, s)
-            for s in config.seeds for c in config.calibration]
-    runs += [PlannedRun(SWEEP, n, p0, 0, s)
-             for s in config.seeds for p0 in config.p0 for n in config.n_envs]
-    return runs
+def _family_seed(config: ExperimentConfig, seed: int) -> int | None:
+    if not config.vary_family_seed:
+        return None
+    from physrl.organisms import OrganismConfig
+
+    return int(config.organism.get("family_seed", OrganismConfig.family_seed)) + seed
+
+
+def plan_runs(config: ExperimentConfig, role: str | None = None) -> list[PlannedRun]:
+    """Every run the experiment needs: calibration runs, then the (N, p0, seed) sweep.
+
+    Calibration runs use ``config.calibration_seed_list()``; sweep runs every
+    seed of ``config.seeds`` at every (p0, N) of ``config.sweep_grid()``, with
+    K − N held-out environments in the fixed-family design. ``role`` keeps
+    only one role.
+    """
+    runs = [PlannedRun(CALIBRATION, c.n_envs, c.p0, c.n_held_out, s, _family_seed(config, s))
+            for s in config.calibration_seed_list() for c in config.calibration]
+    for s in config.seeds:
+        for p0, ns in config.sweep_grid().items():
+            k = config.family_size(p0)
+            runs += [PlannedRun(SWEEP, n, p0, 0 if k is None else k - n, s, _family_seed(config, s))
+                     for n in ns]
+    return [r for r in runs if role is None or r.role == role]
 
 
 def run_status(run_dir: Path) -> str:
@@ -144,8 +168,9 @@ def check_existing_runs(config: ExperimentConfig, out_dir: Path) -> None:
                                  "results would mix configs: use a new --out folder")
 
 
-def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Path]:
-    """Train every planned run not yet finished; returns run_id -> run directory.
+def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True,
+              role: str | None = None) -> dict[str, Path]:
+    """Train every planned run (of ``role``, or all) not yet finished; returns run_id -> run directory.
 
     Raises
     ------
@@ -158,7 +183,7 @@ def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True)
     """
     check_existing_runs(config, out_dir)
     runs_dir = Path(out_dir) / "runs"
-    plan = plan_runs(config)
+    plan = plan_runs(config, role)
     dirs = {r.run_id: runs_dir / r.run_id for r in plan}
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in plan if run_status(dirs[r.run_id]) != "finished"]
@@ -169,7 +194,7 @@ def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True)
             organism = {**config.organism, **r.organism_overrides()}
             resume = run_status(dirs[r.run_id]) == "unfinished"
             handles.append((r, executor.submit(train_one, organism, str(dirs[r.run_id]), resume)))
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="organism runs",
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"{role or 'organism'} runs",
                    unit="run", disable=not progress)
         for r, handle in handles:
             try:

@@ -3,19 +3,25 @@ vs observed critical diversity (docs/model.md §3, §6).
 
 ``run_experiment(config, out_dir)``:
 
-1. trains every planned organism run through the configured executor
-   (skipping finished runs, resuming unfinished ones);
+1. trains the calibration runs through the configured executor (skipping
+   finished runs, resuming unfinished ones);
 2. fits the ODE on the calibration runs only (``fitting.fit``);
-3. predicts every sweep run (``fitting.predict``) and the critical diversity
-   N*(p0) under the organisms' protocol, and measures the observed N* from
-   the sweep runs themselves;
-4. writes ``DIR/report.html`` (self-contained) and ``DIR/summary.json``.
+3. freezes its predictions for every sweep cell, N*(p0) and the scaling
+   slope in ``DIR/predictions.json`` (sha256 and write time recorded) before
+   any sweep run is trained; a rerun verifies that file and never rewrites it
+   (``physrl._preregistration``);
+4. trains the sweep runs, then predicts each of them (``fitting.predict``),
+   measures P(RS wins | N, p0), the observed N*(p0) and the slope of log N*
+   on log p0 with bootstrap intervals over seeds at every step budget
+   (``physrl._scaling``), and scores the frozen predictions;
+5. writes ``DIR/report.html`` (self-contained) and ``DIR/summary.json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting
-from physrl import _analysis, _figures
-from physrl._runs import CALIBRATION, check_existing_runs, plan_runs, train_all
+from physrl import _analysis, _figures, _preregistration, _scaling, _scaling_figures
+from physrl._runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
 from physrl.report import write_report
 
@@ -63,27 +69,57 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     t0 = time.perf_counter()
     out = Path(out_dir)
     check_existing_runs(config, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2))
-    dirs = train_all(config, out, progress=progress)
-    t_train = time.perf_counter() - t0
-
     plan = {r.run_id: r for r in plan_runs(config)}
-    runs = {r.run_id: r for r in fitting.load_runs([dirs[k] for k in plan])}
-    runs = {plan_id: runs[_only(runs, dirs[plan_id])] for plan_id in plan}
-    obs = fitting.observations(list(runs.values()))
     cal_ids = [k for k, r in plan.items() if r.role == CALIBRATION]
     sweep_ids = [k for k, r in plan.items() if r.role != CALIBRATION]
+    _preregistration.check_order(out, [out / "runs" / k for k in sweep_ids])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2))
+    resolved = organism_configs(config)
+    max_steps = int(resolved[sweep_ids[0]]["max_steps"])
+    budgets = sorted({b for b in config.budgets if b < max_steps} | {max_steps})
+    grid = config.sweep_grid()
 
+    # 1-2. calibration runs, then the fit on them alone
+    dirs = train_all(config, out, progress=progress, role=CALIBRATION)
+    cal_runs = {k: r for k, r in zip(cal_ids, _load(dirs, cal_ids))}
+    t_cal = time.perf_counter() - t0
     fit_dir = out / "fit"
     fit_dir.mkdir(exist_ok=True)
-    fit_result = fitting.fit([runs[k] for k in cal_ids], transfer=config.transfer, max_nfev=config.fit_max_nfev)
+    _say(progress, f"fitting the ODE on {len(cal_ids)} calibration runs")
+    fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
+                             max_nfev=config.fit_max_nfev)
     fit_result.save(fit_dir / "fit.json")
     (fit_dir / "fit_report.txt").write_text(fit_result.report())
 
-    max_steps = _max_steps(config, runs)
+    # 3. frozen predictions, before any sweep run exists
+    if _preregistration.frozen(out):
+        registration, frozen = _preregistration.verify(out)
+        _preregistration.check_coverage(frozen, grid, budgets, config.threshold)
+        _say(progress, f"frozen predictions verified (sha256 {registration.sha256[:12]}…)")
+    else:
+        _say(progress, "freezing predictions for every sweep cell before the sweep is trained")
+        sweep_cfg = resolved[sweep_ids[0]]
+        payload = _preregistration.predict_sweep(
+            fit_result, grid, budgets, config.threshold,
+            eval_rollouts_per_env=int(sweep_cfg["eval_prompts_per_env"]) * int(sweep_cfg["num_generations"]),
+            n_star_max=config.n_star_max, n_draws=config.prediction_draws, seed=min(config.calibration_seed_list()))
+        payload["context"] = {"calibration_runs": cal_ids, "grid": {f"{p:g}": ns for p, ns in grid.items()},
+                              "seeds": config.seeds, "budgets": budgets, "max_steps": max_steps,
+                              "fit_parameters": {n: e.value for n, e in fit_result.estimates.items()}}
+        registration = _preregistration.freeze(out, payload)
+        registration, frozen = _preregistration.verify(out)
+
+    # 4. the sweep, trained and read only now
+    dirs.update(train_all(config, out, progress=progress, role=SWEEP))
+    registration = _preregistration.check_read_after(registration, [dirs[k] for k in sweep_ids])
+    t_train = time.perf_counter() - t0
+    runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
+    runs = {k: runs[k] for k in plan}
+    obs = fitting.observations(list(runs.values()))
+
     points, predictions = [], {}
-    for k in sweep_ids:
+    for k in _progress(sweep_ids, progress, "predicting sweep runs"):
         r, run = plan[k], runs[k]
         last, final_p = _analysis.final_rs_share(obs, run)
         pred = fitting.predict(fit_result, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
@@ -109,19 +145,118 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         predicted = pd.DataFrame(columns=["p0", "n_star", "lower", "upper", "share_above_n_max"])
         n_star_note = str(err)
 
+    _say(progress, f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over seeds")
+    outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid)
+
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
     summary = _summary(config, fit_result, points, observed, predicted, predictions, n_star_note,
                        max_steps, t_train, time.perf_counter() - t0)
-    sections = _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
-                                        predictions, summary, figs)
+    summary["seconds"]["calibration"] = t_cal
+    first_win = summary["observed_n_star"]
+    protocol_grid = summary["predicted_n_star"]
+    summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
+    for key, entry in summary["observed_n_star"].items():
+        entry["smallest_winning_n_per_seed"] = first_win.get(key, {}).get("per_seed")
+    for key, entry in summary["predicted_n_star"].items():
+        entry["protocol_grid"] = protocol_grid.get(key)
+    sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
+    sections += _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
+                                         predictions, summary, figs)
     write_report(out / "report.html", f"physrl diversity experiment: {config.name}", sections,
                  preamble=f"{len(plan)} organism runs ({len(cal_ids)} calibration, {len(sweep_ids)} sweep), "
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "
-                          f"Config: experiment.json; logs: runs/; fit: fit/.")
+                          f"Config: experiment.json; logs: runs/; fit: fit/; frozen predictions: "
+                          f"{_preregistration.PREDICTIONS_FILE}.")
     summary["seconds"]["total"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(fitting.json_safe(summary), indent=2))
     return fitting.json_safe(summary)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[physrl] {message}", file=sys.stderr, flush=True)
+
+
+def _progress(items, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="run", disable=not progress)
+
+
+def _load(dirs: dict, ids: list[str]) -> list:
+    """fitting.Run objects of ``ids`` in that order."""
+    loaded = {r.run_id: r for r in fitting.load_runs([dirs[k] for k in ids])}
+    return [loaded[_only(loaded, dirs[k])] for k in ids]
+
+
+def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: list[int], max_steps: int,
+                      grid: dict) -> dict:
+    """Per budget: win table, observed N*(p0), observed and predicted slopes, scores."""
+    by_budget = {}
+    for b in budgets:
+        estimates, reps, p0s, seeds = _scaling.n_star_by_p0(outcomes, b, n_boot=config.bootstrap,
+                                                            seed=min(config.seeds))
+        observed_slope = _scaling.slope_with_interval(p0s, [e.n_star for e in estimates], reps,
+                                                      "percentile bootstrap over seeds (resampled jointly "
+                                                      "over p0)")
+        by_budget[b] = {"estimates": estimates, "observed_slope": observed_slope,
+                        "predicted_slope": frozen["slope"][str(b)],
+                        "win_table": _scaling.win_table(outcomes, b),
+                        "scores": _preregistration.score(frozen, outcomes, b, grid),
+                        "p0": p0s, "seeds": seeds}
+    return {"by_budget": by_budget, "primary": max_steps}
+
+
+def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets, max_steps) -> dict:
+    primary = scaling["by_budget"][max_steps]
+    frozen_n_star = {(round(c["p0"], 12), c["budget"]): c for c in frozen["n_star"]}
+
+    def slope_entry(b):
+        part = scaling["by_budget"][b]
+        return {"observed_slope": part["observed_slope"].to_dict(), "predicted_slope": part["predicted_slope"]}
+
+    observed = {}
+    for est in primary["estimates"]:
+        entry = est.to_dict()
+        entry["by_budget"] = {str(b): next(e.to_dict() for e in scaling["by_budget"][b]["estimates"]
+                                           if e.p0 == est.p0) for b in budgets}
+        observed[f"{est.p0:g}"] = entry
+    cells = []
+    for b in budgets:
+        table = scaling["by_budget"][b]["win_table"]
+        forecast = {(round(c["p0"], 12), c["n_envs"]): c for c in frozen["cells"] if c["budget"] == b}
+        for row in table.itertuples():
+            f = forecast[(round(row.p0, 12), int(row.n_envs))]
+            cells.append({"p0": row.p0, "n_envs": int(row.n_envs), "budget": b, "wins": int(row.wins),
+                          "n": int(row.n), "p_win_observed": row.p_win, "interval_95": [row.lower, row.upper],
+                          "p_win_predicted": f["p_win"], "final_p_predicted": f["final_p"],
+                          "final_p_band_95": f["final_p_band_95"]})
+    pred_by_p0 = {f"{p0:g}": {k: v for k, v in frozen_n_star[(round(p0, 12), max_steps)].items()
+                              if k not in ("p0",)} for p0 in config.p0}
+    return {
+        "scaling": {"observed_slope": primary["observed_slope"].to_dict(),
+                    "predicted_slope": primary["predicted_slope"],
+                    "canonical_slope": _scaling.CANONICAL_SLOPE,
+                    "p0": primary["p0"], "seeds": primary["seeds"],
+                    "calibration_seeds": config.calibration_seed_list(),
+                    "calibration_seeds_reused_in_sweep": bool(set(config.calibration_seed_list())
+                                                              & set(config.seeds)),
+                    "budget": max_steps, "budgets": budgets,
+                    "by_budget": {str(b): slope_entry(b) for b in budgets},
+                    "design": {"grid": {f"{p:g}": ns for p, ns in config.sweep_grid().items()},
+                               "family_heldout": config.family_heldout,
+                               "vary_family_seed": config.vary_family_seed}},
+        "observed_n_star": observed,
+        "predicted_n_star": pred_by_p0,
+        "preregistration": registration.to_dict(),
+        "scores": {**primary["scores"].to_dict(),
+                   "by_budget": {str(b): scaling["by_budget"][b]["scores"].to_dict() for b in budgets},
+                   "log_loss_floor": _preregistration.LOG_LOSS_FLOOR},
+        "cells": cells,
+        "fit_converged_for_predictions": frozen["fit"]["converged"],
+    }
 
 
 def _only(runs: dict, path: Path) -> str:
@@ -129,14 +264,6 @@ def _only(runs: dict, path: Path) -> str:
     if len(hits) != 1:
         raise RuntimeError(f"expected one run in {path}, found {len(hits)}")
     return hits[0]
-
-
-def _max_steps(config: ExperimentConfig, runs: dict) -> int:
-    steps = {int(r.manifest.steps or 0) for r in runs.values()}
-    steps.discard(0)
-    if len(steps) != 1:
-        return int(max(int(r.rollouts.step.max()) for r in runs.values()))
-    return steps.pop()
 
 
 def _mean_rmse(rmse: dict, latent: str) -> float:

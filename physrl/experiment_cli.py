@@ -27,14 +27,54 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
         return 1
     print(f"report:  {out / 'report.html'}")
     print(f"summary: {out / 'summary.json'}")
-    obs = {k: v["n_star"] for k, v in summary["observed_n_star"].items()}
-    pred = {k: v["n_star"] for k, v in summary["predicted_n_star"].items()}
-    print(f"observed N* by p0: {json.dumps(obs)}; predicted: {json.dumps(pred)}")
+    obs = {k: _round(v["n_star"]) for k, v in summary["observed_n_star"].items()}
+    pred = {k: _round(v["n_star"]) for k, v in summary["predicted_n_star"].items()}
+    print(f"observed N* by p0: {json.dumps(obs)}; predicted (frozen): {json.dumps(pred)}")
+    scaling = summary.get("scaling", {})
+    if len(scaling.get("p0", [])) >= 2:
+        o, p = scaling["observed_slope"], scaling["predicted_slope"]
+        print(f"slope of log N* on log p0: observed {_round(o['value'])} {[_round(v) for v in o['interval_95']]}, "
+              f"predicted {_round(p['value'])} {[_round(v) for v in p['interval_95']]}, post -1")
+    s = summary.get("scores")
+    if s:
+        print(f"frozen forecasts: Brier {s['brier']:.3f} (base rate {s['brier_base_rate']:.3f}, N >= median N "
+              f"{s['brier_median_n']:.3f}); log loss {s['log_loss']:.3f} (base rate {s['log_loss_base_rate']:.3f})")
     return 0
 
 
+def _round(v, digits: int = 3):
+    return None if v is None else float(f"{v:.{digits}g}")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in ``physrl/configs`` (``demo``, ``scaling``, ...)."""
+    folder = resources.files("physrl").joinpath("configs")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def resolve_config(name_or_path: str) -> ExperimentConfig:
+    """A config file path, or the name of a shipped config (``scaling`` → physrl/configs/scaling.toml).
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a file nor a shipped config's name.
+    ValueError
+        A bad config (named field).
+    """
+    if Path(name_or_path).exists():
+        return ExperimentConfig.from_file(name_or_path)
+    if name_or_path in shipped_configs():
+        from physrl import _toml
+
+        text = resources.files("physrl").joinpath("configs", f"{name_or_path}.toml").read_text()
+        return ExperimentConfig.from_dict(_toml.loads(text))
+    raise FileNotFoundError(f"{name_or_path!r} is neither a config file nor a shipped config "
+                            f"({', '.join(shipped_configs())})")
+
+
 def _load(path: str, overrides: list[str]) -> ExperimentConfig:
-    data = ExperimentConfig.from_file(path).to_dict()
+    data = resolve_config(path).to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -56,12 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         "Train organisms at several diversities N and priors p0, fit the ODE on the calibration runs, "
         "predict the rest and compare predicted with observed critical diversity. Rerunning the same "
         "command skips finished runs and resumes unfinished ones."))
-    parser.add_argument("config", help="experiment config (TOML or JSON); see physrl/configs/demo.toml")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (e.g. runs/my-experiment)")
+    parser.add_argument("config", help="experiment config (TOML or JSON), or the name of a shipped config: "
+                                       + ", ".join(shipped_configs()) + " (physrl/configs/NAME.toml)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/NAME for a shipped config; required for a file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set organism.max_steps=400 --set executor.engine=submitit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.out is None:
+        if Path(args.config).exists() or args.config not in shipped_configs():
+            parser.error("--out is required for a config file")
+        args.out = Path("runs") / args.config
     try:
         config = _load(args.config, args.set)
         organism_configs(config)  # every organism value checked before anything runs

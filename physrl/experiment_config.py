@@ -101,6 +101,30 @@ class ExperimentConfig:
         Cap on the fit's residual evaluations (lmfit ``max_nfev``). Real logs
         can pin parameters at a bound (c = 1, α → 0), where Levenberg-Marquardt
         crawls; a fit stopped by the cap says so in its notes and the report.
+    n_envs_by_p0 : dict of str to list of int
+        Per-p0 N grids (keys: a p0 of ``p0`` written as a number, e.g.
+        ``"0.05"``); a p0 not listed uses ``n_envs``. Lets every p0's grid
+        bracket its own expected N*.
+    calibration_seeds : list of int or None
+        Seeds of the calibration runs. None: the sweep's ``seeds`` (then the
+        calibration and sweep share seeds, which the report states). The
+        scaling experiment uses seeds of their own, never reused in the sweep.
+    family_heldout : int or None
+        None: each sweep run has its own family of N trained environments.
+        An integer h: the fixed-family design, one family of K = max N(p0) + h
+        environments per (p0, seed), the first N trained and the other K − N
+        held out (w = 0), so all N of a seed share the digit maps and one
+        stage-1 model (organisms README, "family design").
+    vary_family_seed : bool
+        If true every run's ``family_seed`` is ``organism.family_seed + seed``,
+        so no result rests on one set of digit maps.
+    budgets : list of int
+        Step budgets (optimizer steps) at which end states are also read;
+        the run's last step is always one. N* depends on the budget.
+    bootstrap : int
+        Bootstrap replicates (over seeds) for N* and the slope's intervals.
+    prediction_draws : int
+        Parameter draws from the calibration fit behind the frozen predictions.
     """
 
     name: str = "diversity"
@@ -115,6 +139,13 @@ class ExperimentConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     n_star_max: int = 64
     fit_max_nfev: int = 400
+    n_envs_by_p0: dict = field(default_factory=dict)
+    calibration_seeds: list[int] | None = None
+    family_heldout: int | None = None
+    vary_family_seed: bool = False
+    budgets: list[int] = field(default_factory=list)
+    bootstrap: int = 2000
+    prediction_draws: int = 200
 
     def __post_init__(self):
         if not _is_list(self.n_envs, int) or any(n < 1 for n in self.n_envs):
@@ -150,8 +181,60 @@ class ExperimentConfig:
             raise ValueError(f"executor must be a table, got {self.executor!r}")
         if self.fit_max_nfev < 10:
             raise ValueError(f"fit_max_nfev must be >= 10, got {self.fit_max_nfev}")
-        if self.n_star_max < max(self.n_envs):
-            raise ValueError(f"n_star_max must be >= max(n_envs) = {max(self.n_envs)}")
+        self._check_scaling_fields()
+        largest = max(max(ns) for ns in self.sweep_grid().values())
+        if self.n_star_max < largest:
+            raise ValueError(f"n_star_max must be >= the largest swept N = {largest}")
+
+    def _check_scaling_fields(self) -> None:
+        if not isinstance(self.n_envs_by_p0, dict):
+            raise ValueError(f"n_envs_by_p0 must be a table of p0 -> list of N, got {self.n_envs_by_p0!r}")
+        grid = {}
+        for key, ns in self.n_envs_by_p0.items():
+            try:
+                p0 = float(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"n_envs_by_p0 key {key!r} is not a number") from None
+            match = [p for p in self.p0 if abs(p - p0) <= 1e-12 * max(1.0, p)]
+            if not match:
+                raise ValueError(f"n_envs_by_p0 key {key!r} is not one of p0 = {self.p0}")
+            if not _is_list(ns, int) or any(n < 1 for n in ns):
+                raise ValueError(f"n_envs_by_p0[{key!r}] must be a non-empty list of integers >= 1, got {ns!r}")
+            grid[f"{match[0]:g}"] = sorted(set(ns))
+        self.n_envs_by_p0 = grid
+        if self.calibration_seeds is not None:
+            if not _is_list(self.calibration_seeds, int) or any(s < 0 for s in self.calibration_seeds):
+                raise ValueError("calibration_seeds must be a non-empty list of integers >= 0, "
+                                 f"got {self.calibration_seeds!r}")
+            self.calibration_seeds = sorted(set(self.calibration_seeds))
+        if self.family_heldout is not None and (not isinstance(self.family_heldout, int)
+                                                or isinstance(self.family_heldout, bool)
+                                                or self.family_heldout < 0):
+            raise ValueError(f"family_heldout must be an integer >= 0 or absent, got {self.family_heldout!r}")
+        if not isinstance(self.vary_family_seed, bool):
+            raise ValueError(f"vary_family_seed must be true or false, got {self.vary_family_seed!r}")
+        if not isinstance(self.budgets, list) or not all(isinstance(b, int) and not isinstance(b, bool)
+                                                         and b >= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be a list of integers >= 1 (optimizer steps), got {self.budgets!r}")
+        self.budgets = sorted(set(self.budgets))
+        for name, low in (("bootstrap", 0), ("prediction_draws", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    def sweep_grid(self) -> dict[float, list[int]]:
+        """p0 -> the N values swept at that p0 (``n_envs_by_p0`` or ``n_envs``), p0 ascending."""
+        return {p0: list(self.n_envs_by_p0.get(f"{p0:g}", self.n_envs)) for p0 in self.p0}
+
+    def family_size(self, p0: float) -> int | None:
+        """K of the fixed-family design at ``p0`` (None: each run has its own family)."""
+        if self.family_heldout is None:
+            return None
+        return max(self.sweep_grid()[p0]) + self.family_heldout
+
+    def calibration_seed_list(self) -> list[int]:
+        """Seeds of the calibration runs (``calibration_seeds`` or the sweep's ``seeds``)."""
+        return list(self.calibration_seeds if self.calibration_seeds is not None else self.seeds)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":

@@ -7,11 +7,10 @@ steps) through the same command.
 
 import json
 import math
+from pathlib import Path
 
-import pytest
-
-from physrl import fitting
-from physrl._runs import organism_configs, plan_runs
+from physrl import _runs, fitting
+from physrl.organisms import OrganismConfig
 from physrl.cli import main
 from physrl.experiment import run_experiment
 from physrl.experiment_config import ExperimentConfig
@@ -31,11 +30,14 @@ def _check_outputs(out, cfg):
         assert key in summary, key
     assert set(summary["observed_n_star"]) == {f"{p:g}" for p in cfg.p0}
     assert set(summary["predicted_n_star"]) == {f"{p:g}" for p in cfg.p0}
-    for entry in summary["observed_n_star"].values():
-        assert entry["n_star"] is None or entry["n_star"] in cfg.n_envs
-    for entry in summary["predicted_n_star"].values():
+    for entry in summary["observed_n_star"].values():  # logistic 50% point (Firth) over the swept N
+        assert entry["n_star"] is None or 0 < entry["n_star"] <= 2 * max(cfg.n_envs)
+        assert len(entry["interval_95"]) == 2 and entry["budget"] == cfg.organism["max_steps"]
+    for entry in summary["predicted_n_star"].values():  # frozen before the sweep was trained
         assert entry["n_star"] is None or 1 <= entry["n_star"] <= cfg.n_star_max
-        assert len(entry["interval_90"]) == 2
+        assert len(entry["interval_95"]) == 2
+    assert (out / "predictions.json").exists()
+    assert summary["preregistration"]["sweep_logs_read_after"] is True
     assert len(summary["runs"]) == len(cfg.n_envs) * len(cfg.p0) * len(cfg.seeds)
     for run in summary["runs"]:
         assert 0 <= run["observed_final_p"] <= 1
@@ -46,24 +48,31 @@ def _check_outputs(out, cfg):
     return summary
 
 
-def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path):
+def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path, monkeypatch):
     """Stand-in runs sampled from the ODE with a known diversity effect: RS loses at N = 1
     and wins at N = 8; the observed and predicted N* must both say so."""
     cfg = ExperimentConfig(n_envs=[1, 8], p0=[0.1], organism={"max_steps": 150}, n_star_max=16)
     truth = {"a0": 0.6, "b0": 0.3, "time_scale": 1.0, "alpha_x": 1.0, "alpha_y": 1.0,
              "c_z": 0.9, "c_x": 0.9, "c_y": 0.05}
-    planned = organism_configs(cfg)
-    for r in plan_runs(cfg):
-        run_dir = fitting.synthesize(tmp_path / "runs" / r.run_id, n_envs=r.n_envs, n_heldout=r.n_heldout,
-                                     seed=r.n_envs, params={**truth, "p0": r.p0}, steps=150, eval_every=10,
-                                     rollouts_per_env=48, run_id=r.run_id)
-        manifest = json.loads((run_dir / "manifest.json").read_text())  # stand in for the planned organism
-        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": planned[r.run_id]}}))
+    cfg.executor.max_workers = 1  # the stand-in trainer runs in this process
+
+    def train_one(organism, run_dir, resume):  # stand in for the planned organism: sample the ODE
+        planned = OrganismConfig(**organism)
+        run_dir = fitting.synthesize(run_dir, n_envs=planned.n_envs, n_heldout=planned.n_heldout,
+                                     seed=planned.n_envs, params={**truth, "p0": planned.p0}, steps=150,
+                                     eval_every=10, rollouts_per_env=48, run_id=Path(run_dir).name)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": planned.to_dict()}}))
+        return str(run_dir)
+
+    monkeypatch.setattr(_runs, "train_one", train_one)
     summary = run_experiment(cfg, tmp_path, progress=False)
     _check_outputs(tmp_path, cfg)
     by_n = {r["n_envs"]: r for r in summary["runs"]}
     assert by_n[1]["observed_final_p"] < 0.5 < by_n[8]["observed_final_p"]
-    assert summary["observed_n_star"]["0.1"]["n_star"] == 8
+    assert summary["observed_n_star"]["0.1"]["bracket"] == [1, 8]  # separated: N* in (1, 8]
+    assert 1 < summary["observed_n_star"]["0.1"]["n_star"] < 8
+    assert summary["observed_n_star"]["0.1"]["smallest_winning_n_per_seed"] == {"0": 8.0}
     predicted = summary["predicted_n_star"]["0.1"]["n_star"]
     assert predicted is not None and 2 <= predicted <= 8
     assert all(r["end_state_agrees"] for r in summary["runs"])

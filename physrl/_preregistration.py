@@ -1,0 +1,395 @@
+"""Frozen predictions: what the calibration fit says about every sweep cell, written
+(and hashed) before any sweep run is trained or read, then scored against the outcomes.
+
+Order, enforced by :func:`physrl.experiment.run_experiment`: calibration runs
+trained → ODE fitted on them → ``predictions.json`` written here (its sha256
+and write time in ``preregistration.json``) → sweep runs trained and read. A
+rerun verifies the frozen file's hash and never rewrites it; a folder whose
+sweep runs exist without frozen predictions is refused.
+
+Each sweep cell (p0, N, budget) gets:
+
+- the predicted final RS share on its N trained environments: the fitted ODE
+  under the organisms' protocol (N environments sharing the batch, w = 1/N,
+  ``budget`` optimizer steps; :func:`physrl._analysis.protocol_final_p`) at
+  the nominal p0, with a 95% band over parameter draws from the fit's
+  covariance plus the eval's sampling noise (binomial over the cell's eval
+  rollouts, inflated by the fit's dispersion φ when the fit reports one);
+- the predicted P(RS wins) = the share of those predictive draws whose
+  observed share exceeds the threshold, Jeffreys-smoothed ((k + ½)/(D + 1))
+  so that no forecast is exactly 0 or 1.
+
+N*(p0) is predicted per draw as the first N (continuous, interpolated on log
+N) at which the final share passes the threshold; the predicted slope of log
+N* on log p0 comes with its interval over the same draws.
+
+Scores (Brier 1950; log loss) use every sweep run as one forecast event,
+against two baselines: the base rate (the sweep's overall win share at that
+budget, which has seen the outcomes) and the rule "RS wins iff N ≥ the median
+N of that p0's grid". Log loss clips every forecast, the model's and the
+baselines', into [``LOG_LOSS_FLOOR``, 1 − ``LOG_LOSS_FLOOR``].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from physrl import fitting
+from physrl._analysis import protocol_final_p
+from physrl._scaling import slope_with_interval
+
+PREDICTIONS_FILE = "predictions.json"
+LOCK_FILE = "preregistration.json"
+#: forecasts are clipped into [floor, 1 - floor] for the log loss (all of them, model and baselines)
+LOG_LOSS_FLOOR = 0.01
+
+
+class PreregistrationError(ValueError):
+    """The frozen predictions are missing, altered, or do not cover the planned sweep."""
+
+
+@dataclass
+class Preregistration:
+    """Where the frozen predictions are and how to check them.
+
+    Attributes
+    ----------
+    file : str
+        Path of ``predictions.json`` relative to the experiment folder.
+    sha256 : str
+        Hex digest of its bytes.
+    written_at : str
+        UTC time it was written (ISO 8601, microseconds).
+    sweep_logs_read_after : bool or None
+        True once every sweep run is known to have started after
+        ``written_at`` (from the manifests' ``created`` times); None before
+        the sweep is read.
+    late_runs : list of str
+        Sweep runs whose manifest predates the frozen file (empty when the
+        order held).
+    """
+
+    file: str
+    sha256: str
+    written_at: str
+    sweep_logs_read_after: bool | None = None
+    late_runs: tuple = ()
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["late_runs"] = list(self.late_runs)
+        return out
+
+
+def _draw_n_star(final: np.ndarray, n_values: np.ndarray, threshold: float) -> np.ndarray:
+    """First crossing of ``threshold`` per row, interpolated on log N (inf: none up to the grid's end)."""
+    above = final > threshold
+    out = np.full(final.shape[0], math.inf)
+    for i in np.flatnonzero(above.any(axis=1)):
+        j = int(above[i].argmax())
+        if j == 0:
+            out[i] = float(n_values[0])
+            continue
+        f0, f1 = final[i, j - 1] - threshold, final[i, j] - threshold
+        x0, x1 = math.log(n_values[j - 1]), math.log(n_values[j])
+        out[i] = math.exp(x0 + (x1 - x0) * (-f0) / (f1 - f0)) if f1 != f0 else float(n_values[j])
+    return out
+
+
+def _quantiles(values: np.ndarray, level: float = 0.95) -> list:
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail], method="inverted_cdf")
+    return [None if not np.isfinite(v) else float(v) for v in (lo, hi)]
+
+
+def _dispersion(fit_result) -> float:
+    """The fit's overdispersion φ ≥ 1 when it reports one (issue 8's quasi-likelihood), else 1."""
+    for name in ("dispersion", "phi"):
+        value = getattr(fit_result, name, None)
+        value = getattr(value, "value", value)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            return max(1.0, float(value))
+    return 1.0
+
+
+def _fit_converged(fit_result) -> bool:
+    status = getattr(fit_result, "converged", None)
+    if isinstance(status, bool):
+        return status
+    return bool(fit_result.result.success)
+
+
+def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], threshold: float, *,
+                  eval_rollouts_per_env: int, n_star_max: int, n_draws: int = 200, seed: int = 0,
+                  level: float = 0.95) -> dict:
+    """Every sweep cell's frozen prediction, N*(p0) and the scaling slope.
+
+    Parameters
+    ----------
+    fit_result : fitting.FitResult
+        The calibration fit (homogeneous or no transfer, shared priors).
+    grid : dict
+        p0 -> the N values swept there.
+    budgets : list of int
+        Step budgets (optimizer steps) at which end states are read.
+    threshold : float
+        RS share above which RS wins, in (0, 1).
+    eval_rollouts_per_env : int
+        Eval rollouts per trained environment at one eval step (the eval's
+        sampling noise: the observed share averages N times this many).
+    n_star_max : int
+        Largest N searched for N*.
+    n_draws : int
+        Parameter draws D.
+    seed : int
+    level : float
+
+    Returns
+    -------
+    dict
+        ``cells`` (list of {p0, n_envs, budget, p_win, final_p, final_p_band_95,
+        final_p_median}), ``n_star`` (list of {p0, budget, n_star, interval_95,
+        share_above_n_max}), ``slope`` per budget ({value, interval_95, ...}),
+        ``fit`` (converged, dispersion) and ``method``.
+
+    Raises
+    ------
+    ValueError
+        If the fit is not of a kind the protocol can simulate.
+    """
+    rng = np.random.default_rng(seed)
+    phi = _dispersion(fit_result)
+    n_search = np.unique(np.concatenate([np.geomspace(1, n_star_max, 97), np.arange(1, 17)]))
+    cells, n_stars, slopes = [], [], {}
+    for budget in budgets:
+        per_p0 = {}
+        for p0, ns in grid.items():
+            final = protocol_final_p(fit_result, p0, n_search, budget, n_draws=n_draws, seed=seed)  # (D+1, M)
+            draws = _draw_n_star(final, n_search, threshold)
+            per_p0[p0] = draws
+            n_stars.append({"p0": p0, "budget": budget,
+                            "n_star": float(draws[0]) if np.isfinite(draws[0]) else None,
+                            "interval_95": _quantiles(draws[1:], level),
+                            "share_above_n_max": float(np.mean(~np.isfinite(draws[1:]))),
+                            "n_max": n_star_max})
+            at_cells = protocol_final_p(fit_result, p0, ns, budget, n_draws=n_draws, seed=seed)  # (D+1, len(ns))
+            for j, n in enumerate(ns):
+                trials = max(1.0, n * eval_rollouts_per_env / phi)
+                observed = rng.binomial(int(round(trials)), np.clip(at_cells[1:, j], 0, 1)) / round(trials)
+                k = float(np.sum(observed > threshold))
+                cells.append({"p0": p0, "n_envs": int(n), "budget": int(budget),
+                              "p_win": (k + 0.5) / (len(observed) + 1.0),
+                              "final_p": float(at_cells[0, j]),
+                              "final_p_median": float(np.median(observed)),
+                              "final_p_band_95": _quantiles(observed, level)})
+        p0s = sorted(per_p0)
+        point = [per_p0[p][0] for p in p0s]
+        reps = np.column_stack([per_p0[p][1:] for p in p0s])
+        slopes[str(budget)] = slope_with_interval(p0s, point, reps, "parameter draws of the calibration fit",
+                                                  level).to_dict()
+    return {
+        "cells": cells, "n_star": n_stars, "slope": slopes,
+        "fit": {"converged": _fit_converged(fit_result), "dispersion": phi,
+                "unidentified": list(fit_result.unidentified)},
+        "method": ("fitted ODE under the organisms' protocol (N envs sharing the batch, w = 1/N, `budget` "
+                   f"optimizer steps) at the nominal p0; {n_draws} draws from the fit's covariance "
+                   f"(unidentified parameters over their range); observed share ~ Binomial(N x "
+                   f"{eval_rollouts_per_env} / phi, p) / (N x {eval_rollouts_per_env} / phi) with phi = {phi:.3g}; "
+                   "p_win = (draws above threshold + 1/2) / (draws + 1)"),
+        "threshold": threshold,
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def frozen(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` already holds frozen predictions."""
+    return (Path(out_dir) / PREDICTIONS_FILE).exists()
+
+
+def check_order(out_dir: str | Path, sweep_run_dirs) -> None:
+    """Refuse a folder where sweep runs exist but no predictions were frozen before them.
+
+    Raises
+    ------
+    PreregistrationError
+    """
+    if frozen(out_dir):
+        return
+    started = [Path(d).name for d in sweep_run_dirs if Path(d).exists() and any(Path(d).iterdir())]
+    if started:
+        raise PreregistrationError(
+            f"{out_dir} holds sweep runs ({', '.join(started[:3])}{', ...' if len(started) > 3 else ''}) but no "
+            f"{PREDICTIONS_FILE}: predictions can no longer be frozen before the sweep; use a new --out folder")
+
+
+def freeze(out_dir: str | Path, payload: dict) -> Preregistration:
+    """Write ``predictions.json`` once (atomically) and record its sha256 and write time.
+
+    Raises
+    ------
+    PreregistrationError
+        If predictions are already frozen there (use :func:`verify`).
+    """
+    out = Path(out_dir)
+    path = out / PREDICTIONS_FILE
+    if path.exists():
+        raise PreregistrationError(f"{path} is frozen already; it is verified, never rewritten")
+    written_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    doc = {"written_at": written_at, **payload}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(fitting.json_safe(doc), indent=2))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    reg = Preregistration(PREDICTIONS_FILE, _sha256(path), written_at)
+    (out / LOCK_FILE).write_text(json.dumps({"file": reg.file, "sha256": reg.sha256,
+                                             "written_at": reg.written_at}, indent=2))
+    return reg
+
+
+def verify(out_dir: str | Path) -> tuple[Preregistration, dict]:
+    """Check the frozen file against its recorded hash; returns the record and the predictions.
+
+    Raises
+    ------
+    PreregistrationError
+        Missing record, or a file whose bytes changed since it was frozen.
+    """
+    out = Path(out_dir)
+    lock = out / LOCK_FILE
+    if not lock.exists():
+        raise PreregistrationError(f"{out / PREDICTIONS_FILE} exists without its hash record {lock}; "
+                                   "cannot verify it was frozen before the sweep: use a new --out folder")
+    record = json.loads(lock.read_text())
+    digest = _sha256(out / record["file"])
+    if digest != record["sha256"]:
+        raise PreregistrationError(f"{out / record['file']} changed after it was frozen (sha256 {digest[:12]}… "
+                                   f"!= recorded {record['sha256'][:12]}…); the experiment refuses to score it")
+    return Preregistration(record["file"], record["sha256"], record["written_at"]), \
+        json.loads((out / record["file"]).read_text())
+
+
+def check_coverage(predictions: dict, grid: dict[float, list[int]], budgets: list[int], threshold: float) -> None:
+    """Every planned (p0, N, budget) must have a frozen prediction at the same threshold.
+
+    Raises
+    ------
+    PreregistrationError
+    """
+    have = {(round(c["p0"], 12), c["n_envs"], c["budget"]) for c in predictions["cells"]}
+    missing = [(p0, n, b) for p0, ns in grid.items() for n in ns for b in budgets
+               if (round(p0, 12), n, b) not in have]
+    if missing or predictions.get("threshold") != threshold:
+        what = (f"cells {missing[:4]}{' ...' if len(missing) > 4 else ''} (p0, N, budget)" if missing
+                else f"threshold {predictions.get('threshold')} != {threshold}")
+        raise PreregistrationError(f"the frozen predictions do not cover this config: {what}; "
+                                   "use a new --out folder for a changed sweep")
+
+
+def _created(manifest: dict) -> datetime | None:
+    text = manifest.get("created")
+    if not text:
+        return None
+    try:
+        stamp = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def check_read_after(reg: Preregistration, sweep_run_dirs) -> Preregistration:
+    """Record whether every sweep run started (manifest ``created``) after the predictions were frozen.
+
+    Times are compared at whole seconds (manifests store seconds).
+    """
+    written = datetime.fromisoformat(reg.written_at).replace(microsecond=0)
+    late = []
+    for d in sweep_run_dirs:
+        manifest = json.loads((Path(d) / "manifest.json").read_text())
+        created = _created(manifest)
+        if created is None or created.replace(microsecond=0) < written:
+            late.append(Path(d).name)
+    return Preregistration(reg.file, reg.sha256, reg.written_at, not late, tuple(late))
+
+
+@dataclass
+class Scores:
+    """Proper scores of the frozen P(RS wins) forecasts at one budget (lower is better).
+
+    Attributes
+    ----------
+    brier, log_loss : float
+        The frozen predictions.
+    brier_base_rate, log_loss_base_rate : float
+        Forecasting every run with the sweep's overall win share.
+    brier_median_n, log_loss_median_n : float
+        "RS wins iff N ≥ the median N of the p0's grid" (forecast 1 or 0).
+    n_events : int
+        Sweep runs scored.
+    budget : int
+    base_rate : float
+    """
+
+    brier: float
+    brier_base_rate: float
+    log_loss: float
+    log_loss_base_rate: float
+    brier_median_n: float
+    log_loss_median_n: float
+    n_events: int
+    budget: int
+    base_rate: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    q = np.clip(p, LOG_LOSS_FLOOR, 1 - LOG_LOSS_FLOOR)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def score(predictions: dict, outcomes: pd.DataFrame, budget: int, grid: dict[float, list[int]]) -> Scores:
+    """Brier score and log loss of the frozen forecasts against the runs' outcomes at ``budget``.
+
+    Parameters
+    ----------
+    predictions : dict
+        The frozen payload (``cells`` with p0, n_envs, budget, p_win).
+    outcomes : DataFrame
+        One row per sweep run and budget: ``p0, n_envs, seed, budget, win``.
+    budget : int
+    grid : dict
+        p0 -> N values (for the median-N baseline).
+
+    Raises
+    ------
+    ValueError
+        If no outcome has this budget.
+    """
+    rows = outcomes[outcomes.budget == budget]
+    if rows.empty:
+        raise ValueError(f"no outcomes at budget {budget}")
+    forecast = {(round(c["p0"], 12), c["n_envs"]): c["p_win"] for c in predictions["cells"]
+                if c["budget"] == budget}
+    p = np.array([forecast[(round(r.p0, 12), r.n_envs)] for r in rows.itertuples()], float)
+    y = rows.win.to_numpy(float)
+    base = float(y.mean())
+    medians = {round(p0, 12): float(np.median(ns)) for p0, ns in grid.items()}
+    rule = np.array([1.0 if r.n_envs >= medians[round(r.p0, 12)] else 0.0 for r in rows.itertuples()])
+    return Scores(brier=float(np.mean((p - y) ** 2)), brier_base_rate=float(np.mean((base - y) ** 2)),
+                  log_loss=_log_loss(p, y), log_loss_base_rate=_log_loss(np.full_like(y, base), y),
+                  brier_median_n=float(np.mean((rule - y) ** 2)), log_loss_median_n=_log_loss(rule, y),
+                  n_events=int(len(y)), budget=int(budget), base_rate=base)

@@ -1,0 +1,285 @@
+"""The scaling law's part of the report: verdict, P(RS wins) against N, N* against p0,
+and the frozen predictions against the outcomes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from physrl import _scaling  # noqa: E402
+from physrl.report import Section, figure_to_data_uri  # noqa: E402
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}g}"
+
+
+def _interval(iv) -> str:
+    """[lo, hi] for display: None reads ∞ (beyond the grid), 0 reads "< min N"."""
+    if not iv or all(v is None for v in iv):
+        return "–"
+
+    def one(v):
+        return "∞" if v is None else ("< min N" if v == 0 else _fmt(v))
+
+    return f"[{one(iv[0])}, {one(iv[1])}]"
+
+
+def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path: Path) -> str:
+    """Rows: step budgets; columns: p0. Observed P(RS wins) per N (Jeffreys 95%), the Firth
+    logistic fit, its N* with the bootstrap interval, and the frozen predicted P(RS wins)."""
+    p0s = scaling["by_budget"][budgets[-1]]["p0"]
+    fig, axes = plt.subplots(len(budgets), len(p0s), figsize=(3.9 * len(p0s), 2.9 * len(budgets)),
+                             squeeze=False, sharey=True)
+    for i, b in enumerate(budgets):
+        part = scaling["by_budget"][b]
+        table = part["win_table"]
+        for j, p0 in enumerate(p0s):
+            ax = axes[i, j]
+            rows = table[np.isclose(table.p0, p0)].sort_values("n_envs")
+            est = next(e for e in part["estimates"] if np.isclose(e.p0, p0))
+            ns = rows.n_envs.to_numpy(float)
+            grid = np.geomspace(ns.min() / 1.3, ns.max() * 1.3, 200)
+            ax.plot(grid, _scaling.logistic_curve(est, grid), color="black", lw=1.2, label="logistic fit (Firth)")
+            pred = [c for c in frozen["cells"] if c["budget"] == b and np.isclose(c["p0"], p0)]
+            pred.sort(key=lambda c: c["n_envs"])
+            ax.plot([c["n_envs"] for c in pred], [c["p_win"] for c in pred], "D--", color="tab:red", ms=4,
+                    lw=1, label="frozen prediction")
+            ax.errorbar(ns, rows.p_win, yerr=[rows.p_win - rows.lower, rows.upper - rows.p_win], fmt="o",
+                        color="tab:blue", ms=5, capsize=2, label="observed (Jeffreys 95%)")
+            if est.n_star is not None:
+                ax.axvline(est.n_star, color="black", ls=":", lw=1)
+                lo, hi = est.interval_95
+                if lo is not None or hi is not None:
+                    ax.axvspan(lo if lo else grid[0], hi if hi else grid[-1], color="grey", alpha=0.15, lw=0)
+            ax.set_xscale("log")
+            ax.set_xticks(ns)
+            ax.set_xticklabels([f"{int(n)}" for n in ns], fontsize=8)
+            ax.minorticks_off()
+            ax.set_ylim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"p0 = {p0:g}, budget {b} steps: N* = {_fmt(est.n_star)}", fontsize=9)
+            if i == len(budgets) - 1:
+                ax.set_xlabel("diversity N (trained environments)")
+            if j == 0:
+                ax.set_ylabel("P(RS wins)")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return figure_to_data_uri(fig, path)
+
+
+def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, path: Path) -> str:
+    """N* against p0 on log-log axes: observed (bootstrap 95%), frozen prediction (95% band over
+    parameter draws) and the post's slope −1."""
+    part = scaling["by_budget"][budget]
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    pred = sorted((c for c in frozen["n_star"] if c["budget"] == budget), key=lambda c: c["p0"])
+    pp = np.array([c["p0"] for c in pred])
+    pn = np.array([np.nan if c["n_star"] is None else c["n_star"] for c in pred], float)
+    plo = np.array([np.nan if c["interval_95"][0] is None else c["interval_95"][0] for c in pred], float)
+    phi = np.array([np.nan if c["interval_95"][1] is None else c["interval_95"][1] for c in pred], float)
+    top = max(c["n_max"] for c in pred) if pred else 64
+    if np.isfinite(pn).any():
+        ax.plot(pp, pn, "-", color="tab:red", lw=1.5, label=f"predicted (calibration fit), slope "
+                f"{_fmt(summary['scaling']['by_budget'][str(budget)]['predicted_slope']['value'])}")
+    band = np.isfinite(plo)
+    if band.any():
+        ax.fill_between(pp[band], plo[band], np.where(np.isfinite(phi), phi, top)[band], color="tab:red",
+                        alpha=0.18, lw=0, label="predicted 95% band (parameter draws)")
+    finite = []
+    for est in part["estimates"]:
+        lo, hi = est.interval_95
+        if est.n_star is not None:
+            finite.append((est.p0, est.n_star))
+            yerr = [[est.n_star - (lo if lo else est.n_star)], [(hi if hi else est.n_star) - est.n_star]]
+            ax.errorbar([est.p0], [est.n_star], yerr=yerr, fmt="ks", ms=7, capsize=3,
+                        label=None if len(finite) > 1 else "observed N* (logistic 50% point, bootstrap 95%)")
+            if hi is None:
+                ax.annotate("", xy=(est.p0, est.n_star * 3), xytext=(est.p0, est.n_star),
+                            arrowprops=dict(arrowstyle="->", color="black"))
+        elif est.status == "no_wins":
+            n_max = est.bracket[0]
+            ax.plot([est.p0], [n_max], "k^", mfc="white", ms=8, label="observed: N* > largest N swept")
+            ax.annotate("", xy=(est.p0, n_max * 2), xytext=(est.p0, n_max),
+                        arrowprops=dict(arrowstyle="->", color="black"))
+        elif est.status == "all_wins":
+            n_min = est.bracket[1]
+            ax.plot([est.p0], [n_min], "kv", mfc="white", ms=8, label="observed: N* ≤ smallest N swept")
+    obs_slope = summary["scaling"]["by_budget"][str(budget)]["observed_slope"]
+    if len(finite) >= 2:
+        x = np.log([f[0] for f in finite])
+        y = np.log([f[1] for f in finite])
+        xs = np.geomspace(min(pp.min() if pp.size else 1, np.exp(x.min())) / 1.2, max(pp.max() if pp.size
+                          else 1, np.exp(x.max())) * 1.2, 50)
+        if obs_slope["value"] is not None:
+            ax.plot(xs, np.exp(y.mean() + obs_slope["value"] * (np.log(xs) - x.mean())), "k-", lw=1,
+                    label=f"observed law, slope {_fmt(obs_slope['value'])}")
+        ax.plot(xs, np.exp(y.mean() + _scaling.CANONICAL_SLOPE * (np.log(xs) - x.mean())), color="grey",
+                ls="--", lw=1.2, label="the post's law, slope −1 (through the observed mean)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(pp if pp.size else ax.get_xticks())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("prior p0")
+    ax.set_ylabel(f"critical diversity N* (budget {budget} steps)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return figure_to_data_uri(fig, path)
+
+
+def _slope_sentence(name: str, s: dict) -> str:
+    if s.get("value") is None:
+        return f"{name} slope: not defined (fewer than two p0 with a finite N*)"
+    lo, hi = s["interval_95"]
+    iv = "interval not computed" if lo is None else f"95% interval [{_fmt(lo)}, {_fmt(hi)}]"
+    und = s.get("share_undefined")
+    extra = f"; {und:.0%} of replicates had no slope" if und else ""
+    return f"{name} slope <b>{_fmt(s['value'])}</b> ({iv}{extra})"
+
+
+def verdict(summary: dict) -> list[str]:
+    """Plain-words verdict on the scaling law, the frozen predictions and their scores."""
+    sc = summary["scaling"]
+    obs, pred = sc["observed_slope"], sc["predicted_slope"]
+    lines = [f"Budget {sc['budget']} optimizer steps, p0 ∈ {{{', '.join(f'{p:g}' for p in sc['p0'])}}}, "
+             f"{len(sc['seeds'])} seeds per cell (sweep seeds {sc['seeds']}, calibration seeds "
+             f"{sc['calibration_seeds']}{' – reused in the sweep' if sc['calibration_seeds_reused_in_sweep'] else ''})."]
+    lines.append(_slope_sentence("Observed", obs) + "; " + _slope_sentence("predicted", pred)
+                 + f"; the post's canonical slope {sc['canonical_slope']:g}.")
+    lo, hi = obs["interval_95"]
+    if obs["value"] is None:
+        lines.append("<span class='bad'>The organisms give no scaling law here:</span> N* was not finite at "
+                     "two or more p0 (see the table below); the law is neither confirmed nor refuted.")
+    elif lo is None or hi is None:
+        lines.append("The observed slope has no interval (one seed or undefined replicates).")
+    else:
+        contains = lo <= sc["canonical_slope"] <= hi
+        falls = hi < 0
+        words = ("consistent with the post's −1" if contains else "<span class='bad'>not consistent with the "
+                 "post's −1</span>")
+        trend = ("N* falls as p0 rises (the whole interval is below 0)" if falls else
+                 "<span class='bad'>the interval includes 0 or positive slopes: no clear fall of N* with p0"
+                 "</span>")
+        lines.append(f"Reading: {trend}; the observed slope is {words}.")
+        if pred.get("value") is not None and pred["interval_95"][0] is not None:
+            overlap = not (pred["interval_95"][1] < lo or pred["interval_95"][0] > hi)
+            lines.append("The calibration fit's predicted slope " + ("overlaps" if overlap else
+                         "<span class='bad'>does not overlap</span>") + " the observed interval.")
+    for key, est in summary["observed_n_star"].items():
+        p = summary["predicted_n_star"].get(key, {})
+        lines.append(f"p0 = {key}: observed N* = {_fmt(est['n_star'])} {_interval(est['interval_95'])} "
+                     f"({est['status']}{', bracket (%s, %s]' % tuple('∞' if v is None else v for v in est['bracket']) if est['bracket'] else ''}); "
+                     f"frozen prediction {_fmt(p.get('n_star'))} {_interval(p.get('interval_95'))}.")
+    s = summary["scores"]
+    better_base = s["brier"] < s["brier_base_rate"]
+    better_rule = s["brier"] < s["brier_median_n"]
+    lines.append(f"Frozen P(RS wins) forecasts over {s['n_events']} sweep runs: Brier <b>{s['brier']:.3f}</b> "
+                 f"(base rate {s['brier_base_rate']:.3f}, 'RS wins iff N ≥ median N' {s['brier_median_n']:.3f}); "
+                 f"log loss <b>{s['log_loss']:.3f}</b> (base rate {s['log_loss_base_rate']:.3f}, median-N rule "
+                 f"{s['log_loss_median_n']:.3f}). The ODE's forecasts "
+                 + ("beat" if better_base and better_rule else "<span class='bad'>did not beat</span>")
+                 + " both baselines on the Brier score"
+                 + ("" if better_base == better_rule else f" (better than the {'base rate' if better_base else 'median-N rule'} only)")
+                 + ".")
+    reg = summary["preregistration"]
+    ok = reg["sweep_logs_read_after"]
+    lines.append(f"Predictions frozen at {html.escape(reg['written_at'])} (sha256 {reg['sha256'][:16]}…); "
+                 + ("every sweep run started after that." if ok else
+                    f"<span class='bad'>sweep runs started before the freeze: {', '.join(reg['late_runs'])}</span>"))
+    if not summary.get("fit_converged_for_predictions", True):
+        lines.append("<span class='bad'>The calibration fit behind the frozen predictions did not converge</span>; "
+                     "its predictions are scored as frozen, but claim no law.")
+    return lines
+
+
+def frozen_vs_outcome_table(summary: dict, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (budget, p0, N): frozen forecast against what the seeds did."""
+    rows = []
+    for c in summary["cells"]:
+        at = outcomes[(outcomes.budget == c["budget"]) & np.isclose(outcomes.p0, c["p0"])
+                      & (outcomes.n_envs == c["n_envs"])].sort_values("seed")
+        lo, hi = c["final_p_band_95"]
+        rows.append({"budget": c["budget"], "p0": c["p0"], "N": c["n_envs"],
+                     "predicted P(win)": c["p_win_predicted"],
+                     "observed wins": f"{c['wins']}/{c['n']}",
+                     "observed P(win) 95%": f"[{c['interval_95'][0]:.2f}, {c['interval_95'][1]:.2f}]",
+                     "predicted final share [95% band]": f"{c['final_p_predicted']:.2f} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]",
+                     "observed final shares (per seed)": " ".join(f"{v:.2f}" for v in at.final_p)})
+    return pd.DataFrame(rows)
+
+
+def scores_table(summary: dict) -> pd.DataFrame:
+    rows = []
+    for b, s in summary["scores"]["by_budget"].items():
+        rows.append({"budget": int(b), "runs": s["n_events"], "base rate": s["base_rate"],
+                     "Brier (frozen)": s["brier"], "Brier (base rate)": s["brier_base_rate"],
+                     "Brier (N ≥ median N)": s["brier_median_n"], "log loss (frozen)": s["log_loss"],
+                     "log loss (base rate)": s["log_loss_base_rate"], "log loss (N ≥ median N)": s["log_loss_median_n"]})
+    return pd.DataFrame(rows)
+
+
+def n_star_table(summary: dict, scaling: dict) -> pd.DataFrame:
+    rows = []
+    frozen = {(round(c["p0"], 12), c["budget"]): c for c in summary.get("_frozen_n_star", [])}
+    for b, part in scaling["by_budget"].items():
+        for est in part["estimates"]:
+            f = frozen.get((round(est.p0, 12), b), {})
+            rows.append({"budget": b, "p0": est.p0, "observed N*": _fmt(est.n_star),
+                         "bootstrap 95%": _interval(est.interval_95), "status": est.status,
+                         "bracket": "–" if not est.bracket else
+                         f"({est.bracket[0]}, {'∞' if est.bracket[1] is None else est.bracket[1]}]",
+                         "seeds": est.n_seeds, "predicted N* (frozen)": _fmt(f.get("n_star")),
+                         "predicted 95%": _interval(f.get("interval_95"))})
+    return pd.DataFrame(rows)
+
+
+def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcomes: pd.DataFrame,
+                     figs: Path) -> list[Section]:
+    """The report's opening sections for the scaling law."""
+    budgets = sorted(scaling["by_budget"])
+    primary = scaling["primary"]
+    summary = {**summary, "_frozen_n_star": frozen["n_star"]}
+    return [
+        Section("Verdict: does N* fall with p0 as the post's law says?", paragraphs=verdict(summary),
+                css_class="verdict"),
+        Section("P(RS wins) against the diversity N, per prior p0",
+                paragraphs=["Blue: the share of seeds whose RS share on the trained environments ended above the "
+                            f"threshold {config.threshold:g} (Jeffreys 95% interval over seeds). Black: a logistic "
+                            "regression of win/loss on log N (Firth's penalised likelihood, finite under "
+                            "separation); the dotted line is its 50% point N*, the grey span its percentile "
+                            "bootstrap 95% interval over seeds. Red: the frozen prediction of the calibration "
+                            "fit, written before any sweep run was trained. One row per step budget."],
+                figures=[(win_probability_figure(scaling, frozen, budgets, figs / "p_win.png"),
+                          "P(RS wins) vs N")],
+                tables=[(n_star_table(summary, scaling), "observed and frozen predicted N* per budget")]),
+        Section("The scaling law: N* against p0",
+                paragraphs=[f"Log-log axes, budget {primary} steps. Black squares: observed N* with bootstrap 95% "
+                            "intervals; red: the frozen prediction with its 95% band over parameter draws; grey "
+                            "dashed: the post's slope −1 drawn through the observed points' mean (only the slope "
+                            "is the post's claim)."],
+                figures=[(n_star_law_figure(summary, scaling, frozen, primary, figs / "n_star_law.png"),
+                          "N* vs p0, log-log")]),
+        Section("Frozen predictions against outcomes",
+                paragraphs=[f"predictions.json was written at {html.escape(summary['preregistration']['written_at'])} "
+                            f"with sha256 <code>{summary['preregistration']['sha256']}</code>, after the calibration "
+                            "runs and their fit and before any sweep run was trained; a rerun verifies this hash. "
+                            "Scores: Brier score and log loss (forecasts clipped to "
+                            f"[{summary['scores']['log_loss_floor']}, {1 - summary['scores']['log_loss_floor']}] for "
+                            "the log loss), lower is better; the base rate has seen the outcomes."],
+                tables=[(scores_table(summary), "scores per budget"),
+                        (frozen_vs_outcome_table(summary, outcomes), "every sweep cell")]),
+    ]

@@ -1,0 +1,173 @@
+"""The scaling experiment end to end on ODE-sampled stand-in runs: calibration → fit →
+frozen predictions → sweep → observed N*(p0), the log-log slope, scores, report.
+
+The organisms are replaced by a trainer that samples the toy ODE (``fitting.synthesize``)
+with a known law: at 150 steps the protocol N* is 8, 4, 2 at p0 = 0.05, 0.1, 0.2 (N* 7.4, 3.1, 1.3 interpolated on log N: slope −1.25).
+Each seed perturbs the prior (p0 · e^{0.3 z}), so seeds disagree near N*.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from physrl import _preregistration, _runs, fitting
+from physrl.experiment import run_experiment
+from physrl.experiment_config import ExperimentConfig
+
+TRUTH = {"a0": 0.6, "b0": 0.3, "time_scale": 1.0, "alpha_x": 1.0, "alpha_y": 0.7,
+         "c_z": 0.9, "c_x": 0.9, "c_y": 0.0}
+STEPS = 150
+
+
+def scaling_config(**changes) -> ExperimentConfig:
+    base = dict(
+        name="scaling-synthetic", p0=[0.05, 0.1, 0.2], seeds=[0, 1, 2], calibration_seeds=[10],
+        n_envs_by_p0={"0.05": [4, 8, 16], "0.1": [2, 4, 8], "0.2": [1, 2, 4]},
+        calibration=[{"n_envs": 1, "p0": 0.1, "n_held_out": 2}, {"n_envs": 4, "p0": 0.2, "n_held_out": 2}],
+        family_heldout=1, vary_family_seed=True, budgets=[100], bootstrap=200, prediction_draws=60,
+        n_star_max=32, organism={"max_steps": STEPS, "eval_every": 10},
+        executor={"engine": "local", "max_workers": 1})
+    base.update(changes)
+    return ExperimentConfig.from_dict(base)
+
+
+def ode_trainer(calls: list):
+    """A stand-in for ``_runs.train_one``: sample the ODE for the planned organism."""
+    from physrl.organisms import OrganismConfig
+
+    def train_one(organism: dict, run_dir: str, resume: bool) -> str:
+        cfg = OrganismConfig(**{**organism, "progress": False})
+        out = Path(run_dir)
+        calls.append((out.name, (out.parent.parent / "predictions.json").exists()))
+        z = np.random.default_rng([cfg.seed, 99]).standard_normal()
+        p0 = float(np.clip(cfg.p0 * math.exp(0.3 * z), 1e-3, 0.9))
+        fitting.synthesize(out, n_envs=cfg.n_envs, n_heldout=cfg.n_heldout, seed=cfg.seed * 1000 + cfg.n_envs,
+                           params={**TRUTH, "p0": p0}, steps=cfg.max_steps, eval_every=cfg.eval_every,
+                           rollouts_per_env=32, run_id=out.name, overwrite=True)
+        manifest = json.loads((out / "manifest.json").read_text())
+        (out / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": cfg.to_dict()}}))
+        return str(out)
+
+    return train_one
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaling")
+    calls = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_runs, "train_one", ode_trainer(calls))
+    try:
+        summary = run_experiment(scaling_config(), out, progress=False)
+    finally:
+        mp.undo()
+    return out, summary, calls
+
+
+def test_order_calibration_then_frozen_predictions_then_sweep(finished):
+    out, summary, calls = finished
+    cal = [c for c in calls if c[0].startswith("cal-")]
+    sweep = [c for c in calls if c[0].startswith("sweep-")]
+    assert len(cal) == 2 and len(sweep) == 27
+    assert calls[:2] == cal and not any(frozen for _, frozen in cal)
+    assert all(frozen for _, frozen in sweep)  # every sweep run was trained after the freeze
+    reg = summary["preregistration"]
+    assert reg["sweep_logs_read_after"] is True and reg["late_runs"] == []
+    assert reg["file"] == "predictions.json"
+    assert reg["sha256"] == _preregistration._sha256(out / "predictions.json")
+
+
+def test_fixed_family_design_and_varied_family_seed(finished):
+    out, _, _ = finished
+    manifests = {p.parent.name: json.loads(p.read_text())["organisms"]["config"] for p in (out / "runs").glob("*/manifest.json")}
+    at = {k: v for k, v in manifests.items() if k.startswith("sweep-") and "-p0.05-" in k}
+    assert {v["n_envs"] + v["n_heldout"] for v in at.values()} == {17}  # K = max N + 1 for every N
+    fam = {(v["seed"], v["family_seed"]) for v in manifests.values()}
+    assert {f - s for s, f in fam} == {1234}
+    assert {s for s, _ in fam} == {0, 1, 2, 10}
+
+
+def test_summary_has_the_issue_keys_as_numbers(finished):
+    _, s, _ = finished
+    for key in ("observed_slope", "predicted_slope"):
+        entry = s["scaling"][key]
+        assert isinstance(entry["value"], float)
+        lo, hi = entry["interval_95"]
+        assert isinstance(lo, float) and isinstance(hi, float) and lo <= hi
+    assert s["scaling"]["p0"] == [0.05, 0.1, 0.2] and s["scaling"]["seeds"] == [0, 1, 2]
+    for key in ("0.05", "0.1", "0.2"):
+        entry = s["observed_n_star"][key]
+        assert set(entry) >= {"n_star", "interval_95", "n_seeds", "budget"}
+        assert entry["n_seeds"] == 3 and entry["budget"] == STEPS
+    assert set(s["preregistration"]) >= {"file", "sha256", "written_at", "sweep_logs_read_after"}
+    assert set(s["scores"]) >= {"brier", "brier_base_rate", "log_loss", "log_loss_base_rate"}
+    assert set(s["scores"]["by_budget"]) == {"100", str(STEPS)}
+    assert s["scaling"]["calibration_seeds_reused_in_sweep"] is False
+
+
+def test_observed_and_predicted_law_recover_the_known_slope(finished):
+    _, s, _ = finished
+    # the generating ODE's protocol N* at 150 steps (continuous, interpolated on log N): slope -1.25
+    truth_n_star = {"0.05": 7.44, "0.1": 3.15, "0.2": 1.32}
+    for key, n_star in truth_n_star.items():
+        obs = s["observed_n_star"][key]["n_star"]  # seeds perturb p0 by e^{0.3 z}
+        assert obs is not None and n_star / 2 <= obs <= n_star * 2, (key, obs)
+        pred = s["predicted_n_star"][key]["n_star"]
+        assert pred is not None and n_star / 1.6 <= pred <= n_star * 1.6, (key, pred)
+        lo, hi = s["predicted_n_star"][key]["interval_95"]
+        assert lo <= pred and (hi is None or pred <= hi)
+    assert s["scaling"]["observed_slope"]["value"] == pytest.approx(-1.25, abs=0.5)
+    lo, hi = s["scaling"]["observed_slope"]["interval_95"]
+    assert lo <= s["scaling"]["observed_slope"]["value"] <= hi and hi < 0
+    assert s["scaling"]["predicted_slope"]["value"] == pytest.approx(-1.25, abs=0.3)
+
+
+def test_frozen_forecasts_beat_the_baselines(finished):
+    _, s, _ = finished
+    sc = s["scores"]
+    assert 0 <= sc["brier"] < sc["brier_base_rate"]
+    assert sc["log_loss"] < sc["log_loss_base_rate"]
+    assert sc["n_events"] == 27
+
+
+def test_report_shows_the_law_and_the_frozen_table(finished):
+    out, _, _ = finished
+    html = (out / "report.html").read_text()
+    for title in ("does N* fall with p0", "P(RS wins) against the diversity N", "The scaling law: N* against p0",
+                  "Frozen predictions against outcomes"):
+        assert title in html, title
+    assert "src='http" not in html and html.count("data:image/png;base64,") >= 5
+
+
+def test_rerun_verifies_the_frozen_file_and_refuses_a_changed_one(finished, monkeypatch):
+    out, summary, _ = finished
+    before = (out / "predictions.json").read_bytes()
+    calls = []
+    monkeypatch.setattr(_runs, "train_one", ode_trainer(calls))
+    again = run_experiment(scaling_config(), out, progress=False)
+    assert calls == []  # nothing retrained
+    assert (out / "predictions.json").read_bytes() == before
+    assert again["preregistration"]["sha256"] == summary["preregistration"]["sha256"]
+    assert again["scaling"]["observed_slope"] == summary["scaling"]["observed_slope"]
+    # a sweep cell that was never predicted is refused, not silently predicted after the fact
+    with pytest.raises(_preregistration.PreregistrationError, match="do not cover"):
+        run_experiment(scaling_config(n_envs_by_p0={"0.05": [4, 8, 16, 24], "0.1": [2, 4, 8], "0.2": [1, 2, 4]},
+                                      n_star_max=32), out, progress=False)
+    tampered = json.loads(before)
+    tampered["cells"][0]["p_win"] = 0.5
+    (out / "predictions.json").write_text(json.dumps(tampered, indent=2))
+    try:
+        with pytest.raises(_preregistration.PreregistrationError, match="changed after it was frozen"):
+            run_experiment(scaling_config(), out, progress=False)
+    finally:
+        (out / "predictions.json").write_bytes(before)
+
+
+def test_sweep_runs_without_frozen_predictions_are_refused(tmp_path):
+    (tmp_path / "runs" / "sweep-N4-p0.05-h13-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "sweep-N4-p0.05-h13-s0" / "manifest.json").write_text("{}")
+    with pytest.raises(_preregistration.PreregistrationError, match="no predictions.json"):
+        run_experiment(scaling_config(), tmp_path, progress=False)
