@@ -1,6 +1,7 @@
 """Batched forward model: many runs × many parameter vectors in one Euler integration.
 
-The fit integrates the ODE of docs/model.md §2 in *optimizer-step* units with a
+The fit integrates the ODE of docs/model.md §2 (the vector field and the Euler
+engines are ``physrl.sim``'s; nothing here restates them) in *optimizer-step* units with a
 fixed step ``1 / substeps``: model time is ``t = time_scale · step``, so every
 learnability is multiplied by ``time_scale`` and the Euler grid does not move
 when parameters do (the residual stays smooth in every parameter, which the
@@ -48,53 +49,6 @@ def single_thread():
         torch.set_num_threads(before)
 
 
-class ReplicaModel(sim.ToyModel):
-    """:class:`sim.ToyModel` whose footnote-4 λ may be a tensor with replica axes.
-
-    ``sim.ToyModel`` takes λ as a Python float (one value per integration);
-    fits need one λ per parameter vector on the replica axis. λ is validated
-    by the fit's bounds (>= 0), so the scalar checks are skipped.
-    """
-
-    def __post_init__(self):
-        sizes = {self.coupling_z.n_envs, self.coupling_x.n_envs, self.coupling_y.n_envs}
-        if len(sizes) != 1:
-            raise ValueError(f"couplings disagree on n_envs: {sorted(sizes)}")
-        # tensors once, not at every Euler step
-        self._alphas = tuple(torch.as_tensor(a, dtype=torch.float64)
-                             for a in (self.alpha_z, self.alpha_x, self.alpha_y))
-        self._w = 1.0 if self.w is None else torch.as_tensor(self.w, dtype=torch.float64)
-
-    def rhs(self, state: sim.Latents) -> sim.Latents:
-        g = self.gradients(state)
-        az, ax, ay = self._alphas
-        return sim.Latents(az * self.coupling_z.apply(g.z), ax * self.coupling_x.apply(g.x),
-                           ay * self.coupling_y.apply(g.y))
-
-    def gradients(self, state: sim.Latents) -> sim.Latents:
-        p, a, b = state.probabilities(self.lam)
-        w = self._w
-        q = 1 - p
-        wp = w * p
-        wq = w * q
-        gz = wp * q * (a - b)
-        gx = wp * a * (1 - a)
-        gy = wq * b * (1 - b)
-        if isinstance(self.lam, Tensor) or self.lam:
-            gy = gy + self.lam * gx
-        return sim.Latents(gz, gx, gy)
-
-    def max_rate(self) -> float:
-        lam = float(torch.as_tensor(self.lam, dtype=torch.float64).max())
-        w = 1.0 if self.w is None else float(torch.as_tensor(self.w).max())
-        rate = 0.0
-        for alpha, coupling in ((self.alpha_z, self.coupling_z), (self.alpha_x, self.coupling_x),
-                                (self.alpha_y, self.coupling_y)):
-            a = float(torch.as_tensor(alpha, dtype=torch.float64).max())
-            rate = max(rate, a * float(coupling.row_sums().abs().max()) * w / 4)
-        return rate * (1 + lam)
-
-
 @dataclass
 class BatchConfig:
     """What the runs fix: their environments, weights, coordinates and observed steps.
@@ -125,23 +79,11 @@ class BatchConfig:
         return self.w.shape[1]
 
 
-class _BatchedHomogeneous(sim.HomogeneousCoupling):
-    """:class:`sim.HomogeneousCoupling` with (1 - c) and c precomputed once per integration."""
-
-    def __init__(self, c: Tensor, n_envs: int):
-        super().__init__(c, n_envs)
-        self._c_col = c.unsqueeze(-1)
-        self._one_minus_c = 1 - self._c_col
-
-    def apply(self, v: Tensor) -> Tensor:
-        return self._one_minus_c * v + self._c_col * v.sum(dim=-1, keepdim=True)
-
-
 def _coupling(kind: str, value: Tensor | None, config: BatchConfig, n: int):
     if kind == "none":
         return sim.IdentityCoupling(n)
     if kind == "homogeneous":
-        return _BatchedHomogeneous(value.clamp(0.0, 1.0), n)
+        return sim.HomogeneousCoupling(value.clamp(0.0, 1.0), n)
     if kind == "kernel":
         coords = torch.as_tensor(config.coords, dtype=torch.float64)
         return sim.GaussianKernelCoupling(coords, value.clamp_min(1e-9))
@@ -149,7 +91,8 @@ def _coupling(kind: str, value: Tensor | None, config: BatchConfig, n: int):
 
 
 def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, substeps: int = 1,
-             max_rate_dt: float = 1.0, max_substeps: int = MAX_SUBSTEPS) -> tuple[Tensor, Tensor, Tensor]:
+             max_rate_dt: float = 1.0, max_substeps: int = MAX_SUBSTEPS,
+             engine: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """Integrate B × R systems at once and report p, a, b at ``config.steps``.
 
     Parameters
@@ -171,6 +114,10 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         (MAX_SUBSTEPS) so that absurd trial parameters are rejected quickly;
         prediction raises it, since draws of unidentified parameters may be
         fast but are still to be simulated.
+    engine : {"auto", "numba", "numpy", "torch"}
+        Euler engine of :func:`physrl.sim.euler`. ``"auto"`` takes numba for
+        the fit's usual sizes (B·R·N up to ~1,000 numbers), torch for large
+        batches and GPUs; every engine gives the same states to ~1e-12.
 
     Returns
     -------
@@ -179,20 +126,32 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     Raises
     ------
     UnstableStep
-        If even ``max_substeps`` Euler steps per optimizer step would be unstable.
+        If even ``max_substeps`` Euler steps per optimizer step would be unstable,
+        or a parameter is not finite.
+    ValueError
+        For an unknown transfer or engine.
+
+    References
+    ----------
+    docs/model.md §2 (the vector field, owned by ``physrl.sim``) and §6.
     """
     n = config.n_envs
     scale = phys["time_scale"]
-    y0 = sim.Latents.from_probabilities(phys["p0"], phys["a0"], phys["b0"])
-    couplings = []
-    for k in LATENTS:
-        key = {"homogeneous": f"c_{k}", "kernel": f"length_scale_{k}"}.get(transfer)
-        couplings.append(_coupling(transfer, None if key is None else phys[key], config, n))
     lam = phys.get("lam")
-    model = ReplicaModel(*couplings, alpha_z=scale * phys["alpha_z"], alpha_x=scale * phys["alpha_x"],
-                         alpha_y=scale * phys["alpha_y"],
-                         w=torch.as_tensor(config.w, dtype=torch.float64),
-                         lam=0.0 if lam is None else lam)
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
+    try:
+        y0 = sim.Latents.from_probabilities(phys["p0"], phys["a0"], phys["b0"])
+        couplings = []
+        for k in LATENTS:
+            key = {"homogeneous": f"c_{k}", "kernel": f"length_scale_{k}"}.get(transfer)
+            couplings.append(_coupling(transfer, None if key is None else phys[key], config, n))
+        model = sim.ToyModel(*couplings, alpha_z=scale * phys["alpha_z"], alpha_x=scale * phys["alpha_x"],
+                             alpha_y=scale * phys["alpha_y"],
+                             w=torch.as_tensor(config.w, dtype=torch.float64),
+                             lam=0.0 if lam is None else lam)
+    except ValueError as exc:  # lmfit can probe NaN: a wall the optimizer backs off from, as for a too-fast ODE
+        raise UnstableStep(f"parameters outside the model's domain: {exc}") from exc
     rate = model.max_rate()
     n_sub = min(max(int(substeps), int(np.ceil(rate / max_rate_dt))), int(max_substeps))
     if rate / n_sub >= 2:
@@ -203,5 +162,5 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         p, a, b = y0.probabilities(model.lam)
         rep = len(steps)
         return p.expand(rep, *p.shape), a.expand(rep, *a.shape), b.expand(rep, *b.shape)
-    sol = sim.euler(model, y0, dt=1.0 / n_sub, t_max=t_max, tol=None, t_eval=steps)
+    sol = sim.euler(model, y0, dt=1.0 / n_sub, t_max=t_max, tol=None, t_eval=steps, engine=engine)
     return sol.p, sol.a, sol.b

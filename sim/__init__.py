@@ -5,9 +5,13 @@ Public surface (re-exported from small private modules):
 - couplings: :class:`IdentityCoupling`, :class:`HomogeneousCoupling`,
   :class:`DenseCoupling`, :class:`GaussianKernelCoupling`,
   :class:`RandomFourierCoupling`, :func:`gaussian_kernel_matrix`
-- model: :class:`ToyModel` (learnabilities, couplings, weights),
-  :class:`Latents` (log-odds z, x, y)
-- integrators: :func:`euler`, :func:`adaptive`, :class:`Solution`
+  :func:`effective_learnability` (the homogeneous reduction α (1 + (N − 1) c))
+- model: :class:`ToyModel` (batched learnabilities, couplings, weights, λ),
+  :class:`Latents` (log-odds z, x, y), :func:`reward_gradients` and
+  :class:`VectorField` (the one right-hand side, numpy or torch)
+- integrators: :func:`euler` (engines numba / numpy / torch, chosen by
+  :func:`choose_engine`), :func:`adaptive` (solve_ivp reference),
+  :class:`Solution`, :class:`ThreadPolicy`, :func:`thread_setting`
 - critical diversity: :func:`critical_diversity` (any model family, via a
   builder ``N -> (model, y0)``), :func:`critical_diversity_homogeneous`,
   :func:`final_rs_share`, :func:`homogeneous_final_share`,
@@ -21,12 +25,19 @@ from ._couplings import GaussianKernelCoupling as GaussianKernelCoupling
 from ._couplings import HomogeneousCoupling as HomogeneousCoupling
 from ._couplings import IdentityCoupling as IdentityCoupling
 from ._couplings import RandomFourierCoupling as RandomFourierCoupling
+from ._couplings import effective_learnability as effective_learnability
 from ._couplings import gaussian_kernel_matrix as gaussian_kernel_matrix
+from ._integrate import ENGINES as ENGINES
 from ._integrate import Solution as Solution
 from ._integrate import adaptive as adaptive
+from ._integrate import choose_engine as choose_engine
 from ._integrate import euler as euler
 from ._model import Latents as Latents
 from ._model import ToyModel as ToyModel
+from ._model import VectorField as VectorField
+from ._model import reward_gradients as reward_gradients
+from ._threads import ThreadPolicy as ThreadPolicy
+from ._threads import thread_setting as thread_setting
 from ._critical import CriticalDiversity as CriticalDiversity
 from ._critical import IntegrationConfig as IntegrationConfig
 from ._critical import critical_diversity as critical_diversity

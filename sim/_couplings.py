@@ -7,6 +7,8 @@ env i. Leading axes are independent replicas (a batch); coupling parameters
 (``c``, ``length_scale``, coordinates) may carry the same leading axes, so a
 batch of replicas can hold different couplings (used by fits that evaluate
 many parameter vectors at once and by sweeps over resampled environments).
+``apply`` accepts numpy arrays and torch tensors (see ``sim._backend``);
+parameters are converted once per backend, dtype and device and cached.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import math
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
+
+from ._backend import NumpyBackend, backend_of
 
 Tensor = torch.Tensor
 
@@ -31,8 +36,8 @@ class Coupling(Protocol):
 
     n_envs: int
 
-    def apply(self, v: Tensor) -> Tensor:
-        """Return ``C v``; ``v`` has shape ``(..., n_envs)``."""
+    def apply(self, v):
+        """Return ``C v``; ``v`` (numpy array or tensor) has shape ``(..., n_envs)``."""
         ...
 
     def row_sums(self) -> Tensor:
@@ -44,6 +49,53 @@ def _as_tensor(value, like: Tensor | None = None, dtype=None, device=None) -> Te
     if like is not None:
         dtype, device = like.dtype, like.device
     return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+class _Converted:
+    """A coupling parameter converted once per backend, dtype and device (not at every Euler step)."""
+
+    def __init__(self, value, prepare=None):
+        self.value = value
+        self._prepare = prepare
+        self._cache: dict = {}
+
+    def like(self, v):
+        b = backend_of(v)
+        key = (b.name, str(v.dtype), str(getattr(v, "device", "cpu")))
+        out = self._cache.get(key)
+        if out is None:
+            out = b.asarray(self.value, v)
+            if self._prepare is not None:
+                out = self._prepare(out)
+            self._cache[key] = out
+        return out
+
+
+def effective_learnability(alpha, c, n_envs):
+    """The homogeneous reduction α_eff = α (1 + (N − 1) c) (docs/model.md §3).
+
+    N identical environments coupled by C = (1 − c) I + c 11ᵀ evolve exactly
+    as one environment whose learnability is α_eff: every row of C sums to
+    1 + (N − 1) c. Elementwise; floats, numpy arrays or tensors broadcast.
+
+    Parameters
+    ----------
+    alpha : float or array, >= 0
+        Learnability (model time⁻¹).
+    c : float or array in [0, 1]
+        Homogeneous transfer.
+    n_envs : int or array, >= 1
+        N.
+    """
+    return alpha * (1 + (n_envs - 1) * c)
+
+
+def homogeneous_transfer(v, c, total):
+    """(C v)_i for C = (1 − c) I + c 11ᵀ, given ``total`` = Σ_j v_j (docs/model.md §3).
+
+    Elementwise: scalars (inside the numba kernel), numpy arrays or tensors.
+    """
+    return (1 - c) * v + c * total
 
 
 class IdentityCoupling:
@@ -60,7 +112,7 @@ class IdentityCoupling:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.n_envs = int(n_envs)
 
-    def apply(self, v: Tensor) -> Tensor:
+    def apply(self, v):
         return v
 
     def row_sums(self) -> Tensor:
@@ -72,8 +124,8 @@ class HomogeneousCoupling:
 
     Parameters
     ----------
-    c : float or Tensor
-        Transfer in [0, 1]. A tensor of shape ``(...,)`` gives one c per
+    c : float, array or Tensor
+        Transfer in [0, 1]. An array of shape ``(...,)`` gives one c per
         replica (it broadcasts against the vectors' leading axes).
     n_envs : int
         Number of environments N (>= 1).
@@ -92,19 +144,17 @@ class HomogeneousCoupling:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.c = c
         self.n_envs = int(n_envs)
+        # c with a trailing env axis, converted once per backend/dtype/device
+        self._c = _Converted(c, lambda t: t[..., None] if t.ndim else t)
 
-    def _c(self, v: Tensor) -> Tensor:
-        c = _as_tensor(self.c, like=v)
-        return c.unsqueeze(-1) if c.ndim else c
-
-    def apply(self, v: Tensor) -> Tensor:
-        c = self._c(v)
-        return (1 - c) * v + c * v.sum(dim=-1, keepdim=True)
+    def apply(self, v):
+        """``C v`` for ``v`` of shape ``(..., n_envs)`` (numpy array or tensor)."""
+        return homogeneous_transfer(v, self._c.like(v), backend_of(v).sum_last(v))
 
     def row_sums(self) -> Tensor:
         c = torch.as_tensor(self.c, dtype=torch.float64)
         c = c.unsqueeze(-1) if c.ndim else c
-        return (1 + (self.n_envs - 1) * c) * torch.ones(self.n_envs, dtype=torch.float64)
+        return effective_learnability(1.0, c, self.n_envs) * torch.ones(self.n_envs, dtype=torch.float64)
 
 
 class DenseCoupling:
@@ -122,12 +172,14 @@ class DenseCoupling:
             raise ValueError(f"matrix must have shape (..., N, N), got {tuple(m.shape)}")
         self.matrix = m
         self.n_envs = int(m.shape[-1])
+        self._m = _Converted(m)
+        self._mt = _Converted(m, lambda t: t.transpose(-1, -2) if isinstance(t, Tensor) else np.swapaxes(t, -1, -2))
 
-    def apply(self, v: Tensor) -> Tensor:
-        m = self.matrix
-        if m.dtype != v.dtype or m.device != v.device:
-            m = self.matrix = m.to(dtype=v.dtype, device=v.device)
-        return _rows_times(v, m.transpose(-1, -2))
+    def apply(self, v):
+        """``C v`` for ``v`` of shape ``(..., n_envs)`` (numpy array or tensor)."""
+        if isinstance(v, Tensor):
+            return _rows_times(v, self._mt.like(v))
+        return NumpyBackend.matvec(self._m.like(v), v)
 
     def row_sums(self) -> Tensor:
         return self.matrix.to(torch.float64).sum(dim=-1)
@@ -204,16 +256,18 @@ class RandomFourierCoupling:
         b = torch.rand(n_features, generator=generator, dtype=torch.float64) * (2 * math.pi)
         w, b = w.to(e.device, e.dtype), b.to(e.device, e.dtype)
         self.features = math.sqrt(2.0 / n_features) * torch.cos(e @ w / length_scale + b)
+        self._phi = _Converted(self.features)
         self.n_envs = int(e.shape[-2])
         self.length_scale = length_scale
         self.n_features = n_features
 
-    def apply(self, v: Tensor) -> Tensor:
-        phi = self.features
-        if phi.dtype != v.dtype or phi.device != v.device:
-            phi = phi.to(dtype=v.dtype, device=v.device)
-            self.features = phi
-        return _feature_product(phi, v)
+    def apply(self, v):
+        """``C v ≈ Φ (Φᵀ v)`` for ``v`` of shape ``(..., n_envs)`` (numpy array or tensor)."""
+        phi = self._phi.like(v)
+        if isinstance(v, Tensor):
+            return _feature_product(phi, v)
+        proj = np.matmul(v[..., None, :], phi)                       # (..., 1, M)
+        return np.matmul(proj, np.swapaxes(phi, -1, -2))[..., 0, :]
 
     def row_sums(self) -> Tensor:
         phi = self.features.to(torch.float64)

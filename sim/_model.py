@@ -1,4 +1,4 @@
-"""The toy model's vector field (docs/model.md §2).
+"""The toy model's vector field (docs/model.md §2): the only implementation in the project.
 
 Per environment i the latents are the log-odds z_i (RS propensity
 p = σ(z)), x_i (RS skill a = σ(x)) and y_i (local skill b = σ(y)). Gradient
@@ -10,6 +10,16 @@ flow on the expected reward R_j = p_j a_j + (1 - p_j) b_j, with transfer:
 
 Footnote-4 variant (``lam`` > 0): a = σ(x + λ y), and ∂R/∂y gains
 λ p a (1 − a).
+
+Three pieces, each written once:
+
+- :func:`reward_gradients`: ∂R/∂(z, x, y) of one environment, elementwise
+  (scalars in the numba kernel, numpy arrays, torch tensors);
+- the couplings' ``apply`` (``sim._couplings``): the transfer Σ_j C_ij v_j;
+- :class:`VectorField`: the fused right-hand side of a :class:`ToyModel` for
+  one backend (numpy or torch), on the stacked state ``(3, ..., n_envs)``.
+
+Integrators (``sim._integrate``) only step a :class:`VectorField`.
 """
 
 from __future__ import annotations
@@ -17,15 +27,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from ._backend import backend_of, shape_of, to_numpy
 from ._couplings import Coupling, HomogeneousCoupling, IdentityCoupling
 
 Tensor = torch.Tensor
 
 
 class Latents(NamedTuple):
-    """The state: log-odds z, x, y, each of shape ``(..., n_envs)``."""
+    """The state: log-odds z, x, y, each of shape ``(..., n_envs)`` (tensors or numpy arrays)."""
 
     z: Tensor
     x: Tensor
@@ -34,6 +46,16 @@ class Latents(NamedTuple):
     @classmethod
     def from_probabilities(cls, p, a, b, *, dtype=torch.float64, device=None) -> "Latents":
         """Latents from probabilities in (0, 1): z = logit p, x = logit a, y = logit b.
+
+        Parameters
+        ----------
+        p, a, b : float, array or Tensor, in (0, 1)
+            RS propensity, RS skill, local skill; broadcast together.
+
+        Returns
+        -------
+        Latents
+            Tensors of ``dtype`` on ``device``, of the broadcast shape.
 
         Raises
         ------
@@ -49,37 +71,89 @@ class Latents(NamedTuple):
         z, x, y = torch.broadcast_tensors(*out)
         return cls(z.clone(), x.clone(), y.clone())
 
-    def probabilities(self, lam: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    def probabilities(self, lam=0.0) -> tuple:
         """Return (p, a, b) in [0, 1]; with footnote-4 λ, a = σ(x + λ y)."""
-        return torch.sigmoid(self.z), torch.sigmoid(self.x + lam * self.y), torch.sigmoid(self.y)
+        return probabilities(self.z, self.x, self.y, lam)
 
 
-def _check_positive(name: str, value) -> None:
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if torch.any(t < 0) or torch.any(torch.isnan(t)):
-        raise ValueError(f"{name} (learnability) must be >= 0, got {value}")
+def probabilities(z, x, y, lam=0.0) -> tuple:
+    """(p, a, b) = (σ(z), σ(x + λ y), σ(y)) for numpy arrays or tensors (docs/model.md §1-2)."""
+    sig = backend_of(z).sigmoid
+    if _is_zero(lam):
+        return sig(z), sig(x), sig(y)
+    return sig(z), sig(x + lam * y), sig(y)
+
+
+def reward_gradients(p, a, b, lam=None):
+    """∂R/∂(z, x, y) of one environment's expected reward R = p a + (1 − p) b (docs/model.md §2).
+
+    Elementwise and written with arithmetic only, so the same function serves
+    scalars (compiled into the numba kernel), numpy arrays and torch tensors.
+
+    Parameters
+    ----------
+    p, a, b : probabilities in [0, 1]
+        RS propensity σ(z), RS skill σ(x + λ y), local skill σ(y).
+    lam : float, array or None
+        Footnote-4 λ >= 0; None (or omitted) for the post's model.
+
+    Returns
+    -------
+    (gz, gx, gy)
+        p(1 − p)(a − b), p a (1 − a), (1 − p) b (1 − b) + λ p a (1 − a).
+    """
+    q = 1 - p
+    gz = p * q * (a - b)
+    gx = p * a * (1 - a)
+    gy = q * b * (1 - b)
+    if lam is not None:
+        gy = gy + lam * gx
+    return gz, gx, gy
+
+
+def _is_zero(value) -> bool:
+    if isinstance(value, (int, float)):
+        return value == 0
+    return False
+
+
+def _check_nonnegative(name: str, value, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, Tensor):
+        bad = bool(torch.any(value < 0) | torch.any(torch.isnan(value)))
+    else:
+        arr = np.asarray(value, dtype=float)
+        bad = bool(np.any(~(arr >= 0)))
+    if bad:
+        raise ValueError(f"{name} ({what}) must be >= 0, got {value}")
 
 
 @dataclass
 class ToyModel:
-    """Learnabilities, couplings and training weights of the toy model (docs/model.md §1-2).
+    """Learnabilities, couplings, training weights and λ of the toy model (docs/model.md §1-2).
+
+    Every quantity may carry leading replica axes: a batch of independent
+    systems (parameter vectors of a fit, resampled environments, probe N of
+    a search) integrates as one. Treat a model as immutable (derive a new
+    one with ``dataclasses.replace``): prepared fields and rates are cached.
 
     Parameters
     ----------
     coupling_z, coupling_x, coupling_y : Coupling
         Transfer operators C^z, C^x, C^y (see ``sim._couplings``).
-    alpha_z, alpha_x, alpha_y : float or Tensor, shape (..., n_envs) or (..., 1)
+    alpha_z, alpha_x, alpha_y : float, array or Tensor, shape broadcasting to (..., n_envs)
         Learnabilities (>= 0), on the receiving environment; per model time unit.
-    w : Tensor, shape (..., n_envs), optional
+    w : array or Tensor, shape broadcasting to (..., n_envs), optional
         Training weights (share of the RL batch; 0 = held out). Default: 1 for
         every environment (the post's convention).
-    lam : float
+    lam : float, array or Tensor, shape broadcasting to (..., 1)
         Footnote-4 coupling λ >= 0 of local heuristics into the RS path (0 = off).
 
     Raises
     ------
     ValueError
-        Negative learnability, negative weight, λ < 0, or couplings of
+        Negative (or NaN) learnability, weight or λ, or couplings of
         different sizes.
     """
 
@@ -90,28 +164,34 @@ class ToyModel:
     alpha_x: float | Tensor = 1.0
     alpha_y: float | Tensor = 1.0
     w: Tensor | None = None
-    lam: float = 0.0
+    lam: float | Tensor = 0.0
 
     def __post_init__(self):
         sizes = {self.coupling_z.n_envs, self.coupling_x.n_envs, self.coupling_y.n_envs}
         if len(sizes) != 1:
             raise ValueError(f"couplings disagree on n_envs: {sorted(sizes)}")
         for name in ("alpha_z", "alpha_x", "alpha_y"):
-            _check_positive(name, getattr(self, name))
-        if self.w is not None:
-            w = torch.as_tensor(self.w)
-            if torch.any(w < 0) or torch.any(torch.isnan(w)):
-                raise ValueError("w (training weights) must be >= 0")
-        if self.lam < 0:
-            raise ValueError(f"lam (footnote-4 λ) must be >= 0, got {self.lam}")
+            _check_nonnegative(name, getattr(self, name), "learnability")
+        _check_nonnegative("w", self.w, "training weights")
+        _check_nonnegative("lam", self.lam, "footnote-4 λ")
+        self._fields: dict = {}
+        self._rates: Tensor | None = None
 
     @property
     def n_envs(self) -> int:
         return self.coupling_z.n_envs
 
+    @property
+    def couplings(self) -> tuple:
+        return self.coupling_z, self.coupling_x, self.coupling_y
+
+    @property
+    def alphas(self) -> tuple:
+        return self.alpha_z, self.alpha_x, self.alpha_y
+
     @classmethod
     def homogeneous(cls, n_envs: int, *, c_z=1.0, c_x=1.0, c_y=0.0, alpha_z=1.0,
-                    alpha_x=1.0, alpha_y=1.0, lam: float = 0.0) -> "ToyModel":
+                    alpha_x=1.0, alpha_y=1.0, lam=0.0) -> "ToyModel":
         """N identical environments with C = (1 − c) I + c 11ᵀ per latent (docs/model.md §3).
 
         Defaults are the post's canonical scaling case (c^z = c^x = 1, c^y = 0).
@@ -120,61 +200,180 @@ class ToyModel:
                    HomogeneousCoupling(c_y, n_envs), alpha_z, alpha_x, alpha_y, None, lam)
 
     @classmethod
-    def single(cls, *, alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam: float = 0.0) -> "ToyModel":
+    def single(cls, *, alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam=0.0) -> "ToyModel":
         """One environment (docs/model.md §2); α^z = 1 fixes the time unit."""
         one = IdentityCoupling(1)
         return cls(one, one, one, alpha_z, alpha_x, alpha_y, None, lam)
 
-    def _weights(self, like: Tensor) -> Tensor | float:
-        if self.w is None:
-            return 1.0
-        return torch.as_tensor(self.w, dtype=like.dtype, device=like.device)
+    def field(self, like) -> "VectorField":
+        """The right-hand side prepared for the backend, dtype and device of ``like`` (cached)."""
+        b = backend_of(like)
+        key = (b.name, str(like.dtype), str(getattr(like, "device", "cpu")))
+        f = self._fields.get(key)
+        if f is None:
+            f = self._fields[key] = VectorField(self, like)
+        return f
 
     def gradients(self, state: Latents) -> Latents:
         """Per-environment reward gradients w_j ∂R_j/∂(z_j, x_j, y_j), before transfer."""
-        p, a, b = state.probabilities(self.lam)
-        w = self._weights(state.z)
-        gz = w * p * (1 - p) * (a - b)
-        gx = w * p * a * (1 - a)
-        gy = w * (1 - p) * b * (1 - b)
-        if self.lam:
-            gy = gy + self.lam * gx
-        return Latents(gz, gx, gy)
+        f = self.field(state.z)
+        return Latents(*f.weighted_gradients(_stack(state)))
 
     def rhs(self, state: Latents) -> Latents:
         """Time derivatives (dz/dt, dx/dt, dy/dt), each of shape ``(..., n_envs)``."""
-        g = self.gradients(state)
-        like = state.z
+        d = self.field(state.z)(_stack(state))
+        return Latents(d[0], d[1], d[2])
 
-        def alpha(v):
-            return v if isinstance(v, (int, float)) else torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    def rates(self) -> Tensor:
+        """Per-latent rates r^k_i = α^k_i |Σ_j C^k_ij w_j| over trained rows (docs/model.md §2).
 
-        return Latents(
-            alpha(self.alpha_z) * self.coupling_z.apply(g.z),
-            alpha(self.alpha_x) * self.coupling_x.apply(g.x),
-            alpha(self.alpha_y) * self.coupling_y.apply(g.y),
-        )
+        Returns
+        -------
+        Tensor, float64 on the CPU, shape (3, ..., n_envs)
+            Latents z, x, y along the first axis. A held-out environment
+            (w_i = 0) is a pure receiver: it never feeds back on itself, so its
+            row counts 0 (it neither limits Euler stability nor sets a time unit).
+            With ``w`` None every row is trained and Σ_j C_ij is the row sum.
+            The bound is exact for non-negative C and approximate for random
+            features, whose entries can be slightly negative.
+        """
+        if self._rates is not None:
+            return self._rates
+        n = self.n_envs
+        w = torch.ones(n, dtype=torch.float64) if self.w is None else \
+            torch.as_tensor(to_numpy(self.w), dtype=torch.float64)
+        w_full = w.expand(*w.shape[:-1], n) if w.ndim else w.expand(n)
+        trained = w_full > 0
+        out = []
+        for alpha, coupling in zip(self.alphas, self.couplings):
+            a = torch.as_tensor(to_numpy(alpha), dtype=torch.float64)
+            rs = torch.as_tensor(to_numpy(coupling.apply(w_full)), dtype=torch.float64).abs()
+            out.append(a * rs * trained)
+        shape = np.broadcast_shapes(*(tuple(r.shape) for r in out))
+        self._rates = torch.stack([r.expand(shape) for r in out])
+        return self._rates
 
     def max_rate(self) -> float:
-        """An upper bound on the stiffness: max_i α_i |Σ_j C_ij w_j| / 4 over latents.
+        """An upper bound on the stiffness: max r^k_i (1 + λ) / 4 over latents, envs and replicas.
 
-        (With weights, Σ_j C_ij w_j; a bound for non-negative C, approximate for
-        random features, whose entries can be slightly negative.)
-
-        Forward Euler is stable when ``dt * max_rate() < 2`` (the sigmoid's slope
-        is at most 1/4 and the gradients are sums of such terms).
+        Forward Euler is stable when ``dt * max_rate() < 2``: the sigmoid's
+        slope is at most 1/4 and every gradient is a sum of such terms
+        (docs/model.md §2; see :meth:`rates`).
         """
-        rate = 0.0
-        for alpha, coupling in ((self.alpha_z, self.coupling_z), (self.alpha_x, self.coupling_x),
-                                (self.alpha_y, self.coupling_y)):
-            a = torch.as_tensor(alpha, dtype=torch.float64).cpu()
-            if self.w is None:
-                rs = coupling.row_sums().abs().cpu()
-            else:  # Σ_j C_ij w_j: held-out envs (w = 0) add no stiffness
-                w = torch.as_tensor(self.w, dtype=torch.float64)
-                w_full = w.expand(*w.shape[:-1], coupling.n_envs).to(torch.float64)
-                # rows of held-out envs excluded: w_i = 0 means env i never feeds
-                # back on itself (a pure receiver), so it cannot make Euler unstable
-                rs = coupling.apply(w_full).abs().cpu() * (w_full.cpu() > 0)
-            rate = max(rate, float((a * rs).max()) / 4)
-        return rate * (1 + self.lam)
+        lam = float(to_numpy(self.lam).max()) if shape_of(self.lam) else float(self.lam)
+        return float(self.rates().max()) / 4 * (1 + lam)
+
+    def time_scale(self) -> Tensor:
+        """Per-replica fastest rate max_k max_i r^k_i, shape (...) + (1,), float64, CPU.
+
+        Dividing every α by it rescales time only, so the saturated end state
+        is unchanged. Clamped at 1e-300 (a system that cannot move).
+        """
+        r = self.rates().amax(0)
+        return r.amax(-1, keepdim=True).clamp_min(1e-300)
+
+    def propensity_rate(self) -> Tensor:
+        """Per-replica rate of the RS-propensity clock max_i r^z_i, shape (...) + (1,), float64, CPU.
+
+        The selection of RS plays out on this clock: RS takes off after
+        ~1 / (p0 · gap) units of it (docs/model.md §3-4).
+        """
+        return self.rates()[0].amax(-1, keepdim=True)
+
+
+def _stack(state: Latents):
+    z, x, y = state
+    b = backend_of(z)
+    shape = np.broadcast_shapes(shape_of(z), shape_of(x), shape_of(y))
+    return b.stack([v.expand(shape) if isinstance(v, Tensor) else np.broadcast_to(v, shape)
+                    for v in (z, x, y)])
+
+
+class VectorField:
+    """The fused right-hand side of a :class:`ToyModel` for one backend (docs/model.md §2).
+
+    Built by :meth:`ToyModel.field`; parameters are converted to the
+    backend, dtype and device once. Call it on the stacked state
+    ``(3, ..., n_envs)`` (z, x, y along the first axis) to get the stacked
+    derivatives of the same shape (or the broadcast shape with the model's
+    replica axes). One sigmoid covers the three latents; couplings that are
+    the same object (e.g. one set of random features for z and x) are applied
+    once to a stacked input.
+
+    Parameters
+    ----------
+    model : ToyModel
+    like : numpy array or Tensor
+        Gives the backend, dtype and device.
+    """
+
+    def __init__(self, model: ToyModel, like):
+        b = self.backend = backend_of(like)
+        self.model = model
+        self.n_envs = model.n_envs
+        conv = (lambda v: v) if False else (lambda v: v if isinstance(v, (int, float)) else b.asarray(v, like))
+        alphas = [conv(a) for a in model.alphas]
+        shape = np.broadcast_shapes(*(shape_of(a) for a in alphas))
+        if shape:
+            self.alpha = b.stack([a.expand(shape) if isinstance(a, Tensor)
+                                  else np.broadcast_to(a, shape) if isinstance(a, np.ndarray)
+                                  else b.asarray(np.full(shape, a), like) for a in alphas])
+        else:
+            self.alpha = b.asarray([float(a) for a in alphas], like)
+        self._alpha_ndim = len(shape)
+        self._alpha_cache: dict[int, object] = {}
+        self.w = None if model.w is None else conv(model.w)
+        lam = model.lam
+        self.lam = None if _is_zero(lam) else conv(lam)
+        self.groups: list[tuple[Coupling, list[int]]] = []
+        for k, c in enumerate(model.couplings):
+            for g in self.groups:
+                if g[0] is c:
+                    g[1].append(k)
+                    break
+            else:
+                self.groups.append((c, [k]))
+
+    def alpha_for(self, ndim: int):
+        """α stacked as (3, ...) with enough axes to broadcast against a state of ``ndim`` axes."""
+        a = self._alpha_cache.get(ndim)
+        if a is None:
+            pad = ndim - 1 - self._alpha_ndim
+            a = self.alpha.reshape((3,) + (1,) * max(pad, 0) + tuple(self.alpha.shape[1:]))
+            self._alpha_cache[ndim] = a
+        return a
+
+    def weighted_gradients(self, state):
+        """w_j ∂R_j/∂(z_j, x_j, y_j) for the stacked state: a tuple of three arrays (..., N)."""
+        b = self.backend
+        if self.lam is None:
+            s = b.sigmoid(state)
+            p, a, bb = s[0], s[1], s[2]
+        else:
+            p, a, bb = probabilities(state[0], state[1], state[2], self.lam)
+        g = reward_gradients(p, a, bb, self.lam)
+        if self.w is not None:
+            g = tuple(v * self.w for v in g)
+        return g
+
+    def transfer(self, grads):
+        """Σ_j C^k_ij g^k_j for the three latents, stacked: (3, ..., N)."""
+        b = self.backend
+        if len(self.groups) == 1:
+            return self.groups[0][0].apply(b.stack(grads))
+        parts = [None, None, None]
+        for coupling, idx in self.groups:
+            if len(idx) == 1:
+                parts[idx[0]] = coupling.apply(grads[idx[0]])
+            else:
+                out = coupling.apply(b.stack([grads[k] for k in idx]))
+                for j, k in enumerate(idx):
+                    parts[k] = out[j]
+        shape = np.broadcast_shapes(*(shape_of(v) for v in parts))
+        return b.stack([v.expand(shape) if isinstance(v, Tensor) else np.broadcast_to(v, shape)
+                        for v in parts])
+
+    def __call__(self, state):
+        """d(z, x, y)/dt for the stacked state ``(3, ..., n_envs)``."""
+        moved = self.transfer(self.weighted_gradients(state))
+        return self.alpha_for(moved.ndim) * moved
