@@ -309,14 +309,6 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
                       level, notes)
 
 
-def _critical_diversity_function():
-    """sim's N* for homogeneous coupling (docs/model.md §3), from its public surface if exported."""
-    fn = getattr(sim, "critical_diversity_homogeneous", None)
-    if fn is None:
-        from physrl.sim._critical import critical_diversity_homogeneous as fn  # not yet re-exported by sim
-    return fn
-
-
 def _n_star(fit: FitResult, draws: np.ndarray, names: list[str], p0: float, level: float,
             n_draws: int = 64) -> dict:
     """N*(p0) of N identical environments with the fitted priors, learnabilities and c (docs/model.md §3)."""
@@ -333,17 +325,20 @@ def _n_star(fit: FitResult, draws: np.ndarray, names: list[str], p0: float, leve
             values[k] = np.full(rows, fit.params[k].value)
     lam = float(fit.params["lam"].value) if "lam" in fit.params else 0.0
     try:
-        fn = _critical_diversity_function()
-        res = fn(p0, a0=values["a0"], b0=values["b0"], c_z=values["c_z"], c_x=values["c_x"], c_y=values["c_y"],
-                 alpha_z=1.0, alpha_x=values["alpha_x"], alpha_y=values["alpha_y"], lam=lam, method="bisection")
+        res = sim.critical_diversity_homogeneous(p0, a0=values["a0"], b0=values["b0"], c_z=values["c_z"],
+                                                 c_x=values["c_x"], c_y=values["c_y"], alpha_z=1.0,
+                                                 alpha_x=values["alpha_x"], alpha_y=values["alpha_y"], lam=lam,
+                                                 method="bisection")
     except Exception as exc:
         return {"value": None, "reason": f"critical diversity failed: {type(exc).__name__}: {exc}"}
-    ns = np.asarray(res.n_star, dtype=float)
+    ns = res.ranked()  # N* above n_max ranks +inf for the quantiles; it is never reported as a number
     tail = (1 - level) / 2
     finite = ns[1:]
     out = {"value": None if not np.isfinite(ns[0]) else float(ns[0]), "p0": p0, "method": res.method,
            "threshold": float(res.threshold), "n_draws": int(finite.size), "level": level,
-           "share_above_n_max": float(np.mean(~np.isfinite(finite)))}
+           "share_above_n_max": float(np.mean(~np.isfinite(finite))),
+           "status": res.status[0].value, "status_message": res.status[0].message,
+           "share_not_converged": float(np.mean([s is sim.SearchStatus.NOT_CONVERGED for s in res.status[1:]]))}
     with np.errstate(invalid="ignore"):
         q = np.quantile(finite, [tail, 1 - tail]) if finite.size else [math.nan, math.nan]
     out["interval"] = [None if not np.isfinite(v) else float(v) for v in q]

@@ -12,11 +12,13 @@ Public surface (re-exported from small private modules):
 - integrators: :func:`euler` (engines numba / numpy / torch, chosen by
   :func:`choose_engine`), :func:`adaptive` (solve_ivp reference),
   :class:`Solution`, :class:`ThreadPolicy`, :func:`thread_setting`
-- critical diversity: :func:`critical_diversity` (any model family, via a
-  builder ``N -> (model, y0)``), :func:`critical_diversity_homogeneous`,
-  :func:`final_rs_share`, :func:`homogeneous_final_share`,
-  :class:`IntegrationConfig`, :class:`CriticalDiversity`, :func:`log_grid`,
-  :func:`interpolate_crossing`
+- critical diversity: :func:`find_critical_diversity` (the one search, for
+  any final-share function ``N -> mean p``), :func:`critical_diversity`
+  (a builder ``N -> (model, y0)``), :func:`critical_diversity_homogeneous`,
+  :func:`saturate` / :class:`FinalShare`, :func:`final_rs_share`,
+  :func:`homogeneous_final_share`, :class:`IntegrationConfig`,
+  :class:`CriticalDiversity`, :class:`SearchStatus`, :func:`format_n_star`,
+  :func:`log_grid`, :func:`interpolate_crossing`
 """
 
 from ._couplings import Coupling as Coupling
@@ -39,11 +41,17 @@ from ._model import reward_gradients as reward_gradients
 from ._threads import ThreadPolicy as ThreadPolicy
 from ._threads import thread_setting as thread_setting
 from ._critical import CriticalDiversity as CriticalDiversity
+from ._critical import FinalShare as FinalShare
 from ._critical import IntegrationConfig as IntegrationConfig
+from ._critical import SearchStatus as SearchStatus
 from ._critical import critical_diversity as critical_diversity
 from ._critical import critical_diversity_homogeneous as critical_diversity_homogeneous
 from ._critical import final_rs_share as final_rs_share
+from ._critical import find_critical_diversity as find_critical_diversity
+from ._critical import format_n_star as format_n_star
 from ._critical import homogeneous_final_share as homogeneous_final_share
+from ._critical import homogeneous_saturation as homogeneous_saturation
+from ._critical import saturate as saturate
 from ._critical import interpolate_crossing as interpolate_crossing
 from ._critical import log_grid as log_grid
 from ._hetero import GEOMETRIES as GEOMETRIES

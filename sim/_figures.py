@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._critical import (IntegrationConfig, critical_diversity_homogeneous,
-                        homogeneous_final_share)
+from ._critical import IntegrationConfig, critical_diversity_homogeneous, homogeneous_saturation
 from ._hetero import GEOMETRIES, HeterogeneousConfig, calibrate_scale, sweep_critical_diversity
 
 
@@ -71,20 +70,20 @@ def _loglog_fit(p0, n_star):
 
 
 def _single_env_map(cfg: FigureConfig, a0, b0, n):
-    """Final p on an n × n grid of normalised (α^x, α^y) in [1e-2, 1e1], α^z = 1 (above ~10 the
-    fastest-rate time unit makes z too slow to finish within t_max)."""
+    """Final p (and whether each run settled) on an n × n grid of normalised (α^x, α^y) in
+    [1e-2, 1e1], α^z = 1 (the horizon counts on the z clock, so fast x or y cost steps, not accuracy)."""
     ax = np.logspace(-2, 1, n)
     AX, AY = np.meshgrid(ax, ax, indexing="xy")   # rows: α^y, columns: α^x
-    p = homogeneous_final_share(1, cfg.p0, a0=a0, b0=b0, alpha_x=AX, alpha_y=AY,
-                                integration=cfg.integration, device=cfg.device)
-    return ax, AX, AY, p.cpu().numpy()
+    run = homogeneous_saturation(1, cfg.p0, a0=a0, b0=b0, alpha_x=AX, alpha_y=AY,
+                                 integration=cfg.integration, device=cfg.device)
+    return ax, AX, AY, run.share.cpu().numpy(), run.settled
 
 
 def figure_1(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     """Single environment: final p over (α^x, α^y), large initial gap (a0 = 0.5, b0 = 0.1)."""
     plt = _plt()
     n = 15 if cfg.quick else 41
-    ax, AX, AY, p = _single_env_map(cfg, cfg.a0, cfg.b0, n)
+    ax, AX, AY, p, settled = _single_env_map(cfg, cfg.a0, cfg.b0, n)
     fig, axis = plt.subplots(figsize=(5, 4.2))
     im = axis.pcolormesh(ax, ax, p, vmin=0, vmax=1, cmap="viridis", shading="nearest")
     axis.set(xscale="log", yscale="log", xlabel=r"RS-skill learnability $\alpha^x/\alpha^z$",
@@ -95,7 +94,7 @@ def figure_1(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     fig.savefig(out / "figure-1.png", dpi=120)
     plt.close(fig)
     return pd.DataFrame({"p0": cfg.p0, "a0": cfg.a0, "b0": cfg.b0, "alpha_x": AX.ravel(),
-                         "alpha_y": AY.ravel(), "final_p": p.ravel()})
+                         "alpha_y": AY.ravel(), "final_p": p.ravel(), "settled": settled.ravel()})
 
 
 SKILL_PAIRS = ((0.5, 0.1), (0.3, 0.1), (0.3, 0.2), (0.2, 0.3))
@@ -109,12 +108,12 @@ def figure_2(cfg: FigureConfig, out: Path) -> pd.DataFrame:
                              sharey=True)
     frames = []
     for axis, (a0, b0) in zip(axes, SKILL_PAIRS):
-        ax, AX, AY, p = _single_env_map(cfg, a0, b0, n)
+        ax, AX, AY, p, settled = _single_env_map(cfg, a0, b0, n)
         im = axis.pcolormesh(ax, ax, p, vmin=0, vmax=1, cmap="viridis", shading="nearest")
         axis.set(xscale="log", yscale="log", title=f"a0={a0}, b0={b0}",
                  xlabel=r"$\alpha^x/\alpha^z$")
         frames.append(pd.DataFrame({"p0": cfg.p0, "a0": a0, "b0": b0, "alpha_x": AX.ravel(),
-                                    "alpha_y": AY.ravel(), "final_p": p.ravel()}))
+                                    "alpha_y": AY.ravel(), "final_p": p.ravel(), "settled": settled.ravel()}))
     axes[0].set_ylabel(r"$\alpha^y/\alpha^z$")
     fig.colorbar(im, ax=list(axes), label="final p", shrink=0.9)
     fig.suptitle(f"single env, p0={cfg.p0}: final RS propensity for several initial skills")
@@ -133,8 +132,8 @@ def figure_3(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     p0s = FIG3_P0[1:] if cfg.quick else FIG3_P0
     ns = np.unique(np.round(np.logspace(0, 4, n_points)))
     N, P = np.meshgrid(ns, p0s, indexing="xy")
-    p = homogeneous_final_share(N, P, integration=cfg.integration,
-                                device=cfg.device).cpu().numpy()
+    run = homogeneous_saturation(N, P, integration=cfg.integration, device=cfg.device)
+    p = run.share.cpu().numpy()
     fig, axis = plt.subplots(figsize=(5.5, 4))
     for k, p0 in enumerate(p0s):
         axis.plot(ns, p[k], marker=".", label=f"p0={p0:g}")
@@ -145,7 +144,8 @@ def figure_3(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     fig.tight_layout()
     fig.savefig(out / "figure-3.png", dpi=120)
     plt.close(fig)
-    return pd.DataFrame({"p0": P.ravel(), "n_envs": N.ravel().astype(int), "final_p": p.ravel()})
+    return pd.DataFrame({"p0": P.ravel(), "n_envs": N.ravel().astype(int), "final_p": p.ravel(),
+                         "settled": run.settled.ravel()})
 
 
 FIG4_C_Y = (0.0, 0.02, 0.05, 0.1)
@@ -178,6 +178,7 @@ def figure_4(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     plt.close(fig)
     C, P = np.meshgrid(c_ys, p0s, indexing="ij")
     return pd.DataFrame({"c_y": C.ravel(), "p0": P.ravel(), "n_star": res.n_star.ravel(),
+                         "status": [s.value for s in res.status.ravel()], "n_max": res.n_max.ravel(),
                          "method": res.method})
 
 
@@ -226,15 +227,26 @@ def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> p
                                        integration=cfg.hetero_integration, seed=cfg.seed + k,
                                        device=cfg.device, progress=cfg.progress,
                                        stop_fraction=0.8)
-        q25, med, q75 = np.percentile(res.n_star, [25, 50, 75], axis=0)
+        # resamplings above the last N run rank as +inf; a quartile that lands there has no value
+        q25, med, q75 = np.percentile(res.ranked(), [25, 50, 75], axis=0)
+        q25, med, q75 = (np.where(np.isfinite(q), q, np.nan) for q in (q25, med, q75))
         slope, _, r2 = _loglog_fit(f5.p0, med)
-        line = axis.errorbar(f5.p0, med, yerr=[med - q25, q75 - med], marker="o", capsize=3,
-                             label=f"{geometry} (s={scale:.2g}): slope {slope:.2f}")
+        ok = np.isfinite(med)
+        axis.errorbar(np.asarray(f5.p0)[ok], med[ok], yerr=[(med - q25)[ok], (q75 - med)[ok]], marker="o",
+                      capsize=3, label=f"{geometry} (s={scale:.2g}): slope {slope:.2f}")
+        status = np.vectorize(lambda s: s.value)(res.status)
         for j, p0 in enumerate(f5.p0):
+            above = int((status[:, j] == "above_n_max").sum())
+            unconverged = int((status[:, j] == "not_converged").sum())
+            note = "; ".join(text for text in (
+                f"{above} of {f5.n_resamplings} resamplings above N = {int(res.n_grid[-1])} (the last N run)"
+                if above else "",
+                "a quartile lies above the last N run (no value)" if not np.isfinite(q75[j]) else "",
+                f"{unconverged} resamplings not converged by the step cap" if unconverged else "") if text)
             rows.append({"geometry": geometry, "scale": scale, "p0": p0,
                          "n_star_median": med[j], "n_star_q25": q25[j], "n_star_q75": q75[j],
                          "n_resamplings": f5.n_resamplings, "slope": slope, "r2": r2,
-                         "calibrated_n_star_ref": n_ref, "method": "grid",
+                         "calibrated_n_star_ref": n_ref, "method": "grid", "note": note,
                          "seconds": time.time() - t0})
     axis.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="critical diversity N*",
              title="heterogeneous kernel transfer: median and IQR of N*")

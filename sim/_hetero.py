@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ._couplings import GaussianKernelCoupling, RandomFourierCoupling
-from ._critical import (CriticalDiversity, IntegrationConfig, check_nonnegative,
-                        check_probability, critical_diversity, interpolate_crossing, log_grid)
+from ._critical import (CriticalDiversity, FinalShare, IntegrationConfig, check_nonnegative,
+                        check_probability, find_critical_diversity, log_grid, saturate)
 from ._model import Latents, ToyModel
 
 Tensor = torch.Tensor
@@ -259,12 +259,13 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
                              seed: int = 0, dtype=torch.float32, device=None,
                              progress: bool = True, stop_when_crossed: bool = True,
                              chunk: int = 4, n_grid=None,
-                             stop_fraction: float = 1.0) -> CriticalDiversity:
+                             stop_fraction: float = 1.0, engine: str = "auto") -> CriticalDiversity:
     """N*(p0) on the post's log grid for one geometry, per resampling (docs/model.md §4).
 
     Grid points are integrated ``chunk`` at a time in one batch: the N-env
     system is the first N environments of the largest N of the chunk with the
     others held out (w = 0), which is exact (held-out envs send no updates).
+    The search is :func:`sim.find_critical_diversity` (method ``"grid"``).
 
     Parameters
     ----------
@@ -291,43 +292,37 @@ def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: 
     stop_fraction : float in (0, 1]
         With ``stop_when_crossed``, stop once this fraction of resamplings has
         crossed for every p0 (0.8 keeps median and IQR exact; the rest report
-        ``inf``, meaning "above the last N run"). 1.0: wait for all.
+        status ``above_n_max`` with the last N run). 1.0: wait for all.
+    engine : str
+        Euler engine (see :func:`sim.euler`).
 
     Returns
     -------
     CriticalDiversity
-        ``method="grid"`` (log-linear interpolation), ``n_star`` of shape
-        (R, P), ``share`` of shape (G, R, P) over the grid points run (``n_grid``).
+        ``method="grid"`` (log-linear interpolation), ``n_star`` and
+        ``status`` of shape (R, P), ``share`` of shape (G, R, P) over the grid
+        points run (``n_grid``).
     """
     check_probability("p0", p0)
     p0_arr = np.atleast_1d(np.asarray(p0, dtype=float))
     p0_t = torch.as_tensor(p0_arr, dtype=torch.float64)
     grid = log_grid(n_max, n_grid_points) if n_grid is None else np.asarray(n_grid, dtype=int)
     draw = draw_environments(config, n_resamplings, int(grid[-1]), seed)
-    from ._critical import final_rs_share
-    shares, done = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid), desc=f"{config.geometry}: N grid", leave=False)
-    for start in range(0, len(grid), chunk):
-        ns = [int(n) for n in grid[start:start + chunk]]
-        model, y0 = _padded_system(config, draw, p0_t, ns, dtype, device)
-        s = final_rs_share(model, y0, integration=integration).double().cpu().numpy()
-        for k, n in enumerate(ns):
-            shares.append(s[:, k])
-            done.append(n)
-        if bar is not None:
-            bar.update(len(ns))
-        crossed = (np.max(np.stack(shares), 0) > threshold).mean(0)   # per p0
-        if stop_when_crossed and np.all(crossed >= stop_fraction):
-            break
-    if bar is not None:
-        bar.close()
-    share = np.stack(shares)
-    n_star = interpolate_crossing(np.array(done), share, threshold)
-    return CriticalDiversity(n_star, "grid", threshold, np.array(done), share,
-                             extras={"config": asdict(config), "p0": p0_arr, "seed": seed})
+
+    def share(ns: np.ndarray) -> FinalShare:  # ns: (R, P, K), the same K values everywhere
+        row = [int(n) for n in ns.reshape(-1, ns.shape[-1])[0]]
+        model, y0 = _padded_system(config, draw, p0_t, row, dtype, device)   # batch (R, K, P)
+        res = saturate(model, y0, integration=integration, threshold=threshold, engine=engine)
+        return (np.moveaxis(res.share.double().cpu().numpy(), 1, -1), np.moveaxis(res.settled, 1, -1))
+
+    def stop(crossed: np.ndarray) -> bool:  # crossed: (R, P)
+        return stop_when_crossed and bool(np.all(crossed.mean(0) >= stop_fraction))
+
+    res = find_critical_diversity(share, batch_shape=(n_resamplings, len(p0_arr)), method="grid",
+                                  threshold=threshold, n_grid=grid, chunk=chunk, stop=stop, progress=progress,
+                                  desc=f"{config.geometry}: N grid")
+    res.extras.update(config=asdict(config), p0=p0_arr, seed=seed)
+    return res
 
 
 def calibrate_scale(config: HeterogeneousConfig, *, p0_ref: float = 0.1, target: float = 20.0,
@@ -356,7 +351,7 @@ def calibrate_scale(config: HeterogeneousConfig, *, p0_ref: float = 0.1, target:
         res = sweep_critical_diversity(replace(config, scale=math.exp(log_s)), [p0_ref],
                                        n_resamplings=n_resamplings, integration=integration,
                                        seed=seed, n_grid=grid[grid <= cap], progress=False)
-        return float(np.median(res.n_star))
+        return float(np.median(res.ranked()))   # above the grid ranks as +inf: "too large"
 
     def distance(m):
         return abs(math.log(m) - math.log(target)) if math.isfinite(m) else math.inf

@@ -4,10 +4,13 @@ Usage::
 
     physrl sim figure K --out DIR [--quick] [--seed S] [--device auto|cpu|cuda]
     physrl sim critical-diversity --p0 P [P ...] --out DIR [--c-z C] [--c-x C] [--c-y C]
-        [--alpha-x A] [--alpha-y A] [--a0 A] [--b0 B] [--method bisection|grid]
+        [--alpha-x A] [--alpha-y A] [--a0 A] [--b0 B] [--method bisection|grid|scan]
+        [--max-steps S] [--engine auto|numba|numpy|torch]
 
-Bad values stop with a message naming the parameter and its allowed range
-(exit code 2, no traceback).
+Every N* is printed and saved with its status (``found``, ``above_n_max``,
+``not_converged``, ...): a search that hit n_max or the step cap says so next
+to the number. Bad values stop with a message naming the parameter and its
+allowed range (exit code 2, no traceback).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 
 from ._critical import (METHODS, IntegrationConfig, check_nonnegative, check_probability,
                         check_unit_interval, critical_diversity_homogeneous)
+from ._integrate import ENGINES
+from ._threads import thread_setting
 
 
 def resolve_device(name: str) -> str:
@@ -44,10 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
         p.add_argument("--dt", type=float, default=None,
                        help="Euler step in normalised model time (default 1; 2 for figure 5)")
-        p.add_argument("--t-max", type=float, default=None, help="horizon, normalised time")
+        p.add_argument("--t-max", type=float, default=None,
+                       help="horizon on the RS-propensity clock (default 10000; 3000 for figure 5)")
+        p.add_argument("--max-steps", type=int, default=None,
+                       help="cap on Euler steps per run, horizon extensions included (default 5e7)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (1 is much faster when other jobs share the cores)")
+                       help="torch CPU threads (default: one for small problems, else the faster of "
+                            "1 and torch's default, measured while running)")
 
     fig = sub.add_parser("figure", help="reproduce one of the post's figures (docs/model.md §5)")
     fig.add_argument("k", type=int, help="figure number, 1-5")
@@ -67,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("--threshold", type=float, default=0.5, help="mean-p threshold, in (0, 1)")
     cd.add_argument("--n-max", type=int, default=10_000, help="largest N searched")
     cd.add_argument("--method", default="bisection", choices=METHODS)
+    cd.add_argument("--engine", default="auto", choices=ENGINES,
+                    help="Euler engine (auto: numba on the CPU, torch on a GPU)")
     common(cd)
     return parser
 
@@ -77,6 +88,8 @@ def _integration(args, default: IntegrationConfig) -> IntegrationConfig:
         kw["dt"] = args.dt
     if args.t_max is not None:
         kw["t_max"] = args.t_max
+    if args.max_steps is not None:
+        kw["max_steps"] = args.max_steps
     return replace(default, **kw)
 
 
@@ -112,16 +125,16 @@ def _critical(args) -> int:
         p0, a0=args.a0, b0=args.b0, c_z=args.c_z, c_x=args.c_x, c_y=args.c_y,
         alpha_x=args.alpha_x, alpha_y=args.alpha_y, method=args.method,
         threshold=args.threshold, n_max=args.n_max, integration=integration,
-        device=resolve_device(args.device), progress=not args.no_progress)
+        device=resolve_device(args.device), progress=not args.no_progress, engine=args.engine)
     args.out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"p0": p0, "n_star": res.n_star}).to_csv(
+    pd.DataFrame({"p0": p0, "n_star": res.n_star, "status": [s.value for s in res.status]}).to_csv(
         args.out / "critical_diversity.csv", index=False)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    meta.update(method=res.method, integration=asdict(integration),
-                note="n_star = inf: threshold not crossed up to n_max")
+    meta.update(method=res.method, integration=asdict(integration), result=res.to_dict(),
+                note="n_star is empty where there is no value; status says why (messages)")
     (args.out / "critical_diversity.json").write_text(json.dumps(meta, indent=2))
-    for p, n in zip(p0, res.n_star):
-        print(f"p0={p:g}  N*={n:g}  ({res.method})")
+    for i, p in enumerate(p0):
+        print(f"p0={p:g}  {res.describe(i)}  ({res.method})")
     return 0
 
 
@@ -133,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the message
         return int(exc.code or 0)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     try:
-        if args.command == "figure":
-            return _figure(args)
-        return _critical(args)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        with thread_setting(args.threads if args.threads else "auto"):
+            if args.command == "figure":
+                return _figure(args)
+            return _critical(args)
     except ValueError as exc:
         print(f"physrl sim: error: {exc}", file=sys.stderr)
         return 2
