@@ -24,8 +24,10 @@ gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import time
 import uuid
 import warnings
@@ -39,6 +41,7 @@ import torch
 from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_rollouts, rows_on_disk, update_manifest,
                              write_manifest)
 
+from ._checkpoints import INCOMING, publish, resume_point, step_of
 from ._classify import Classifier, make_classifier
 from ._config import OrganismConfig
 from ._envs import EnvFamily, answer_reward
@@ -85,10 +88,31 @@ def saved_config(run_dir: str | Path) -> dict:
                          "(or one written before the manifest's 'organisms' namespace)")
     return config
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-# TRL 1.16 calls transformers 5.x's deprecated `is_gradient_checkpointing` on every
-# save and step; the warning is theirs, not the user's, and floods the terminal.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Inside the training call only: silence library warnings that are not the user's.
+
+    TRL 1.16 calls transformers 5.x's deprecated ``is_gradient_checkpointing`` on
+    every save and step; the warning floods the terminal. The filters are
+    restored on exit (nothing process-wide is changed by importing organisms).
+    """
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our tqdm bar shows the run's progress
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class ResumeMismatch(ValueError):
+    """A resume asked for a config that differs from the run's saved one (a user error, not a crash)."""
 
 
 class RolloutRecorder:
@@ -171,25 +195,27 @@ def evaluate(model, tokenizer, config: OrganismConfig, family: EnvFamily, classi
             "rs_share_train": float(rs[trained].mean())}
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    cks = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return cks[-1] if cks else None
-
-
 def _eval_steps_logged(run_dir: Path) -> set[int]:
     df = read_rollouts(run_dir)
     return set(int(s) for s in df.loc[df.phase == "eval", "step"].unique()) if len(df) else set()
 
 
-def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done: set[int], stop_after):
+def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done: set[int], run_dir: Path,
+                   seconds_before: float):
     from transformers import TrainerCallback
 
     class OrganismCallback(TrainerCallback):
-        """Eval passes, chunk flushes aligned with checkpoints, the progress bar."""
+        """Eval passes, chunk flushes aligned with checkpoints, atomic checkpoints, the progress bar."""
 
         def __init__(self):
             self.bar = None
             self.last_eval: dict[str, float] = {}
+            self.t0 = time.time()
+
+        @property
+        def grpo_seconds(self) -> float:
+            """GRPO wall seconds of every segment so far (earlier segments up to their last checkpoint)."""
+            return round(seconds_before + time.time() - self.t0, 2)
 
         def _eval(self, model, step):
             if step in eval_done:
@@ -198,6 +224,7 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
             eval_done.add(step)
 
         def on_train_begin(self, args, state, control, model=None, **kw):
+            self.t0 = time.time()
             if config.progress:
                 from tqdm.auto import tqdm
 
@@ -216,8 +243,11 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
                 self.bar.set_postfix(reward=f"{recorder.last.get('reward', float('nan')):.2f}",
                                      rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
                                      eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
-            if stop_after is not None and step >= stop_after:
-                raise KeyboardInterrupt(f"simulated kill after step {step}")
+
+        def on_save(self, args, state, control, **kw):
+            # the Trainer wrote checkpoint-<step> completely into the staging folder: rename it into place
+            publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", run_dir / "checkpoints")
+            update_manifest(run_dir, organisms={"grpo_seconds": self.grpo_seconds})
 
         def on_train_end(self, args, state, control, **kw):
             writer.flush()
@@ -232,12 +262,12 @@ def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device):
 
     batch = config.groups_per_step * config.num_generations
     return GRPOConfig(
-        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=batch,
+        output_dir=str(run_dir / "checkpoints" / INCOMING), per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, num_generations=config.num_generations, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         beta=0.0, temperature=config.temperature, max_completion_length=4 * config.input_length + 16,
         use_cpu=device.type == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
-        save_strategy="steps", save_steps=config.checkpoint_every, save_total_limit=2, save_only_model=False,
+        save_strategy="steps", save_steps=config.checkpoint_every, save_total_limit=None, save_only_model=False,
         logging_steps=10 ** 9, report_to="none", disable_tqdm=True, seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=0, eval_strategy="no", log_completions=False,
     )
@@ -269,7 +299,7 @@ def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, dev
     return model, tokenizer
 
 
-def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, stop_after: int | None = None,
+def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
           recorder_hook: Callable[[RolloutRecorder, object], None] | None = None, log=print) -> Path:
     """Run (or resume) one organism run: stage 1, then GRPO with every rollout logged.
 
@@ -280,30 +310,41 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
     out_dir : path
         Run directory (created). Must be empty or absent unless ``resume``.
     resume : bool
-        Continue from the last checkpoint in ``out_dir`` with its saved
-        config (``config`` must then equal it except ``max_steps`` /
-        ``progress``); logged rows past the checkpoint are dropped and sampled
-        again, so no (step, phase, group) is duplicated or skipped.
-    stop_after : int, optional
-        Testing aid: raise ``KeyboardInterrupt`` after this optimizer step
-        (a simulated kill; the manifest then says ``failed``).
+        Continue from the newest complete checkpoint in ``out_dir`` with its
+        saved config (``config`` must then equal it except ``max_steps`` /
+        ``progress``); incomplete checkpoints (a kill while one was written)
+        are skipped and moved aside, with a ``log`` line saying why; logged
+        rows past the checkpoint are dropped and sampled again, so no
+        (step, phase, group) is duplicated or skipped. A run killed at any
+        moment (even by SIGKILL) can be resumed this way.
     recorder_hook : callable, optional
         Called as ``hook(recorder, trainer)`` before training (benchmarks,
-        extra callbacks).
+        tests adding a callback).
     log : callable
         Where one-line progress messages go (default ``print``).
 
-    Returns the run directory. Raises ``FileExistsError`` when ``out_dir``
-    holds a run and ``resume`` is False, ``ValueError`` when resuming with a
-    different config.
+    Returns
+    -------
+    Path
+        The run directory.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` holds something and ``resume`` is False.
+    FileNotFoundError
+        ``resume`` and ``out_dir`` has no manifest.
+    ResumeMismatch
+        ``resume`` with a config that differs from the saved one (names the fields).
     """
+    with _quiet_libraries():
+        return _train(config, Path(out_dir), resume, recorder_hook, log)
+
+
+def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, log) -> Path:
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    run_dir = Path(out_dir)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
@@ -316,15 +357,19 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
         mine = config.to_dict()
         differ = sorted(k for k in mine if k not in ("max_steps", "progress") and saved.get(k) != mine[k])
         if differ:
-            raise ValueError(f"resume: config differs from the run's saved config in {differ}")
+            raise ResumeMismatch(f"resume {run_dir}: the config differs from the run's saved config in {differ} "
+                                 f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); only max_steps "
+                                 "and progress may change")
         run_id = manifest.run_id
-        checkpoint = _latest_checkpoint(run_dir)
         done = int(saved.get("max_steps", 0))
         if manifest.status == "finished" and done >= config.max_steps:
             log(f"{run_id} already finished its {done} steps (max_steps {config.max_steps}); nothing to resume")
             return run_dir
+        checkpoint = resume_point(run_dir / "checkpoints", log)
+        for tmp in run_dir.glob(".*.tmp"):  # a model folder being written when the run stopped
+            shutil.rmtree(tmp, ignore_errors=True)
         writer = RolloutWriter(run_dir, run_id)
-        dropped = writer.truncate(int(checkpoint.name.split("-")[1]) if checkpoint else -1)
+        dropped = writer.truncate(step_of(checkpoint) if checkpoint else -1)
         log(f"resume {run_id} from {checkpoint.name if checkpoint else 'the start'}; dropped {dropped} rows past it")
         update_manifest(run_dir, status="running", error=None, steps=config.max_steps,
                         organisms={"config": mine, "resumed": (manifest.organisms or {}).get("resumed", 0) + 1})
@@ -347,6 +392,7 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
                 "demo_mixture": demo_mixture(config, family),
             },
         })
+    callback = None
     try:
         model, tokenizer = _prepare_model(config, family, run_dir, device, log)
         update_manifest(run_dir, model={"architecture": type(model).__name__, "n_parameters": n_parameters(model),
@@ -355,7 +401,9 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
                                         "vocab_size": model.config.vocab_size})
         recorder = RolloutRecorder(writer, classifier)
         eval_done = _eval_steps_logged(run_dir) if resume else set()
-        callback = _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done, stop_after)
+        seconds_before = float((read_manifest(run_dir).organisms or {}).get("grpo_seconds", 0.0))
+        callback = _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done, run_dir,
+                                  seconds_before)
         n_rows = max(64, config.groups_per_step * config.num_generations)
         dataset = Dataset.from_dict({"prompt": ["placeholder (rollout_func samples the prompts)"] * n_rows})
         with warnings.catch_warnings():
@@ -368,16 +416,20 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *, 
         trainer.remove_callback(PrinterCallback)  # our bar shows progress; TRL's metric dicts stay out of stdout
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
-        t0 = time.time()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        seconds = time.time() - t0
-        trainer.save_model(str(run_dir / "model_final"))
-        tokenizer.save_pretrained(str(run_dir / "model_final"))
-        earlier = (read_manifest(run_dir).organisms or {}).get("grpo_seconds", 0.0)
+        seconds = callback.grpo_seconds
+        tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if (run_dir / "model_final").exists():  # from a segment killed after it was written
+            shutil.rmtree(run_dir / "model_final")
+        os.replace(tmp, run_dir / "model_final")
+        shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms={"grpo_seconds": round(earlier + seconds, 2)})
+                        organisms={"grpo_seconds": seconds})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
-        update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
+        changes = {"organisms": {"grpo_seconds": callback.grpo_seconds}} if callback is not None else {}
+        update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}", **changes)
         raise
     return run_dir

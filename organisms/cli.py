@@ -50,6 +50,14 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("n_envs", "p0", "max_steps", "seed", "progress")}
+    if args.command == "train":
+        if args.resume is not None and args.out is not None:
+            parser.error("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one), not both")
+        if args.resume is not None and args.config is not None:
+            parser.error("--config cannot be combined with --resume: a resumed run keeps its saved config "
+                         "(--max-steps may extend it)")
+        if args.resume is None and args.out is None:
+            parser.error("train needs --out RUN_DIR or --resume RUN_DIR")
     try:
         if args.command == "train" and args.resume is not None:
             from ._train import saved_config
@@ -62,13 +70,11 @@ def main(argv: list[str]) -> int:
         print(f"physrl organisms: {exc}", file=sys.stderr)
         return 2
     if args.command == "train":
-        from ._train import train
+        from ._train import ResumeMismatch, train
 
-        if args.resume is None and args.out is None:
-            parser.error("train needs --out RUN_DIR or --resume RUN_DIR")
         try:
             run_dir = train(config, args.resume or args.out, resume=args.resume is not None)
-        except FileExistsError as exc:
+        except (FileExistsError, ResumeMismatch) as exc:
             print(f"physrl organisms: {exc}", file=sys.stderr)
             return 2
         print(f"run written to {run_dir}")
