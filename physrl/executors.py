@@ -123,15 +123,19 @@ class Executor:
             self._ray = ray
 
     def submit(self, fn: Callable, *args) -> Any:
-        """Start ``fn(*args)``; returns a handle for :meth:`result`."""
+        """Start ``fn(*args)``; returns a handle for :meth:`result`.
+
+        Local pool and Ray workers run it with one torch thread (as one
+        organism run is planned: the same rollouts whichever engine runs it).
+        """
         if self._pool is not None:
             return self._pool.submit(_single_threaded, fn, args)
         if self._submitit is not None:
             return self._submitit.submit(fn, *args)
         if self._ray is not None:
             remote = self._ray.remote(num_cpus=self.config.cpus_per_job,
-                                      num_gpus=self.config.gpus_per_job)(fn)
-            return remote.remote(*args)
+                                      num_gpus=self.config.gpus_per_job)(_single_threaded)
+            return remote.remote(fn, args)
         return ("inline", fn, args)  # one worker: run in this process, lazily
 
     def result(self, handle: Any) -> Any:
