@@ -30,22 +30,26 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(p0s), figsize=(4.6 * len(p0s), 3.6), squeeze=False, sharey=True)
     for ax, p0 in zip(axes[0], p0s):
+        labelled = set()
         for k in sweep:
             r = plan[k]
             if r.p0 != p0:
                 continue
             share = _trained_share(obs, runs[k])
             color = cmap(ns.index(r.n_envs) / max(1, len(ns) - 1))
-            ax.plot(share.step, share.p, "-o", ms=3, color=color, alpha=0.9,
-                    label=f"N = {r.n_envs}" + (f" (seed {r.seed})" if r.seed else ""))
+            ax.plot(share.step, share.p, "-o", ms=2.5, lw=1, color=color, alpha=0.85,
+                    label=None if r.n_envs in labelled else f"N = {r.n_envs}")  # one entry per N, seeds alike
+            labelled.add(r.n_envs)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_title(f"prior p0 = {p0:g}")
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("RS share (eval, trained envs)")
-    axes[0, -1].legend(fontsize=8, loc="best")
-    fig.suptitle("Organisms: does reward-seeking spread more with more environments?", fontsize=11)
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="center left", ncol=1 if len(ns) < 7 else 2, framealpha=0.85)
+    fig.suptitle("Organisms: does reward-seeking spread more with more environments? (one line per seed)",
+                 fontsize=11)
     fig.tight_layout()
     return figure_to_data_uri(fig, path)
 
@@ -56,12 +60,18 @@ def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
 
     keys = list(predictions)
     p0s = sorted({plan[k].p0 for k in keys})
-    ns = sorted({plan[k].n_envs for k in keys})
-    fig, axes = plt.subplots(len(p0s), len(ns), figsize=(2.9 * len(ns), 2.5 * len(p0s)), squeeze=False,
+    grids = {p0: sorted({plan[k].n_envs for k in keys if plan[k].p0 == p0}) for p0 in p0s}  # each p0's own N grid
+    width = max(len(g) for g in grids.values())
+    seeds = {(plan[k].p0, plan[k].n_envs): sorted({plan[j].seed for j in keys if (plan[j].p0, plan[j].n_envs)
+                                                   == (plan[k].p0, plan[k].n_envs)}) for k in keys}
+    fig, axes = plt.subplots(len(p0s), width, figsize=(2.9 * width, 2.5 * len(p0s)), squeeze=False,
                              sharex=True, sharey=True)
+    for i, p0 in enumerate(p0s):
+        for j in range(len(grids[p0]), width):
+            axes[i, j].set_visible(False)
     for k in keys:
         r, pred, run = plan[k], predictions[k], runs[k]
-        ax = axes[p0s.index(r.p0), ns.index(r.n_envs)]
+        ax = axes[p0s.index(r.p0), grids[r.p0].index(r.n_envs)]
         trained = [j for j, e in enumerate(pred.env_ids)
                    if any(env.env_id == e and env.w > 0 for env in run.environments)]
         ax.fill_between(pred.steps, pred.lower["p"][:, trained].mean(1), pred.upper["p"][:, trained].mean(1),
@@ -71,11 +81,15 @@ def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
         k_rs = share.p * share.n
         lo, hi = jeffreys_interval(k_rs, share.n)
         ax.errorbar(share.step, share.p, yerr=[share.p - lo, hi - share.p], fmt="o", ms=3, color="black", lw=0.7)
-        ax.set_title(f"N = {r.n_envs}, p0 = {r.p0:g}" + (f", s{r.seed}" if r.seed else ""), fontsize=9)
+        cell_seeds = seeds[(r.p0, r.n_envs)]
+        ax.set_title(f"N = {r.n_envs}, p0 = {r.p0:g}" + (f", {len(cell_seeds)} seeds" if len(cell_seeds) > 1
+                                                         else ""), fontsize=9)
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step")
+    for i, p0 in enumerate(p0s):  # the last visible panel of a shorter row carries its own axis label
+        axes[i, len(grids[p0]) - 1].xaxis.set_tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel("RS share p")
     fig.suptitle("Predicted (red: mean p over trained envs, band: parameter uncertainty) vs observed (black)",
@@ -145,7 +159,8 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
                         else f"{row.n_star:g} (90% interval {row.lower:g}–{row.upper:g})")
         obs_txt = (f"{finite.median():g}" if len(finite)
                    else f"none of the swept N (up to {int(group.n_max.max())}) made RS win")
-        lines.append(f"p0 = {p0:g}: observed N* = {obs_txt}; predicted N* = {pred_txt}.")
+        lines.append(f"p0 = {p0:g}: smallest swept N whose run ended RS (median over seeds) = {obs_txt}; "
+                     f"the fit's N* on the integer grid = {pred_txt}.")
     if not summary["fit"]["converged"]:
         lines.append(f"<span class='bad'>The fit stopped before converging</span> ({summary['fit']['nfev']} "
                      "residual evaluations, the config's fit_max_nfev): read its parameters as a best effort.")
@@ -161,7 +176,7 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
     from physrl.fitting import in_sample
     from physrl.fitting._figures import plot_run
 
-    sections = [Section("Verdict: where the ODE held and where it failed",
+    sections = [Section("Per-run predictions: where the ODE held and where it failed",
                         paragraphs=_verdict(summary, observed, predicted), css_class="verdict")]
     sections.append(Section(
         "Organisms: RS share over training, per diversity N",
@@ -197,8 +212,9 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
                                 "coverage": p.coverage, "end state agrees": p.end_state_agrees}
                                for p in points]), "per-run prediction errors")]))
     sections.append(Section(
-        "Critical diversity N* against the prior p0",
-        paragraphs=["Observed: the smallest swept N whose final RS share passed the threshold. Predicted: the "
+        "The fit's N* curve over a wider range of p0",
+        paragraphs=["Observed (per seed): the smallest swept N whose final RS share passed the threshold. "
+                    "Predicted: the "
                     "fitted ODE run under the same protocol (N envs sharing the batch, the same number of "
                     "optimizer steps). docs/model.md's headline: a straight line of falling slope on log-log axes.",
                     html.escape(summary["predicted_n_star_note"])],

@@ -196,11 +196,13 @@ def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True,
             handles.append((r, executor.submit(train_one, organism, str(dirs[r.run_id]), resume)))
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"{role or 'organism'} runs",
                    unit="run", disable=not progress)
-        for r, handle in handles:
+        for i, handle in executor.as_completed([h for _, h in handles]):
+            r = handles[i][0]
             try:
                 executor.result(handle)
             except Exception as err:  # noqa: BLE001 - report every failed run together
                 failures.append(f"{r.run_id}: {type(err).__name__}: {err}")
+            bar.set_postfix_str(f"last {r.run_id}", refresh=False)
             bar.update(1)
         bar.close()
     if failures:

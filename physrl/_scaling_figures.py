@@ -151,6 +151,19 @@ def _slope_sentence(name: str, s: dict) -> str:
     return f"{name} slope <b>{_fmt(s['value'])}</b> ({iv}{extra})"
 
 
+def _status_words(est: dict) -> str:
+    status, bracket = est["status"], est.get("bracket")
+    if status == "separated":
+        return f" (the seeds separate perfectly: every N ≤ {bracket[0]} lost, every N ≥ {bracket[1]} won)"
+    if status == "no_wins":
+        return f" (RS never won: N* > {bracket[0]}, the largest N swept)"
+    if status == "all_wins":
+        return f" (RS always won: N* ≤ {bracket[1]}, the smallest N swept)"
+    if status == "no_increase":
+        return " (<span class='bad'>winning did not become likelier with N: no N* defined</span>)"
+    return ""
+
+
 def verdict(summary: dict) -> list[str]:
     """Plain-words verdict on the scaling law, the frozen predictions and their scores."""
     sc = summary["scaling"]
@@ -181,9 +194,9 @@ def verdict(summary: dict) -> list[str]:
                          "<span class='bad'>does not overlap</span>") + " the observed interval.")
     for key, est in summary["observed_n_star"].items():
         p = summary["predicted_n_star"].get(key, {})
-        lines.append(f"p0 = {key}: observed N* = {_fmt(est['n_star'])} {_interval(est['interval_95'])} "
-                     f"({est['status']}{', bracket (%s, %s]' % tuple('∞' if v is None else v for v in est['bracket']) if est['bracket'] else ''}); "
-                     f"frozen prediction {_fmt(p.get('n_star'))} {_interval(p.get('interval_95'))}.")
+        lines.append(f"p0 = {key}: observed N* = {_fmt(est['n_star'])}, 95% {_interval(est['interval_95'])}"
+                     f"{_status_words(est)}; frozen prediction {_fmt(p.get('n_star'))}, 95% "
+                     f"{_interval(p.get('interval_95'))}.")
     s = summary["scores"]
     better_base = s["brier"] < s["brier_base_rate"]
     better_rule = s["brier"] < s["brier_median_n"]

@@ -146,6 +146,35 @@ class Executor:
             return self._ray.get(handle)
         return handle.result()
 
+    def as_completed(self, handles: list) -> Any:
+        """Yield ``(index, handle)`` as jobs finish (inline jobs run here, in order), for progress bars."""
+        if self._pool is not None:
+            from concurrent.futures import as_completed
+
+            where = {h: i for i, h in enumerate(handles)}
+            for h in as_completed(where):
+                yield where[h], h
+            return
+        if self._ray is not None:
+            pending = {h: i for i, h in enumerate(handles)}
+            while pending:
+                ready, _ = self._ray.wait(list(pending), num_returns=1)
+                for h in ready:
+                    yield pending.pop(h), h
+            return
+        if self._submitit is not None:
+            import time
+
+            pending = dict(enumerate(handles))
+            while pending:
+                done = [i for i, h in pending.items() if h.done()]
+                for i in done:
+                    yield i, pending.pop(i)
+                if not done:
+                    time.sleep(1.0)
+            return
+        yield from enumerate(handles)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

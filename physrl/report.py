@@ -20,8 +20,8 @@ margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #444;padding-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #bbb}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:right} th{background:#f0f0f0} td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #ddd;margin:.4em 0} .verdict{background:#f7f7e8;border-left:4px solid #b8a000;
-padding:.6em 1em} .ok{color:#1a7f37} .bad{color:#b42318} .note{color:#666;font-size:.9em}
+img{max-width:100%;box-sizing:border-box;border:1px solid #ddd;margin:.4em 0} figure{margin:1em 0} .verdict{background:#f7f7e8;border-left:4px solid #b8a000;
+padding:.2em 1em} .verdict p{margin:.5em 0} .ok{color:#1a7f37} .bad{color:#b42318} .note{color:#666;font-size:.9em}
 """
 
 
@@ -56,8 +56,8 @@ class Section:
 
     def html(self) -> str:
         parts = [f"<h2>{html.escape(self.title)}</h2>"]
-        cls = f' class="{self.css_class}"' if self.css_class else ""
-        parts += [f"<p{cls}>{p}</p>" for p in self.paragraphs]
+        paragraphs = "".join(f"<p>{p}</p>" for p in self.paragraphs)
+        parts.append(f"<div class='{self.css_class}'>{paragraphs}</div>" if self.css_class else paragraphs)
         for df, caption in self.tables:
             parts.append(f"<p class='note'>{html.escape(caption)}</p>" if caption else "")
             parts.append(df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}",

@@ -16,7 +16,7 @@ from physrl.experiment import run_experiment
 from physrl.experiment_config import ExperimentConfig
 
 REPORT_SECTIONS = ["Verdict", "RS share over training", "Fitted parameters", "Predictions for the runs",
-                   "Critical diversity N*"]
+                   "N* curve over a wider range of p0", "Frozen predictions against outcomes"]
 SUMMARY_KEYS = ["observed_n_star", "predicted_n_star", "runs", "parameters", "unidentified", "fit"]
 
 

@@ -94,3 +94,11 @@ def test_repeated_values_do_not_plan_a_run_twice():
     cfg = ExperimentConfig(n_envs=[1, 1, 2], p0=[0.2, 0.2], seeds=[0, 0])
     ids = [r.run_id for r in plan_runs(cfg)]
     assert len(ids) == len(set(ids)) == 2 + 2
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "process-pool"])
+def test_as_completed_yields_every_job_once_with_its_index(workers, tmp_path):
+    with Executor(ExecutorConfig(engine="local", max_workers=workers), tmp_path) as ex:
+        handles = [ex.submit(pow, k, 3) for k in range(5)]
+        got = {i: ex.result(h) for i, h in ex.as_completed(handles)}
+    assert got == {k: k ** 3 for k in range(5)}
