@@ -125,7 +125,8 @@ def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws
         return torch.as_tensor(np.full(len(d["a0"]), default) if v is None else v)[:, None]  # (B, 1)
 
     tau = col("time_scale")
-    eff = {k: tau * col(f"alpha_{k}") * (1 + (ns - 1) * col(f"c_{k}")) / ns for k in ("z", "x", "y")}
+    # N envs sharing the batch (w = 1/N): the homogeneous reduction, divided by N
+    eff = {k: sim.effective_learnability(tau * col(f"alpha_{k}"), col(f"c_{k}"), ns) / ns for k in ("z", "x", "y")}
     lam = float(np.mean(d["lam"])) if "lam" in d else 0.0
     model = sim.ToyModel.single(alpha_z=eff["z"].unsqueeze(-1), alpha_x=eff["x"].unsqueeze(-1),
                                 alpha_y=eff["y"].unsqueeze(-1), lam=lam)
@@ -143,26 +144,29 @@ def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshol
                      n_draws: int = 64, level: float = 0.9, seed: int = 0) -> pd.DataFrame:
     """Predicted N*(p0) under the organisms' protocol, with an interval over parameter draws.
 
-    Returns a table with columns ``p0, n_star, lower, upper, share_above_n_max``;
-    ``n_star`` (and an interval end) is NaN when even ``n_max`` environments
-    do not pass the threshold, i.e. N* > n_max; ``share_above_n_max`` is the
-    share of parameter draws for which that happens.
+    The search is :func:`physrl.sim.find_critical_diversity` (method
+    ``"scan"``: every N from 1 to ``n_max``, the first whose protocol final
+    share passes the threshold; exact without assuming the share rises with N)
+    on :func:`protocol_final_p`.
+
+    Returns a table with columns ``p0, n_star, lower, upper, share_above_n_max,
+    status``; ``n_star`` (and an interval end) is NaN when even ``n_max``
+    environments do not pass the threshold, i.e. N* > n_max (``status``
+    ``above_n_max``); ``share_above_n_max`` is the share of parameter draws
+    for which that happens.
     """
-    n_values = np.arange(1, n_max + 1)
     rows = []
     for p0 in p0_values:
-        final = protocol_final_p(fit_result, p0, n_values, max_steps, n_draws=n_draws, seed=seed)
-        passed = final > threshold
-        first = np.where(passed.any(axis=1), passed.argmax(axis=1) + 1, np.inf)
-        draws = first[1:]
+        res = sim.find_critical_diversity(
+            lambda n, p0=p0: protocol_final_p(fit_result, p0, n[0], max_steps, n_draws=n_draws, seed=seed),
+            batch_shape=(n_draws + 1,), method="scan", n_max=n_max, threshold=threshold)
+        draws = res.ranked()[1:]        # "never passed" ranks above every N searched (+inf)
         tail = (1 - level) / 2
-        # "never passed" ranks above every N searched: quantiles past n_max read as +inf
-        capped = np.where(np.isfinite(draws), draws, n_max + 1)
-        lo, hi = (np.quantile(capped, [tail, 1 - tail], method="nearest") if draws.size
+        lo, hi = (np.quantile(draws, [tail, 1 - tail], method="nearest") if draws.size
                   else (math.nan, math.nan))
-        lo, hi = (math.inf if v > n_max else v for v in (lo, hi))
-        rows.append({"p0": float(p0), "n_star": float(first[0]) if np.isfinite(first[0]) else math.nan,
+        rows.append({"p0": float(p0), "n_star": float(res.n_star[0]),
                      "lower": float(lo) if np.isfinite(lo) else math.nan,
                      "upper": float(hi) if np.isfinite(hi) else math.nan,
-                     "share_above_n_max": float(np.mean(~np.isfinite(draws))) if draws.size else math.nan})
+                     "share_above_n_max": float(np.mean(~np.isfinite(draws))) if draws.size else math.nan,
+                     "status": res.status[0].value})
     return pd.DataFrame(rows)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from physrl import fitting
+from physrl import fitting, sim
 from physrl._analysis import protocol_final_p
 from physrl._scaling import slope_with_interval
 
@@ -88,21 +88,6 @@ class Preregistration:
         out = asdict(self)
         out["late_runs"] = list(self.late_runs)
         return out
-
-
-def _draw_n_star(final: np.ndarray, n_values: np.ndarray, threshold: float) -> np.ndarray:
-    """First crossing of ``threshold`` per row, interpolated on log N (inf: none up to the grid's end)."""
-    above = final > threshold
-    out = np.full(final.shape[0], math.inf)
-    for i in np.flatnonzero(above.any(axis=1)):
-        j = int(above[i].argmax())
-        if j == 0:
-            out[i] = float(n_values[0])
-            continue
-        f0, f1 = final[i, j - 1] - threshold, final[i, j] - threshold
-        x0, x1 = math.log(n_values[j - 1]), math.log(n_values[j])
-        out[i] = math.exp(x0 + (x1 - x0) * (-f0) / (f1 - f0)) if f1 != f0 else float(n_values[j])
-    return out
 
 
 def _quantiles(values: np.ndarray, level: float = 0.95) -> list:
@@ -173,8 +158,12 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
     for budget in budgets:
         per_p0 = {}
         for p0, ns in grid.items():
-            final = protocol_final_p(fit_result, p0, n_search, budget, n_draws=n_draws, seed=seed)  # (D+1, M)
-            draws = _draw_n_star(final, n_search, threshold)
+            # first crossing on the grid, log-linear between the bracketing N; "none up to the
+            # grid's end" ranks as +inf for the quantiles (sim's one N* search, method "grid")
+            draws = sim.find_critical_diversity(
+                lambda n, p0=p0, budget=budget: protocol_final_p(fit_result, p0, n[0], budget, n_draws=n_draws,
+                                                                 seed=seed),
+                batch_shape=(n_draws + 1,), method="grid", n_grid=n_search, threshold=threshold).ranked()
             per_p0[p0] = draws
             n_stars.append({"p0": p0, "budget": budget,
                             "n_star": float(draws[0]) if np.isfinite(draws[0]) else None,

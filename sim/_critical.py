@@ -430,7 +430,7 @@ class CriticalDiversity:
         Mean final p at each grid N (``"grid"``/``"scan"``).
     status : ndarray of SearchStatus, shape (...)
         Per replica (see :class:`SearchStatus`).
-    n_max : ndarray of int, shape (...)
+    n_max : ndarray, shape (...)
         Largest N whose share was evaluated for the replica (the bound of
         ``above_n_max``).
     """
@@ -462,7 +462,7 @@ class CriticalDiversity:
     def describe(self, index=()) -> str:
         """One replica's N* as text, with its status next to the number (e.g. ``N* > 10000 (above_n_max: ...)``)."""
         return format_n_star(self.n_star[index], self.status[index],
-                             None if self.n_max is None else int(np.asarray(self.n_max)[index]))
+                             None if self.n_max is None else np.asarray(self.n_max)[index])
 
     def to_dict(self) -> dict:
         """JSON-ready: n_star (None where there is no value), status, message, n_max per replica."""
@@ -472,7 +472,7 @@ class CriticalDiversity:
                "n_star": flat, "status": status,
                "messages": {s.value: s.message for s in SearchStatus}}
         if self.n_max is not None:
-            out["n_max"] = [int(v) for v in np.broadcast_to(self.n_max, self.n_star.shape).reshape(-1)]
+            out["n_max"] = [float(v) for v in np.broadcast_to(self.n_max, self.n_star.shape).reshape(-1)]
         return out
 
 
@@ -488,9 +488,13 @@ def format_n_star(value, status, n_max: int | None = None) -> str:
     if status is SearchStatus.AT_FIRST:
         return f"N* <= {value:g} ({status.value}: {status.message})"
     if status is SearchStatus.ABOVE_N_MAX:
-        return f"N* > {n_max if n_max is not None else 'n_max'} ({status.value}: {status.message})"
-    shown = f"N* = {value:g}" if np.isfinite(value) else f"N* > {n_max if n_max is not None else 'n_max'}"
+        return f"N* > {_g(n_max)} ({status.value}: {status.message})"
+    shown = f"N* = {value:g}" if np.isfinite(value) else f"N* > {_g(n_max)}"
     return f"{shown} ({status.value}: {status.message})"
+
+
+def _g(n_max) -> str:
+    return "n_max" if n_max is None else f"{float(n_max):g}"
 
 
 def log_grid(n_max: int = 10_000, n_points: int = 16) -> np.ndarray:
@@ -592,7 +596,8 @@ def find_critical_diversity(final_share: Callable[[np.ndarray], object], *, batc
         Largest N searched (``"bisection"``, ``"scan"``, and the default grid).
     n_grid_points, n_grid
         ``"grid"``: :func:`log_grid` ``(n_max, n_grid_points)``, or this
-        explicit sorted grid of N.
+        explicit sorted grid of N (integers, or reals for a model such as
+        the protocol ODE that accepts a real N).
     probes : int >= 1
         ``"bisection"``: N probed per replica and round (15: ~4 rounds for
         1 ... 10,000).
@@ -636,7 +641,7 @@ def find_critical_diversity(final_share: Callable[[np.ndarray], object], *, batc
         if method == "scan":
             grid = np.arange(1, n_max + 1)
         else:
-            grid = log_grid(n_max, n_grid_points) if n_grid is None else np.asarray(n_grid, dtype=int)
+            grid = log_grid(n_max, n_grid_points) if n_grid is None else np.asarray(n_grid)
         return _grid_search(final_share, shape, grid, method, threshold, chunk, stop, progress, desc)
     return _bisection(final_share, shape, threshold, n_max, probes, common_n, progress, desc)
 
@@ -650,7 +655,7 @@ def _grid_search(final_share, shape, grid, method, threshold, chunk, stop, progr
         s, ok = _evaluate(final_share, np.broadcast_to(ns, shape + (len(ns),)).copy())
         shares.append(np.moveaxis(s, -1, 0))
         settled.append(np.moveaxis(ok, -1, 0))
-        done.extend(int(n) for n in ns)
+        done.extend(ns.tolist())
         if bar is not None:
             bar.update(len(ns))
         if stop is not None and stop((np.concatenate(shares) > threshold).any(0)):
@@ -674,7 +679,7 @@ def _grid_search(final_share, shape, grid, method, threshold, chunk, stop, progr
     status[~crossed] = SearchStatus.ABOVE_N_MAX
     status[decided_by_unsettled] = SearchStatus.NOT_CONVERGED
     return CriticalDiversity(n_star, method, threshold, n_grid, share, status=status,
-                             n_max=np.full(shape, int(n_grid[-1])))
+                             n_max=np.full(shape, n_grid[-1]))
 
 
 def _bisection(final_share, shape, threshold, n_max, k, common_n, progress, desc) -> CriticalDiversity:

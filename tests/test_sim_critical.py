@@ -110,7 +110,7 @@ def test_above_n_max_is_a_status_with_no_value():
     assert res.describe(0).startswith("N* > 100 (above_n_max")
     assert np.isinf(res.ranked()[0]) and not np.isinf(res.n_star).any()
     d = res.to_dict()
-    assert d["n_star"] == [None, 4.0] and d["status"] == ["above_n_max", "found"] and d["n_max"] == [100, 100]
+    assert d["n_star"] == [None, 4.0] and d["status"] == ["above_n_max", "found"] and d["n_max"] == [100.0, 100.0]
 
 
 @pytest.mark.parametrize("method", ["bisection", "scan", "grid"])
