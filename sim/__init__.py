@@ -10,7 +10,8 @@ Public surface (re-exported from small private modules):
   :class:`Latents` (log-odds z, x, y), :func:`reward_gradients` and
   :class:`VectorField` (the one right-hand side, numpy or torch)
 - integrators: :func:`euler` (engines numba / numpy / torch, chosen by
-  :func:`choose_engine`), :func:`adaptive` (solve_ivp reference),
+  :func:`choose_engine`, overridable in a scope with :func:`engine_setting`),
+  :func:`adaptive` (solve_ivp reference),
   :class:`Solution`, :class:`ThreadPolicy`, :func:`thread_setting`
 - critical diversity: :func:`find_critical_diversity` (the one search, for
   any final-share function ``N -> mean p``), :func:`critical_diversity`
@@ -33,6 +34,7 @@ from ._integrate import ENGINES as ENGINES
 from ._integrate import Solution as Solution
 from ._integrate import adaptive as adaptive
 from ._integrate import choose_engine as choose_engine
+from ._integrate import engine_setting as engine_setting
 from ._integrate import euler as euler
 from ._model import Latents as Latents
 from ._model import ToyModel as ToyModel

@@ -58,6 +58,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _loglog_fit(p0, n_star):
     ok = np.isfinite(n_star) & (n_star > 0)
     if ok.sum() < 2:
@@ -90,9 +96,7 @@ def figure_1(cfg: FigureConfig, out: Path) -> pd.DataFrame:
              ylabel=r"local-skill learnability $\alpha^y/\alpha^z$",
              title=f"single env: final p  (p0={cfg.p0}, a0={cfg.a0}, b0={cfg.b0})")
     fig.colorbar(im, ax=axis, label="final RS propensity p")
-    fig.tight_layout()
-    fig.savefig(out / "figure-1.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / "figure-1.png")
     return pd.DataFrame({"p0": cfg.p0, "a0": cfg.a0, "b0": cfg.b0, "alpha_x": AX.ravel(),
                          "alpha_y": AY.ravel(), "final_p": p.ravel(), "settled": settled.ravel()})
 
@@ -141,9 +145,7 @@ def figure_3(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     axis.set(xscale="log", xlabel="number of environments N", ylabel="final mean p",
              title="homogeneous: a0=0.5, b0=0.1, α=1, c_z=c_x=1, c_y=0", ylim=(-0.02, 1.02))
     axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure-3.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / "figure-3.png")
     return pd.DataFrame({"p0": P.ravel(), "n_envs": N.ravel().astype(int), "final_p": p.ravel(),
                          "settled": run.settled.ravel()})
 
@@ -173,9 +175,7 @@ def figure_4(cfg: FigureConfig, out: Path) -> pd.DataFrame:
     right.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="N*",
               title="local-skill transfer c_y raises N*")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure-4.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / "figure-4.png")
     C, P = np.meshgrid(c_ys, p0s, indexing="ij")
     return pd.DataFrame({"c_y": C.ravel(), "p0": P.ravel(), "n_star": res.n_star.ravel(),
                          "status": [s.value for s in res.status.ravel()], "n_max": res.n_max.ravel(),
@@ -251,9 +251,7 @@ def figure_5(cfg: FigureConfig, out: Path, f5: Figure5Config | None = None) -> p
     axis.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="critical diversity N*",
              title="heterogeneous kernel transfer: median and IQR of N*")
     axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure-5.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / "figure-5.png")
     return pd.DataFrame(rows)
 
 

@@ -185,35 +185,48 @@ def heterogeneous_builder(config: HeterogeneousConfig, draw: EnvironmentDraw, p0
     """
     check_probability("p0", p0)
     p0 = torch.as_tensor(np.atleast_1d(np.asarray(p0, dtype=float)), dtype=torch.float64)
-    c = config
 
     def build(n: int):
         if not 1 <= n <= draw.n_max:
             raise ValueError(f"N must lie in [1, {draw.n_max}] for this draw, got {n}")
-        coords = (c.scale * draw.coords[:, :n]).to(device=device, dtype=dtype).unsqueeze(1)
-        lengths = (c.length_scale_z, c.length_scale_x, c.length_scale_y)
-        made: dict[float, object] = {}
-        for ell in lengths:
-            if ell in made:
-                continue
-            if n <= c.exact_below:
-                made[ell] = GaussianKernelCoupling(coords, ell)
-            else:
-                g = torch.Generator().manual_seed(draw.feature_seed)
-                made[ell] = RandomFourierCoupling(coords, ell, c.n_features, generator=g)
-        cz, cx, cy = (made[ell] for ell in lengths)
-        na = draw.noise_alpha[:, :, None, :n]
-        alphas = [(mu * torch.exp(c.sigma_alpha * na[k])).to(device=device, dtype=dtype)
-                  for k, mu in enumerate((c.alpha_z, c.alpha_x, c.alpha_y))]
-        ni = draw.noise_init[:, :, None, :n]
-        centre = [torch.logit(p0)[None, :, None], math.log(c.a0 / (1 - c.a0)),
-                  math.log(c.b0 / (1 - c.b0))]
-        shape = (draw.coords.shape[0], len(p0), n)
-        y0 = Latents(*((centre[k] + c.sigma0 * ni[k]).expand(shape).to(device=device, dtype=dtype)
-                       .contiguous() for k in range(3)))
-        return ToyModel(cz, cx, cy, *alphas), y0
+        couplings, alphas, y0 = _environments(config, draw, p0, n, (), dtype, device)
+        return ToyModel(*couplings, *alphas), y0
 
     return build
+
+
+def _environments(config: HeterogeneousConfig, draw: EnvironmentDraw, p0: Tensor, n: int, mid: tuple,
+                  dtype, device):
+    """Couplings, learnabilities and initial latents of the first ``n`` environments of ``draw``.
+
+    Batch shape (R, *mid, P, n): resamplings, any axes ``mid`` the caller adds
+    (size 1 here), the P values of ``p0``. Exact Gaussian kernels for
+    n <= ``exact_below``, else random Fourier features with the draw's seed.
+    """
+    c = config
+    r, p = draw.coords.shape[0], len(p0)
+    between = (None,) * (len(mid) + 1)                                  # mid axes and P
+    coords = (c.scale * draw.coords[:, :n]).to(device=device, dtype=dtype)[(slice(None),) + between]
+    lengths = (c.length_scale_z, c.length_scale_x, c.length_scale_y)
+    made: dict[float, object] = {}
+    for ell in lengths:
+        if ell in made:
+            continue
+        if n <= c.exact_below:
+            made[ell] = GaussianKernelCoupling(coords, ell)
+        else:
+            gen = torch.Generator().manual_seed(draw.feature_seed)
+            made[ell] = RandomFourierCoupling(coords, ell, c.n_features, generator=gen)
+    na = draw.noise_alpha[(slice(None), slice(None)) + between + (slice(0, n),)]
+    alphas = [(mu * torch.exp(c.sigma_alpha * na[k])).to(device=device, dtype=dtype)
+              for k, mu in enumerate((c.alpha_z, c.alpha_x, c.alpha_y))]
+    ni = draw.noise_init[(slice(None), slice(None)) + between + (slice(0, n),)]
+    centre = [torch.logit(p0).reshape((1,) * (1 + len(mid)) + (p, 1)), math.log(c.a0 / (1 - c.a0)),
+              math.log(c.b0 / (1 - c.b0))]
+    shape = (r,) + tuple(mid) + (p, n)
+    y0 = Latents(*((centre[k] + c.sigma0 * ni[k]).expand(shape).to(device=device, dtype=dtype)
+                   .contiguous() for k in range(3)))
+    return tuple(made[ell] for ell in lengths), alphas, y0
 
 
 def _padded_system(config: HeterogeneousConfig, draw: EnvironmentDraw, p0: Tensor, ns,
@@ -224,33 +237,11 @@ def _padded_system(config: HeterogeneousConfig, draw: EnvironmentDraw, p0: Tenso
     first N evolve exactly as the N-env system, and they are excluded from the
     mean p. Batch shape (R, G, P, n_pad) with G = len(ns).
     """
-    c = config
     n_pad = int(max(ns))
-    r, g, p = draw.coords.shape[0], len(ns), len(p0)
-    coords = (c.scale * draw.coords[:, :n_pad]).to(device=device, dtype=dtype)[:, None, None]
-    lengths = (c.length_scale_z, c.length_scale_x, c.length_scale_y)
-    made: dict[float, object] = {}
-    for ell in lengths:
-        if ell in made:
-            continue
-        if n_pad <= c.exact_below:
-            made[ell] = GaussianKernelCoupling(coords, ell)
-        else:
-            gen = torch.Generator().manual_seed(draw.feature_seed)
-            made[ell] = RandomFourierCoupling(coords, ell, c.n_features, generator=gen)
+    couplings, alphas, y0 = _environments(config, draw, p0, n_pad, (len(ns),), dtype, device)
     w = (torch.arange(n_pad)[None, :] < torch.as_tensor(ns)[:, None]).to(dtype)
     w = w.to(device)[None, :, None, :]                                   # (1, G, 1, n_pad)
-    na = draw.noise_alpha[:, :, None, None, :n_pad]
-    alphas = [(mu * torch.exp(c.sigma_alpha * na[k])).to(device=device, dtype=dtype)
-              for k, mu in enumerate((c.alpha_z, c.alpha_x, c.alpha_y))]
-    ni = draw.noise_init[:, :, None, None, :n_pad]
-    centre = [torch.logit(p0)[None, None, :, None], math.log(c.a0 / (1 - c.a0)),
-              math.log(c.b0 / (1 - c.b0))]
-    shape = (r, g, p, n_pad)
-    y0 = Latents(*((centre[k] + c.sigma0 * ni[k]).expand(shape).to(device=device, dtype=dtype)
-                   .contiguous() for k in range(3)))
-    cz, cx, cy = (made[ell] for ell in lengths)
-    return ToyModel(cz, cx, cy, *alphas, w=w), y0
+    return ToyModel(*couplings, *alphas, w=w), y0
 
 
 def sweep_critical_diversity(config: HeterogeneousConfig, p0, *, n_resamplings: int = 16,

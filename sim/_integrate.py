@@ -22,6 +22,7 @@ replica's result never depends on the other replicas in its batch.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -89,6 +90,9 @@ class Solution:
         A human-readable account of the stop.
     engine : str
         ``"numba"``, ``"numpy"``, ``"torch"`` or ``"solve_ivp"``.
+    extras : dict
+        torch engine: ``threads`` (the count at the end) and ``thread_choices``
+        (the thread policy's measurements, (threads, seconds per step)).
     steps : Tensor of int, shape (...)
         Euler steps each replica took (it freezes once converged).
 
@@ -143,7 +147,8 @@ def _work(model: ToyModel, size: int, n_envs: int) -> int:
 def choose_engine(model: ToyModel, y0: Latents, engine: str = "auto", *, progress=None) -> str:
     """The Euler engine for ``model`` and ``y0``: ``engine`` itself, or the automatic choice.
 
-    ``"auto"``: torch for GPU tensors, random-feature couplings, a progress
+    ``"auto"``: the engine of an enclosing :func:`engine_setting` if any;
+    else torch for GPU tensors, random-feature couplings, a progress
     callback or more than :data:`NUMBA_MAX_WORK` numbers per step; otherwise
     numba (numpy if numba is not installed and the problem is below
     :data:`NUMPY_MAX_WORK`).
@@ -157,6 +162,8 @@ def choose_engine(model: ToyModel, y0: Latents, engine: str = "auto", *, progres
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        engine = _DEFAULT_ENGINE[-1]
     simple = all(isinstance(c, (IdentityCoupling, HomogeneousCoupling, DenseCoupling)) for c in model.couplings)
     if engine == "numba":
         if not simple:
@@ -182,6 +189,29 @@ def choose_engine(model: ToyModel, y0: Latents, engine: str = "auto", *, progres
 
 
 _NUMBA: list = []
+_DEFAULT_ENGINE: list = ["auto"]
+
+
+@contextlib.contextmanager
+def engine_setting(engine: str = "auto"):
+    """Within this scope, integrations asking for ``engine="auto"`` use ``engine`` instead.
+
+    For overriding the engine of code that does not expose it (e.g. a whole
+    ``physrl.fitting.fit``: ``with sim.engine_setting("torch"): fit(...)``);
+    restores the previous default on exit.
+
+    Raises
+    ------
+    ValueError
+        For an unknown engine.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    _DEFAULT_ENGINE.append(engine)
+    try:
+        yield
+    finally:
+        _DEFAULT_ENGINE.pop()
 
 
 def numba_available() -> bool:
@@ -383,6 +413,7 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
     """
     engine = choose_engine(model, y0, engine, progress=progress)
     like = y0.z
+    extras: dict = {}
     per_replica = np.ndim(n_steps) > 0
     if per_replica and (grid is not None or save_all):
         raise ValueError("per-replica step counts need save='final' without t_eval")
@@ -406,6 +437,7 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
             saved_t, saved, taken, converged = _loop(model.field(state), state, dt=dt, n_steps=n_steps, tol=tol,
                                                      grid=grid, save_all=save_all, progress=progress,
                                                      policy=policy)
+            extras = {"threads": torch.get_num_threads(), "thread_choices": list(policy.choices)}
         final = state
     taken_np = np.asarray(taken.cpu() if isinstance(taken, Tensor) else taken)
     conv_np = np.asarray(converged.cpu() if isinstance(converged, Tensor) else converged)
@@ -416,7 +448,9 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
            else f"reached t_max={np.max(n_steps) * dt:g} after {n_done} steps")
     if not len(saved_t):
         saved_t, saved = [t_stop], [final]
-    return _solution(saved_t, saved, final, status, n_done, converged, taken, msg, model.lam, like, engine)
+    sol = _solution(saved_t, saved, final, status, n_done, converged, taken, msg, model.lam, like, engine)
+    sol.extras.update(extras)
+    return sol
 
 
 def _convert(v, like):

@@ -104,6 +104,11 @@ def test_auto_engine_by_size_device_and_coupling():
     assert sim.choose_engine(model, y0, progress=lambda t, T: None) in ("numpy", "torch")
     with pytest.raises(ValueError, match="engine"):
         sim.choose_engine(model, y0, "jax")
+    with sim.engine_setting("torch"):                                  # scoped override of "auto"
+        assert sim.choose_engine(model, y0) == "torch"
+        assert sim.euler(model, y0, dt=0.1, t_max=1.0).engine == "torch"
+        assert sim.choose_engine(model, y0, "numpy") == "numpy"      # an explicit engine still wins
+    assert sim.choose_engine(model, y0) != "torch"
     if numba_available():
         with pytest.raises(ValueError, match="random Fourier"):
             sim.euler(small_rff, y5, dt=0.1, t_max=1.0, engine="numba")
