@@ -44,11 +44,16 @@ def _batches(df) -> tuple[int, int]:
     return duplicated, len(expected - set(size.index)) + len(set(size.index) - expected)
 
 
+REFERENCE_SECONDS = [0.0]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, in process."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
+    t0 = time.time()
     train(OrganismConfig(**TINY), run_dir, **QUIET)
+    REFERENCE_SECONDS[0] = time.time() - t0
     return run_dir
 
 
@@ -247,33 +252,43 @@ def test_sigkill_at_three_moments_then_resume_gives_the_uninterrupted_rows(refer
 
 @pytest.mark.slow
 def test_sigkill_at_twenty_random_moments(reference, tmp_path):
-    """Slow variant: external SIGKILLs at 20 random moments (stage 1, mid-step, mid-checkpoint,
-    mid-flush as they fall), each followed by a resume, over as many runs as it takes."""
+    """Slow variant: 20 SIGKILLs at random moments, each followed by a resume, over as many runs as it takes.
+    A moment is drawn at random among: an external SIGKILL at a random time after the process started
+    working; a self-inflicted one in a random AdamW step (stage 1 or GRPO), in a random chunk flush, or in
+    a random checkpoint write (the last two are milliseconds long, so a random time rarely hits them)."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
+    cfg = OrganismConfig(**TINY)
     rng = random.Random(12)
     ref = _rows(reference)
+    work = 1.5 * REFERENCE_SECONDS[0]
     kills, runs, where = 0, 0, []
     while kills < 20:
         runs += 1
         run_dir = tmp_path / f"run{runs}"
         args = ["organisms", "train", "--out", str(run_dir), "--config", str(config)]
         while True:
-            proc = subprocess.Popen([sys.executable, "-m", "physrl", *args], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=_env())
-            try:
-                proc.wait(timeout=rng.uniform(2.0, 25.0))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                where.append(_moment(run_dir))
+            point, n = "none", 0
+            if kills < 20:
+                point = rng.choice(["time", "optimizer_step", "chunk_flush", "checkpoint"])
+                n = {"time": 0, "optimizer_step": rng.randint(1, cfg.pretrain_steps + cfg.max_steps),
+                     "chunk_flush": rng.randint(1, 3), "checkpoint": rng.randint(1, 3)}[point]
+            script = tmp_path / "killer.py"
+            script.write_text(KILLER)
+            proc = subprocess.Popen([sys.executable, str(script), point, str(n), *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=_env())
+            if point == "time":
+                _wait_until_working(proc, run_dir, resume=args[2] == "--resume")
+                try:
+                    proc.wait(timeout=rng.uniform(0.0, work))
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+            stdout, stderr = proc.communicate()
             if proc.returncode == 0:
                 break
-            assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
-            if where[-1] == "startup":  # killed before the manifest existed: nothing to resume, start again
-                shutil.rmtree(run_dir, ignore_errors=True)
-                continue
+            assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+            kills += 1
+            where.append(f"{point}: {_moment(run_dir)}")
             args = ["organisms", "train", "--resume", str(run_dir)]
         rows = _rows(run_dir)
         duplicated, missing = _batches(rows)
@@ -283,10 +298,17 @@ def test_sigkill_at_twenty_random_moments(reference, tmp_path):
     print(f"{kills} SIGKILLs over {runs} runs, at: {pd.Series(where).value_counts().to_dict()}")
 
 
+def _wait_until_working(proc, run_dir: Path, resume: bool) -> None:
+    """Past the imports: the new run's manifest exists, or the resume said where it resumes from."""
+    if resume:
+        proc.stdout.readline()
+        return
+    while proc.poll() is None and not (run_dir / "manifest.json").exists():
+        time.sleep(0.02)
+
+
 def _moment(run_dir: Path) -> str:
     """Roughly where a kill fell, from what it left on disk."""
-    if not (run_dir / "manifest.json").exists():
-        return "startup"
     if not (run_dir / "model_init").exists():
         return "stage 1"
     if list((run_dir / "rollouts").glob(".*.tmp")):
