@@ -203,14 +203,17 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> OrganismCon
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        elif path.suffix == ".toml":
-            data = _toml.loads(text)
-            data = data.get("organisms", data)
-        else:
+        if path.suffix not in (".json", ".toml"):
             raise ValueError(f"config file {path}: allowed suffixes .json or .toml")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else _toml.loads(text)
+        except (json.JSONDecodeError, _toml.TOMLDecodeError) as exc:
+            raise ValueError(f"config file {path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+        if path.suffix == ".toml":
+            data = data.get("organisms", data)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: expected an object of config fields, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(OrganismConfig)}
     unknown = sorted(set(data) - known)

@@ -374,6 +374,8 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         update_manifest(run_dir, status="running", error=None, steps=config.max_steps,
                         organisms={"config": mine, "resumed": (manifest.organisms or {}).get("resumed", 0) + 1})
     else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FileExistsError(f"{run_dir} is a file, not a run directory")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)

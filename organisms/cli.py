@@ -15,23 +15,59 @@ import json
 import sys
 from pathlib import Path
 
-from ._config import load_config
+from physrl._argparse import ArgumentParser
+
+from ._config import OrganismConfig, load_config
 
 #: the robustness check of the shipped defaults (README, "Calibration"; run it with --seeds 0 1 2):
 #: N = 1 vs N = 8 with and without held-out envs (the held-out envs' demos change the init)
 DEFAULT_GRID = {"n_heldout": [0, 2]}
 
 
+def _grid(text: str) -> dict[str, list]:
+    """``--grid``: a JSON object mapping config fields to non-empty lists of values."""
+    try:
+        grid = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise argparse.ArgumentTypeError(f"expected a JSON object field -> non-empty list of values, got {text!r}")
+    return grid
+
+
+def _calibration_configs(base: OrganismConfig, grid: dict[str, list], n_values, seeds) -> None:
+    """Build every config the sweep will train, so a bad grid value stops it before any training.
+
+    Raises
+    ------
+    ValueError
+        An unknown grid field or a value out of range (naming it).
+    """
+    import itertools
+
+    fields = set(base.to_dict())
+    unknown = sorted(set(grid) - fields)
+    if unknown:
+        raise ValueError(f"--grid: unknown config field(s) {unknown}")
+    for values in itertools.product(*grid.values()):
+        for seed in seeds:
+            for n in n_values:
+                try:
+                    base.replace(**dict(zip(grid, values)), seed=seed, n_envs=n)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"--grid {dict(zip(grid, values))}, seed {seed}, N {n}: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="physrl organisms", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="physrl organisms", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="stage-1 pretraining then GRPO, every rollout logged to RUN_DIR")
     tr.add_argument("--out", type=Path, help="run directory (new)")
     tr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     cal = sub.add_parser("calibrate", help="measured sweep over knobs: final RS share at N=1 vs N=8")
     cal.add_argument("--out", type=Path, required=True, help="directory for the sweep's runs and calibration.csv")
-    cal.add_argument("--grid", type=json.loads, default=None,
+    cal.add_argument("--grid", type=_grid, default=None,
                      help=f"JSON dict field -> list of values (default {json.dumps(DEFAULT_GRID)})")
     cal.add_argument("--seeds", type=int, nargs="+", default=[0])
     cal.add_argument("--n-values", type=int, nargs=2, default=[1, 8], metavar=("N_SMALL", "N_LARGE"))
@@ -81,6 +117,13 @@ def main(argv: list[str]) -> int:
         return 0
     from ._calibrate import calibrate
 
+    try:
+        _calibration_configs(config, args.grid or DEFAULT_GRID, args.n_values, args.seeds)
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a directory")
+    except ValueError as exc:
+        print(f"physrl organisms: {exc}", file=sys.stderr)
+        return 2
     table = calibrate(config, args.grid or DEFAULT_GRID, args.out, n_values=tuple(args.n_values), seeds=args.seeds)
     print(table.to_string(index=False))
     print(f"calibration table: {args.out / 'calibration.csv'}")

@@ -38,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        print(f"physrl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"physrl: unknown command {command!r}; commands: {', '.join(SUBCOMMANDS)} (see physrl --help)",
+              file=sys.stderr)
         return 2
     target = SUBCOMMANDS[command][0]
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
-    return int(getattr(module, attr or "main")(rest) or 0)
+    try:
+        return int(getattr(module, attr or "main")(rest) or 0)
+    except SystemExit as exc:  # argparse's --help (0) or a usage error it already printed on one line (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 if __name__ == "__main__":  # pragma: no cover
