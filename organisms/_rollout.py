@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._decode import CachedDecoder
 from ._envs import ANS, EnvFamily, Environment, GRADER
 
 PHASE_CODE = {"train": 0, "eval": 1, "measure": 2}
@@ -53,7 +54,7 @@ def make_requests(family: EnvFamily, envs: list[Environment], n_generations: int
 
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, family: EnvFamily, requests: list[RolloutRequest], seed: int,
-                    temperature: float = 1.0) -> dict[str, list]:
+                    temperature: float = 1.0, decoder: str = "auto") -> dict[str, list]:
     """Sample one completion per request, inserting the grader note after ``grader``.
 
     Returns a dict of lists, one entry per request: ``prompt_ids``,
@@ -61,67 +62,154 @@ def sample_rollouts(model, tokenizer, family: EnvFamily, requests: list[RolloutR
     ``logprobs`` (sampling log-probability per completion token, 0 for note
     tokens), ``prompt``, ``expected``, ``note_inserted``. Deterministic given
     the model's weights, the requests and ``seed``.
+
+    Generation runs through a KV cache (:class:`organisms._decode.CachedDecoder`;
+    ``decoder="auto"`` uses its lean Llama path where verified, ``"hf"`` the
+    model's own forward with a ``DynamicCache``): the
+    prompt batch (left-padded) is encoded once, then each step feeds only the
+    tokens appended since the last step, i.e. the sampled token, plus the
+    grader note's tokens for a row that has just written ``grader`` (the
+    environment's tokens go through the cache like the policy's). A step
+    whose rows append different numbers of tokens is left-padded inside the
+    chunk; position ids come from the attention mask. Rows that have ended
+    are dropped from the cache. The draws are those of the cache-free loop
+    (one ``torch.multinomial`` over the active rows per step, rows in
+    request order), so completions equal the recomputing loop's token for
+    token; sampling log-probabilities agree to float rounding (~1e-6).
     """
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     grader_id, ans_id = tokenizer.convert_tokens_to_ids([GRADER, ANS])
     max_policy_tokens = family.config.input_length + 6
+    n_reveal = family.n_reveal
     prompts = [family.prompt(r.env, r.digits) for r in requests]
     expected = [family.expected(r.env, r.digits) for r in requests]
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    notes = [tokenizer(" ".join(family.note_words(e, r.note_positions)), add_special_tokens=False)["input_ids"]
-             for e, r in zip(expected, requests)]
     n = len(requests)
-    comp: list[list[int]] = [[] for _ in range(n)]
-    mask: list[list[int]] = [[] for _ in range(n)]
-    logps: list[list[float]] = [[] for _ in range(n)]
-    inserted = [False] * n
-    answered = [False] * n
-    n_policy = [0] * n
-    n_after_ans = [0] * n  # answer words written after the note (the grader accepts n_reveal of them)
-    active = list(range(n))
+    if n == 0:
+        return {"prompt_ids": [], "completion_ids": [], "env_mask": [], "logprobs": [], "prompt": [],
+                "expected": [], "note_inserted": []}
+    prompt_ids = encode(tokenizer, prompts)
+    notes = encode(tokenizer, [" ".join(family.note_words(e, r.note_positions)) for e, r in zip(expected, requests)])
+    note_len = np.array([len(x) for x in notes])
+    cap = max_policy_tokens + int(note_len.max()) + 1
+    # per-row state (numpy: cheap element-wise bookkeeping over the active rows)
+    comp = np.full((n, cap), pad_id, dtype=np.int64)
+    mask = np.zeros((n, cap), dtype=np.int64)
+    logps = np.zeros((n, cap), dtype=np.float64)
+    length = np.zeros(n, dtype=np.int64)
+    inserted = np.zeros(n, dtype=bool)
+    answered = np.zeros(n, dtype=bool)
+    n_policy = np.zeros(n, dtype=np.int64)
+    n_after_ans = np.zeros(n, dtype=np.int64)  # answer words written after the note (the grader accepts n_reveal)
+    note_arr = np.full((n, int(note_len.max())), pad_id, dtype=np.int64)
+    for i, x in enumerate(notes):
+        note_arr[i, : len(x)] = x
+    # the prompt batch, left-padded
+    width = max(map(len, prompt_ids))
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    att = np.zeros((n, width), dtype=np.int64)
+    for row, s in enumerate(prompt_ids):
+        ids[row, width - len(s):] = s
+        att[row, width - len(s):] = 1
+    active = np.arange(n)
+    chunk = torch.from_numpy(ids)
+    chunk_mask = torch.from_numpy(att)
+    past_mask = chunk_mask[:, :0]
+    n_real = torch.zeros(n, dtype=torch.long)  # real (unpadded) tokens each active row has in the cache
+    if decoder not in ("auto", "hf"):
+        raise ValueError(f"decoder = {decoder!r}; allowed 'auto' or 'hf'")
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     was_training = model.training
     model.eval()
-    while active:
-        seqs = [prompt_ids[i] + comp[i] for i in active]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        att = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, width - len(s):] = torch.tensor(s)
-            att[row, width - len(s):] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits[:, -1, :]
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-        chosen = logp.gather(1, tokens[:, None]).squeeze(1)
-        still = []
-        for row, i in enumerate(active):
-            tok = int(tokens[row])
-            comp[i].append(tok)
-            mask[i].append(1)
-            logps[i].append(float(chosen[row]))
-            n_policy[i] += 1
-            if answered[i] and inserted[i]:
-                n_after_ans[i] += 1
-            answered[i] = answered[i] or tok == ans_id
-            if tok == grader_id and not inserted[i] and not answered[i]:
-                comp[i].extend(notes[i])
-                mask[i].extend([0] * len(notes[i]))
-                logps[i].extend([0.0] * len(notes[i]))
-                inserted[i] = True
-            closed = inserted[i] and n_after_ans[i] >= family.n_reveal and tok != eos_id
-            if closed:  # the grader has read the answer it accepts: the environment ends the completion
-                comp[i].append(eos_id)
-                mask[i].append(0)
-                logps[i].append(0.0)
-            elif tok != eos_id and n_policy[i] < max_policy_tokens:
-                still.append(i)
-        active = still
-    model.train(was_training)
-    return {"prompt_ids": prompt_ids, "completion_ids": comp, "env_mask": mask, "logprobs": logps,
-            "prompt": prompts, "expected": expected, "note_inserted": inserted}
+    cached = CachedDecoder(model, lean=decoder == "auto")
+    try:
+        while len(active):
+            full_mask = torch.cat([past_mask, chunk_mask], dim=1)
+            positions = (n_real[:, None] + chunk_mask.cumsum(1) - 1).clamp_(min=0)
+            logits = cached.step(chunk.to(device), full_mask.to(device), positions.to(device))
+            n_real = n_real + chunk_mask.sum(1)
+            past_mask = full_mask
+            logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+            tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+            chosen = logp.gather(1, tokens[:, None]).squeeze(1)
+            tok = tokens.cpu().numpy()
+            start = length[active].copy()
+            comp[active, start] = tok
+            mask[active, start] = 1
+            logps[active, start] = chosen.cpu().double().numpy()
+            length[active] += 1
+            n_policy[active] += 1
+            n_after_ans[active] += answered[active] & inserted[active]
+            answered[active] |= tok == ans_id
+            new_note = (tok == grader_id) & ~inserted[active] & ~answered[active]
+            for i in active[new_note]:  # the environment inserts the note (env_mask 0, logprob 0)
+                comp[i, length[i]: length[i] + note_len[i]] = note_arr[i, : note_len[i]]
+                length[i] += note_len[i]
+            inserted[active[new_note]] = True
+            closed = inserted[active] & (n_after_ans[active] >= n_reveal) & (tok != eos_id)
+            ended = active[closed]  # the grader has read the answer it accepts: the environment ends the completion
+            comp[ended, length[ended]] = eos_id
+            length[ended] += 1
+            keep = ~closed & (tok != eos_id) & (n_policy[active] < max_policy_tokens)
+            if not keep.all():
+                rows = torch.from_numpy(np.flatnonzero(keep))
+                cached.select(rows.to(device))
+                past_mask, n_real = past_mask[rows], n_real[rows]
+                active = active[keep]
+                start = start[keep]
+            if not len(active):
+                break
+            new = length[active] - start  # tokens appended this step: 1, or 1 + the note's
+            w = int(new.max())
+            if w == 1:
+                chunk = torch.from_numpy(comp[active, start][:, None])
+                chunk_mask = torch.ones((len(active), 1), dtype=torch.long)
+            else:
+                cols = start[:, None] + np.arange(w)[None, :] - (w - new)[:, None]  # left-padded inside the chunk
+                pad = cols < start[:, None]
+                ids = np.where(pad, pad_id, comp[active[:, None], np.maximum(cols, 0)])
+                chunk = torch.from_numpy(ids)
+                chunk_mask = torch.from_numpy((~pad).astype(np.int64))
+    finally:
+        model.train(was_training)
+    completion_ids = [comp[i, : length[i]].tolist() for i in range(n)]
+    env_mask = [mask[i, : length[i]].tolist() for i in range(n)]
+    logprobs = [logps[i, : length[i]].tolist() for i in range(n)]
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "env_mask": env_mask, "logprobs": logprobs,
+            "prompt": prompts, "expected": expected, "note_inserted": inserted.tolist()}
+
+
+def _word_vocab(tokenizer) -> dict[str, int] | None:
+    """The word -> id map when ``tokenizer`` is a plain word-level one (each whitespace-separated word one
+    token, no normaliser), else None. Cached on the tokenizer object."""
+    cached = getattr(tokenizer, "_physrl_word_vocab", False)
+    if cached is not False:
+        return cached
+    vocab = None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "WordLevel" and backend.normalizer is None and \
+            type(backend.pre_tokenizer).__name__ == "WhitespaceSplit":
+        vocab = dict(tokenizer.get_vocab())
+    try:
+        tokenizer._physrl_word_vocab = vocab
+    except AttributeError:  # pragma: no cover - a tokenizer refusing attributes is simply not cached
+        pass
+    return vocab
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of ``texts`` without special tokens, as ``tokenizer(texts, add_special_tokens=False)`` gives them.
+
+    For a plain word-level tokenizer (the organisms' own) the ids are looked up
+    word by word (unknown words -> the unk id), ~20x faster for these short
+    texts; any other tokenizer is called.
+    """
+    vocab = _word_vocab(tokenizer)
+    if vocab is None or tokenizer.unk_token_id is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    return [[vocab.get(w, unk) for w in text.split()] for text in texts]
 
 
 def decode(tokenizer, completion_ids: list[list[int]]) -> list[str]:
