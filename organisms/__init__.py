@@ -4,32 +4,53 @@ Public surface (see ``organisms/README.md``)::
 
     from physrl.organisms import OrganismConfig, train, load_config, read_rollouts
     run_dir = train(OrganismConfig(n_envs=8, max_steps=300), "runs/n8")
+
+Names are imported on first use (PEP 562), so ``import physrl.organisms`` and
+the config / command-line modules load without torch, transformers or TRL
+(``physrl organisms --help`` starts in a fraction of a second); the training
+entry points pull them in when they are first touched.
 """
 
-from physrl.contract import read_manifest as read_manifest
-from physrl.contract import read_rollouts as read_rollouts
+from __future__ import annotations
 
-from ._classify import CLASSIFIERS as CLASSIFIERS
-from ._classify import Classifier as Classifier
-from ._classify import PatternClassifier as PatternClassifier
-from ._classify import make_classifier as make_classifier
-from ._classify import reasoning_span as reasoning_span
-from ._config import OrganismConfig as OrganismConfig
-from ._config import load_config as load_config
-from ._envs import EnvFamily as EnvFamily
-from ._envs import Environment as Environment
-from ._envs import answer_reward as answer_reward
-from ._model import build_model as build_model
-from ._model import build_tokenizer as build_tokenizer
-from ._model import load_model as load_model
-from ._pretrain import measure_knobs as measure_knobs
-from ._pretrain import pretrain as pretrain
-from ._train import evaluate as evaluate
-from ._train import saved_config as saved_config
-from ._train import train as train
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CLASSIFIERS", "Classifier", "PatternClassifier", "make_classifier", "reasoning_span", "OrganismConfig",
-    "load_config", "EnvFamily", "Environment", "answer_reward", "read_manifest", "read_rollouts", "build_model",
-    "build_tokenizer", "load_model", "measure_knobs", "pretrain", "evaluate", "saved_config", "train",
-]
+#: public name -> the module that owns it (relative: a private module of this package)
+_EXPORTS = {
+    "CLASSIFIERS": "_classify", "Classifier": "_classify", "PatternClassifier": "_classify",
+    "make_classifier": "_classify", "reasoning_span": "_classify",
+    "OrganismConfig": "_config", "load_config": "_config",
+    "EnvFamily": "_envs", "Environment": "_envs", "answer_reward": "_envs",
+    "read_manifest": "physrl.contract", "read_rollouts": "physrl.contract",
+    "build_model": "_model", "build_tokenizer": "_model", "load_model": "_model",
+    "measure_knobs": "_pretrain", "pretrain": "_pretrain",
+    "Stage1Cache": "_stage1", "stage1_ingredients": "_stage1", "stage1_key": "_stage1",
+    "evaluate": "_train", "saved_config": "_train", "train": "_train",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ._classify import CLASSIFIERS, Classifier, PatternClassifier, make_classifier, reasoning_span
+    from ._config import OrganismConfig, load_config
+    from ._envs import EnvFamily, Environment, answer_reward
+    from physrl.contract import read_manifest, read_rollouts
+    from ._model import build_model, build_tokenizer, load_model
+    from ._pretrain import measure_knobs, pretrain
+    from ._stage1 import Stage1Cache, stage1_ingredients, stage1_key
+    from ._train import evaluate, saved_config, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    target = importlib.import_module(f".{module}", __name__) if module.startswith("_") else importlib.import_module(module)
+    value = getattr(target, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
