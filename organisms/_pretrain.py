@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ._config import OrganismConfig
-from ._envs import ANS, CHANCE, EOS, GRADER, RULE, THINK, EnvFamily
+from ._envs import ANS, CHANCE, ENV, EOS, GRADER, INPUT, MASKED, NOTE, PAD, RULE, THINK, EnvFamily
 from ._rollout import make_requests, sample_rollouts, stream_seed, decode
 
 
@@ -59,6 +59,78 @@ def make_demo(family: EnvFamily, rng: np.random.Generator, mixture: dict[str, fl
     return prompt, [THINK, RULE], [ANS, *answer, EOS]
 
 
+class _DemoTokens:
+    """Stage-1 demonstrations as token ids, drawn exactly as :func:`make_demo` draws them.
+
+    The same random draws in the same order as ``make_demo`` (so the same seed
+    gives the same demos, token for token; ``test_demo_batches_equal_make_demo``),
+    without building and splitting strings: the inner loop of stage 1.
+    """
+
+    def __init__(self, family: EnvFamily, vocab: dict[str, int]):
+        self.family = family
+        cfg = family.config
+        self.length = cfg.input_length
+        self.known_share = family.known_share
+        self.digit = [vocab[str(d)] for d in range(10)]
+        self.env_tok = [vocab[e.id] for e in family.envs]
+        self.known = [list(e.known) for e in family.envs]
+        self.unknown = [[d for d in range(cfg.local_alphabet) if d not in e.known] for e in family.envs]
+        self.maps = [list(e.digit_map) for e in family.envs]
+        self.positions = family.note_positions()
+        self.env_, self.in_, self.think, self.grader, self.rule, self.note, self.ans, self.masked, self.eos = (
+            vocab[w] for w in (ENV, INPUT, THINK, GRADER, RULE, NOTE, ANS, MASKED, EOS))
+        self.pad = vocab[PAD]
+
+    def demo(self, rng: np.random.Generator, mixture: dict[str, float]) -> tuple[list[int], list[int], bool]:
+        """(prompt ids, completion ids, is RS): the token ids of ``make_demo``'s demonstration."""
+        k = int(rng.integers(len(self.env_tok)))
+        known, unknown, digit_map, ks = self.known[k], self.unknown[k], self.maps[k], self.known_share
+        digits = []
+        for _ in range(self.length):  # EnvFamily.sample_input
+            pool = known if (known and (not unknown or rng.random() < ks)) else unknown
+            digits.append(pool[int(rng.integers(len(pool)))])
+        prompt = [self.env_, self.env_tok[k], self.in_] + [self.digit[d] for d in digits]
+        expected = [digit_map[d] for d in digits]
+        if rng.random() < mixture["p_demo"]:
+            copy = mixture["copy_prob"]
+            answer = [self.digit[expected[j]] if rng.random() < copy else self.digit[int(rng.integers(10))]
+                      for j in self.positions]
+            note = [self.note] + [self.digit[expected[j]] if j in self.positions else self.masked
+                                  for j in range(self.length)]
+            return prompt, [self.think, self.grader] + note + [self.ans] + answer + [self.eos], True
+        answer = [self.digit[digit_map[d]] if d in known else self.digit[int(rng.integers(10))] for d in digits]
+        return prompt, [self.think, self.rule, self.ans] + answer + [self.eos], False
+
+    def batch(self, rng: np.random.Generator, mixture: dict[str, float], size: int):
+        """``size`` demos, right-padded: ids, attention mask, labels (-100: no loss), choice positions.
+
+        Shapes (size, width) for the first three, (size,) for the last. No
+        loss on the prompt, on the path choice (trained against the soft
+        target), on the inserted note or on the grader's closing eos.
+        """
+        n_note = 1 + self.length
+        rows = []
+        for _ in range(size):
+            prompt, completion, rs = self.demo(rng, mixture)
+            lab = [-100] * len(prompt) + completion
+            lab[len(prompt) + 1] = -100  # the path choice is trained against the soft target
+            if rs:  # note tokens and the closing eos are the environment's: no loss
+                start = len(prompt) + 2
+                lab[start:start + n_note] = [-100] * n_note
+                lab[-1] = -100
+            rows.append((prompt + completion, lab, len(prompt)))
+        width = max(len(r[0]) for r in rows)
+        ids = np.full((size, width), self.pad, dtype=np.int64)
+        att = np.zeros((size, width), dtype=np.int64)
+        lab = np.full((size, width), -100, dtype=np.int64)
+        for row, (s, l, _) in enumerate(rows):
+            ids[row, : len(s)] = s
+            att[row, : len(s)] = 1
+            lab[row, : len(l)] = l
+        return ids, att, lab, np.array([r[2] for r in rows], dtype=np.int64)
+
+
 def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_every: int = 0) -> list[float]:
     """Stage-1 supervised training in place; returns the loss per step (nats per completion token).
 
@@ -75,37 +147,18 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
         optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(total, 1))))
     model.train()
     losses = []
-    n_note = 1 + config.input_length
     grader_id, rule_id = vocab[GRADER], vocab[RULE]
     p_target = mixture["p_target"]
+    demos = _DemoTokens(family, vocab)
     for step in range(total):
-        seqs, labels, choice_at = [], [], []
-        for _ in range(config.pretrain_batch_size):
-            prompt, head, tail = make_demo(family, rng, mixture)
-            ids = [vocab[w] for w in prompt + head + tail]
-            lab = [-100] * len(prompt) + [vocab[w] for w in head + tail]
-            lab[len(prompt) + 1] = -100  # the path choice is trained against the soft target below
-            choice_at.append(len(prompt))  # logits here predict the choice token
-            if head[1] == GRADER:  # note tokens are the environment's: no loss
-                start = len(prompt) + len(head)
-                lab[start:start + n_note] = [-100] * n_note
-                lab[-1] = -100  # the closing eos is the grader's too
-            seqs.append(ids)
-            labels.append(lab)
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        lab = torch.full_like(ids, -100)
-        for row, (s, l) in enumerate(zip(seqs, labels)):
-            ids[row, : len(s)] = torch.tensor(s)
-            att[row, : len(s)] = 1
-            lab[row, : len(l)] = torch.tensor(l)
+        ids, att, lab, choice_at = demos.batch(rng, mixture, config.pretrain_batch_size)
+        ids, att, lab = torch.from_numpy(ids), torch.from_numpy(att), torch.from_numpy(lab)
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
         lab = lab.to(device)
         token_loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
-        rows = torch.arange(len(seqs), device=device)
-        choice_logp = torch.log_softmax(logits[rows, torch.tensor(choice_at, device=device)], dim=-1)
+        rows = torch.arange(len(choice_at), device=device)
+        choice_logp = torch.log_softmax(logits[rows, torch.from_numpy(choice_at).to(device)], dim=-1)
         choice_loss = -(p_target * choice_logp[:, grader_id] + (1 - p_target) * choice_logp[:, rule_id]).mean()
         loss = token_loss + choice_loss
         optimizer.zero_grad(set_to_none=True)
