@@ -47,7 +47,8 @@ def crossing_step(summary: pd.DataFrame, level: float = 0.5) -> int | None:
 def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str, Any]:
     """Train one run per N in ``n_values`` with otherwise equal config; return their summaries.
 
-    Each summary carries ``attrs["seconds"]``: the run's wall time (NaN if it was already finished on disk).
+    Each summary carries ``attrs["seconds"]``: the run's wall time (NaN if it was already finished on disk),
+    and ``attrs["organisms"]``: the manifest's ``organisms`` record (stage-1 cache use, CPU and eval seconds).
     """
     from ._train import train
 
@@ -65,6 +66,7 @@ def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str
             seconds = time.time() - t0
         s = summarize(run_dir)
         s.attrs["seconds"] = seconds
+        s.attrs["organisms"] = read_manifest(run_dir).organisms or {}
         result[n] = s
     return result
 
@@ -77,8 +79,11 @@ def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, 
     step 0, at mid-run and at the end, ``cross_step`` (first eval step with RS
     share >= 0.5, empty if none; tells whether the eval grid resolves the
     transition), local skill b at step 0, mid-run and at the end, ``flip`` (RS
-    share at the end < 0.5 at the smallest N and > 0.5 at the largest) and the
-    run's wall time ``seconds``. Any config field can be a grid key (e.g.
+    share at the end < 0.5 at the smallest N and > 0.5 at the largest), the
+    run's wall time ``seconds``, its ``cpu_seconds`` and ``eval_seconds`` and
+    ``stage1`` (the stage-1 cache: ``hit``, ``miss`` or ``off``; runs of one
+    setting share ``<out>/<setting>/.stage1_cache``, so with ``family_size``
+    set the N values of a seed pretrain once). Any config field can be a grid key (e.g.
     ``n_heldout``, ``learning_rate``). Also written to ``out_dir/calibration.csv``.
     """
     out_dir = Path(out_dir)
@@ -98,7 +103,10 @@ def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, 
                 rows.append({**knobs, "seed": seed, "N": n, "p_step0": float(s.p.iloc[0]), "p_mid": float(mid.p),
                              "p_end": float(s.p.iloc[-1]), "cross_step": crossing_step(s),
                              "a_step0": float(s.a.iloc[0]), "b_step0": float(s.b.iloc[0]), "b_mid": float(mid.b),
-                             "b_end": float(s.b.iloc[-1]), "flip": flip, "seconds": round(s.attrs["seconds"], 1)})
+                             "b_end": float(s.b.iloc[-1]), "flip": flip, "seconds": round(s.attrs["seconds"], 1),
+                             "cpu_seconds": s.attrs["organisms"].get("cpu_seconds"),
+                             "eval_seconds": s.attrs["organisms"].get("eval_seconds"),
+                             "stage1": (s.attrs["organisms"].get("stage1") or {}).get("cache")})
             print(json.dumps(rows[-len(pair):], default=float), flush=True)
             pd.DataFrame(rows).to_csv(out_dir / "calibration.csv", index=False)
     return pd.DataFrame(rows)

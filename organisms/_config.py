@@ -54,7 +54,13 @@ class OrganismConfig:
     n_envs: int = 4
     """N: number of training environments (ids ``e0..e{N-1}``, each w = 1/N of every batch)."""
     n_heldout: int = 2
-    """Held-out environments (ids after the training ones, w = 0): evaluated, never trained."""
+    """Held-out environments (ids after the training ones, w = 0): evaluated, never trained. Derived (and any
+    given value replaced) when ``family_size`` is set."""
+    family_size: int = 0
+    """K, fixed: 0 (default) means K = n_envs + n_heldout. A positive value fixes the family at this many envs,
+    the first ``n_envs`` trained and the other ``family_size - n_envs`` held out (``n_heldout`` is set to that).
+    Stage 1 depends on the family (K), not on which envs are trained, so runs of one family that differ only in
+    N share one stage-1 model through the stage-1 cache (README, "Fixed family")."""
     family_seed: int = 1234
     """Seed of the environments' local tasks (digit maps); fixed across runs so env ``eK`` is the same task in every run."""
     input_length: int = 4
@@ -132,9 +138,19 @@ class OrganismConfig:
     """torch CPU threads (0 = torch's default). One thread is fastest for this tiny model on a shared 2-core box."""
     progress: bool = True
     """Show a tqdm progress bar (step, mean reward, RS share)."""
+    stage1_cache: str = "auto"
+    """Where pretrained stage-1 models are cached for runs that share everything stage 1 depends on:
+    ``auto`` (a ``.stage1_cache`` folder next to the run directory), ``off`` (no cache), or a directory path.
+    Does not change results: a cache hit loads the model stage 1 would have trained."""
 
     def __post_init__(self) -> None:
         _check_int("n_envs", self.n_envs, 1, 256)
+        _check_int("family_size", self.family_size, 0, 512)
+        if self.family_size:
+            if self.family_size < self.n_envs:
+                raise ValueError(f"config field 'family_size' = {self.family_size} is out of range; allowed 0 "
+                                 f"(K = n_envs + n_heldout) or an integer >= n_envs = {self.n_envs}")
+            self.n_heldout = self.family_size - self.n_envs
         _check_int("n_heldout", self.n_heldout, 0, 256)
         _check_int("family_seed", self.family_seed, 0)
         _check_int("input_length", self.input_length, 1, 12)
@@ -171,6 +187,9 @@ class OrganismConfig:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
                 raise ValueError(f"config field {name!r} = {value!r}; allowed: a non-empty list of words")
         _check_int("num_threads", self.num_threads, 0, 1024)
+        if not isinstance(self.stage1_cache, str) or not self.stage1_cache.strip():
+            raise ValueError(f"config field 'stage1_cache' = {self.stage1_cache!r}; allowed 'auto', 'off' or a "
+                             "directory path")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"config field 'device' = {self.device!r}; allowed 'auto', 'cpu' or 'cuda'")
 

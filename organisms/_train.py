@@ -25,6 +25,7 @@ gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -115,6 +116,11 @@ class ResumeMismatch(ValueError):
     """A resume asked for a config that differs from the run's saved one (a user error, not a crash)."""
 
 
+#: config fields a resume may change: they do not change the run's rollouts (``stage1_cache`` only says
+#: where a pretrained model may be found)
+_RESULT_NEUTRAL = ("max_steps", "progress", "stage1_cache")
+
+
 class RolloutRecorder:
     """TRL reward function (``(prompts, completions, **columns) -> list[float]``) that also logs.
 
@@ -201,7 +207,7 @@ def _eval_steps_logged(run_dir: Path) -> set[int]:
 
 
 def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done: set[int], run_dir: Path,
-                   seconds_before: float):
+                   before: dict, cpu0: float):
     from transformers import TrainerCallback
 
     class OrganismCallback(TrainerCallback):
@@ -211,16 +217,25 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
             self.bar = None
             self.last_eval: dict[str, float] = {}
             self.t0 = time.time()
+            self.eval_seconds = 0.0
 
         @property
         def grpo_seconds(self) -> float:
             """GRPO wall seconds of every segment so far (earlier segments up to their last checkpoint)."""
-            return round(seconds_before + time.time() - self.t0, 2)
+            return round(before.get("grpo_seconds", 0.0) + time.time() - self.t0, 2)
+
+        def timing(self) -> dict[str, float]:
+            """The manifest's time records, summed over segments: GRPO wall (eval included), eval wall, CPU."""
+            return {"grpo_seconds": self.grpo_seconds,
+                    "eval_seconds": round(before.get("eval_seconds", 0.0) + self.eval_seconds, 2),
+                    "cpu_seconds": round(before.get("cpu_seconds", 0.0) + time.process_time() - cpu0, 2)}
 
         def _eval(self, model, step):
             if step in eval_done:
                 return
+            t0 = time.perf_counter()
             self.last_eval = evaluate(model, tokenizer, config, family, classifier, step, writer)
+            self.eval_seconds += time.perf_counter() - t0
             eval_done.add(step)
 
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -247,7 +262,7 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
         def on_save(self, args, state, control, **kw):
             # the Trainer wrote checkpoint-<step> completely into the staging folder: rename it into place
             publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", run_dir / "checkpoints")
-            update_manifest(run_dir, organisms={"grpo_seconds": self.grpo_seconds})
+            update_manifest(run_dir, organisms=self.timing())
 
         def on_train_end(self, args, state, control, **kw):
             writer.flush()
@@ -273,11 +288,51 @@ def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device):
     )
 
 
+def _stage1_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, device, log=print):
+    """The stage-1 model for ``config``: from the stage-1 cache when an entry matches, else trained (and cached).
+
+    Returns ``(model, tokenizer, info)`` with ``info`` the manifest's ``stage1`` record: ``cache`` (``hit``,
+    ``miss`` or ``off``), ``key``, ``seconds`` (pretraining time of this run; 0 on a hit) and ``final_loss``.
+    """
+    from ._stage1 import Stage1Cache, cache_dir, stage1_ingredients, stage1_key
+
+    tokenizer = build_tokenizer(config.n_family)
+    model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed).to(device)
+    root = cache_dir(config.stage1_cache, run_dir)
+    ingredients = stage1_ingredients(config, model.config.to_dict(), device.type, torch.get_num_threads())
+    key = stage1_key(ingredients)
+    cache = Stage1Cache(root) if root is not None else None
+    with cache.lock(key) if cache is not None else contextlib.nullcontext():
+        entry = cache.lookup(key) if cache is not None else None
+        if entry is not None:
+            model, tokenizer = load_model(entry, device)
+            meta = json.loads((entry / "stage1.json").read_text())
+            log(f"stage 1: cache hit {entry}")
+            return model, tokenizer, {"cache": "hit", "key": key, "entry": str(entry), "seconds": 0.0,
+                                      "final_loss": meta.get("final_loss")}
+        t0 = time.time()
+        losses = pretrain(model, tokenizer, config, family)
+        seconds = time.time() - t0
+        log(f"stage 1: {config.pretrain_steps} steps in {seconds:.1f} s, final loss {losses[-1]:.3f}"
+            if losses else "stage 1: skipped (pretrain_steps = 0)")
+        info = {"cache": "off" if cache is None else "miss", "key": key, "seconds": round(seconds, 2),
+                "final_loss": losses[-1] if losses else None}
+        if cache is not None:
+            try:
+                info["entry"] = str(cache.publish(key, model, tokenizer, {**info, "ingredients": ingredients,
+                                                                         "losses": losses}))
+            except OSError as exc:  # a read-only or full cache folder must not fail the run
+                log(f"stage 1: not cached ({exc})")
+    return model, tokenizer, info
+
+
 def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, device, log=print):
-    """Stage 1 (or a user model dir) -> ``run_dir/model_init``; returns (model, tokenizer)."""
+    """Stage 1 (cached, or a user model dir) -> ``run_dir/model_init``; returns (model, tokenizer, stage-1 info)."""
     init_dir = run_dir / "model_init"
     if (init_dir / "config.json").exists():
-        return load_model(init_dir, device)
+        model, tokenizer = load_model(init_dir, device)
+        return model, tokenizer, None
+    info = None
     if config.model_dir is not None:
         from ._envs import vocabulary
 
@@ -286,17 +341,12 @@ def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, dev
         if missing:
             raise ValueError(f"config field 'model_dir': its tokenizer lacks the family's words {missing[:8]}")
     else:
-        tokenizer = build_tokenizer(config.n_family)
-        model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed).to(device)
-        t0 = time.time()
-        losses = pretrain(model, tokenizer, config, family)
-        log(f"stage 1: {config.pretrain_steps} steps in {time.time() - t0:.1f} s, final loss {losses[-1]:.3f}"
-            if losses else "stage 1: skipped (pretrain_steps = 0)")
+        model, tokenizer, info = _stage1_model(config, family, run_dir, device, log)
     tmp = run_dir / f".model_init.{uuid.uuid4().hex}.tmp"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, init_dir)
-    return model, tokenizer
+    return model, tokenizer, info
 
 
 def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
@@ -311,8 +361,8 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
         Run directory (created). Must be empty or absent unless ``resume``.
     resume : bool
         Continue from the newest complete checkpoint in ``out_dir`` with its
-        saved config (``config`` must then equal it except ``max_steps`` /
-        ``progress``); incomplete checkpoints (a kill while one was written)
+        saved config (``config`` must then equal it except ``max_steps``,
+        ``progress`` and ``stage1_cache``); incomplete checkpoints (a kill while one was written)
         are skipped and moved aside, with a ``log`` line saying why; logged
         rows past the checkpoint are dropped and sampled again, so no
         (step, phase, group) is duplicated or skipped. A run killed at any
@@ -345,6 +395,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    cpu0 = time.process_time()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
@@ -355,11 +406,12 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         manifest = read_manifest(run_dir)
         saved = saved_config(run_dir)
         mine = config.to_dict()
-        differ = sorted(k for k in mine if k not in ("max_steps", "progress") and saved.get(k) != mine[k])
+        defaults = OrganismConfig().to_dict()  # fields added after the run was saved hold their defaults
+        differ = sorted(k for k in mine if k not in _RESULT_NEUTRAL and saved.get(k, defaults[k]) != mine[k])
         if differ:
             raise ResumeMismatch(f"resume {run_dir}: the config differs from the run's saved config in {differ} "
-                                 f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); only max_steps "
-                                 "and progress may change")
+                                 f"(saved: {', '.join(f'{k}={saved.get(k, defaults[k])!r}' for k in differ)}); only "
+                                 f"{', '.join(_RESULT_NEUTRAL)} may change")
         run_id = manifest.run_id
         done = int(saved.get("max_steps", 0))
         if manifest.status == "finished" and done >= config.max_steps:
@@ -396,16 +448,19 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         })
     callback = None
     try:
-        model, tokenizer = _prepare_model(config, family, run_dir, device, log)
+        model, tokenizer, stage1 = _prepare_model(config, family, run_dir, device, log)
+        if stage1 is not None:
+            update_manifest(run_dir, organisms={"stage1": stage1})
         update_manifest(run_dir, model={"architecture": type(model).__name__, "n_parameters": n_parameters(model),
                                         "hidden_size": model.config.hidden_size,
                                         "n_layers": model.config.num_hidden_layers,
                                         "vocab_size": model.config.vocab_size})
         recorder = RolloutRecorder(writer, classifier)
         eval_done = _eval_steps_logged(run_dir) if resume else set()
-        seconds_before = float((read_manifest(run_dir).organisms or {}).get("grpo_seconds", 0.0))
+        before = read_manifest(run_dir).organisms or {}
+        before = {k: float(before.get(k, 0.0)) for k in ("grpo_seconds", "eval_seconds", "cpu_seconds")}
         callback = _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done, run_dir,
-                                  seconds_before)
+                                  before, cpu0)
         n_rows = max(64, config.groups_per_step * config.num_generations)
         dataset = Dataset.from_dict({"prompt": ["placeholder (rollout_func samples the prompts)"] * n_rows})
         with warnings.catch_warnings():
@@ -419,7 +474,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        seconds = callback.grpo_seconds
+        timing = callback.timing()
         tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -428,10 +483,10 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         os.replace(tmp, run_dir / "model_final")
         shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms={"grpo_seconds": seconds})
+                        organisms=timing)
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
-        changes = {"organisms": {"grpo_seconds": callback.grpo_seconds}} if callback is not None else {}
+        changes = {"organisms": callback.timing()} if callback is not None else {}
         update_manifest(run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}", **changes)
         raise
     return run_dir

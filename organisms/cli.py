@@ -1,6 +1,7 @@
 """``physrl organisms ...``: train an organism run, or run the calibration sweep.
 
-    physrl organisms train --out RUN_DIR [--config FILE] [--n-envs N] [--p0 P] [--max-steps S] [--seed K]
+    physrl organisms train --out RUN_DIR [--config FILE] [--n-envs N] [--family-size K] [--p0 P] [--max-steps S]
+                           [--seed K] [--stage1-cache auto|off|DIR]
     physrl organisms train --resume RUN_DIR [--max-steps S]
     physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--max-steps S]
 
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     for p in (tr, cal):
         p.add_argument("--config", type=Path, help="JSON or TOML config file (fields of OrganismConfig)")
         p.add_argument("--n-envs", type=int, dest="n_envs")
+        p.add_argument("--family-size", type=int, dest="family_size",
+                       help="K: fix the family at K envs, the first N trained, the rest held out (shares stage 1)")
+        p.add_argument("--stage1-cache", dest="stage1_cache", metavar="auto|off|DIR",
+                       help="stage-1 model cache (default auto: .stage1_cache next to the run directory)")
         p.add_argument("--p0", type=float)
         p.add_argument("--max-steps", type=int, dest="max_steps")
         p.add_argument("--seed", type=int)
@@ -85,7 +90,8 @@ def main(argv: list[str]) -> int:
     """Entry point of ``physrl organisms``; returns the exit code (0 ok, 2 usage or config error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("n_envs", "p0", "max_steps", "seed", "progress")}
+    overrides = {k: getattr(args, k) for k in ("n_envs", "family_size", "p0", "max_steps", "seed", "progress",
+                                               "stage1_cache")}
     if args.command == "train":
         if args.resume is not None and args.out is not None:
             parser.error("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one), not both")

@@ -21,10 +21,12 @@ def test_runs_of_different_size_share_the_difficulty_distribution():
 
 
 def test_calibrate_sweep_runs_both_sizes(tmp_path):
-    base = OrganismConfig(max_steps=4, eval_every=2, checkpoint_every=2, pretrain_steps=20, n_heldout=1,
+    base = OrganismConfig(n_envs=1, max_steps=4, eval_every=2, checkpoint_every=2, pretrain_steps=20, n_heldout=1,
                           eval_prompts_per_env=1)
-    table = calibrate(base, {"p0": [0.1]}, tmp_path, n_values=(1, 2))
+    table = calibrate(base, {"family_size": [3]}, tmp_path, n_values=(1, 2))
     assert list(table.N) == [1, 2]
+    assert list(table.stage1) == ["miss", "hit"]  # one family (K = 3) at both N: stage 1 trained once
+    assert (table.cpu_seconds > 0).all() and (table.eval_seconds > 0).all()
     assert table.p_end.between(0, 1).all() and table.p_step0.between(0, 1).all()
     assert (tmp_path / "calibration.csv").exists()
     assert set(table.flip) == {bool(table.p_end.iloc[0] < 0.5 < table.p_end.iloc[1])}
