@@ -98,11 +98,13 @@ def child(args) -> None:
     if args.child == "old":
         sys.path.insert(0, str(args.baseline))
         import organisms as pkg
-        from organisms import _logs, _train
+        from organisms import _train
+        from organisms._logs import RolloutWriter
         from transformers import LlamaForCausalLM as forward_owner  # generation calls the model's forward
     else:
         import physrl.organisms as pkg
-        from physrl.organisms import _logs, _train
+        from physrl.contract import ChunkWriter as RolloutWriter
+        from physrl.organisms import _train
         from physrl.organisms._decode import CachedDecoder as forward_owner  # lean path or the model's forward
     import torch
     from accelerate import Accelerator
@@ -129,7 +131,7 @@ def child(args) -> None:
                         (torch.optim.AdamW, "step"), (torch.optim.AdamW, "zero_grad")):
         timer.wrap(owner, name, "TRL loss, backward, optimizer")
     timer.wrap(_train.RolloutRecorder, "__call__", "reward, classify, Parquet")
-    timer.wrap(_logs.RolloutWriter, "flush", "reward, classify, Parquet")
+    timer.wrap(RolloutWriter, "flush", "reward, classify, Parquet")
     timer.wrap(Trainer, "_save_checkpoint", "checkpoints")
     timer.wrap(Trainer, "train", "TRL other")
     timer.wrap(_train, "train", "set-up, saving, other")
@@ -138,8 +140,9 @@ def child(args) -> None:
     t_end, c_end = time.time(), time.process_time()
     timer.seconds["start-up imports"] = [t_imports - t_launch, c_imports]
     manifest = json.loads((Path(args.out) / "manifest.json").read_text())
+    record = manifest.get("organisms") or manifest  # 08702a2 wrote these keys at the top level
     result = {"wall": t_end - t_launch, "cpu": c_end, "phases": timer.seconds,
-              "grpo_seconds": manifest["grpo_seconds"], "stage1": manifest.get("stage1"), "max_steps": args.max_steps}
+              "grpo_seconds": record["grpo_seconds"], "stage1": record.get("stage1"), "max_steps": args.max_steps}
     Path(args.result).write_text(json.dumps(result))
 
 
