@@ -163,3 +163,33 @@ def test_word_level_fast_encoding_equals_the_tokenizer():
     tok = build_tokenizer(12)
     texts = ["env e11 in 1 2 3 4", "note 5 ? ? ?", "think grader zzz ans 1"]
     assert encode(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_short_run_rows_equal_08702a2(tmp_path):
+    """A short run (stage 1 + GRPO + eval) logs the rows the code of commit 08702a2 logged (data/reference)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from physrl.organisms import read_rollouts, train
+    from physrl.organisms._train import versions
+
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference" / "organisms-08702a2"
+    meta = json.loads((ref / "meta.json").read_text())
+    now = versions()
+    differ = {k: (meta["versions"][k], now[k]) for k in ("torch", "transformers", "trl", "numpy", "tokenizers")
+              if meta["versions"][k] != now[k]}
+    if differ:
+        pytest.skip(f"library versions differ from the reference's (recorded, now): {differ}")
+    run = train(OrganismConfig(**meta["config"], stage1_cache="off"), tmp_path / "run", log=lambda *a: None)
+    cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs", "rs_score", "expected",
+            "note_inserted", "note_positions"]
+    got = read_rollouts(run)[cols].sort_values(["step", "phase", "group_id", "completion"]).reset_index(drop=True)
+    want = pd.read_csv(ref / "rows.csv.gz", keep_default_na=False)
+    assert len(got) == meta["rows"] == len(want)
+    for col in cols:
+        if col in ("reward", "rs_score"):
+            assert (got[col].to_numpy() == want[col].to_numpy()).all(), col
+        else:
+            assert got[col].astype(str).tolist() == want[col].astype(str).tolist(), col
