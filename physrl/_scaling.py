@@ -253,12 +253,14 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
         if status in ("separated", "no_wins", "all_wins"):
             bracket = [int(lost.max()) if len(lost) else 0, int(won.min()) if len(won) else None]
         by_seed = {s: (np.log(g.n_envs.to_numpy(float)), g.win.to_numpy(float)) for s, g in at.groupby("seed")}
+        memo: dict[tuple, float] = {}  # a resample is a multiset of seeds: few distinct ones, each fitted once
         for b, idx in enumerate(draws):
-            parts = [by_seed[s] for s in seeds[idx] if s in by_seed]
-            if not parts:
-                continue
-            replicates[b, j] = _n_star_point(np.concatenate([p[0] for p in parts]),
-                                             np.concatenate([p[1] for p in parts]))[0]
+            key = tuple(sorted(int(i) for i in idx))
+            if key not in memo:
+                parts = [by_seed[s] for s in seeds[list(key)] if s in by_seed]
+                memo[key] = (_n_star_point(np.concatenate([p[0] for p in parts]),
+                                           np.concatenate([p[1] for p in parts]))[0] if parts else math.nan)
+            replicates[b, j] = memo[key]
         reps = replicates[:, j]
         interval = _quantile_interval(reps, level) if reps.size else [None, None]
         estimates.append(NStarEstimate(

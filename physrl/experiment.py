@@ -309,3 +309,43 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
                 "notes": list(fit_result.notes)},
         "seconds": {"training": t_train, "total": t_total},
     }
+
+
+def reanalyse(out_dir: str | Path) -> dict:
+    """Re-read a finished experiment folder without training or fitting anything.
+
+    From the sweep runs' logs and the frozen ``predictions.json`` (its hash
+    verified) alone: the outcomes at every budget, P(RS wins | N, p0), the
+    observed N*(p0), the observed slope with its bootstrap interval, and the
+    scores of the frozen forecasts — the parts of ``summary.json`` that do
+    not depend on refitting the ODE (``scaling``, ``observed_n_star``,
+    ``predicted_n_star`` as frozen, ``preregistration``, ``scores``,
+    ``cells``). Deterministic: the bootstrap is seeded from the config.
+
+    Parameters
+    ----------
+    out_dir : path
+        An experiment folder with ``experiment.json``, ``predictions.json``,
+        ``preregistration.json`` and ``runs/<run_id>/`` (manifest and
+        Parquet rollouts suffice).
+
+    Raises
+    ------
+    physrl._preregistration.PreregistrationError
+        Missing or altered frozen predictions.
+    fitting.LogValidationError
+        A bad log.
+    """
+    out = Path(out_dir)
+    config = ExperimentConfig.from_file(out / "experiment.json")
+    registration, frozen = _preregistration.verify(out)
+    plan = {r.run_id: r for r in plan_runs(config, SWEEP)}
+    dirs = {k: out / "runs" / k for k in plan}
+    registration = _preregistration.check_read_after(registration, list(dirs.values()))
+    runs = dict(zip(plan, _load(dirs, list(plan))))
+    obs = fitting.observations(list(runs.values()))
+    budgets = [int(b) for b in frozen["context"]["budgets"]]
+    max_steps = int(frozen["context"]["max_steps"])
+    outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid())
+    return fitting.json_safe(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))

@@ -120,3 +120,16 @@ def test_sweep_runs_without_frozen_predictions_are_refused(tmp_path):
     (tmp_path / "runs" / "sweep-N4-p0.05-h13-s0" / "manifest.json").write_text("{}")
     with pytest.raises(_preregistration.PreregistrationError, match="no predictions.json"):
         run_experiment(scaling_config(), tmp_path, progress=False)
+
+
+def test_reanalysis_of_the_logs_reproduces_the_summary_without_fitting(finished, monkeypatch):
+    from physrl import experiment
+
+    out, summary, _ = finished
+    monkeypatch.setattr(experiment.fitting, "fit", lambda *a, **k: pytest.fail("reanalyse must not fit"))
+    again = experiment.reanalyse(out)
+    for key in ("scaling", "observed_n_star", "scores", "cells"):
+        assert again[key] == summary[key], key
+    assert again["preregistration"]["sha256"] == summary["preregistration"]["sha256"]
+    assert {k: v["n_star"] for k, v in again["predicted_n_star"].items()} == \
+        {k: v["n_star"] for k, v in summary["predicted_n_star"].items()}
