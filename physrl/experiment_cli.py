@@ -62,8 +62,8 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
     ValueError
         A bad config (named field).
     """
-    if Path(name_or_path).exists():
-        return ExperimentConfig.from_file(name_or_path)
+    if Path(name_or_path).is_file() or name_or_path not in shipped_configs():
+        return ExperimentConfig.from_file(name_or_path)  # a folder named like a shipped config is not a config
     if name_or_path in shipped_configs():
         from physrl import _toml
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.out is None:
-        if Path(args.config).exists() or args.config not in shipped_configs():
+        if Path(args.config).is_file() or args.config not in shipped_configs():
             parser.error("--out is required for a config file")
         args.out = Path("runs") / args.config
     try:
