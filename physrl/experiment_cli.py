@@ -62,8 +62,8 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
     ValueError
         A bad config (named field).
     """
-    if Path(name_or_path).is_file() or name_or_path not in shipped_configs():
-        return ExperimentConfig.from_file(name_or_path)  # a folder named like a shipped config is not a config
+    if Path(name_or_path).is_file():  # (a folder named like a shipped config is not a config)
+        return ExperimentConfig.from_file(name_or_path)
     if name_or_path in shipped_configs():
         from physrl import _toml
 
