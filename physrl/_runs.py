@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -144,9 +144,19 @@ def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
 
 
 def _config_mismatch(run_dir: Path, wanted: dict) -> list[str]:
-    """Fields where a finished run's saved organism config differs from the planned one."""
+    """Fields where a finished run's saved organism config differs from the planned one.
+
+    A field the saved config lacks (the run was trained before the field
+    existed) counts as equal when the planned value is the field's default:
+    a new field's default keeps the behaviour the run was trained with.
+    """
+    from dataclasses import fields
+
+    from physrl.organisms import OrganismConfig
+
+    defaults = {f.name: f.default for f in fields(OrganismConfig) if f.default is not MISSING}
     saved = (read_manifest(run_dir).organisms or {}).get("config", {})
-    return sorted(k for k, v in wanted.items() if k != "progress" and saved.get(k) != v)
+    return sorted(k for k, v in wanted.items() if k != "progress" and saved.get(k, defaults.get(k, MISSING)) != v)
 
 
 def check_existing_runs(config: ExperimentConfig, out_dir: Path) -> None:

@@ -102,3 +102,19 @@ def test_as_completed_yields_every_job_once_with_its_index(workers, tmp_path):
         handles = [ex.submit(pow, k, 3) for k in range(5)]
         got = {i: ex.result(h) for i, h in ex.as_completed(handles)}
     assert got == {k: k ** 3 for k in range(5)}
+
+
+def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_path):
+    """A finished run whose saved config lacks a field counts as trained with that field's default."""
+    from physrl import fitting
+    from physrl._runs import _config_mismatch
+    from physrl.organisms import OrganismConfig
+
+    run = fitting.synthesize(tmp_path / "r", n_envs=1, n_heldout=0, steps=2, eval_every=1, rollouts_per_env=8)
+    wanted = OrganismConfig(n_envs=1).to_dict()
+    saved = {k: v for k, v in wanted.items() if k != "stage1_cache"}  # as written before the field existed
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": saved}}))
+    assert _config_mismatch(run, wanted) == []
+    assert _config_mismatch(run, {**wanted, "stage1_cache": "off"}) == ["stage1_cache"]
+    assert _config_mismatch(run, {**wanted, "n_envs": 2}) == ["n_envs"]
