@@ -132,6 +132,8 @@ def _fit(argv: list[str]) -> int:
         raise _UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.max_nfev is not None and args.max_nfev < 1:
         raise _UsageError(f"--max-nfev must be >= 1, got {args.max_nfev}")
+    if args.emcee_steps < 0:
+        raise _UsageError(f"--emcee-steps must be >= 0, got {args.emcee_steps}")
     phases = tuple(s.strip() for s in args.phases.split(",") if s.strip())
     FitSpec(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
             phases=phases)  # validate before reading anything
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             _fit_parser().print_help()
             return 0
         return _fit(argv)
-    except (_UsageError, LogValidationError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (_UsageError, LogValidationError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            ValueError) as exc:
         print(f"physrl fit: error: {exc}", file=sys.stderr)
         return 2
 

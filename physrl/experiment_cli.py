@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from importlib import resources
 from pathlib import Path
 
+from physrl._argparse import ArgumentParser
 from physrl._runs import organism_configs
 from physrl.experiment_config import ExperimentConfig
 
@@ -17,6 +17,9 @@ DEMO_CONFIG = "demo.toml"
 def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
     from physrl.experiment import run_experiment
 
+    if out.exists() and not out.is_dir():
+        print(f"physrl: --out {out} is not a directory", file=sys.stderr)
+        return 2
     try:
         summary = run_experiment(config, out, progress=progress)
     except ValueError as err:
@@ -92,7 +95,7 @@ def _load(path: str, overrides: list[str]) -> ExperimentConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``physrl experiment CONFIG --out DIR [--set KEY=VALUE ...]``; exit 2 on a bad config."""
-    parser = argparse.ArgumentParser(prog="physrl experiment", description=(
+    parser = ArgumentParser(prog="physrl experiment", description=(
         "Train organisms at several diversities N and priors p0, fit the ODE on the calibration runs, "
         "predict the rest and compare predicted with observed critical diversity. Rerunning the same "
         "command skips finished runs and resumes unfinished ones."))
@@ -127,7 +130,7 @@ def demo_config() -> ExperimentConfig:
 
 def demo_main(argv: list[str] | None = None) -> int:
     """``physrl demo --out DIR``: the small default experiment (under 10 minutes on 2 CPU cores)."""
-    parser = argparse.ArgumentParser(prog="physrl demo", description=(
+    parser = ArgumentParser(prog="physrl demo", description=(
         "Run the small default diversity experiment (physrl/configs/demo.toml) and write DIR/report.html "
         "and DIR/summary.json."))
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

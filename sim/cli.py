@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from physrl._argparse import ArgumentParser
+
 from ._critical import (METHODS, IntegrationConfig, check_nonnegative, check_probability,
                         check_unit_interval, critical_diversity_homogeneous)
 from ._integrate import ENGINES
@@ -40,7 +42,7 @@ def resolve_device(name: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="physrl sim", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="physrl sim", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be >= 1, got {args.threads}")
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is not a directory")
         with thread_setting(args.threads if args.threads else "auto"):
             if args.command == "figure":
                 return _figure(args)
