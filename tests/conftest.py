@@ -66,3 +66,29 @@ def synthetic_scaling(tmp_path_factory):
     finally:
         mp.undo()
     return out, summary, calls
+
+
+# ---- log contract and organisms ----------------------------------------------------------------------
+@pytest.fixture
+def run_dir(tmp_path):
+    """A small synthesized run (docs/rollouts.md): 2 trained envs + 1 held out, 20 steps, eval every 10,
+    16 eval rollouts per env and step, 2 train rollouts per trained env and step (224 rows), seed 4."""
+    return fitting.synthesize(tmp_path / "run", n_envs=2, n_heldout=1, steps=20, eval_every=10,
+                              rollouts_per_env=16, train_rollouts_per_env=2, seed=4)
+
+
+@pytest.fixture
+def stop_after():
+    """``stop_after(step)``: a ``recorder_hook`` for ``organisms.train`` adding a callback that raises
+    KeyboardInterrupt once ``step`` optimizer steps are done (a simulated Ctrl-C, injected by the test)."""
+    def make(step):
+        from transformers import TrainerCallback
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step >= step:
+                    raise KeyboardInterrupt(f"simulated interrupt after step {state.global_step}")
+
+        return lambda recorder, trainer: trainer.add_callback(Stop())
+
+    return make

@@ -15,12 +15,6 @@ from physrl import contract, fitting
 from physrl.contract import Environment, LogValidationError, Manifest
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    return fitting.synthesize(tmp_path / "run", n_envs=2, n_heldout=1, steps=20, eval_every=10,
-                              rollouts_per_env=16, train_rollouts_per_env=2, seed=4)
-
-
 def _part(run_dir):
     return run_dir / "rollouts" / "part-00000.parquet"
 

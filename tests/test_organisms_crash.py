@@ -57,17 +57,6 @@ def reference(tmp_path_factory):
     return run_dir
 
 
-def _stop_after(step):
-    from transformers import TrainerCallback
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step >= step:
-                raise KeyboardInterrupt(f"simulated interrupt after step {state.global_step}")
-
-    return lambda recorder, trainer: trainer.add_callback(Stop())
-
-
 # ---- what makes a checkpoint complete -------------------------------------------------------------
 def test_checkpoint_problems_are_named(reference, tmp_path):
     good = reference / "checkpoints" / "checkpoint-12"
@@ -100,7 +89,7 @@ def test_checkpoint_problems_are_named(reference, tmp_path):
     assert _checkpoints.problem(moved) == "trainer_state.json says step 12"
 
 
-def test_resume_skips_incomplete_checkpoints_and_says_why(reference, tmp_path):
+def test_resume_skips_incomplete_checkpoints_and_says_why(reference, tmp_path, stop_after):
     """Issue 12's reproduction: stop after step 20 with checkpoint_every 10, create checkpoint-20/ holding
     just config.json; later a checkpoint with a truncated model.safetensors. Resume falls back to the newest
     complete checkpoint each time and the rows equal the uninterrupted run's."""
@@ -109,14 +98,14 @@ def test_resume_skips_incomplete_checkpoints_and_says_why(reference, tmp_path):
     train(cfg, ref, **QUIET)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir, recorder_hook=_stop_after(20), **QUIET)
+        train(cfg, run_dir, recorder_hook=stop_after(20), **QUIET)
     ck = run_dir / "checkpoints"
     assert sorted(p.name for p in ck.glob("checkpoint-*")) == ["checkpoint-10"]
     (ck / "checkpoint-20").mkdir()
     (ck / "checkpoint-20" / "config.json").write_text("{}")
     said = []
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir, resume=True, recorder_hook=_stop_after(25), log=said.append)
+        train(cfg, run_dir, resume=True, recorder_hook=stop_after(25), log=said.append)
     assert said[0].startswith("skipped checkpoint-20: incomplete (missing model.safetensors, optimizer.pt, "
                               "scheduler.pt, rng_state.pth, trainer_state.json; a run killed while writing it?); "
                               "moved to .incomplete-checkpoint-20-"), said

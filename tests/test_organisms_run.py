@@ -113,24 +113,12 @@ def test_bad_config_stops_before_training(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def _stop_after(step):
-    """A recorder_hook adding a callback that interrupts training after ``step`` (a simulated Ctrl-C)."""
-    from transformers import TrainerCallback
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step >= step:
-                raise KeyboardInterrupt(f"simulated interrupt after step {state.global_step}")
-
-    return lambda recorder, trainer: trainer.add_callback(Stop())
-
-
-def test_kill_and_resume_neither_duplicates_nor_skips(tmp_path, run20):
+def test_kill_and_resume_neither_duplicates_nor_skips(tmp_path, run20, stop_after):
     cfg = OrganismConfig(**{**saved_config(run20), "model_dir": str(run20 / "model_init"),
                             "max_steps": 20})
     run_dir = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir, recorder_hook=_stop_after(12), log=lambda *a: None)
+        train(cfg, run_dir, recorder_hook=stop_after(12), log=lambda *a: None)
     assert read_manifest(run_dir).status == "failed"
     partial = read_rollouts(run_dir)
     assert partial[partial.phase == "train"].step.max() == 9  # flushed with checkpoint-10; 10-12 not yet written
