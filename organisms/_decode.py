@@ -16,9 +16,10 @@ Two interchangeable paths:
   rotary embedding, MLPs, head) called directly, keys/values concatenated per
   layer and attention by ``torch.nn.functional.scaled_dot_product_attention``
   with the padding mask, skipping the forward's generic machinery (mask
-  factories, output capturing, cache classes). Per step on the shipped
-  84k-parameter model this is about half the time of the ``hf`` path, whose
-  cost at batch 32 and one new token is mostly Python overhead.
+  factories, output capturing, cache classes). On the shipped 84k-parameter
+  model, whose step at batch 32 and one new token is mostly per-op overhead,
+  a step took 2.2 ms against 3.0-3.7 ms for the ``hf`` path (machine under
+  load), and whole train batches ~17% less CPU.
 
 The lean path is used only after it has matched the ``hf`` path on the first
 batch it sees for a model (largest absolute logit difference <= 1e-4);
