@@ -93,7 +93,7 @@ def calibrate(base: OrganismConfig, grid: dict[str, list], out_dir: str | Path, 
     for values in itertools.product(*(grid[k] for k in keys)):
         knobs = dict(zip(keys, values))
         for seed in seeds:
-            cfg = base.replace(**knobs, seed=seed)
+            cfg = base.replace(**knobs, seed=seed, n_envs=min(n_values))  # n_envs set per run; valid with family_size
             tag = "_".join(f"{k}={v}" for k, v in knobs.items()) + f"_seed={seed}"
             pair = run_pair(cfg, out_dir / tag, n_values)
             ends = {n: float(s.p.iloc[-1]) for n, s in pair.items()}

@@ -21,7 +21,7 @@ def test_runs_of_different_size_share_the_difficulty_distribution():
 
 
 def test_calibrate_sweep_runs_both_sizes(tmp_path):
-    base = OrganismConfig(n_envs=1, max_steps=4, eval_every=2, checkpoint_every=2, pretrain_steps=20, n_heldout=1,
+    base = OrganismConfig(max_steps=4, eval_every=2, checkpoint_every=2, pretrain_steps=20, n_heldout=1,
                           eval_prompts_per_env=1)
     table = calibrate(base, {"family_size": [3]}, tmp_path, n_values=(1, 2))
     assert list(table.N) == [1, 2]
