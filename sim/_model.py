@@ -247,7 +247,10 @@ class ToyModel:
         out = []
         for alpha, coupling in zip(self.alphas, self.couplings):
             a = torch.as_tensor(to_numpy(alpha), dtype=torch.float64)
-            rs = torch.as_tensor(to_numpy(coupling.apply(w_full)), dtype=torch.float64).abs()
+            # C w in the coupling's own dtype and device (no float64 copy of a large matrix)
+            native = _native_tensor(coupling)
+            w_c = w_full if native is None else w_full.to(dtype=native.dtype, device=native.device)
+            rs = torch.as_tensor(to_numpy(coupling.apply(w_c)), dtype=torch.float64).abs()
             out.append(a * rs * trained)
         shape = np.broadcast_shapes(*(tuple(r.shape) for r in out))
         self._rates = torch.stack([r.expand(shape) for r in out])
@@ -279,6 +282,15 @@ class ToyModel:
         ~1 / (p0 · gap) units of it (docs/model.md §3-4).
         """
         return self.rates()[0].amax(-1, keepdim=True)
+
+
+def _native_tensor(coupling):
+    """The tensor that holds a coupling's parameters (its matrix or features), if any."""
+    for name in ("matrix", "features"):
+        value = getattr(coupling, name, None)
+        if isinstance(value, Tensor):
+            return value
+    return None
 
 
 def _stack(state: Latents):
@@ -375,5 +387,9 @@ class VectorField:
 
     def __call__(self, state):
         """d(z, x, y)/dt for the stacked state ``(3, ..., n_envs)``."""
-        moved = self.transfer(self.weighted_gradients(state))
-        return self.alpha_for(moved.ndim) * moved
+        moved = self.transfer(self.weighted_gradients(state))   # a fresh array: scaled in place
+        alpha = self.alpha_for(moved.ndim)
+        if np.broadcast_shapes(tuple(alpha.shape), tuple(moved.shape)) != tuple(moved.shape):
+            return alpha * moved                                 # α carries replica axes the state lacks
+        moved *= alpha
+        return moved

@@ -128,6 +128,7 @@ def test_thread_policy_is_scoped_and_restores_torch_threads():
         with pytest.raises(ValueError, match="threads"):
             sim.ThreadPolicy(0)
         # measured choice: one untimed step, then PROBE_STEPS timed steps per candidate
+        sim._threads._MEMORY.clear()
         with sim.ThreadPolicy("auto", work=10**9) as policy:
             assert policy.measuring
             for threads_seen, seconds in [(1, 9.0), (1, 1.0), (1, 1.0), (1, 1.0),
@@ -135,6 +136,18 @@ def test_thread_policy_is_scoped_and_restores_torch_threads():
                 assert torch.get_num_threads() == threads_seen
                 policy.step(seconds)
             assert policy.choices == [(1, 1.0)] and torch.get_num_threads() == 1
+            policy.step(1.0)
+            policy._next_probe = 0.0                                   # the probe interval has passed
+            policy.step(1.0)                                           # -> probe 2 threads for one step
+            assert torch.get_num_threads() == 2
+            policy.step(2.0)                                           # not promising: back to 1
+            assert torch.get_num_threads() == 1 and policy._period == 2 * sim._threads.PROBE_EVERY
+            policy._next_probe = 0.0
+            for seconds in (1.0, 0.5, 0.5, 0.5):                       # promising, confirmed: switch
+                policy.step(seconds)
+            assert policy.choices[-1] == (2, 0.5) and torch.get_num_threads() == 2
+        with sim.ThreadPolicy("auto", work=10**9) as again:            # remembered: no new measurement
+            assert torch.get_num_threads() == 2 and again.choices == []
         assert torch.get_num_threads() == 2
         model, y0 = _batched("identity")
         sim.euler(model, y0, dt=0.1, t_max=1.0, engine="torch")
