@@ -1,21 +1,27 @@
-"""Throughput of the heterogeneous RFF Euler step (issue 2).
+"""Throughput of the heterogeneous RFF Euler step, against its floor and against torchdiffeq.
 
 Heterogeneous dynamics: N = 10,000 environments, M = 512 random Fourier
 features, 32 replicas (different per-env learnabilities and initial
 log-odds on one environment draw, as in a figure-5 batch; z and x share a
 transfer length, so one feature matrix serves both, y has its own), float32.
 
-In one run it times
-  (a) a whole Euler step (sim.euler, save="final", no early stop), and
+In one run, interleaved in rounds so that a change of load hits every
+contender alike, it times
+  (a) our Euler step (``sim.euler``, save="final", no early stop) with the
+      default thread policy (``sim.ThreadPolicy``: one thread or torch's
+      default, whichever it measures faster while it runs);
   (b) the bare batched matrix products that step needs on the same shapes
-      (Φᵀ g then Φ u for the stacked z/x gradients and for y): the floor;
-and a naive reference (Python loop over replicas, dense numpy N×N Gaussian
-kernels, float64) against ours at N = 1,000.
+      (Φᵀ g then Φ u for the stacked z/x gradients and for y): the floor,
+      taken at the better of 1 thread and torch's default;
+  (c) torchdiffeq's ``odeint(method="euler")`` stepping the same vector field
+      (``model.field``), also at its better thread count: the library peer.
 
-Goals: step <= 1.5 × bare products; >= 50 × faster than naive.
-Last line: ``step_over_matvec=X speedup_vs_naive=Y``.
+Goals (issue 10): step <= 1.2 × the floor, quiet or with a busy core, and
+at least as fast as torchdiffeq. Last line:
+``step_over_matvec=X speedup_vs_torchdiffeq=Y``.
 
-Usage: python benchmarks/sim_throughput.py [--steps 1000] [--naive-steps 20]
+Usage: python benchmarks/sim_throughput.py [--steps 150] [--rounds 6] [--threads N]
+(``--threads N`` fixes the thread count for every contender instead).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 
 from physrl import sim
@@ -43,18 +48,19 @@ def build(n_envs: int, n_features: int, n_replicas: int, seed: int = 0):
     y0 = Latents(torch.logit(p0) + 0.3 * torch.randn(n_replicas, n_envs, generator=g),
                  math.log(0.5 / 0.5) + 0.3 * torch.randn(n_replicas, n_envs, generator=g),
                  math.log(0.1 / 0.9) + 0.3 * torch.randn(n_replicas, n_envs, generator=g))
-    return ToyModel(zx, zx, y, *alpha), Latents(*(t.float() for t in y0)), coords
+    return ToyModel(zx, zx, y, *alpha), Latents(*(t.float() for t in y0))
 
 
-def time_step(model, y0, steps: int, dt: float = 0.5) -> float:
+def time_ours(model, y0, steps: int, dt: float, threads) -> tuple[float, list]:
     t0 = time.perf_counter()
-    sol = sim.euler(model, y0, dt=dt, t_max=steps * dt, tol=None, save="final")
+    sol = sim.euler(model, y0, dt=dt, t_max=steps * dt, tol=None, save="final", engine="torch",
+                    threads=threads)
     elapsed = time.perf_counter() - t0
     assert sol.n_steps == steps and torch.isfinite(sol.final.z).all()
-    return elapsed / steps
+    return elapsed, sol.extras.get("thread_choices", [])
 
 
-def time_bare_products(model, n_replicas: int, steps: int) -> float:
+def time_bare(model, n_replicas: int, steps: int) -> float:
     phi_zx = model.coupling_z.features
     phi_y = model.coupling_y.features
     n = phi_zx.shape[0]
@@ -64,59 +70,70 @@ def time_bare_products(model, n_replicas: int, steps: int) -> float:
     for _ in range(steps):
         (g_zx @ phi_zx) @ phi_zx.T
         (g_y @ phi_y) @ phi_y.T
-    return (time.perf_counter() - t0) / steps
+    return time.perf_counter() - t0
 
 
-def naive_step_time(coords: np.ndarray, n_replicas: int, steps: int, dt: float = 0.5) -> float:
-    """Python loop over replicas, dense numpy kernels, float64 (the obvious implementation)."""
-    d2 = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
-    c_zx = np.exp(-d2 / 2.0)
-    c_y = np.exp(-d2 / (2 * 0.05**2))
-    rng = np.random.default_rng(0)
-    n = coords.shape[0]
-    state = [(np.log(0.01 / 0.99) + 0.3 * rng.standard_normal(n), 0.3 * rng.standard_normal(n),
-              np.log(0.1 / 0.9) + 0.3 * rng.standard_normal(n)) for _ in range(n_replicas)]
-    alpha = [np.exp(0.3 * rng.standard_normal((3, n))) / n for _ in range(n_replicas)]
-    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+def time_torchdiffeq(model, y0, steps: int, dt: float) -> float:
+    from torchdiffeq import odeint
+    state = torch.stack(list(y0))
+    field = model.field(state)
+    t = torch.tensor([0.0, steps * dt])
     t0 = time.perf_counter()
-    for _ in range(steps):
-        for r in range(n_replicas):
-            z, x, y = state[r]
-            p, a, b = sig(z), sig(x), sig(y)
-            dz = alpha[r][0] * (c_zx @ (p * (1 - p) * (a - b)))
-            dx = alpha[r][1] * (c_zx @ (p * a * (1 - a)))
-            dy = alpha[r][2] * (c_y @ ((1 - p) * b * (1 - b)))
-            state[r] = (z + dt * dz, x + dt * dx, y + dt * dy)
-    return (time.perf_counter() - t0) / steps
+    out = odeint(lambda _t, s: field(s), state, t, method="euler", options={"step_size": dt})
+    elapsed = time.perf_counter() - t0
+    assert torch.isfinite(out[-1]).all()
+    return elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--naive-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=150, help="our Euler steps per round")
+    parser.add_argument("--bare-steps", type=int, default=None, help="bare product steps per round and "
+                                                                        "thread count (default: --steps)")
+    parser.add_argument("--torchdiffeq-steps", type=int, default=50, help="per round and thread count")
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--replicas", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 is far faster when "
-                             "other jobs share the cores, OpenMP threads spin otherwise)")
+                        help="fix torch's thread count for every contender (default: our policy; the "
+                             "references at the better of 1 and torch's default)")
     args = parser.parse_args()
+    dt = 0.5
+    default = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    candidates = [torch.get_num_threads()] if args.threads else sorted({1, default})
+    policy = args.threads if args.threads else "auto"
     r = args.replicas
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU")
+    bare_steps = args.bare_steps or args.steps
+    print(f"torch {torch.__version__}, float32, CPU; torch default threads {default}; "
+          f"references timed at threads {candidates}; ours: threads={policy!r}")
 
-    model, y0, _ = build(10_000, 512, r)
-    time_step(model, y0, 5)  # warm-up
-    step = time_step(model, y0, args.steps)
-    bare = time_bare_products(model, r, args.steps)
-    print(f"N=10000 M=512 replicas={r}: Euler step {step * 1e3:.2f} ms, bare products "
-          f"{bare * 1e3:.2f} ms ({args.steps} steps each, {args.steps * (step + bare):.0f} s)")
-
-    small, y_small, coords = build(1_000, 512, r)
-    ours = time_step(small, y_small, 200)
-    naive = naive_step_time(coords.numpy(), r, args.naive_steps)
-    print(f"N=1000: ours {ours * 1e3:.3f} ms/step (200 steps); naive {naive * 1e3:.2f} ms/step "
-          f"({args.naive_steps} steps, Python loop over {r} replicas, dense numpy float64)")
-    print(f"step_over_matvec={step / bare:.2f} speedup_vs_naive={naive / ours:.1f}")
+    model, y0 = build(10_000, 512, r)
+    time_ours(model, y0, 3, dt, policy)  # warm-up
+    ours = 0.0
+    bare = {c: 0.0 for c in candidates}
+    tde = {c: 0.0 for c in candidates}
+    choices = []
+    for _ in range(args.rounds):
+        seconds, chosen = time_ours(model, y0, args.steps, dt, policy)
+        ours += seconds
+        choices += chosen
+        for c in candidates:
+            with sim.ThreadPolicy(c):
+                bare[c] += time_bare(model, r, bare_steps)
+                tde[c] += time_torchdiffeq(model, y0, args.torchdiffeq_steps, dt)
+    step = ours / (args.rounds * args.steps)
+    bare_step = {c: v / (args.rounds * bare_steps) for c, v in bare.items()}
+    td_step = {c: v / (args.rounds * args.torchdiffeq_steps) for c, v in tde.items()}
+    floor, td_best = min(bare_step.values()), min(td_step.values())
+    print(f"N=10000 M=512 replicas={r}: our Euler step {step * 1e3:.2f} ms "
+          f"({args.rounds} x {args.steps} steps; the policy measured (threads, s/step) {choices})")
+    print("bare products " + ", ".join(f"{v * 1e3:.2f} ms at {c} thread(s)" for c, v in bare_step.items())
+          + f" -> floor {floor * 1e3:.2f} ms")
+    print("torchdiffeq odeint(method='euler'), same vector field: "
+          + ", ".join(f"{v * 1e3:.2f} ms at {c} thread(s)" for c, v in td_step.items())
+          + f" -> best {td_best * 1e3:.2f} ms")
+    print(f"step_over_matvec={step / floor:.2f} speedup_vs_torchdiffeq={td_best / step:.2f}")
 
 
 if __name__ == "__main__":
