@@ -244,9 +244,8 @@ def test_sigkill_at_twenty_random_moments(reference, tmp_path):
     """Slow variant: 20 SIGKILLs at random moments, each followed by a resume, over as many runs as it takes.
     A moment is drawn at random among: an external SIGKILL at a random time after the process started
     working; a self-inflicted one in a random AdamW step (stage 1 or GRPO), in a random chunk flush, or in
-    a random checkpoint write (the last two are milliseconds long, so a random time rarely hits them)."""
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY))
+    a random checkpoint write (the last two are milliseconds long, so a random time rarely hits them).
+    Every other run has the stage-1 cache off, so stage 1 runs (and can be killed) in every process of it."""
     cfg = OrganismConfig(**TINY)
     rng = random.Random(12)
     ref = _rows(reference)
@@ -255,6 +254,8 @@ def test_sigkill_at_twenty_random_moments(reference, tmp_path):
     while kills < 20:
         runs += 1
         run_dir = tmp_path / f"run{runs}"
+        config = tmp_path / f"tiny{runs}.json"
+        config.write_text(json.dumps({**TINY, "stage1_cache": "off" if runs % 2 else "auto"}))
         args = ["organisms", "train", "--out", str(run_dir), "--config", str(config)]
         while True:
             point, n = "none", 0
