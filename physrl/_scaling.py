@@ -152,8 +152,10 @@ class NStarEstimate:
     status : str
         ``ok``; ``separated`` (perfectly separated: Firth estimate plus the
         bracket); ``no_wins`` (N* > largest N swept); ``all_wins`` (N* ≤
-        smallest N swept); ``no_increase`` (β₁ ≤ 0: winning does not become
-        likelier with N, no N* defined).
+        smallest N swept); ``below_grid`` / ``above_grid`` (the logistic's
+        50% point lies outside the swept N: only the bound is reported);
+        ``no_increase`` (β₁ ≤ 0: winning does not become likelier with N, no
+        N* defined).
     bootstrap : dict
         ``replicates``, ``share_above_grid``, ``share_below_grid``,
         ``share_undefined``.
@@ -175,7 +177,12 @@ class NStarEstimate:
 
 
 def _n_star_point(log_n: np.ndarray, wins: np.ndarray) -> tuple[float, str, float | None, float | None]:
-    """(N*, status, slope, intercept); N* = inf for no wins, 0 for all wins, nan if undefined."""
+    """(N*, status, slope, intercept); N* = inf above the swept N, 0 below it, nan if undefined.
+
+    The logistic's 50% point is an estimate only inside the swept range of N;
+    outside it is an extrapolation, reported as a bound (status
+    ``below_grid`` / ``above_grid``, like ``all_wins`` / ``no_wins``).
+    """
     if wins.sum() == 0:
         return math.inf, "no_wins", None, None
     if wins.sum() == len(wins):
@@ -185,8 +192,13 @@ def _n_star_point(log_n: np.ndarray, wins: np.ndarray) -> tuple[float, str, floa
     b0, b1 = (float(v) for v in fit.beta)
     if b1 <= 0:
         return math.nan, "no_increase", b1, b0
+    log_star = -b0 / b1
+    if log_star < log_n.min():
+        return 0.0, "below_grid", b1, b0
+    if log_star > log_n.max():
+        return math.inf, "above_grid", b1, b0
     separated = log_n[wins == 0].max() < log_n[wins == 1].min()
-    return math.exp(-b0 / b1), "separated" if separated else "ok", b1, b0
+    return math.exp(log_star), "separated" if separated else "ok", b1, b0
 
 
 def _quantile_interval(values: np.ndarray, level: float = 0.95) -> list:
@@ -252,6 +264,10 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
         bracket = None
         if status in ("separated", "no_wins", "all_wins"):
             bracket = [int(lost.max()) if len(lost) else 0, int(won.min()) if len(won) else None]
+        elif status == "below_grid":
+            bracket = [0, int(at.n_envs.min())]
+        elif status == "above_grid":
+            bracket = [int(at.n_envs.max()), None]
         by_seed = {s: (np.log(g.n_envs.to_numpy(float)), g.win.to_numpy(float)) for s, g in at.groupby("seed")}
         memo: dict[tuple, float] = {}  # a resample is a multiset of seeds: few distinct ones, each fitted once
         for b, idx in enumerate(draws):

@@ -108,14 +108,16 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
             if hi is None:
                 ax.annotate("", xy=(est.p0, est.n_star * 3), xytext=(est.p0, est.n_star),
                             arrowprops=dict(arrowstyle="->", color="black"))
-        elif est.status == "no_wins":
+        elif est.status in ("no_wins", "above_grid"):
             n_max = est.bracket[0]
             ax.plot([est.p0], [n_max], "k^", mfc="white", ms=8, label="observed: N* > largest N swept")
             ax.annotate("", xy=(est.p0, n_max * 2), xytext=(est.p0, n_max),
                         arrowprops=dict(arrowstyle="->", color="black"))
-        elif est.status == "all_wins":
+        elif est.status in ("all_wins", "below_grid"):
             n_min = est.bracket[1]
             ax.plot([est.p0], [n_min], "kv", mfc="white", ms=8, label="observed: N* ≤ smallest N swept")
+            ax.annotate("", xy=(est.p0, n_min / 2), xytext=(est.p0, n_min),
+                        arrowprops=dict(arrowstyle="->", color="black"))
     obs_slope = summary["scaling"]["by_budget"][str(budget)]["observed_slope"]
     if len(finite) >= 2:
         x = np.log([f[0] for f in finite])
@@ -159,6 +161,11 @@ def _status_words(est: dict) -> str:
         return f" (RS never won: N* > {bracket[0]}, the largest N swept)"
     if status == "all_wins":
         return f" (RS always won: N* ≤ {bracket[1]}, the smallest N swept)"
+    if status == "below_grid":
+        return (f" (<span class='bad'>RS already won in most seeds at the smallest N swept: N* < {bracket[1]}, "
+                "below the grid</span>)")
+    if status == "above_grid":
+        return f" (<span class='bad'>RS lost in most seeds at the largest N swept: N* > {bracket[0]}</span>)"
     if status == "no_increase":
         return " (<span class='bad'>winning did not become likelier with N: no N* defined</span>)"
     return ""
@@ -174,11 +181,23 @@ def verdict(summary: dict) -> list[str]:
     lines.append(_slope_sentence("Observed", obs) + "; " + _slope_sentence("predicted", pred)
                  + f"; the post's canonical slope {sc['canonical_slope']:g}.")
     lo, hi = obs["interval_95"]
+    censored = [p for p in sc["p0"] if p not in obs.get("p0_used", sc["p0"])]
+    if censored and obs["value"] is not None:
+        lines.append(f"<span class='bad'>N* lies outside the swept grid at p0 = "
+                     f"{', '.join(f'{p:g}' for p in censored)}</span>: the observed slope uses only "
+                     f"{', '.join(f'{p:g}' for p in obs['p0_used'])}.")
+    if (obs.get("share_undefined") or 0) > 0.2:
+        lines.append(f"<span class='bad'>{obs['share_undefined']:.0%} of the bootstrap replicates had no slope</span> "
+                     "(a p0 whose resampled N* fell outside the grid or was undefined); the interval is over the "
+                     "rest only and does not measure the law.")
     if obs["value"] is None:
         lines.append("<span class='bad'>The organisms give no scaling law here:</span> N* was not finite at "
                      "two or more p0 (see the table below); the law is neither confirmed nor refuted.")
     elif lo is None or hi is None:
         lines.append("The observed slope has no interval (one seed or undefined replicates).")
+    elif censored or (obs.get("share_undefined") or 0) > 0.2:
+        lines.append("Reading: <span class='bad'>this design does not measure the slope</span>; compare the "
+                     "per-p0 N* below, not the slope.")
     else:
         contains = lo <= sc["canonical_slope"] <= hi
         falls = hi < 0

@@ -116,3 +116,16 @@ def test_win_table_counts_and_jeffreys_intervals():
     assert (row.wins, row.n) == (2, 3)
     assert row.lower < 2 / 3 < row.upper
     assert table[table.n_envs == 4].iloc[0].lower == 0.0
+
+
+def test_a_flat_win_rate_gives_a_bound_not_an_extrapolated_n_star():
+    """2 of 3 seeds win at every N: the logistic's 50% point sits far below the grid (N* ~ 1e-6 if
+    read off the curve); it is reported as 'below the grid', a bound, and the slope skips it."""
+    rows = [{"p0": 0.1, "n_envs": n, "seed": s, "budget": 400, "win": int(s < 2)} for n in (4, 6, 8) for s in range(3)]
+    rows += [{"p0": 0.2, "n_envs": n, "seed": s, "budget": 400, "win": int(n >= 6)} for n in (4, 6, 8) for s in range(3)]
+    rows[8]["win"] = 1  # N = 8, seed 2 also wins: 2/3, 2/3, 3/3 — a positive slope, 50% point below N = 4
+    ests, reps, p0s, _ = n_star_by_p0(pd.DataFrame(rows), 400, n_boot=100)
+    flat = ests[0]
+    assert flat.status in ("below_grid", "no_increase") and flat.n_star is None
+    slope = slope_with_interval(p0s, [e.n_star for e in ests], reps, "bootstrap")
+    assert slope.value is None and slope.p0_used == [0.2]
