@@ -46,11 +46,16 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("RS share (eval, trained envs)")
+    handles, labels = {}, {}
     for ax in axes[0]:
-        ax.legend(fontsize=7, loc="center left", ncol=1 if len(ns) < 7 else 2, framealpha=0.85)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = sorted(handles, key=lambda lab: int(lab.split("=")[1]))
     fig.suptitle("Organisms: does reward-seeking spread more with more environments? (one line per seed)",
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend([handles[k] for k in order], order, loc="lower center", ncol=min(len(order), 8), fontsize=8,
+               frameon=False)  # below the panels: inside, it covered the curves
     return figure_to_data_uri(fig, path)
 
 
