@@ -340,18 +340,22 @@ def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, metho
     point_n_stars : sequence, length P
         Point estimates (None / nan / inf: not finite).
     replicate_n_stars : ndarray, shape (B, P)
-        N* per replicate; a replicate with any non-finite N* has no slope.
+        N* per replicate; only the p0 with a finite point estimate enter (the
+        same set as the point slope), and a replicate with a non-finite N* at
+        one of them has no slope.
     method : str
         Describes the replicates (stored).
     """
     point = np.array([math.nan if v is None else v for v in point_n_stars], float)
     value = log_log_slope(p0s, point)
+    used = np.isfinite(point) & (point > 0)  # replicates use the same p0 as the point estimate
     reps = np.asarray(replicate_n_stars, float)
+    reps = reps[:, used] if reps.ndim == 2 and reps.shape[0] else reps.reshape(0, int(used.sum()))
     slopes = np.full(reps.shape[0], math.nan)
-    defined = (np.all(np.isfinite(reps) & (reps > 0), axis=1) if reps.size and len(p0s) >= 2
+    defined = (np.all(np.isfinite(reps) & (reps > 0), axis=1) if reps.size and used.sum() >= 2
                else np.zeros(reps.shape[0], bool))
     if defined.any():
-        logp = np.log(np.asarray(p0s, float))
+        logp = np.log(np.asarray(p0s, float)[used])
         x = logp - logp.mean()
         logn = np.log(reps[defined])
         slopes[defined] = (logn - logn.mean(axis=1, keepdims=True)) @ x / (x @ x)

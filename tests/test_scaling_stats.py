@@ -129,3 +129,13 @@ def test_a_flat_win_rate_gives_a_bound_not_an_extrapolated_n_star():
     assert flat.status in ("below_grid", "no_increase") and flat.n_star is None
     slope = slope_with_interval(p0s, [e.n_star for e in ests], reps, "bootstrap")
     assert slope.value is None and slope.p0_used == [0.2]
+
+
+def test_slope_interval_uses_the_same_p0_as_the_point_estimate():
+    """A p0 whose point N* is censored is left out of the replicates too (else the interval
+    describes another set of p0 and may not contain the estimate)."""
+    reps = np.array([[10.0, np.inf, 2.4], [8.0, 3.0, 2.6], [12.0, np.inf, 2.2], [9.0, 0.0, 2.5]])
+    slope = slope_with_interval([0.05, 0.1, 0.2], [10.0, None, 2.4], reps, "test")
+    assert slope.p0_used == [0.05, 0.2] and slope.share_undefined == 0.0
+    lo, hi = slope.interval_95
+    assert lo <= slope.value <= hi
