@@ -91,11 +91,11 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         res = fitting.fit(runs, transfer="homogeneous")
         fit_seconds = time.perf_counter() - t
-        n_jac = res.problem._cache["n_jacobians"] - 1  # Dfun calls during leastsq (minus the final one)
-        n_res = res.result.nfev
+        n_jac = res.diagnostics.jacobians - 1  # batched Jacobians over all starts (minus the final one)
+        n_res = res.diagnostics.nfev
         truth = fitting.DEFAULT_TRUTH
         print(f"fast fit: {fit_seconds:.2f} s, {len(res.var_names)} varying parameters, "
-              f"{res.n_data} observations, success={res.result.success}, unidentified={res.unidentified}")
+              f"{res.n_data} observations, converged={res.converged}, unidentified={res.unidentified}")
         for name in ("time_scale", "alpha_x", "alpha_y", "c_z", "c_x", "c_y"):
             lo, hi = res.interval(name)
             print(f"  {name:<11} {res.value(name):.4f}  95% [{lo:.4f}, {hi:.4f}]  truth {truth[name]}")

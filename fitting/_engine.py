@@ -104,7 +104,10 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         (model time per optimizer step), shape (B, 1, 1); transfer values
         ``c_z, c_x, c_y`` (homogeneous, in [0, 1]) or ``length_scale_z, ...``
         (kernel, > 0), shape (B, R); optional ``lam`` (footnote-4 λ >= 0),
-        shape (B, 1, 1).
+        shape (B, 1, 1); optional observation bounds ``a_lo, a_hi, b_lo,
+        b_hi`` (reward units, shape (B, R, N)): the dynamics are then the
+        gradient flow of the reward in observed units (docs/model.md §7).
+        The returned a, b stay latent (σ(x), σ(y)).
     transfer : {"none", "homogeneous", "kernel"}
     substeps : int
         Euler steps per optimizer step (more if stability needs it: the step
@@ -146,10 +149,11 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         for k in LATENTS:
             key = {"homogeneous": f"c_{k}", "kernel": f"length_scale_{k}"}.get(transfer)
             couplings.append(_coupling(transfer, None if key is None else phys[key], config, n))
+        observation = (tuple(phys[k] for k in ("a_lo", "a_hi", "b_lo", "b_hi")) if "a_lo" in phys else None)
         model = sim.ToyModel(*couplings, alpha_z=scale * phys["alpha_z"], alpha_x=scale * phys["alpha_x"],
                              alpha_y=scale * phys["alpha_y"],
                              w=torch.as_tensor(config.w, dtype=torch.float64),
-                             lam=0.0 if lam is None else lam)
+                             lam=0.0 if lam is None else lam, observation=observation)
     except ValueError as exc:  # lmfit can probe NaN: a wall the optimizer backs off from, as for a too-fast ODE
         raise UnstableStep(f"parameters outside the model's domain: {exc}") from exc
     rate = model.max_rate()

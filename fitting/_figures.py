@@ -111,7 +111,7 @@ def plot_predicted_vs_observed(preds: list[Prediction], path: str | Path, title:
             sc = ax.scatter(t.loc[ok, f"pred_{lat}"], t.loc[ok, f"{lat}_hat"], c=t.loc[ok, "step"], s=9,
                             cmap="viridis", marker=markers[m % len(markers)], alpha=0.7,
                             label=pred.run_id if len(preds) > 1 else None)
-        cov = [p.metrics["coverage"][lat] for p in preds if p.metrics["coverage"][lat] is not None]
+        cov = [p.metrics.coverage[lat] for p in preds if p.metrics.coverage[lat] is not None]
         cov_txt = f"inside predictive band: {np.mean(cov):.0%}" if cov else ""
         ax.set_title(f"{LATENT_LABELS[lat]}\n{cov_txt}", fontsize=10)
         ax.set_xlabel("predicted")

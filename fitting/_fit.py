@@ -1,31 +1,50 @@
-"""Maximum-likelihood fit of the toy model to rollout observations with lmfit (docs/model.md §6).
+"""Maximum-likelihood fit of the toy model to rollout observations with lmfit (docs/model.md §6, §7).
 
-The objective is lmfit's: a vector of signed deviance residuals (see
-``_problem``), minimised by Levenberg-Marquardt (``Minimizer.leastsq``) with
-a batched finite-difference Jacobian passed as ``Dfun``. Errors come from
-the covariance (J^T J)^-1 of those residuals in external parameter space
-(lmfit ``scale_covar=False``: the likelihood fixes the scale; set
-``scale_covar=True`` to inflate by the reduced chi-square for overdispersed
-data). Profile intervals (``lmfit.conf_interval`` with a chi-square(1)
-likelihood-ratio probability) and ``Minimizer.emcee`` sampling are on
-request. References: lmfit documentation, "Performing Fits and Analyzing
-Outputs" (Minimizer, leastsq ``Dfun``/``col_deriv``, ``scale_covar``,
-``emcee``, ``is_weighted``) and "Calculation of confidence intervals"
-(``conf_interval``, ``prob_func``).
+The objective is lmfit's: a vector of signed deviance residuals plus the
+step-0 prior residuals (see ``_problem``), minimised by scipy's bounded
+trust-region least squares (lmfit ``Minimizer.least_squares``, method
+``trf``, bounds handled natively instead of lmfit's sine transform, along
+which Levenberg-Marquardt crawled on real logs) with a batched
+finite-difference Jacobian passed as ``Dfun``.
+
+Starts. The initial state (p0, a0, b0) starts at its step-0 measurement; the
+rates and transfers start from the best points of a Latin hypercube over
+their plausible ranges (``scipy.stats.qmc.LatinHypercube``, evaluated in one
+batched integration). Each of ``n_starts`` starts is optimised; the best by
+penalised deviance is the answer, and the spread of the optima is reported
+(:class:`FitDiagnostics`). A start stopped at ``max_nfev`` is not converged;
+the fit is converged only when its best start is.
+
+Noise. RL runs vary more than binomial noise (the eval share at one step
+depends on the whole trajectory so far). The dispersion φ is the Pearson
+χ² of the data divided by its degrees of freedom (quasi-likelihood; McCullagh
+& Nelder, Generalized Linear Models, §4.5); by default the covariance is
+scaled by max(φ, 1) and predictive bands widen accordingly (``_predict``).
+
+Intervals are Wald intervals on the parameter's natural scale (logit for
+probabilities, log for positive scales, natural and clipped for values in
+[0, 1]); they always contain the estimate (one-sided at a bound).
 
 Identifiability. A parameter is reported as *not identified* (no interval,
 ``identified: false`` and a reason) when the data cannot constrain it: its
 column of the Jacobian is zero, it lies in a (near-)null direction of
-J^T J, or its standard error is larger than its plausible range (a
-probability with stderr > 0.25, a positive scale with stderr > its value,
-λ with stderr > 1). Its point value is still shown, flagged, never as a
-confident number.
+J^T J, its standard error is not finite, it is larger than its plausible
+range (a probability with stderr > 0.25, a positive scale with relative
+stderr > 1, λ with stderr > 1), or its 95% interval spans its whole range.
+Parameters the data cannot support at all (one observed step, no RS
+rollout) are held fixed and reported as not identified.
+
+References: lmfit documentation, "Performing Fits and Analyzing Outputs"
+(Minimizer, least_squares, ``Dfun``, ``emcee``) and "Calculation of
+confidence intervals" (``conf_interval``, ``prob_func``); scipy
+``optimize.least_squares`` and ``stats.qmc``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +53,24 @@ import lmfit
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.stats import qmc
 
 from physrl.contract import Run, load_runs
 
 from ._engine import single_thread
 from ._observations import observations
-from ._problem import FitSpec, Problem, kind_of
+from ._problem import FitSpec, ParamInfo, Problem, Step0
 
 NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
+#: residual evaluations per start (lmfit max_nfev) unless the caller says otherwise
+DEFAULT_MAX_NFEV = 300
+#: Latin-hypercube points screened for the starts
+N_SCREEN = 96
+
+
+class InsufficientData(ValueError):
+    """Fewer observations than the parameters that remain after holding the unsupported ones fixed."""
 
 
 @dataclass
@@ -54,16 +82,24 @@ class ParameterEstimate:
     name : str
     value : float
     stderr : float or None
+        Standard error on the natural scale (scaled by the dispersion);
         None when not identified or fixed.
     identified : bool
     vary : bool
-        False for fixed parameters (e.g. ``alpha_z`` = 1, the time unit).
+        False for fixed parameters (``alpha_z`` = 1, the time unit; step-0
+        values with ``step0="fixed"``; parameters the data cannot support).
     reason : str
         Why a parameter is not identified ("" otherwise).
     at_bound : bool
         The estimate sits on a bound (e.g. c = 0); its interval is one-sided.
     meaning : str
-        What it is (run id / env id for indexed names).
+        What it is (run id / env id).
+    info : ParamInfo
+        The parameter's record (kind, latent, run, env, domain).
+    bounds : (float, float)
+        The parameter's allowed range.
+    profile : dict or None
+        Profile-likelihood interval when requested.
     """
 
     name: str
@@ -74,32 +110,178 @@ class ParameterEstimate:
     reason: str = ""
     at_bound: bool = False
     meaning: str = ""
+    info: ParamInfo | None = None
+    bounds: tuple[float, float] = (-np.inf, np.inf)
     profile: dict | None = None
 
-    def interval(self, level: float = 0.95, bounds: tuple[float, float] = (-np.inf, np.inf)):
-        """Wald interval on the natural scale: logit for probabilities, log for scales.
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Wald interval on the natural scale; always contains ``value``.
 
-        Returns (lower, upper), or (nan, nan) if not identified. At a bound the
-        interval is one-sided, from the bound to bound + z·stderr.
+        Logit scale for probabilities, log scale for positive scales, natural
+        (clipped to the bounds) otherwise. At a bound the interval is
+        one-sided, from the bound. Returns (nan, nan) if not identified and
+        (value, value) if fixed.
         """
-        if not self.identified or self.stderr is None or not self.vary:
-            return (math.nan, math.nan) if self.vary else (self.value, self.value)
-        z = stats.norm.ppf(0.5 + level / 2)
-        v, se = self.value, self.stderr
-        kind = kind_of(self.name)
-        lo_b, hi_b = bounds
-        if self.at_bound:
-            if abs(v - lo_b) <= abs(v - hi_b):
-                return lo_b, min(hi_b, lo_b + z * se)
-            return max(lo_b, hi_b - z * se), hi_b
-        if kind == "prob":
-            lv = math.log(v / (1 - v))
-            d = z * se / (v * (1 - v))
-            return 1 / (1 + math.exp(-(lv - d))), 1 / (1 + math.exp(-(lv + d)))
-        if kind == "scale":
-            d = z * se / v
-            return v * math.exp(-d), v * math.exp(d)
-        return max(lo_b, v - z * se), min(hi_b, v + z * se)
+        if not self.vary:
+            return (self.value, self.value) if self.identified else (math.nan, math.nan)
+        if not self.identified or self.stderr is None or not np.isfinite(self.stderr):
+            return math.nan, math.nan
+        return wald_interval(self.value, self.stderr, self.info.domain if self.info else "unit", self.bounds,
+                             level, self.at_bound)
+
+
+def wald_interval(value: float, stderr: float, domain: str, bounds: tuple[float, float], level: float,
+                  at_bound: bool = False) -> tuple[float, float]:
+    """Wald interval of ``value`` ± z·stderr on the scale of ``domain``, containing ``value``.
+
+    Parameters
+    ----------
+    value, stderr : float
+        Estimate and its standard error on the natural scale.
+    domain : {"prob", "scale", "nonneg", "unit"}
+        logit scale (delta method: se / (v (1 − v))), log scale (se / v),
+        or natural scale clipped to ``bounds``.
+    bounds : (float, float)
+    level : float
+    at_bound : bool
+        One-sided interval from the nearer bound.
+    """
+    z = stats.norm.ppf(0.5 + level / 2)
+    lo_b, hi_b = bounds
+    v, se = value, stderr
+    if at_bound:
+        if abs(v - lo_b) <= abs(v - hi_b):
+            hi = v * math.exp(min(z * se / v, 700.0)) if domain == "scale" and v > 0 else v + z * se
+            lo, hi = lo_b, min(hi_b, hi)
+        else:
+            lo, hi = max(lo_b, v - z * se), hi_b
+    elif domain == "prob":
+        v_ = min(max(v, 1e-12), 1 - 1e-12)
+        lv = math.log(v_ / (1 - v_))
+        d = z * se / (v_ * (1 - v_))
+        lo, hi = 1 / (1 + math.exp(-(lv - d))), 1 / (1 + math.exp(-(lv + d)))
+    elif domain == "scale" and v > 0:
+        d = min(z * se / v, 700.0)
+        lo, hi = v * math.exp(-d), v * math.exp(d)
+    else:
+        lo, hi = max(lo_b, v - z * se), min(hi_b, v + z * se)
+    return min(lo, v), max(hi, v)
+
+
+@dataclass
+class StartRecord:
+    """One start of the multi-start optimisation.
+
+    Attributes
+    ----------
+    label : str
+        ``"measured"`` (step-0 values, best screened rates) or ``"lhs-<k>"``.
+    deviance : float
+        Penalised deviance at its optimum.
+    converged : bool
+    nfev : int
+        Residual evaluations it used.
+    message : str
+        The optimizer's message.
+    values : dict
+        Its optimum's varying parameter values.
+    """
+
+    label: str
+    deviance: float
+    converged: bool
+    nfev: int
+    message: str
+    values: dict
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "deviance": _num(self.deviance), "converged": self.converged,
+                "nfev": self.nfev, "message": self.message,
+                "values": {k: _num(v) for k, v in self.values.items()}}
+
+
+@dataclass
+class FitDiagnostics:
+    """How the fit went: convergence, the starts, the noise.
+
+    Attributes
+    ----------
+    converged : bool
+        The best start's optimizer reported convergence (not stopped by
+        ``max_nfev`` or a failure).
+    status : {"converged", "max_nfev", "failed"}
+    message : str
+    nfev : int
+        Residual evaluations over all starts (the screen's batched
+        evaluations not counted).
+    jacobians : int
+        Batched Jacobian evaluations over all starts.
+    max_nfev : int
+        Cap per start.
+    starts : list of StartRecord
+        Best first.
+    n_at_best : int
+        Starts whose optimum lies within max(φ, 1) of the best penalised
+        deviance (reached the same optimum up to noise).
+    spread : dict name -> [min, max]
+        Range of each varying parameter over those starts.
+    deviance : float
+        Data deviance at the optimum (−2 log L up to a data-only constant).
+    penalty : float
+        Sum of squared step-0 prior residuals at the optimum.
+    pearson_chi2 : float
+    dof : int
+        Data points minus varying parameters.
+    dispersion : float
+        φ = Pearson χ² / dof over all data at the optimum (unweighted; nan
+        when dof <= 0).
+    dispersion_used : dict component -> float
+        max(φ_c, 1) per component (p, a, b) by which its residuals were
+        down-weighted (1 with ``dispersion="none"``); standard errors and
+        predictive bands carry it.
+    component_dispersion : dict component -> float
+        φ_c = Pearson χ²_c / dof_c at the first (unweighted) optimum.
+    rejected, nonfinite : int
+        Trial vectors too fast for the Euler grid; non-finite residuals
+        replaced by a wall.
+    seconds : float
+    """
+
+    converged: bool
+    status: str
+    message: str
+    nfev: int
+    jacobians: int
+    max_nfev: int
+    starts: list[StartRecord]
+    n_at_best: int
+    spread: dict
+    deviance: float
+    penalty: float
+    pearson_chi2: float
+    dof: int
+    dispersion: float
+    dispersion_used: dict
+    component_dispersion: dict
+    rejected: int = 0
+    nonfinite: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"converged": self.converged, "status": self.status, "message": self.message, "nfev": self.nfev,
+                "jacobians": self.jacobians, "max_nfev": self.max_nfev, "n_starts": len(self.starts),
+                "n_at_best": self.n_at_best, "starts": [s.to_dict() for s in self.starts],
+                "spread": {k: [_num(a), _num(b)] for k, (a, b) in self.spread.items()},
+                "deviance": _num(self.deviance), "penalty": _num(self.penalty),
+                "pearson_chi2": _num(self.pearson_chi2), "dof": self.dof, "dispersion": _num(self.dispersion),
+                "dispersion_used": {k: _num(v) for k, v in self.dispersion_used.items()},
+                "component_dispersion": {k: _num(v) for k, v in self.component_dispersion.items()},
+                "rejected": self.rejected,
+                "nonfinite": self.nonfinite, "seconds": self.seconds}
+
+
+def _num(x):
+    return None if x is None or not np.isfinite(x) else float(x)
 
 
 @dataclass
@@ -109,23 +291,35 @@ class FitResult:
     Attributes
     ----------
     problem : Problem
-        Data layout and likelihood (``problem.run_ids``, ``problem.env_ids``).
+        Data layout and likelihood (``problem.run_ids``, ``problem.env_ids``,
+        ``problem.info`` the parameters' records).
     result : lmfit.MinimizerResult
-        lmfit's own result (``result.params``, ``lmfit.fit_report(result)``).
+        lmfit's result of the best start (``result.params``,
+        ``lmfit.fit_report(result)``); its errors are lmfit's own.
     estimates : dict of ParameterEstimate
-        Every parameter (varying and fixed) with its identified flag.
+        Every parameter (varying and fixed) with its identified flag and
+        dispersion-scaled standard error.
     covariance : ndarray, shape (P, P)
-        Over ``var_names`` (pseudo-inverse where singular; rows of
-        unidentified parameters are not meaningful).
+        Over ``var_names``, scaled by ``diagnostics.dispersion_used``
+        (pseudo-inverse where singular; rows of unidentified parameters are
+        not meaningful).
     var_names : list of str
     loglik, aic, bic : float
-        From the full likelihood (not lmfit's Gaussian aic/bic):
-        AIC = -2 log L + 2k, BIC = -2 log L + k ln n.
+        From the data likelihood at the optimum (binomial/Gaussian, not
+        quasi): AIC = -2 log L + 2k, BIC = -2 log L + k ln n.
     n_data : int
-        Number of observations (residuals).
+        Number of observations (data residuals).
     seconds : float
         Wall-clock time of the fit.
+    runs : list of Run
+    diagnostics : FitDiagnostics
+        Convergence, starts and their spread, dispersion φ.
     notes : list of str
+    emcee : dict or None
+
+    Properties: ``converged``, ``dispersion`` (φ), ``spec``, ``params``,
+    ``unidentified``; :meth:`interval`, :meth:`initial_state` (fitted p0,
+    a0, b0 in observed units next to the step-0 measurement).
     """
 
     problem: Problem
@@ -139,6 +333,7 @@ class FitResult:
     n_data: int
     seconds: float
     runs: list[Run]
+    diagnostics: FitDiagnostics
     notes: list[str] = field(default_factory=list)
     emcee: dict | None = None
 
@@ -150,93 +345,160 @@ class FitResult:
     def params(self) -> lmfit.Parameters:
         return self.result.params
 
+    @property
+    def converged(self) -> bool:
+        return self.diagnostics.converged
+
+    @property
+    def dispersion(self) -> float:
+        return self.diagnostics.dispersion
+
     def value(self, name: str) -> float:
         return self.estimates[name].value
 
     def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
         """Interval of parameter ``name`` at ``level`` (see :meth:`ParameterEstimate.interval`)."""
-        par = self.params[name]
-        return self.estimates[name].interval(level, (par.min, par.max))
+        return self.estimates[name].interval(level)
 
     @property
     def unidentified(self) -> list[str]:
-        return [n for n, e in self.estimates.items() if e.vary and not e.identified]
+        """Parameters the data do not identify (varying, or held fixed because unsupported)."""
+        return [n for n, e in self.estimates.items() if not e.identified]
+
+    def initial_state(self, level: float = 0.95) -> pd.DataFrame:
+        """Fitted p0, a0, b0 in observed units next to their step-0 measurement.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per initial-state parameter: ``param, quantity, fitted``
+            (observed units, pooled like the measurement), ``lower, upper``
+            (its interval mapped through the observation model), ``measured,
+            measured_lower, measured_upper`` (95%), ``inside`` (fitted value
+            within the measurement interval), ``n`` rollouts.
+        """
+        rows = []
+        prob = self.problem
+        theta = prob.full(self.params)
+        init = prob.initial_observed(theta)
+        for name, s0 in prob.step0.items():
+            info = prob.info[name]
+            if s0.quantity == "p":
+                mask = prob.index["p0"] == prob.names.index(name)
+            else:
+                mask = prob.index[f"{s0.quantity}0"] == prob.names.index(name)
+            mask = mask & prob.config.valid
+            fitted = float(init[s0.quantity][0][mask].mean())
+            lo, hi = self.interval(name, level)
+            if s0.quantity != "p" and np.isfinite(lo):
+                ob = prob.observation_arrays(theta)
+                a_lo = float(ob[f"{s0.quantity}_lo"][0][mask].mean())
+                span = float((ob[f"{s0.quantity}_hi"] - ob[f"{s0.quantity}_lo"])[0][mask].mean())
+                lo, hi = a_lo + span * lo, a_lo + span * hi
+            rows.append({"param": name, "quantity": s0.quantity, "fitted": fitted, "lower": lo, "upper": hi,
+                         "measured": s0.value, "measured_lower": s0.lower, "measured_upper": s0.upper,
+                         "inside": bool(s0.lower <= fitted <= s0.upper), "n": s0.n, "step": s0.step,
+                         "meaning": info.meaning(prob.run_ids)})
+        return pd.DataFrame(rows)
+
+    def summary_table(self) -> str:
+        """A short plain-text table: status, φ, and each parameter with its 95% interval."""
+        d = self.diagnostics
+        lines = [f"fit {'converged' if d.converged else 'DID NOT CONVERGE (' + d.status + ')'}: "
+                 f"{len(self.runs)} runs, {self.n_data} observations, {len(self.var_names)} varying parameters, "
+                 f"{d.nfev} evaluations over {len(d.starts)} starts ({d.n_at_best} reached the best), "
+                 f"{self.seconds:.1f} s",
+                 f"weighted deviance {d.deviance:.1f} (+ step-0 prior {d.penalty:.1f}); dispersion φ = "
+                 f"{d.dispersion:.2f} (Pearson χ²/dof); per component "
+                 + ", ".join(f"{c} {v:.2f}" for c, v in d.component_dispersion.items())
+                 + " (residuals weighted by 1/√max(φ, 1))", "",
+                 f"{'parameter':<16} {'value':>10}  {'95% interval':<24} note"]
+        for name, est in self.estimates.items():
+            if not est.identified:
+                note = f"NOT IDENTIFIED: {est.reason}"
+                interval = "-"
+            elif not est.vary:
+                note, interval = f"fixed ({est.meaning or est.reason})", "-"
+            else:
+                lo, hi = est.interval(0.95)
+                interval = f"[{lo:.4g}, {hi:.4g}]"
+                note = ("at bound; " if est.at_bound else "") + est.meaning
+            lines.append(f"{name:<16} {est.value:>10.4g}  {interval:<24} {note}")
+        table = self.initial_state()
+        if len(table):
+            lines += ["", "initial state in observed units vs its step-0 measurement (95%):"]
+            for row in table.itertuples():
+                lines.append(f"  {row.param:<14} {row.quantity}: fitted {row.fitted:.3f}, measured {row.measured:.3f} "
+                             f"[{row.measured_lower:.3f}, {row.measured_upper:.3f}] "
+                             f"{'inside' if row.inside else 'OUTSIDE'}")
+        return "\n".join(lines)
 
     def report(self) -> str:
-        """lmfit's ``fit_report`` followed by likelihood, identifiability and notes."""
-        lines = [lmfit.fit_report(self.result, show_correl=True, min_correl=0.5), "",
+        """The summary table, lmfit's ``fit_report``, likelihood, starts, identifiability and notes."""
+        d = self.diagnostics
+        lines = [self.summary_table(), "", "[[lmfit report of the best start]]",
+                 "    (its 'chi-square' is the penalised deviance; its errors are lmfit's unscaled ones — "
+                 "use the table above)",
+                 lmfit.fit_report(self.result, show_correl=True, min_correl=0.5), "",
                  "[[Likelihood]]",
-                 "    (chi-square above = deviance of binomial/Gaussian observations; "
-                 "stderr from (J^T J)^-1, not scaled by reduced chi-square)"
-                 if not self.result.scale_covar_used else "    (stderr scaled by reduced chi-square)",
                  f"    log L = {self.loglik:.3f}   AIC = {self.aic:.2f}   BIC = {self.bic:.2f}   "
                  f"n_data = {self.n_data}   k = {len(self.var_names)}",
-                 "", "[[Identifiability and 95% intervals]]"]
-        for name, est in self.estimates.items():
-            if not est.vary:
-                lines.append(f"    {name:<18} = {est.value:.6g} (fixed: {est.meaning})")
-            elif est.identified:
-                lo, hi = self.interval(name)
-                bound = "  [at bound: one-sided]" if est.at_bound else ""
-                lines.append(f"    {name:<18} = {est.value:.5g} ± {est.stderr:.2g}   95%: [{lo:.4g}, {hi:.4g}]"
-                             f"{bound}   {est.meaning}")
-            else:
-                lines.append(f"    {name:<18}   NOT IDENTIFIED ({est.reason}); point value {est.value:.3g} "
-                             f"is not an estimate   {est.meaning}")
+                 f"    Pearson chi2 = {d.pearson_chi2:.1f} on {d.dof} dof: dispersion phi = {d.dispersion:.3f}",
+                 "", "[[Starts]] (penalised deviance at each start's optimum)"]
+        for s in d.starts:
+            lines.append(f"    {s.label:<10} {s.deviance:12.2f}  {'converged' if s.converged else 'NOT converged'}"
+                         f"  nfev {s.nfev}  {s.message}")
+        if d.spread:
+            lines.append(f"    spread over the {d.n_at_best} starts at the best optimum:")
+            for name, (lo, hi) in d.spread.items():
+                lines.append(f"      {name:<16} [{lo:.4g}, {hi:.4g}]")
         if self.notes:
             lines += ["", "[[Notes]]"] + [f"    - {n}" for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (what ``fit.json`` holds); no NaN: missing numbers are null."""
-        def num(x):
-            return None if x is None or not np.isfinite(x) else float(x)
-
         params = {}
         for name, est in self.estimates.items():
             lo95, hi95 = self.interval(name, 0.95)
             lo90, hi90 = self.interval(name, 0.90)
-            params[name] = {"value": num(est.value), "stderr": num(est.stderr), "identified": est.identified,
+            info = est.info
+            params[name] = {"value": _num(est.value), "stderr": _num(est.stderr), "identified": est.identified,
                             "vary": est.vary, "at_bound": est.at_bound, "reason": est.reason or None,
-                            "meaning": est.meaning, "interval95": [num(lo95), num(hi95)],
-                            "interval90": [num(lo90), num(hi90)], "profile": est.profile}
-        spec = self.spec
+                            "meaning": est.meaning, "interval95": [_num(lo95), _num(hi95)],
+                            "interval90": [_num(lo90), _num(hi90)], "profile": est.profile,
+                            "kind": info.kind if info else None, "latent": info.latent if info else None,
+                            "run": info.run if info else None, "env": info.env if info else None}
+        initial = self.initial_state()
+        d = self.diagnostics
         return {
-            "spec": {"transfer": spec.transfer, "priors": spec.priors, "learnabilities": spec.learnabilities,
-                     "lam": spec.lam, "phases": list(spec.phases), "substeps": spec.substeps},
+            "spec": self.spec.to_dict(),
             "runs": [{"run_id": r.run_id, "source": str(r.source), "finished": r.finished, "notes": r.notes,
                       "environments": [{"env_id": e.env_id, "w": e.w, "coordinates": e.coordinates}
                                        for e in r.environments]} for r in self.runs],
             "parametrisation": "alpha_z = 1 fixes the model time unit; time_scale = model time per optimizer "
-                               "step; alpha_x, alpha_y relative to alpha_z; p0_r<i> is run i's prior",
+                               "step; alpha_x, alpha_y relative to alpha_z; p0_r<i> is run i's prior; a0, b0 "
+                               "latent (observed = lo + (hi - lo) * latent, docs/model.md §7)",
+            "observation_bounds": {k: {"min": float(v.min()), "max": float(v.max())}
+                                   for k, v in self.problem.bounds.items()},
             "params": params,
-            "loglik": num(self.loglik), "aic": num(self.aic), "bic": num(self.bic), "n_data": self.n_data,
-            "n_varying": len(self.var_names), "deviance": num(self.result.chisqr),
-            "redchi": num(self.result.redchi), "success": bool(self.result.success),
-            "message": self.result.message, "nfev": int(self.result.nfev), "seconds": self.seconds,
+            "initial_state": json.loads(initial.to_json(orient="records")) if len(initial) else [],
+            "loglik": _num(self.loglik), "aic": _num(self.aic), "bic": _num(self.bic), "n_data": self.n_data,
+            "n_varying": len(self.var_names), "deviance": _num(d.deviance), "dispersion": _num(d.dispersion),
+            "converged": d.converged, "status": d.status, "message": d.message, "nfev": d.nfev,
+            "seconds": self.seconds, "diagnostics": d.to_dict(),
             "unidentified": self.unidentified, "notes": self.notes, "emcee": self.emcee,
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        from ._json import json_safe
 
-
-def _meaning(name: str, problem: Problem) -> str:
-    parts = name.split("_")
-    out = []
-    for p in parts:
-        if p.startswith("r") and p[1:].isdigit():
-            out.append(f"run {problem.run_ids[int(p[1:])]}")
-        if p.startswith("e") and p[1:].isdigit() and name.rsplit("_", 1)[-1] == p:
-            out.append(f"env {problem.env_ids[int(p[1:])]}")
-    if name == "alpha_z" or name.startswith("alpha_z_e0"):
-        out.append("time unit (alpha_z and time_scale are degenerate in step units)")
-    return ", ".join(out)
+        Path(path).write_text(json.dumps(json_safe(self.to_dict()), indent=2))
 
 
 def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
               scale: float) -> tuple[dict, np.ndarray]:
-    """Covariance and identified flags from the Jacobian at the optimum."""
+    """Covariance (scaled by ``scale``) and identified flags from the Jacobian at the optimum."""
     fisher = jac.T @ jac
     diag = np.diag(fisher).copy()
     reasons = {n: "" for n in names}
@@ -260,26 +522,79 @@ def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac:
     for j, n in enumerate(names):
         se = float(np.sqrt(cov[j, j])) if cov[j, j] > 0 else math.nan
         par = params[n]
-        kind = kind_of(n)
+        info = problem.info[n]
+        at_bound = _at_bound(par.value, par.min, par.max, info.domain)
         if not reasons[n]:
             if not np.isfinite(se):
                 reasons[n] = "no finite standard error"
-            elif kind == "prob" and se > 0.25:
+            elif info.domain in ("prob", "unit") and se > 0.25:
                 reasons[n] = f"stderr {se:.2g} spans the whole (0, 1) range"
-            elif kind == "scale" and se > par.value:
+            elif info.domain == "scale" and se > par.value:
                 reasons[n] = f"stderr {se:.2g} exceeds the value (relative error > 100%)"
-            elif kind == "lam" and se > 1.0:
+            elif info.domain == "nonneg" and se > 1.0:
                 reasons[n] = f"stderr {se:.2g} > 1"
-        span = par.max - par.min if np.isfinite(par.max - par.min) else max(abs(par.value), 1.0)
-        at_bound = bool(min(abs(par.value - par.min), abs(par.max - par.value)) < 1e-4 * span)
+            else:
+                lo, hi = wald_interval(par.value, se, info.domain, (par.min, par.max), 0.95, at_bound)
+                if info.domain in ("prob", "unit") and lo <= par.min + 0.01 * (par.max - par.min) \
+                        and hi >= par.max - 0.01 * (par.max - par.min):
+                    reasons[n] = f"95% interval [{lo:.3g}, {hi:.3g}] spans the whole range"
+                elif info.domain == "scale" and hi / max(lo, 1e-300) > 1e3:
+                    reasons[n] = f"95% interval [{lo:.3g}, {hi:.3g}] spans more than three decades"
         out[n] = (se, reasons[n], at_bound)
     return out, cov
 
 
+def _component_dispersion(problem: Problem, theta: np.ndarray, n_params: int) -> dict[str, float]:
+    """Pearson χ² / dof per component (p, a, b); the parameters' dof shared in proportion to the data."""
+    pearson = problem.pearson(theta)
+    total = sum(len(v) for v in pearson.values())
+    out = {}
+    for c in ("p", "a", "b"):
+        v = pearson.get(c, np.empty(0))
+        dof = len(v) - n_params * len(v) / max(total, 1)
+        out[c] = float(v @ v / dof) if dof > 0 else math.nan
+    return out
+
+
+def _at_bound(value: float, lo: float, hi: float, domain: str) -> bool:
+    if domain == "scale":
+        return bool(value <= lo * 1.001 or value >= hi / 1.001)
+    span = hi - lo if np.isfinite(hi - lo) else max(abs(value), 1.0)
+    return bool(min(abs(value - lo), abs(hi - value)) < 1e-4 * span)
+
+
+def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
+    """Parameters the data cannot support at all, with the reason (held fixed, not identified)."""
+    out = {}
+    obs = obs[obs["phase"].isin(problem.spec.phases)]
+    steps_per_run = obs.groupby("run_id")["step"].nunique()
+    rate_kinds = ("time_scale", "alpha", "c", "length_scale", "lam")
+    if steps_per_run.max() < 2:
+        for name, info in problem.info.items():
+            if info.kind in rate_kinds and problem.params[name].vary:
+                out[name] = "one observed step: no dynamics to fit"
+    if not (obs["a_n"] > 0).any():
+        for name, info in problem.info.items():
+            if problem.params[name].vary and (info.kind == "a0" or (info.kind in ("alpha", "c", "length_scale")
+                                                                     and info.latent == "x")
+                                              or (info.kind == "bound" and info.latent == "a")):
+                out.setdefault(name, "no RS rollout: RS skill is never observed")
+    if not (obs["b_n"] > 0).any():
+        for name, info in problem.info.items():
+            if problem.params[name].vary and (info.kind == "b0" or (info.kind in ("alpha", "c", "length_scale")
+                                                                     and info.latent == "y")
+                                              or (info.kind == "bound" and info.latent == "b")):
+                out.setdefault(name, "no non-RS rollout: local skill is never observed")
+    if problem.spec.lam and "lam" in problem.params and (not (obs["a_n"] > 0).any() or not (obs["b_n"] > 0).any()):
+        out.setdefault("lam", "needs both RS and non-RS rollouts")
+    return out
+
+
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
-        lam: bool = False, phases=("eval", "train"), substeps: int = 1, profile: bool | list[str] = False,
-        emcee_steps: int = 0, emcee_walkers: int | None = None, scale_covar: bool = False,
-        seed: int = 0, max_nfev: int | None = None, grid: bool = True) -> FitResult:
+        lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
+        step0: str = "prior", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
+        emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0, max_nfev: int | None = None,
+        progress: bool = False) -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
 
     Parameters
@@ -297,122 +612,273 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         Rollout phases used as observations.
     substeps : int
         Euler steps per optimizer step in the fitted ODE.
+    observation : {"manifest", "unit", "fit"}
+        Observation bounds (docs/model.md §7): from the manifests (else
+        (0, 1)), (0, 1), or fitted.
+    step0 : {"prior", "fixed", "free"}
+        p0, a0, b0 with a prior centred on their step-0 measurement, fixed
+        at it, or free.
+    dispersion : {"quasi", "none"}
+        Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not.
+    n_starts : int
+        Optimisations from the measured start and the best Latin-hypercube
+        points (>= 1).
     profile : bool or list of str
         Profile-likelihood 95% intervals (``lmfit.conf_interval``) for all
         identified varying parameters (True) or the named ones; slow.
     emcee_steps : int
         If > 0, run ``Minimizer.emcee`` for that many steps (needs the
-        ``mcmc`` extra: ``pip install emcee``) and store medians and
-        quantiles in ``FitResult.emcee``.
-    scale_covar : bool
-        Inflate errors by the reduced chi-square (overdispersed data).
+        ``mcmc`` extra: ``pip install emcee``).
     seed : int
-        Seed for emcee.
+        Seed of the Latin hypercube and of emcee.
     max_nfev : int, optional
-        Cap on residual evaluations (lmfit ``max_nfev``).
-    grid : bool
-        Start from the best of a batched grid over (time_scale, alpha_x,
-        alpha_y) before Levenberg-Marquardt (recommended).
+        Cap on residual evaluations per start (default 300); a start stopped
+        there is not converged.
+    progress : bool
+        A tqdm bar on stderr (evaluations so far, best deviance).
 
     Returns
     -------
     FitResult
+        ``converged`` says whether the best start converged; read
+        ``diagnostics`` before using the numbers.
 
     Raises
     ------
     ValueError
         Bad option, no observations, or kernel transfer without coordinates.
+    InsufficientData
+        Fewer observations than the parameters the data can support.
     LogValidationError
         If paths are given and a log breaks the contract.
     ImportError
         ``emcee_steps > 0`` without emcee installed.
     """
+    if dispersion not in ("quasi", "none"):
+        raise ValueError(f"dispersion must be 'quasi' or 'none', got {dispersion!r}")
+    if n_starts < 1:
+        raise ValueError(f"n_starts must be >= 1, got {n_starts}")
+    if max_nfev is not None and max_nfev < 1:
+        raise ValueError(f"max_nfev must be >= 1, got {max_nfev}")
     with single_thread():
-        return _fit(runs, transfer=transfer, priors=priors, learnabilities=learnabilities, lam=lam,
-                    phases=phases, substeps=substeps, profile=profile, emcee_steps=emcee_steps,
-                    emcee_walkers=emcee_walkers, scale_covar=scale_covar, seed=seed, max_nfev=max_nfev,
-                    grid=grid)
+        return _fit(runs, FitSpec(transfer=transfer, priors=priors, learnabilities=learnabilities, lam=lam,
+                                  phases=tuple(phases), substeps=substeps, observation=observation, step0=step0),
+                    dispersion=dispersion, n_starts=n_starts, profile=profile, emcee_steps=emcee_steps,
+                    emcee_walkers=emcee_walkers, seed=seed, max_nfev=max_nfev or DEFAULT_MAX_NFEV,
+                    progress=progress)
 
 
-def _fit(runs, *, transfer, priors, learnabilities, lam, phases, substeps, profile, emcee_steps,
-         emcee_walkers, scale_covar, seed, max_nfev, grid) -> FitResult:
+def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emcee_walkers, seed, max_nfev,
+         progress) -> FitResult:
     t0 = time.perf_counter()
     if not runs:
         raise ValueError("no runs to fit")
     if not isinstance(runs[0], Run):
         runs = load_runs(runs)
-    spec = FitSpec(transfer=transfer, priors=priors, learnabilities=learnabilities, lam=lam,
-                   phases=tuple(phases), substeps=substeps)
     obs = observations(runs)
     problem = Problem.build(runs, obs, spec)
     notes = [f"run {r.run_id}: {n}" for r in runs for n in r.notes] + list(problem.notes)
-    if grid:
-        _grid_start(problem)
-    minimizer = lmfit.Minimizer(problem.residual, problem.params, scale_covar=scale_covar,
-                                Dfun=problem.jacobian, col_deriv=False, nan_policy="raise")
-    result = minimizer.leastsq(max_nfev=max_nfev)
-    result.scale_covar_used = scale_covar
-    if problem._cache.get("rejected"):
-        notes.append(f"{problem._cache['rejected']} trial parameter vectors were too fast for the step-unit Euler "
-                     "grid and were rejected (residual 1e6) during the search")
-    if problem._cache.get("nonfinite"):
-        notes.append(f"{problem._cache['nonfinite']} non-finite residuals were replaced by 1e6 during the search")
-    if not result.success:
-        capped = max_nfev is not None and result.nfev >= max_nfev
-        notes.append(f"stopped at the cap of {max_nfev} residual evaluations (max_nfev) before converging"
-                     if capped else f"optimizer did not report success: {result.message}")
+    unsupported = _unsupported(problem, obs)
+    for name in unsupported:
+        problem.params[name].vary = False
+    if unsupported:
+        notes.append("held fixed, the data cannot support them: "
+                     + "; ".join(f"{n} ({r})" for n, r in unsupported.items()))
+    n_var = len(problem.var_names)
+    if problem.n_data + problem.n_prior < n_var:
+        raise InsufficientData(f"{problem.n_data} observations (+ {problem.n_prior} step-0 priors) cannot support "
+                               f"{n_var} parameters ({', '.join(problem.var_names)}); add eval passes, "
+                               "environments or runs")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="fit", unit="eval", file=sys.stderr, leave=False)
+
+        def show(counter):
+            bar.update(1)
+            bar.set_postfix(best_deviance=f"{counter.best:.1f}", refresh=False)
+
+        problem.on_evaluation = show
+
+    starts = _starting_points(problem, n_starts, seed)
+    records, results = [], []
+    minimizer = None
+    for k, (label, values) in enumerate(starts):
+        params = problem.params.copy()
+        for n, v in values.items():
+            params[n].value = float(np.clip(v, params[n].min, params[n].max))
+        if bar is not None:
+            bar.set_description(f"fit start {k + 1}/{len(starts)}")
+        mini = lmfit.Minimizer(problem.residual, params, Dfun=problem.jacobian, nan_policy="raise")
+        before = problem.counter.residual_calls
+        res = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
+        used = problem.counter.residual_calls - before
+        converged = bool(res.success) and not getattr(res, "aborted", False)
+        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
+                   if getattr(res, "aborted", False) else str(res.message))
+        dev = float(np.sum(problem.residual(res.params) ** 2))
+        records.append(StartRecord(label, dev, converged, used, message,
+                                   {n: float(res.params[n].value) for n in res.var_names}))
+        results.append((dev, k, res, mini))
+    if bar is not None:
+        bar.close()
+    problem.on_evaluation = None
+    order = sorted(range(len(results)), key=lambda i: results[i][0])
+    best_dev, _, result, minimizer = results[order[0]]
+    records = [records[i] for i in order]
+    best = records[0]
     names = list(result.var_names)
+    dof = problem.n_data - len(names)
+
+    # quasi-likelihood: one dispersion per component (p, a, b), then refit with weights 1/√max(φ_c, 1)
+    phi_c = _component_dispersion(problem, problem.full(result.params), len(names))
+    if dispersion == "quasi" and dof > 0:
+        problem.weights = {c: 1.0 / math.sqrt(max(v, 1.0)) if np.isfinite(v) else 1.0 for c, v in phi_c.items()}
+        problem._memo = None
+        mini = lmfit.Minimizer(problem.residual, result.params.copy(), Dfun=problem.jacobian, nan_policy="raise")
+        before = problem.counter.residual_calls
+        refit = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
+        converged = bool(refit.success) and not getattr(refit, "aborted", False)
+        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
+                   if getattr(refit, "aborted", False) else str(refit.message))
+        dev = float(np.sum(problem.residual(refit.params) ** 2))
+        best = StartRecord(f"{best.label}+weighted", dev, converged, problem.counter.residual_calls - before,
+                           message, {n: float(refit.params[n].value) for n in refit.var_names})
+        # the other starts' deviances on the weighted scale, for the spread
+        for r in records:
+            params = refit.params.copy()
+            for n, v in r.values.items():
+                params[n].value = v
+            r.deviance = float(np.sum(problem.residual(params) ** 2))
+        records = [best] + records
+        result, minimizer = refit, mini
+    theta = problem.full(result.params)
+    res_vec = problem.residual(result.params)
+    data_res, prior_res = problem.split(res_vec)
+    deviance = float(data_res @ data_res)
+    penalty = float(prior_res @ prior_res)
+    pearson = problem.pearson(theta)
+    chi2 = float(sum(v @ v for v in pearson.values()))
+    phi = chi2 / dof if dof > 0 else math.nan
+    scale = 1.0  # the weights carry the dispersion
+    tol = 1.0
+    at_best = [r for r in records if r.deviance - best.deviance <= tol]
+    if best not in at_best:
+        at_best = [best] + at_best
+    spread = {n: (min(r.values[n] for r in at_best), max(r.values[n] for r in at_best)) for n in names}
+    status = "converged" if best.converged else ("max_nfev" if "max_nfev" in best.message else "failed")
     jac = problem.jacobian(result.params)
-    deviance = float(np.sum(problem.residual(result.params) ** 2))
-    dof = max(problem.n_data - len(names), 1)
-    scale = deviance / dof if scale_covar else 1.0
     ident, cov = _identify(problem, result.params, names, jac, scale)
-    for n in names:  # fit_report shows the same errors; none for what the data cannot constrain
-        se, reason, _ = ident[n]
-        result.params[n].stderr = se if (np.isfinite(se) and not reason) else None
-    result.covar = cov
+    diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
+                                 problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
+                                 deviance, penalty, chi2, dof, phi,
+                                 {c: 1.0 / w**2 for c, w in problem.weights.items()}, phi_c,
+                                 problem.counter.rejected, problem.counter.nonfinite)
+    if not best.converged:
+        notes.append(f"the best start did not converge: {best.message}; the numbers below are not an answer")
+    if problem.counter.rejected:
+        notes.append(f"{problem.counter.rejected} trial parameter vectors were too fast for the step-unit Euler "
+                     "grid and were rejected (residual 1e6) during the search")
+    if problem.counter.nonfinite:
+        notes.append(f"{problem.counter.nonfinite} non-finite residuals were replaced by 1e6 during the search")
+    if len(records) > 1 and len(at_best) < len(records):
+        notes.append(f"{len(records) - len(at_best)} of {len(records)} starts ended at a worse optimum "
+                     f"(penalised deviance {', '.join(f'{r.deviance:.1f}' for r in records[len(at_best):])} "
+                     f"vs {best.deviance:.1f})")
+    if np.isfinite(phi) and phi > 1.5:
+        notes.append("dispersion φ = " + ", ".join(f"{c}: {v:.2f}" for c, v in phi_c.items())
+                     + ": the data vary more than binomial noise"
+                     + ("; each component is weighted by 1/√max(φ, 1), so standard errors and predictive bands "
+                        "carry it" if dispersion == "quasi" else "; NOT accounted for (dispersion='none')"))
     estimates = {}
     for name, par in result.params.items():
+        info = problem.info[name]
+        meaning = info.meaning(problem.run_ids)
         if par.vary:
             se, reason, at_bound = ident[name]
             identified = not reason
             estimates[name] = ParameterEstimate(name, float(par.value), se if identified else None, identified,
-                                                True, reason, at_bound, _meaning(name, problem))
+                                                True, reason, at_bound, meaning, info, (par.min, par.max))
+        elif name in unsupported:
+            estimates[name] = ParameterEstimate(name, float(par.value), None, False, False,
+                                                f"held fixed: {unsupported[name]}", False, meaning, info,
+                                                (par.min, par.max))
         else:
+            why = ("time unit (alpha_z and time_scale are degenerate in step units)" if info.kind == "alpha"
+                   else "fixed at its step-0 measurement" if info.kind in ("p0", "a0", "b0") else "fixed")
             estimates[name] = ParameterEstimate(name, float(par.value), None, True, False, "", False,
-                                                _meaning(name, problem) or "fixed")
-    if result.redchi > 1.5:
-        notes.append(f"reduced chi-square {result.redchi:.2f} > 1.5: data vary more than the model's "
-                     "binomial noise; consider scale_covar=True")
-    unidentified = [n for n, e in estimates.items() if e.vary and not e.identified]
+                                                ", ".join(x for x in (meaning, why) if x), info,
+                                                (par.min, par.max))
+    for name in names:  # lmfit's own report shows the scaled errors; none for what the data cannot constrain
+        est = estimates[name]
+        result.params[name].stderr = est.stderr
+    result.covar = cov
+    unidentified = [n for n, e in estimates.items() if not e.identified]
     if unidentified:
         notes.append(f"not identified by these data: {', '.join(unidentified)}")
     loglik = problem.loglik(deviance)
     k = len(names)
     fit_result = FitResult(problem, result, estimates, cov, names, loglik, -2 * loglik + 2 * k,
-                           -2 * loglik + k * math.log(problem.n_data), problem.n_data, 0.0, runs, notes)
+                           -2 * loglik + k * math.log(problem.n_data), problem.n_data, 0.0, runs, diagnostics,
+                           notes)
+    outside = fit_result.initial_state()
+    if len(outside) and not outside["inside"].all():
+        bad = outside[~outside["inside"]]
+        notes.append("fitted initial state outside its step-0 measurement interval: "
+                     + ", ".join(f"{r.param} {r.fitted:.3f} vs [{r.measured_lower:.3f}, {r.measured_upper:.3f}]"
+                                 for r in bad.itertuples()))
     if profile:
         _profile(minimizer, fit_result, profile)
     if emcee_steps:
         _emcee(minimizer, fit_result, emcee_steps, emcee_walkers, seed)
-    fit_result.seconds = time.perf_counter() - t0
+    fit_result.seconds = diagnostics.seconds = time.perf_counter() - t0
     return fit_result
 
 
-def _grid_start(problem: Problem) -> None:
-    """Set time_scale, alpha_x, alpha_y to the best point of a log grid (one batched integration)."""
-    steps = problem.config.steps
-    horizon = max(float(steps.max()), 1.0)
-    ts = np.geomspace(0.3, 300.0, 10) / horizon
-    ax = ay = np.array([0.3, 1.0, 3.0])
-    names = ["time_scale"] + [n for n in ("alpha_x", "alpha_y") if n in problem.params and problem.params[n].vary]
-    mesh = np.array(np.meshgrid(ts, *([ax] * (len(names) - 1)), indexing="ij")).reshape(len(names), -1).T
+def _plausible(problem: Problem, name: str) -> tuple[float, float, bool]:
+    """(low, high, log) range a start is drawn from."""
+    info = problem.info[name]
+    par = problem.params[name]
+    horizon = max(float(problem.config.steps.max()), 1.0)
+    if info.kind == "time_scale":
+        return 0.3 / horizon, 300.0 / horizon, True
+    if info.kind == "alpha":
+        return 0.03, 30.0, True
+    if info.kind == "length_scale":
+        return max(par.min, par.value / 10), min(par.max, par.value * 10), True
+    if info.kind == "lam":
+        return 0.0, 2.0, False
+    return max(par.min, 0.02), min(par.max, 0.98), False
+
+
+def _starting_points(problem: Problem, n_starts: int, seed: int) -> list[tuple[str, dict]]:
+    """The measured start plus Latin-hypercube starts: initial state at step 0, rates screened in one batch.
+
+    The rate, transfer and bound parameters are drawn over their plausible
+    ranges (log-uniform for scales); all N_SCREEN draws are evaluated in one
+    batched integration and the best ``n_starts`` become starts (the best
+    one is labelled "measured": step-0 initial state, best screened rates).
+    """
+    free = [n for n in problem.var_names if problem.info[n].kind not in ("p0", "a0", "b0")]
+    if not free:
+        return [("measured", {})]
+    ranges = [_plausible(problem, n) for n in free]
+    sample = qmc.LatinHypercube(d=len(free), seed=seed).random(N_SCREEN)
+    values = np.empty_like(sample)
+    for j, (lo, hi, log) in enumerate(ranges):
+        values[:, j] = (np.exp(np.log(lo) + sample[:, j] * (np.log(hi) - np.log(lo))) if log
+                        else lo + sample[:, j] * (hi - lo))
     base = problem.full()
-    batch = problem.expand(mesh, names, base)
-    res = problem.residuals_full(batch)
-    best = mesh[int(np.argmin((res**2).sum(1)))]
-    for n, v in zip(names, best):
-        problem.params[n].value = float(v)
+    batch = problem.expand(values, free, base)
+    dev = np.concatenate([(problem.residuals_full(chunk) ** 2).sum(1)
+                          for chunk in np.array_split(batch, max(1, len(batch) // 32))])
+    order = np.argsort(dev)[:n_starts]
+    out = []
+    for rank, i in enumerate(order):
+        out.append(("measured" if rank == 0 else f"lhs-{int(i)}", dict(zip(free, values[i]))))
+    return out
 
 
 def _profile(minimizer: lmfit.Minimizer, fit_result: FitResult, which) -> None:
@@ -420,14 +886,14 @@ def _profile(minimizer: lmfit.Minimizer, fit_result: FitResult, which) -> None:
     if isinstance(which, (list, tuple)):
         names = [n for n in names if n in which]
 
-    def prob_func(best, new):  # likelihood ratio: deviance difference ~ chi-square(1)
+    def prob_func(best, new):  # likelihood ratio: deviance difference ~ chi-square(1), scaled by φ
         return stats.chi2.cdf(max(new.chisqr - best.chisqr, 0.0), 1)
 
     try:
         ci = lmfit.conf_interval(minimizer, fit_result.result, p_names=names, sigmas=[0.95],
                                  prob_func=prob_func)
-    except Exception as exc:  # an unconverged profile is reported, not fatal
-        fit_result.notes.append(f"profile intervals failed: {type(exc).__name__}: {exc}")
+    except lmfit.minimizer.MinimizerException as exc:  # lmfit's "cannot determine" is reported, not fatal
+        fit_result.notes.append(f"profile intervals failed: {exc}")
         return
     for name, rows in ci.items():
         vals = {round(p, 4): v for p, v in rows}
@@ -456,7 +922,8 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
         summary[name] = {"median": float(q[2]), "interval90": [float(q[1]), float(q[3])],
                          "interval95": [float(q[0]), float(q[4])]}
     fit_result.emcee = {"steps": steps, "walkers": int(walkers), "burn": steps // 4,
-                        "acceptance": float(np.mean(out.acceptance_fraction)), "params": summary}
+                        "acceptance": float(np.mean(out.acceptance_fraction)), "params": summary,
+                        "note": "likelihood not scaled by the dispersion"}
 
 
 def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataFrame:
@@ -475,8 +942,9 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
     -------
     pandas.DataFrame
         One row per variant: ``variant, k, loglik, aic, bic, delta_aic,
-        delta_bic, unidentified``, sorted by AIC. Failed variants keep their
-        error message in ``error``.
+        delta_bic, converged, unidentified``, sorted by AIC. A variant the
+        data cannot carry (a ValueError such as too few observations) keeps
+        its message in ``error``.
     """
     if runs and not isinstance(runs[0], Run):
         runs = load_runs(runs)
@@ -489,11 +957,13 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
     for name, kws in variants.items():
         try:
             res = fit(runs, **{**common, **kws})
-            rows.append({"variant": name, "k": len(res.var_names), "loglik": res.loglik, "aic": res.aic,
-                         "bic": res.bic, "unidentified": ",".join(res.unidentified), "error": ""})
-        except Exception as exc:
+        except ValueError as exc:
             rows.append({"variant": name, "k": None, "loglik": None, "aic": np.inf, "bic": np.inf,
-                         "unidentified": "", "error": f"{type(exc).__name__}: {exc}"})
+                         "converged": False, "unidentified": "", "error": str(exc)})
+            continue
+        rows.append({"variant": name, "k": len(res.var_names), "loglik": res.loglik, "aic": res.aic,
+                     "bic": res.bic, "converged": res.converged, "unidentified": ",".join(res.unidentified),
+                     "error": ""})
     table = pd.DataFrame(rows).sort_values("aic", kind="stable").reset_index(drop=True)
     table["delta_aic"] = table["aic"] - table["aic"].min()
     table["delta_bic"] = table["bic"] - table["bic"].min()

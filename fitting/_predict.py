@@ -1,16 +1,18 @@
-"""Prediction check: run the fitted ODE on a run it was not fitted on, and score it (docs/model.md §6).
+"""Prediction check: run the fitted ODE on a run it was not fitted on, and score it (docs/model.md §6, §7).
 
-The target run contributes only its configuration: its environments (ids,
-w, coordinates), its prior p0 (from ``p0=``, else its manifest's ``p0``, else its
-measured prior, :meth:`physrl.contract.Run.measured_prior`; the source is recorded) and its
-steps. Parameter uncertainty is propagated by sampling: identified
-parameters from the fit's normal approximation (clipped to their bounds);
-parameters the fit could not identify are drawn over their whole plausible
-range (uniform for probabilities, log-uniform over a factor 10 either side
-for scales), so an unidentified direction widens the band instead of
-producing a confident wrong prediction. The predictive band of an
-observation adds its sampling noise (binomial with the observed counts, or
-Gaussian with the observed standard error) to each parameter draw.
+The target run contributes only its configuration and its measured initial
+state: its environments (ids, w, coordinates, observation bounds), its prior
+p0 (from ``p0=``, else its step-0 RS share, else its manifest; the source is
+recorded) and its steps. Parameter uncertainty is propagated by sampling:
+identified parameters from the fit's normal approximation (covariance scaled
+by the dispersion, clipped to their bounds); parameters the fit could not
+identify are drawn over their whole plausible range (uniform for
+probabilities, log-uniform over a factor 10 either side for scales), so an
+unidentified direction widens the band instead of producing a confident
+wrong prediction. A measured p0 is drawn from its step-0 measurement too.
+The predictive band of an observation adds its sampling noise, overdispersed
+by the fit's φ (beta-binomial with intra-class correlation ρ = (φ − 1)/(n − 1)
+for counts, standard error × √φ for Gaussian means), to each parameter draw.
 """
 
 from __future__ import annotations
@@ -22,15 +24,91 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
-from physrl import sim
-from physrl.contract import Run, load_runs
-
-from ._engine import single_thread
+from ._engine import BatchConfig, UnstableStep, simulate, single_thread
 from ._fit import FitResult
 from ._json import json_safe
+from physrl.contract import Run, load_runs
+
 from ._observations import observations
-from ._problem import PROB_MAX, PROB_MIN, Problem, kind_of
+from ._problem import PROB_MAX, PROB_MIN, Problem, _first_rows, _measured_prior, step0_from_prior
+
+#: Euler substeps per optimizer step allowed when simulating parameter draws
+PREDICT_MAX_SUBSTEPS = 4096
+
+
+@dataclass
+class EndState:
+    """Observed against predicted mean RS share over the trained envs at the last step.
+
+    Attributes
+    ----------
+    step : int
+    observed_mean_p : float or None
+        Eval rollouts (all phases if there are none at the last step).
+    predicted_mean_p : float
+        Point prediction.
+    predicted_interval : (float, float)
+        Over parameter draws, at the prediction's level.
+    observed_rs_wins, predicted_rs_wins : bool or None
+        Mean p > ``threshold``.
+    p_rs_wins : float
+        Share of parameter draws in which RS wins.
+    agree : bool or None
+    threshold : float
+    """
+
+    step: int
+    observed_mean_p: float | None
+    predicted_mean_p: float
+    predicted_interval: tuple[float, float]
+    observed_rs_wins: bool | None
+    predicted_rs_wins: bool
+    p_rs_wins: float
+    agree: bool | None
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "observed_mean_p": self.observed_mean_p,
+                "predicted_mean_p": self.predicted_mean_p, "predicted_interval": list(self.predicted_interval),
+                "observed_rs_wins": self.observed_rs_wins, "predicted_rs_wins": self.predicted_rs_wins,
+                "p_rs_wins": self.p_rs_wins, "agree": self.agree, "threshold": self.threshold}
+
+
+@dataclass
+class PredictionMetrics:
+    """Scores of a prediction.
+
+    Attributes
+    ----------
+    rmse : dict env_id -> {latent: float or None}
+        Root mean square of observed − predicted per env and latent (p, a, b)
+        over the scored rows (None where an env has none).
+    rmse_p : float or None
+        RMSE of the RS share over the trained envs' scored rows (the headline).
+    coverage : dict latent -> float or None
+        Share of scored observations inside the predictive band (p, a, b,
+        and ``all``).
+    end_state : EndState
+    n_star : dict or None
+        Predicted critical diversity (:func:`fitting.critical_diversity`),
+        None when not asked.
+    scored : str
+        Which rows were scored ("eval" rollouts, or "all" phases when the
+        run has no eval rows).
+    """
+
+    rmse: dict
+    rmse_p: float | None
+    coverage: dict
+    end_state: EndState
+    n_star: dict | None
+    scored: str = "eval"
+
+    def to_dict(self) -> dict:
+        return {"rmse": self.rmse, "rmse_p": self.rmse_p, "coverage": self.coverage,
+                "end_state": self.end_state.to_dict(), "n_star": self.n_star, "scored": self.scored}
 
 
 @dataclass
@@ -46,16 +124,14 @@ class Prediction:
         Optimizer steps of the target's observations.
     env_ids : list of str
     mean, lower, upper : dict latent -> ndarray, shape (T, N)
-        Point prediction and the band of the *mean* (parameter uncertainty
-        only) at ``level``.
+        Point prediction (observed units) and the band of the *mean*
+        (parameter uncertainty only) at ``level``.
     observations : pandas.DataFrame
         The target's observations with ``pred_<l>``, ``band_lo_<l>``,
-        ``band_hi_<l>`` (predictive band incl. sampling noise) and
-        ``inside_<l>`` columns for l in p, a, b.
-    metrics : dict
-        ``rmse`` per env and latent, ``coverage`` (share of observed points
-        inside the predictive band, per latent and overall), ``end_state``
-        and ``n_star`` (see :func:`predict`).
+        ``band_hi_<l>`` (predictive band incl. overdispersed sampling noise)
+        and ``inside_<l>`` columns for l in p, a, b.
+    metrics : PredictionMetrics
+    level : float
     notes : list of str
     """
 
@@ -68,45 +144,57 @@ class Prediction:
     lower: dict[str, np.ndarray]
     upper: dict[str, np.ndarray]
     observations: pd.DataFrame
-    metrics: dict
+    metrics: PredictionMetrics
     level: float
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "p0": self.p0, "p0_source": self.p0_source, "level": self.level,
-                "metrics": self.metrics, "notes": self.notes}
+                "metrics": self.metrics.to_dict(), "notes": self.notes}
 
 
-#: Euler substeps per optimizer step allowed when simulating parameter draws
-PREDICT_MAX_SUBSTEPS = 4096
-
-
-def _target_p0(run: Run, phases, p0: float | None) -> tuple[float, str]:
+def _target_p0(run: Run, obs: pd.DataFrame, p0: float | None):
+    """(p0, source, logit-normal (loc, scale) of its measurement or None)."""
     if p0 is not None:
-        return float(p0), "argument"
+        return float(p0), "argument", None
+    first = _first_rows(obs)
+    prior = _measured_prior(run, first) if len(first) else None
+    if prior is not None:  # pooled over the trained envs, as the organisms' p0 is set
+        trained = [e.env_id for e in run.environments if e.w > 0] or run.env_ids
+        prior = run.measured_prior(phases=prior.phases, env_ids=trained)
+    s0 = None if prior is None else step0_from_prior(prior.pooled, "p0", prior.step)
+    if s0 is not None:
+        value = float(np.clip((s0.value * s0.n + 0.5) / (s0.n + 1), PROB_MIN, PROB_MAX))
+        return value, f"measured RS share at step {s0.step} ({int(round(s0.value * s0.n))}/{int(s0.n)})", \
+            (s0.loc, s0.scale)
     if run.p0_hint is not None:
-        return run.p0_hint, "manifest"
-    prior = run.measured_prior(phases=phases)
-    est = prior.pooled
-    return (float(np.clip(est.value, PROB_MIN, PROB_MAX)),
-            f"measured prior at step {prior.step} ({est.n_rs}/{est.n} RS rollouts on envs {list(prior.env_ids)}, "
-            f"Jeffreys {est.level:.0%} [{est.lower:.3g}, {est.upper:.3g}])")
+        return run.p0_hint, "manifest", None
+    raise ValueError(f"run {run.run_id}: no p0 given, none measured and none in its manifest")
+
+
+def sampled_names(fit: FitResult) -> list[str]:
+    """The parameters a draw covers: the varying ones and those held fixed as unsupported."""
+    return list(fit.var_names) + [n for n, e in fit.estimates.items() if not e.vary and not e.identified]
 
 
 def _sample_fit(fit: FitResult, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """(S + 1, P) draws of the varying parameters; row 0 is the point estimate."""
-    names = fit.var_names
+    """(S + 1, P) draws; row 0 is the point estimate."""
+    names = sampled_names(fit)
     theta = np.array([fit.params[n].value for n in names])
     draws = np.repeat(theta[None, :], n_samples + 1, axis=0)
+    nv = len(fit.var_names)
     ident = np.array([fit.estimates[n].identified for n in names])
-    if ident.any():
-        cov = fit.covariance[np.ix_(ident, ident)]
+    ident_var = ident[:nv]
+    if ident_var.any():
+        cov = fit.covariance[np.ix_(ident_var, ident_var)]
         evals, evecs = np.linalg.eigh((cov + cov.T) / 2)
         root = evecs * np.sqrt(np.clip(evals, 0, None))
-        draws[1:, ident] += rng.standard_normal((n_samples, ident.sum())) @ root.T
+        cols = np.flatnonzero(ident_var)
+        draws[1:, cols] += rng.standard_normal((n_samples, cols.size)) @ root.T
     for j in np.flatnonzero(~ident):
         par = fit.params[names[j]]
-        if kind_of(names[j]) == "prob":
+        domain = fit.problem.info[names[j]].domain
+        if domain in ("prob", "unit"):
             lo, hi = max(par.min, PROB_MIN), min(par.max, PROB_MAX)
             draws[1:, j] = rng.uniform(lo, hi, n_samples)
         else:
@@ -119,12 +207,12 @@ def _sample_fit(fit: FitResult, n_samples: int, rng: np.random.Generator) -> tup
 
 
 def sample_parameters(fit: FitResult, n_samples: int = 200, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Draws of the fit's varying parameters, for propagating its uncertainty.
+    """Draws of the fit's parameters, for propagating its uncertainty.
 
-    Identified parameters are drawn from the Gaussian of the fit's covariance;
-    unidentified ones uniformly over their plausible range (probabilities over
-    their bounds, scales over a factor 10 either side), then every draw is
-    clipped to its bounds.
+    Identified parameters are drawn from the Gaussian of the fit's covariance
+    (scaled by the dispersion); unidentified ones uniformly over their
+    plausible range (probabilities over their bounds, scales over a factor 10
+    either side), then every draw is clipped to its bounds.
 
     Parameters
     ----------
@@ -136,57 +224,64 @@ def sample_parameters(fit: FitResult, n_samples: int = 200, seed: int = 0) -> tu
     Returns
     -------
     (draws, names) : ndarray of shape (S + 1, P), list of P str
-        Row 0 is the point estimate; ``names`` are ``fit.var_names``.
+        Row 0 is the point estimate; ``names`` are the varying parameters
+        (``fit.var_names``) followed by any held fixed as unsupported.
     """
     return _sample_fit(fit, n_samples, np.random.default_rng(seed))
 
 
-def _map_to_target(fit: FitResult, target: Problem, draws: np.ndarray, names: list[str], p0: float) -> np.ndarray:
-    """θ_full of the target problem for each draw of the fit's parameters."""
+def _map_to_target(fit: FitResult, target: Problem, draws: np.ndarray, names: list[str],
+                   p0: np.ndarray) -> np.ndarray:
+    """θ_full of the target problem for each draw, matched by parameter records (kind, latent, env)."""
     src = fit.problem
     src_full = np.repeat(src.full(fit.params)[None, :], draws.shape[0], axis=0)
-    cols = [src.names.index(n) for n in names]
-    src_full[:, cols] = draws
+    src_full[:, [src.names.index(n) for n in names]] = draws
+    by_key: dict[tuple, list[int]] = {}
+    for j, name in enumerate(src.names):
+        info = src.info[name]
+        by_key.setdefault((info.kind, info.latent, info.env), []).append(j)
+        by_key.setdefault((info.kind, info.latent, "*"), []).append(j)
     out = np.repeat(target.full()[None, :], draws.shape[0], axis=0)
     for j, name in enumerate(target.names):
-        if name.startswith("p0_r"):
+        info = target.info[name]
+        if info.kind == "p0":
             out[:, j] = p0
             continue
-        if "_e" in name and name.rsplit("_e", 1)[-1].isdigit():
-            stem, g = name.rsplit("_e", 1)
-            env = target.env_ids[int(g)]
-            if env in src.env_ids:
-                out[:, j] = src_full[:, src.names.index(f"{stem}_e{src.env_ids.index(env)}")]
-            else:  # an env the fit never saw: the mean over the fitted envs
-                peers = [i for i, n in enumerate(src.names) if n.rsplit("_e", 1)[0] == stem]
-                out[:, j] = src_full[:, peers].mean(1)
-            continue
-        if name in src.names:
-            out[:, j] = src_full[:, src.names.index(name)]
-        else:
-            raise ValueError(f"the fit has no parameter {name!r} needed for the target run")
+        cols = by_key.get((info.kind, info.latent, info.env))
+        if cols is None and info.env is not None:  # an env the fit never saw: the mean over the fitted envs
+            cols = by_key.get((info.kind, info.latent, "*"))
+        if cols is None:
+            raise ValueError(f"the fit has no parameter for {name!r} ({info.kind}, {info.latent}) "
+                             "needed by the target run")
+        out[:, j] = src_full[:, cols].mean(1)
     return out
 
 
-def _predictive_band(kind_binom, k_trials, mu, level, rng):
-    """Quantiles over draws of observation noise around each draw's mean; mu shape (S, M)."""
-    n = k_trials[None, :]
+def _predictive_band(binomial, trials_or_se, mu, level, phi, rng):
+    """Quantiles over draws of overdispersed observation noise around each draw's mean; mu shape (S, M)."""
+    n = trials_or_se[None, :]
     tail = (1 - level) / 2
     out_lo = np.empty(mu.shape[1])
     out_hi = np.empty(mu.shape[1])
-    b = kind_binom
+    b = binomial
     if b.any():
         nn = np.maximum(n[:, b], 1).astype(np.int64)
-        sim_k = rng.binomial(np.broadcast_to(nn, mu[:, b].shape), np.clip(mu[:, b], 0, 1)) / nn
+        m = np.clip(mu[:, b], 1e-9, 1 - 1e-9)
+        shape = m.shape
+        nn_b = np.broadcast_to(nn, shape)
+        rho = np.clip((phi - 1) / np.maximum(nn_b - 1, 1), 0, 0.999)
+        conc = np.where(rho > 0, 1 / np.maximum(rho, 1e-12) - 1, np.inf)
+        pi = np.where(rho > 0, rng.beta(np.where(rho > 0, m * conc, 1), np.where(rho > 0, (1 - m) * conc, 1)), m)
+        sim_k = rng.binomial(nn_b, np.clip(pi, 0, 1)) / nn_b
         out_lo[b], out_hi[b] = np.quantile(sim_k, [tail, 1 - tail], axis=0)
     if (~b).any():
-        sim_g = mu[:, ~b] + rng.standard_normal(mu[:, ~b].shape) * n[:, ~b]
+        sim_g = mu[:, ~b] + rng.standard_normal(mu[:, ~b].shape) * n[:, ~b] * math.sqrt(phi)
         out_lo[~b], out_hi[~b] = np.quantile(sim_g, [tail, 1 - tail], axis=0)
     return out_lo, out_hi
 
 
 def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 200, level: float = 0.95,
-            seed: int = 0, n_star: bool = True) -> Prediction:
+            seed: int = 0, n_star: bool = True, threshold: float = 0.5) -> Prediction:
     """Simulate the fitted parameters on another run's configuration and compare with its logs.
 
     Parameters
@@ -197,49 +292,52 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
         The target run (any of the forms :func:`fitting.load_runs` reads; the
         first run if several).
     p0 : float, optional
-        Prior RS propensity of the target in (0, 1); default the manifest's
-        ``p0`` (a prior the producer set exactly), else the run's measured prior
-        (:meth:`physrl.contract.Run.measured_prior` in the fit's phases, trained envs pooled).
+        Prior RS propensity of the target in (0, 1); default its measured
+        step-0 RS share ((k + ½)/(n + 1), drawn from its Jeffreys
+        distribution for the bands), else its manifest's ``p0``.
     n_samples : int
         Parameter draws for the bands and the N* interval.
     level : float
         Band / interval coverage.
     seed : int
     n_star : bool
-        Also predict the critical diversity N* (homogeneous transfer only).
+        Also predict the critical diversity N* (homogeneous or no transfer,
+        shared priors and learnabilities) under the target's protocol.
+    threshold : float
+        RS "wins" when the mean p over trained envs exceeds it.
 
     Returns
     -------
     Prediction
-        ``metrics``: ``rmse`` {env_id: {p, a, b}} (over the target's observed
-        steps; None where an env has no such observations), ``coverage``
-        {p, a, b, all} in [0, 1], ``end_state`` (observed vs predicted mean
-        p over trained envs at the last step, and whether RS wins, i.e. mean
-        p > 0.5; ``p_rs_wins`` is the share of parameter draws in which it
-        does), ``n_star`` (point, interval, method, or a reason it is None).
+        ``metrics`` (:class:`PredictionMetrics`): RMSE per env and latent
+        and of the RS share, coverage of the predictive band, the end state
+        and N*; scored on the target's eval rows.
 
     Raises
     ------
     ValueError
         If the target needs a parameter the fit does not have (e.g. kernel
-        transfer and the target has no coordinates).
+        transfer and the target has no coordinates), or has no p0.
     """
     with single_thread():
-        return _predict(fit, run, p0, n_samples, level, seed, n_star)
+        return _predict(fit, run, p0, n_samples, level, seed, n_star, threshold)
 
 
-def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
+def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Prediction:
     if not isinstance(run, Run):
         run = load_runs([run])[0]
     rng = np.random.default_rng(seed)
     spec = fit.spec
     obs = observations([run])
     obs = obs[obs["phase"].isin(spec.phases)].reset_index(drop=True)
-    p0_value, p0_source = _target_p0(run, spec.phases, p0)
+    p0_value, p0_source, p0_dist = _target_p0(run, obs, p0)
     target = Problem.build([run], obs, spec)
     target.max_substeps = PREDICT_MAX_SUBSTEPS  # draws of unidentified parameters may be fast
     draws, names = _sample_fit(fit, n_samples, rng)
-    theta = _map_to_target(fit, target, draws, names, p0_value)
+    p0_draws = np.full(draws.shape[0], p0_value)
+    if p0_dist is not None:
+        p0_draws[1:] = special.expit(p0_dist[0] + p0_dist[1] * rng.standard_normal(n_samples))
+    theta = _map_to_target(fit, target, draws, names, np.clip(p0_draws, PROB_MIN, PROB_MAX))
     p, a, b = (s.numpy()[:, :, 0, :] for s in target.predict_states(theta))  # (T, S+1, N)
     n_env = len(run.environments)
     states = {"p": p[..., :n_env], "a": a[..., :n_env], "b": b[..., :n_env]}
@@ -247,104 +345,80 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star) -> Prediction:
     mean = {k: v[:, 0] for k, v in states.items()}
     lower = {k: np.quantile(v[:, 1:], tail, axis=1) for k, v in states.items()}
     upper = {k: np.quantile(v[:, 1:], 1 - tail, axis=1) for k, v in states.items()}
+    phi_used = fit.diagnostics.dispersion_used
     notes = [f"p0 = {p0_value:.4g} from {p0_source}"]
+    if any(v > 1 for v in phi_used.values()):
+        notes.append("predictive bands include the fit's dispersion φ = "
+                     + ", ".join(f"{c}: {v:.2f}" for c, v in phi_used.items()))
     if fit.unidentified:
         notes.append("unidentified parameters drawn over their whole range: " + ", ".join(fit.unidentified))
+    if not fit.converged:
+        notes.append("the fit did not converge: this prediction is not an answer")
 
-    # per-observation predictions and predictive bands
     steps = target.config.steps
     env_pos = {e: j for j, e in enumerate(run.env_ids)}
     t = np.searchsorted(steps, obs["step"].to_numpy())
     e = obs["env_id"].map(env_pos).to_numpy(int)
     table = obs.copy()
-    binary = obs["binary"].to_numpy(bool)
+    scored_rows = (table["phase"] == "eval").to_numpy()
+    scored = "eval"
+    if not scored_rows.any():
+        scored_rows[:] = True
+        scored = "all"
     inside_all = []
     coverage = {}
     for lat, hat, trials in (("p", "p_hat", "n"), ("a", "a_hat", "a_n"), ("b", "b_hat", "b_n")):
         mu = states[lat][t, :, e].T  # (S+1, M)
         table[f"pred_{lat}"] = mu[0]
         have = table[trials].to_numpy() > 0
-        if lat == "p":
-            binom, scale = np.ones(len(t), bool), table["n"].to_numpy(float)
-        else:
-            se = table[f"{lat}_se"].to_numpy(float)
-            binom = binary.copy()
-            scale = np.where(binary, table[trials].to_numpy(float),
-                             np.where(np.isfinite(se), np.maximum(se, 1e-2), 0.5))
-        lo, hi = _predictive_band(binom, scale, mu[1:], level, rng)
+        # counts (p) and summed rewards (a, b) are (quasi-)binomial in the fit (see _problem)
+        binom, scale = np.ones(len(t), bool), table[trials].to_numpy(float)
+        lo, hi = _predictive_band(binom, scale, mu[1:], level, phi_used.get(lat, 1.0), rng)
         observed = table[hat].to_numpy(float)
         inside = (observed >= lo - 1e-12) & (observed <= hi + 1e-12)
         table[f"band_lo_{lat}"] = np.where(have, lo, np.nan)
         table[f"band_hi_{lat}"] = np.where(have, hi, np.nan)
         table[f"inside_{lat}"] = np.where(have, inside, False)
-        coverage[lat] = float(inside[have].mean()) if have.any() else None
-        inside_all.append(inside[have])
+        use = have & scored_rows
+        coverage[lat] = float(inside[use].mean()) if use.any() else None
+        inside_all.append(inside[use])
     both = np.concatenate(inside_all)
     coverage["all"] = float(both.mean()) if both.size else None
 
+    scored_table = table[scored_rows]
     rmse = {}
-    for env, rows in table.groupby("env_id", sort=False):
+    for env, rows in scored_table.groupby("env_id", sort=False):
         rmse[env] = {}
         for lat, hat in (("p", "p_hat"), ("a", "a_hat"), ("b", "b_hat")):
             d = (rows[hat] - rows[f"pred_{lat}"]).to_numpy(float)
             d = d[np.isfinite(d)]
             rmse[env][lat] = float(np.sqrt(np.mean(d**2))) if d.size else None
+    trained_ids = [e_.env_id for e_ in run.environments if e_.w > 0]
+    on_trained = scored_table[scored_table["env_id"].isin(trained_ids)]
+    d = (on_trained["p_hat"] - on_trained["pred_p"]).to_numpy(float)
+    rmse_p = float(np.sqrt(np.mean(d**2))) if d.size else None
 
     trained = np.array([env.w > 0 for env in run.environments])
     last = int(steps.max())
-    at_last = table[table["step"] == last]
-    observed_last = at_last[at_last["env_id"].isin([e_.env_id for e_ in run.environments if e_.w > 0])]
+    at_last = scored_table[scored_table["step"] == last]
+    observed_last = at_last[at_last["env_id"].isin(trained_ids)]
     obs_mean = float(observed_last["n_rs"].sum() / max(observed_last["n"].sum(), 1)) if len(observed_last) else None
     pred_last = states["p"][-1][:, trained].mean(-1) if trained.any() else states["p"][-1].mean(-1)
-    end_state = {"step": last, "observed_mean_p": obs_mean, "predicted_mean_p": float(pred_last[0]),
-                 "predicted_interval": [float(np.quantile(pred_last[1:], tail)),
-                                        float(np.quantile(pred_last[1:], 1 - tail))],
-                 "observed_rs_wins": None if obs_mean is None else bool(obs_mean > 0.5),
-                 "predicted_rs_wins": bool(pred_last[0] > 0.5),
-                 "p_rs_wins": float((pred_last[1:] > 0.5).mean())}
-    end_state["agree"] = None if obs_mean is None else end_state["observed_rs_wins"] == end_state["predicted_rs_wins"]
-    metrics = {"rmse": rmse, "coverage": coverage, "end_state": end_state,
-               "n_star": _n_star(fit, draws, names, p0_value, level) if want_n_star else None}
+    end_state = EndState(last, obs_mean, float(pred_last[0]),
+                         (float(np.quantile(pred_last[1:], tail)), float(np.quantile(pred_last[1:], 1 - tail))),
+                         None if obs_mean is None else bool(obs_mean > threshold), bool(pred_last[0] > threshold),
+                         float((pred_last[1:] > threshold).mean()),
+                         None if obs_mean is None else bool(obs_mean > threshold) == bool(pred_last[0] > threshold),
+                         threshold)
+    ns = None
+    if want_n_star:
+        from ._protocol import critical_diversity
+
+        ns = critical_diversity(fit, p0_value, max_steps=last, level=level, threshold=threshold,
+                                seed=seed).to_dict()
+    metrics = PredictionMetrics(rmse, rmse_p, coverage, end_state, ns, scored)
     return Prediction(run.run_id, p0_value, p0_source, steps, run.env_ids, mean, lower, upper, table, metrics,
                       level, notes)
-
-
-def _n_star(fit: FitResult, draws: np.ndarray, names: list[str], p0: float, level: float,
-            n_draws: int = 64) -> dict:
-    """N*(p0) of N identical environments with the fitted priors, learnabilities and c (docs/model.md §3)."""
-    if fit.spec.transfer != "homogeneous" or fit.spec.priors != "shared" or fit.spec.learnabilities != "shared":
-        return {"value": None, "reason": "N* is defined here for homogeneous transfer with shared priors "
-                                         "and learnabilities (docs/model.md §3)"}
-    keys = ["a0", "b0", "alpha_x", "alpha_y", "c_z", "c_x", "c_y"]
-    values = {}
-    rows = min(n_draws, draws.shape[0] - 1) + 1
-    for k in keys:
-        if k in names:
-            values[k] = draws[:rows, names.index(k)]
-        else:
-            values[k] = np.full(rows, fit.params[k].value)
-    lam = float(fit.params["lam"].value) if "lam" in fit.params else 0.0
-    try:
-        res = sim.critical_diversity_homogeneous(p0, a0=values["a0"], b0=values["b0"], c_z=values["c_z"],
-                                                 c_x=values["c_x"], c_y=values["c_y"], alpha_z=1.0,
-                                                 alpha_x=values["alpha_x"], alpha_y=values["alpha_y"], lam=lam,
-                                                 method="bisection")
-    except Exception as exc:
-        return {"value": None, "reason": f"critical diversity failed: {type(exc).__name__}: {exc}"}
-    ns = res.ranked()  # N* above n_max ranks +inf for the quantiles; it is never reported as a number
-    tail = (1 - level) / 2
-    finite = ns[1:]
-    out = {"value": None if not np.isfinite(ns[0]) else float(ns[0]), "p0": p0, "method": res.method,
-           "threshold": float(res.threshold), "n_draws": int(finite.size), "level": level,
-           "share_above_n_max": float(np.mean(~np.isfinite(finite))),
-           "status": res.status[0].value, "status_message": res.status[0].message,
-           "share_not_converged": float(np.mean([s is sim.SearchStatus.NOT_CONVERGED for s in res.status[1:]]))}
-    with np.errstate(invalid="ignore"):
-        q = np.quantile(finite, [tail, 1 - tail]) if finite.size else [math.nan, math.nan]
-    out["interval"] = [None if not np.isfinite(v) else float(v) for v in q]
-    if fit.unidentified:
-        out["note"] = "unidentified parameters drawn over their range: " + ", ".join(fit.unidentified)
-    return out
 
 
 def save_prediction(pred: Prediction, path: str | Path) -> None:
@@ -353,18 +427,14 @@ def save_prediction(pred: Prediction, path: str | Path) -> None:
 
 
 def in_sample(fit: FitResult, index: int, **kwargs) -> Prediction:
-    """The fitted model on fitted run ``index`` (its own p0 estimate): for figures of the fit.
+    """The fitted model on fitted run ``index`` (its own fitted p0): for figures of the fit.
 
     With per-environment priors the run's p0 is the mean of its fitted p0 values (noted).
     """
     run = fit.runs[index]
-    if f"p0_r{index}" in fit.params:
-        p0 = fit.params[f"p0_r{index}"].value
-        pred = predict(fit, run, p0=p0, n_star=False, **kwargs)
-    else:
-        names = [n for n in fit.params if n.startswith(f"p0_r{index}_e")]
-        p0 = float(np.mean([fit.params[n].value for n in names]))
-        pred = predict(fit, run, p0=p0, n_star=False, **kwargs)
+    p0s = [fit.params[n].value for n, info in fit.problem.info.items() if info.kind == "p0" and info.run == index]
+    pred = predict(fit, run, p0=float(np.mean(p0s)), n_star=False, **kwargs)
+    if len(p0s) > 1:
         pred.notes.append("per-env priors: curves start from the run's mean fitted p0")
     pred.p0_source = "fit"
     return pred

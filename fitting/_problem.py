@@ -1,50 +1,74 @@
-"""The fit as data: lmfit Parameters, their map onto the batched model, and the likelihood.
+"""The fit as data: lmfit Parameters with typed records, their map onto the batched model,
+the observation model, the step-0 priors and the likelihood.
 
-Parametrisation (docs/model.md §2, §6). Observations are indexed by optimizer
-steps, and in step units the ODE only sees the products ``time_scale · α``:
-α_z and the time scale are degenerate. We fix **α_z = 1** (the model time
-unit, as docs/model.md §2 does for one environment) and fit ``time_scale`` (model
-time per optimizer step) and the *normalised* learnabilities ``alpha_x`` and
-``alpha_y`` (relative to α_z). With per-environment learnabilities, α_z of
-the first environment is the fixed unit and the others are relative to it.
+Parametrisation (docs/model.md §2, §6, §7). Observations are indexed by
+optimizer steps, and in step units the ODE only sees the products
+``time_scale · α``: α_z and the time scale are degenerate. We fix **α_z = 1**
+(the model time unit) and fit ``time_scale`` (model time per optimizer step)
+and the *normalised* learnabilities ``alpha_x`` and ``alpha_y`` (relative to
+α_z). With per-environment learnabilities, α_z of the first environment is
+the fixed unit and the others are relative to it.
 
-Parameter names (valid Python identifiers, as lmfit requires):
+Every parameter carries a :class:`ParamInfo` record (kind, latent, run,
+environment, domain), held in :attr:`Problem.info` and in lmfit's
+``Parameter.user_data``; nothing parses names. Names (valid identifiers, as
+lmfit requires) are for people: ``p0_r<i>`` (run i's prior RS propensity;
+``p0_r<i>_e<j>`` per environment), ``a0``, ``b0`` (latent priors σ(x0),
+σ(y0); ``a0_e<j>`` ... per env id), ``time_scale``, ``alpha_z`` (fixed 1),
+``alpha_x``, ``alpha_y``, ``c_z, c_x, c_y`` or ``length_scale_*``, ``lam``,
+and with ``observation="fit"`` the shared bounds ``a_lo, a_hi, b_lo, b_hi``.
 
-- ``p0_r<i>`` prior RS propensity of run i (runs may differ in p0);
-  per-environment priors: ``p0_r<i>_e<j>``;
-- ``a0``, ``b0`` priors of RS and local skill shared by all runs;
-  per-environment: ``a0_e<j>``, ``b0_e<j>`` (j indexes env ids over all runs);
-- ``time_scale``; ``alpha_z`` (fixed 1), ``alpha_x``, ``alpha_y``;
-  per-environment: ``alpha_x_e<j>`` ...;
-- transfer: ``c_z, c_x, c_y`` in [0, 1] (homogeneous) or
-  ``length_scale_z, ...`` > 0 (kernel, in the manifest's coordinate units);
-- ``lam``: footnote-4 λ >= 0 when that variant is on.
+Observation model (docs/model.md §7): the logs measure a_obs = a_lo +
+(a_hi − a_lo)·σ(x) and b_obs = b_lo + (b_hi − b_lo)·σ(y) (p directly); the
+ODE is the gradient flow of the reward in those units. Bounds per
+(run, environment) come from the manifest's ``observation`` entry, else
+(0, 1) (``observation="manifest"``), are forced to (0, 1)
+(``"unit"``), or are fitted (``"fit"``).
+
+Step-0 priors (``step0``): the initial state is measured at each run's first
+step. ``"prior"`` (default) adds one penalty residual per p0 / a0 / b0
+parameter centred on that measurement with the measurement's own spread
+(p: the logit of the Jeffreys Beta(k + ½, n − k + ½); a, b: the pooled mean
+reward ± its standard error, in observed units); ``"fixed"`` holds them at
+the measurement; ``"free"`` leaves them to the data alone. The step-0 rows
+stay in the likelihood, so with ``"prior"`` the initial state is weighted
+twice: a deliberate anchor of the initial conditions to what was measured.
 
 Likelihood: RS counts are binomial (n_rs of n, probability p); rewards are
-binomial (summed reward of a_n rollouts, probability a or b) when all
-rewards of the run are 0/1, otherwise Gaussian around a (b) with the
-observed standard error (variance floored at 1e-4, 0.25 when fewer than two
-rollouts). Residuals handed to lmfit are signed deviance residuals, so
-``chisqr`` is the deviance, ``-2 log L`` up to a data-only constant, and
-least squares is maximum likelihood.
+binomial in their sum (summed reward of a_n rollouts, probability a_obs or
+b_obs): exact for 0/1 rewards, a quasi-binomial (fractional) likelihood for
+partial credit. Each component (p, a, b) gets a weight 1/√φ_c from its
+Pearson dispersion (set by the fit, 1 before). Residuals handed to lmfit
+are weighted signed deviance residuals followed by the prior residuals, so
+``chisqr`` is the penalised deviance and least squares is (penalised,
+quasi-) maximum likelihood.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import lmfit
 import numpy as np
 import pandas as pd
 import torch
+from scipy import special, stats
 from scipy.special import gammaln
 
+from ._engine import MAX_SUBSTEPS, TRANSFERS, BatchConfig, UnstableStep, simulate
 from physrl.contract import Run
 
-from ._engine import MAX_SUBSTEPS, TRANSFERS, BatchConfig, UnstableStep, simulate
 
 PROB_MIN, PROB_MAX = 1e-4, 1 - 1e-4
-SCALE_PARAMS = ("alpha", "time_scale", "length_scale")
+OBSERVATION_MODES = ("manifest", "unit", "fit")
+STEP0_MODES = ("prior", "fixed", "free")
+#: residual given to lmfit where the simulation left its valid range
+WALL = 1e6
+#: Euler substeps per optimizer step allowed during the fit: a latent moving more than ~4 logits
+#: per optimizer step is far outside anything eval points every few steps resolve, and each
+#: substep costs a full pass over the steps
+FIT_MAX_SUBSTEPS = 16
 
 
 @dataclass
@@ -67,6 +91,11 @@ class FitSpec:
         Which rollout phases are observations ("eval" and/or "train").
     substeps : int
         Euler steps per optimizer step.
+    observation : {"manifest", "unit", "fit"}
+        Observation bounds (docs/model.md §7): from the manifest (else (0, 1)),
+        always (0, 1), or fitted (shared ``a_lo, a_hi, b_lo, b_hi``).
+    step0 : {"prior", "fixed", "free"}
+        How p0, a0, b0 relate to their step-0 measurement (module docstring).
     """
 
     transfer: str = "homogeneous"
@@ -75,6 +104,8 @@ class FitSpec:
     lam: bool = False
     phases: tuple[str, ...] = ("eval", "train")
     substeps: int = 1
+    observation: str = "manifest"
+    step0: str = "prior"
 
     def __post_init__(self):
         if self.transfer not in TRANSFERS:
@@ -87,15 +118,97 @@ class FitSpec:
             raise ValueError(f"phases must be a non-empty subset of ('eval', 'train'), got {self.phases!r}")
         if self.substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        if self.observation not in OBSERVATION_MODES:
+            raise ValueError(f"observation must be one of {OBSERVATION_MODES}, got {self.observation!r}")
+        if self.step0 not in STEP0_MODES:
+            raise ValueError(f"step0 must be one of {STEP0_MODES}, got {self.step0!r}")
+
+    def to_dict(self) -> dict:
+        return {"transfer": self.transfer, "priors": self.priors, "learnabilities": self.learnabilities,
+                "lam": self.lam, "phases": list(self.phases), "substeps": self.substeps,
+                "observation": self.observation, "step0": self.step0}
 
 
-def kind_of(name: str) -> str:
-    """'prob' for parameters in (0, 1), 'scale' for positive scales, 'lam' for λ >= 0."""
-    if name == "lam":
-        return "lam"
-    if name.startswith(SCALE_PARAMS):
-        return "scale"
-    return "prob"
+@dataclass(frozen=True)
+class ParamInfo:
+    """What one fitted parameter is.
+
+    Attributes
+    ----------
+    name : str
+        lmfit name (for people; never parsed).
+    kind : str
+        ``"p0"``, ``"a0"``, ``"b0"`` (initial state), ``"time_scale"``,
+        ``"alpha"`` (learnability), ``"c"`` (homogeneous transfer),
+        ``"length_scale"`` (kernel transfer), ``"lam"`` (footnote-4 λ) or
+        ``"bound"`` (a fitted observation bound).
+    latent : str or None
+        ``"z"``, ``"x"``, ``"y"`` for learnabilities and transfers; ``"a"`` or
+        ``"b"`` for observation bounds.
+    run : int or None
+        Run index (p0 only).
+    env : str or None
+        Environment id (per-environment parameters).
+    domain : {"prob", "scale", "nonneg", "unit"}
+        (0, 1) probabilities (intervals on the logit scale), positive scales
+        (log scale), λ >= 0 and [0, 1] values (natural scale, clipped).
+    """
+
+    name: str
+    kind: str
+    latent: str | None = None
+    run: int | None = None
+    env: str | None = None
+    domain: str = "prob"
+
+    def meaning(self, run_ids: list[str]) -> str:
+        """What it is, for people: its run and environment, and what the value means."""
+        parts = []
+        if self.run is not None:
+            parts.append(f"run {run_ids[self.run]}")
+        if self.env is not None:
+            parts.append(f"env {self.env}")
+        if self.kind in ("a0", "b0"):
+            parts.append("latent σ(x0) (observed a0 in the step-0 table)" if self.kind == "a0"
+                         else "latent σ(y0) (observed b0 in the step-0 table)")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Step0:
+    """The measured initial value a p0 / a0 / b0 parameter is held against.
+
+    Attributes
+    ----------
+    param : str
+        Parameter name.
+    quantity : {"p", "a", "b"}
+    value : float
+        Measured value in observed units (RS share or mean reward).
+    lower, upper : float
+        Its 95% interval (Jeffreys for p; mean ± 1.96 standard errors for a, b).
+    loc, scale : float
+        The prior: logit(p0) ~ Normal(loc, scale) for p (the logit of the
+        Jeffreys Beta), a_obs ~ Normal(loc, scale) for a, b.
+    n : float
+        Rollouts behind it.
+    step : int
+        The step (each run's first observed step).
+    """
+
+    param: str
+    quantity: str
+    value: float
+    lower: float
+    upper: float
+    loc: float
+    scale: float
+    n: float
+    step: int
+
+    def to_dict(self) -> dict:
+        return {"quantity": self.quantity, "value": self.value, "interval95": [self.lower, self.upper],
+                "n": self.n, "step": self.step}
 
 
 @dataclass
@@ -112,28 +225,67 @@ class _Component:
 
 
 @dataclass
+class _Prior:
+    """One penalty residual: a weighted mean of the observed initial value over cells, against Step0."""
+
+    step0: Step0
+    col: int                 # column of θ_full
+    cells: np.ndarray        # (K, 2) run, env slot of the cells it governs
+    weights: np.ndarray      # (K,) rollouts per cell at step 0
+
+
+@dataclass
+class EvalCounter:
+    """Counts of what the residual function met (read by the fit's diagnostics).
+
+    Attributes
+    ----------
+    residual_calls, jacobian_calls : int
+    rejected : int
+        Parameter vectors too fast for the step-unit Euler grid (residual WALL).
+    nonfinite : int
+        Non-finite residuals replaced by WALL.
+    best : float
+        Lowest penalised deviance seen.
+    """
+
+    residual_calls: int = 0
+    jacobian_calls: int = 0
+    rejected: int = 0
+    nonfinite: int = 0
+    best: float = math.inf
+
+
+@dataclass
 class Problem:
     """Observations of several runs, the parameters that explain them, and the residual.
 
-    Build with :meth:`Problem.build`. ``residuals(theta)`` evaluates B
+    Build with :meth:`Problem.build`. ``residuals_full(theta)`` evaluates B
     parameter vectors in one batched integration; ``jacobian`` computes
     forward differences with all P+1 vectors in one integration too.
     """
 
     spec: FitSpec
     run_ids: list[str]
-    env_ids: list[str]                  # global env ids (index j of the *_e<j> names)
+    env_ids: list[str]                  # global env ids
     run_env_ids: list[list[str]]
     config: BatchConfig
     params: lmfit.Parameters
     names: list[str]                    # every parameter (varying and fixed), θ_full order
+    info: dict[str, ParamInfo]
     index: dict[str, np.ndarray]        # physical quantity -> column of θ_full, shape (R, N) or (1,)
+    bounds: dict[str, np.ndarray]       # a_lo, a_hi, b_lo, b_hi, shape (R, N), from manifests
     components: list[_Component]
+    priors: list[_Prior]
+    step0: dict[str, Step0]
     log_const: float                    # log L = -deviance / 2 + log_const
     n_data: int
     notes: list[str] = field(default_factory=list)
-    max_substeps: int = MAX_SUBSTEPS    # cap on Euler steps per optimizer step (see _engine.simulate)
-    _cache: dict = field(default_factory=dict)
+    max_substeps: int = FIT_MAX_SUBSTEPS  # cap on Euler steps per optimizer step (see _engine.simulate)
+    weights: dict = field(default_factory=lambda: {"p": 1.0, "a": 1.0, "b": 1.0})  # 1/√φ per component
+    counter: EvalCounter = field(default_factory=EvalCounter)
+    on_evaluation: object = None        # optional callable(counter) after each residual call (progress)
+    _memo: tuple | None = None
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -144,7 +296,8 @@ class Problem:
         ------
         ValueError
             No observations in the chosen phases, kernel transfer without
-            coordinates, or environments with different coordinate dimensions.
+            coordinates, environments with different coordinate dimensions,
+            or a bad observation bound in a manifest.
         """
         notes: list[str] = []
         obs = obs[obs["phase"].isin(spec.phases)]
@@ -156,6 +309,8 @@ class Problem:
         n_runs, n_envs = len(runs), max(len(ids) for ids in run_env_ids)
         w = np.zeros((n_runs, n_envs))
         valid = np.zeros((n_runs, n_envs), bool)
+        bounds = {k: np.full((n_runs, n_envs), v) for k, v in (("a_lo", 0.0), ("a_hi", 1.0), ("b_lo", 0.0),
+                                                               ("b_hi", 1.0))}
         coords = None
         if spec.transfer == "kernel":
             dims = {len(e.coordinates) for r in runs for e in r.environments if e.coordinates is not None}
@@ -165,20 +320,37 @@ class Problem:
                                  f"(missing in runs {missing})" if missing else
                                  f"environment coordinates have different dimensions {sorted(dims)}")
             coords = np.zeros((n_runs, n_envs, dims.pop()))
+        no_bounds = []
         for i, run in enumerate(runs):
             for j, env in enumerate(run.environments):
                 w[i, j], valid[i, j] = env.w, True
                 if coords is not None:
                     coords[i, j] = env.coordinates
+                if spec.observation == "manifest":
+                    found = observation_bounds(run, env.env_id)
+                    if found is None:
+                        no_bounds.append(f"{run.run_id}/{env.env_id}")
+                    else:
+                        for k, v in found.items():
+                            bounds[k][i, j] = v
             if not (w[i] > 0).any():
                 notes.append(f"run {run.run_id}: no environment has w > 0 (nothing trains)")
+        for i in range(n_runs):  # padding copies a real env, so padded cells stay in range
+            n_real = len(run_env_ids[i])
+            for k in bounds:
+                bounds[k][i, n_real:] = bounds[k][i, 0]
+        if spec.observation == "manifest" and no_bounds:
+            notes.append("observation bounds (0, 1) for environments whose manifest gives none: "
+                         + ", ".join(no_bounds[:6]) + (" ..." if len(no_bounds) > 6 else ""))
         steps = np.unique(obs["step"].to_numpy(np.int64))
         config = BatchConfig(w, valid, coords, steps)
 
-        params, index, names = _parameters(runs, run_env_ids, env_ids, obs, spec, n_envs)
         components, log_const, n_data = _components(obs, run_ids, run_env_ids, steps)
-        return cls(spec, run_ids, env_ids, run_env_ids, config, params, names, index, components,
-                   log_const, n_data, notes)
+        layout = _Layout(runs, run_env_ids, env_ids, obs, spec, n_envs, bounds)
+        problem = cls(spec, run_ids, env_ids, run_env_ids, config, layout.params, layout.names, layout.info,
+                      layout.index, bounds, components, layout.priors, layout.step0, log_const, n_data,
+                      notes + layout.notes)
+        return problem
 
     # ---- parameter vectors ------------------------------------------------------------------
     @property
@@ -199,63 +371,141 @@ class Problem:
         out[:, cols] = theta_var
         return out
 
+    def observation_arrays(self, theta_full: np.ndarray) -> dict[str, np.ndarray]:
+        """Bounds a_lo, a_hi, b_lo, b_hi per draw, shape (B, R, N) (fitted or from the manifests)."""
+        th = np.atleast_2d(theta_full)
+        out = {}
+        for key, arr in self.bounds.items():
+            if key in self.index:
+                out[key] = np.broadcast_to(th[:, self.index[key][0]][:, None, None],
+                                           (th.shape[0],) + arr.shape).copy()
+            else:
+                out[key] = np.broadcast_to(arr[None], (th.shape[0],) + arr.shape).copy()
+        for lat in ("a", "b"):  # a fitted pair may cross: keep a span of at least 1e-3
+            out[f"{lat}_hi"] = np.maximum(out[f"{lat}_hi"], out[f"{lat}_lo"] + 1e-3)
+        return out
+
     def physical(self, theta_full: np.ndarray) -> dict[str, torch.Tensor]:
         """Map θ_full, shape (B, P_all), to the inputs of :func:`fitting._engine.simulate`."""
         th = torch.as_tensor(np.atleast_2d(theta_full), dtype=torch.float64)
         out = {}
         for key, idx in self.index.items():
+            if key in self.bounds:
+                continue
             if idx.ndim == 2:          # per (run, env)
                 out[key] = th[:, idx]  # (B, R, N)
             elif key in ("time_scale", "lam"):
                 out[key] = th[:, idx[0]].reshape(-1, 1, 1)
             else:                      # per-latent transfer value, one per run
                 out[key] = th[:, idx[0]].reshape(-1, 1).expand(-1, self.config.n_runs)
+        if self.has_observation_model:
+            for key, arr in self.observation_arrays(theta_full).items():
+                out[key] = torch.as_tensor(arr, dtype=torch.float64)
         return out
 
-    def predict_states(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(p, a, b), each (T, B, R, N), for a batch of θ_full."""
+    @property
+    def has_observation_model(self) -> bool:
+        """True unless every bound is (0, 1) and none is fitted (then the model is docs/model.md §2 as is)."""
+        if any(k in self.index for k in self.bounds):
+            return True
+        return not (np.all(self.bounds["a_lo"] == 0) and np.all(self.bounds["b_lo"] == 0)
+                    and np.all(self.bounds["a_hi"] == 1) and np.all(self.bounds["b_hi"] == 1))
+
+    def predict_latent(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(p, σ(x), σ(y)), each (T, B, R, N), for a batch of θ_full."""
         return simulate(self.config, self.physical(theta_full), self.spec.transfer, self.spec.substeps,
                         max_substeps=self.max_substeps)
 
+    def predict_states(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(p, a_obs, b_obs), each (T, B, R, N): what the logs measure (docs/model.md §7)."""
+        p, a, b = self.predict_latent(theta_full)
+        if not self.has_observation_model:
+            return p, a, b
+        ob = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in self.observation_arrays(theta_full).items()}
+        return (p, ob["a_lo"] + (ob["a_hi"] - ob["a_lo"]) * a, ob["b_lo"] + (ob["b_hi"] - ob["b_lo"]) * b)
+
+    def initial_observed(self, theta_full: np.ndarray) -> dict[str, np.ndarray]:
+        """p0, a0, b0 in observed units per (run, env), shape (B, R, N)."""
+        th = np.atleast_2d(theta_full)
+        ob = self.observation_arrays(th)
+        return {"p": th[:, self.index["p0"]],
+                "a": ob["a_lo"] + (ob["a_hi"] - ob["a_lo"]) * th[:, self.index["a0"]],
+                "b": ob["b_lo"] + (ob["b_hi"] - ob["b_lo"]) * th[:, self.index["b0"]]}
+
     # ---- likelihood -------------------------------------------------------------------------
+    @property
+    def n_prior(self) -> int:
+        return len(self.priors) if self.spec.step0 == "prior" else 0
+
     def residuals_full(self, theta_full: np.ndarray) -> np.ndarray:
-        """Signed deviance residuals, shape (B, M), for a batch of θ_full (B, P_all)."""
+        """Signed deviance residuals and prior residuals, shape (B, M + Q), for θ_full (B, P_all)."""
+        theta_full = np.atleast_2d(theta_full)
         try:
             p, a, b = self.predict_states(theta_full)
-        except UnstableStep as exc:  # far outside the data's range: a wall the optimizer backs off from
-            self._cache["rejected"] = self._cache.get("rejected", 0) + 1
-            return np.full((np.atleast_2d(theta_full).shape[0], self.n_data), 1e6)
+        except UnstableStep:  # far outside the data's range: a wall the optimizer backs off from
+            self.counter.rejected += 1
+            return np.full((theta_full.shape[0], self.n_data + self.n_prior), WALL)
         states = {"p": p, "a": a, "b": b}
         pieces = []
         for comp in self.components:
             mu = states[comp.latent][comp.t, :, comp.r, comp.e].T  # (B, M_c)
-            pieces.append(_deviance_residuals(comp, mu))
+            pieces.append(_deviance_residuals(comp, mu) * self.weights[comp.latent])
         res = torch.cat(pieces, dim=1).numpy()
+        if self.n_prior:
+            res = np.concatenate([res, self.prior_residuals(theta_full)], axis=1)
         bad = ~np.isfinite(res)
         if bad.any():  # never silently: the simulation left the valid range
-            res = np.where(bad, 1e6, res)
-            self._cache["nonfinite"] = self._cache.get("nonfinite", 0) + int(bad.sum())
+            res = np.where(bad, WALL, res)
+            self.counter.nonfinite += int(bad.sum())
         return res
 
+    def prior_residuals(self, theta_full: np.ndarray) -> np.ndarray:
+        """(B, Q): (model's initial value − step-0 measurement) / its spread, logit scale for p."""
+        init = self.initial_observed(theta_full)
+        out = np.empty((theta_full.shape[0], len(self.priors)))
+        for q, prior in enumerate(self.priors):
+            s0 = prior.step0
+            vals = init[s0.quantity][:, prior.cells[:, 0], prior.cells[:, 1]]  # (B, K)
+            mean = (vals * prior.weights).sum(1) / prior.weights.sum()
+            if s0.quantity == "p":
+                mean = special.logit(np.clip(mean, 1e-12, 1 - 1e-12))
+            out[:, q] = (mean - s0.loc) / s0.scale
+        return out
+
+    def pearson(self, theta_full: np.ndarray) -> dict[str, np.ndarray]:
+        """Unweighted Pearson residuals of the data per component (p, a, b), at one θ_full."""
+        p, a, b = self.predict_states(np.atleast_2d(theta_full))
+        states = {"p": p, "a": a, "b": b}
+        out = {}
+        for comp in self.components:
+            mu = states[comp.latent][comp.t, 0, comp.r, comp.e].numpy().clip(1e-9, 1 - 1e-9)
+            r_b = (comp.k - comp.n * mu) / np.sqrt(np.where(comp.binomial, comp.n, 1) * mu * (1 - mu))
+            r_g = (comp.k - mu) / comp.n
+            out[comp.latent] = np.where(comp.binomial, r_b, r_g)
+        return out
+
     def residual(self, params: lmfit.Parameters) -> np.ndarray:
-        """lmfit objective: residual vector (M,) at ``params``."""
+        """lmfit objective: residual vector (M + Q,) at ``params``."""
         theta = self.full(params)
         key = theta.tobytes()
-        cached = self._cache.get("res")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
         res = self.residuals_full(theta[None, :])[0]
-        self._cache["res"] = (key, res)
+        self._memo = (key, res)
+        self.counter.residual_calls += 1
+        self.counter.best = min(self.counter.best, float(res @ res))
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.counter)
         return res
 
     def jacobian(self, params: lmfit.Parameters, rel_step: float = 1e-6) -> np.ndarray:
-        """Forward-difference Jacobian (M, P_vary) w.r.t. the external parameter values.
+        """Forward-difference Jacobian (M + Q, P_vary) w.r.t. the external parameter values.
 
         All P + 1 parameter vectors are integrated in one batched call (lmfit
         ``Dfun``, derivatives across the rows, ``col_deriv=False``).
         """
         names = [n for n, p in params.items() if p.vary]
-        self._cache["n_jacobians"] = self._cache.get("n_jacobians", 0) + 1
+        self.counter.jacobian_calls += 1
         theta = self.full(params)
         batch = np.repeat(theta[None, :], len(names) + 1, axis=0)
         steps = np.empty(len(names))
@@ -267,12 +517,28 @@ class Problem:
             steps[j] = h
             batch[j + 1, self.names.index(name)] += h
         res = self.residuals_full(batch)
-        self._cache["res"] = (theta.tobytes(), res[0])
+        self._memo = (theta.tobytes(), res[0])
         return (res[1:] - res[0]).T / steps
 
+    def split(self, residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(data residuals (M,), prior residuals (Q,)) of a residual vector."""
+        return residuals[: self.n_data], residuals[self.n_data:]
+
     def loglik(self, deviance: float) -> float:
-        """log L from the deviance (sum of squared residuals)."""
+        """log L of the data from their deviance (sum of squared data residuals)."""
         return -0.5 * deviance + self.log_const
+
+
+def observation_bounds(run: Run, env_id: str) -> dict[str, float] | None:
+    """The manifest's observation bounds of one environment (docs/model.md §7), or None.
+
+    Read from :attr:`physrl.contract.Environment.observation` (validated by
+    the contract reader: 0 <= lo < hi <= 1).
+    """
+    for env in run.environments:
+        if env.env_id == env_id and env.observation is not None:
+            return dict(env.observation)
+    return None
 
 
 def _deviance_residuals(comp: _Component, mu: torch.Tensor) -> torch.Tensor:
@@ -315,9 +581,13 @@ def _components(obs: pd.DataFrame, run_ids, run_env_ids, steps) -> tuple[list[_C
         mean = np.where(keep, s / np.where(keep, n_l, 1), 0.0)
         var = np.where(np.isfinite(se) & (n_l > 1), se**2 * n_l, 0.25)
         gauss_se = np.sqrt(np.maximum(var, 1e-4) / np.where(keep, n_l, 1))
-        kk = np.where(binary, s, mean)
-        nn = np.where(binary, n_l, gauss_se)
-        comps.append(_Component(lat, t[keep], r[keep], e[keep], kk[keep], nn[keep], binary[keep]))
+        # rewards in [0, 1]: summed reward of n_l rollouts, binomial when 0/1 and quasi-binomial
+        # (variance φ μ (1 - μ), Papke & Wooldridge 1996) otherwise; φ per component is estimated
+        # after the fit. A Gaussian with the observed standard error gave cells whose rewards were
+        # all equal (b = 0 on a held-out env, a = 0.5 at the RS cap) a near-zero variance and let
+        # them dominate the fit.
+        del mean, gauss_se
+        comps.append(_Component(lat, t[keep], r[keep], e[keep], s[keep], n_l[keep], np.ones(keep.sum(), bool)))
     for comp in comps:
         n_data += len(comp.k)
         b = comp.binomial
@@ -333,91 +603,193 @@ def _components(obs: pd.DataFrame, run_ids, run_env_ids, steps) -> tuple[list[_C
     return comps, log_const, n_data
 
 
-def _pooled_first(obs: pd.DataFrame, mask: np.ndarray, num: str, den: str, default: float) -> float:
-    sub = obs[mask]
-    if sub.empty:
-        return default
-    first = sub[sub["step"] == sub["step"].min()]
-    total = float(first[den].sum())
-    if total <= 0:
-        return default
-    return float(np.clip(first[num].sum() / total, 0.02, 0.98))
+def _first_rows(obs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's first observed step (eval rows when that step has any, else train rows)."""
+    out = []
+    for _, rows in obs.groupby("run_id", sort=False):
+        first = rows[rows["step"] == rows["step"].min()]
+        ev = first[first["phase"] == "eval"]
+        out.append(ev if len(ev) else first)
+    return pd.concat(out) if out else obs.iloc[:0]
 
 
-def _start(estimate, default: float = 0.2) -> float:
-    """A start value for a prior from a measured share: clipped into [0.02, 0.98]."""
+def step0_from_prior(estimate, param: str, step: int) -> Step0 | None:
+    """Step0 of p from a :class:`physrl.contract.PriorEstimate` (the run's measured prior, defined there)."""
     if estimate is None or not estimate.n:
-        return default
-    return float(np.clip(estimate.share, 0.02, 0.98))
+        return None
+    return _p_step0(float(estimate.n_rs), float(estimate.n), param, step)
 
 
-def _parameters(runs, run_env_ids, env_ids, obs, spec: FitSpec, n_envs: int):
-    params = lmfit.Parameters()
-    n_runs = len(runs)
-    index: dict[str, np.ndarray] = {}
-    names: list[str] = []
+def _p_step0(k: float, n: float, param: str, step: int) -> Step0:
+    al, be = k + 0.5, n - k + 0.5
+    lo, hi = stats.beta.ppf([0.025, 0.975], al, be)
+    loc = float(special.digamma(al) - special.digamma(be))
+    scale = float(math.sqrt(special.polygamma(1, al) + special.polygamma(1, be)))
+    return Step0(param, "p", k / n, float(lo), float(hi), loc, scale, n, step)
 
-    def add(name, value, vary=True, lo=-np.inf, hi=np.inf):
-        params.add(name, value=value, vary=vary, min=lo, max=hi)
-        names.append(name)
-        return len(names) - 1
 
-    everywhere = np.ones(len(obs), bool)
-    # priors: p0 per run (or per run and env), started at the run's measured prior
-    # (Run.measured_prior, every env pooled); a0, b0 shared (or per env id)
-    p0_idx = np.zeros((n_runs, n_envs), int)
-    for i, run in enumerate(runs):
-        try:
-            prior = run.measured_prior(phases=spec.phases, env_ids=run.env_ids)
-        except ValueError:  # no rows of this run in these phases
-            prior = None
-        if spec.priors == "shared":
-            guess = _start(prior.pooled if prior else None)
-            p0_idx[i, :] = add(f"p0_r{i}", guess, True, PROB_MIN, PROB_MAX)
-        else:
-            for j, env in enumerate(run_env_ids[i]):
-                p0_idx[i, j] = add(f"p0_r{i}_e{env_ids.index(env)}", _start(prior.per_env.get(env) if prior else None),
-                                   True, PROB_MIN, PROB_MAX)
-    index["p0"] = p0_idx
-    for lat in ("a", "b"):
-        idx = np.zeros((n_runs, n_envs), int)
-        if spec.priors == "shared":
-            col = add(f"{lat}0", _pooled_first(obs, everywhere, f"{lat}_sum", f"{lat}_n", 0.5), True,
-                      PROB_MIN, PROB_MAX)
-            idx[:] = col
-        else:
+def measure_step0(rows: pd.DataFrame, quantity: str, param: str) -> Step0 | None:
+    """The step-0 measurement of p, a or b pooled over ``rows`` (first-step observations), or None.
+
+    p: Jeffreys interval and the logit of Beta(k + ½, n − k + ½) (mean
+    ψ(k + ½) − ψ(n − k + ½), variance ψ'(k + ½) + ψ'(n − k + ½)). a, b: the
+    pooled mean reward and its standard error (binomial when rewards are
+    0/1), in observed units.
+    """
+    if quantity == "p":
+        k, n = float(rows["n_rs"].sum()), float(rows["n"].sum())
+        if n <= 0:
+            return None
+        return _p_step0(k, n, param, int(rows["step"].min()))
+    n_c = rows[f"{quantity}_n"].to_numpy(float)
+    keep = n_c > 0
+    if not keep.any():
+        return None
+    n_c = n_c[keep]
+    s = rows[f"{quantity}_sum"].to_numpy(float)[keep]
+    se = rows[f"{quantity}_se"].to_numpy(float)[keep]
+    binary = rows["binary"].to_numpy(bool)[keep]
+    n = float(n_c.sum())
+    mean = float(s.sum() / n)
+    cell_mean = s / n_c
+    var = np.where(binary, cell_mean * (1 - cell_mean), np.where(np.isfinite(se) & (n_c > 1), se**2 * n_c, 0.25))
+    var = np.maximum(var, 1e-4)
+    pooled_se = float(math.sqrt((var * n_c).sum()) / n)
+    return Step0(param, quantity, mean, max(0.0, mean - 1.96 * pooled_se), min(1.0, mean + 1.96 * pooled_se),
+                 mean, pooled_se, n, int(rows["step"].min()))
+
+
+def _measured_prior(run: Run, first: pd.DataFrame):
+    """The run's measured prior (:meth:`physrl.contract.Run.measured_prior`) over the rows the fit
+    treats as step 0 (eval rows of the first step when there are any), every env pooled; None without rows."""
+    rows = first[first["run_id"] == run.run_id]
+    if rows.empty:
+        return None
+    try:
+        return run.measured_prior(phases=tuple(rows["phase"].unique()), env_ids=run.env_ids)
+    except ValueError:
+        return None
+
+
+class _Layout:
+    """Builds the lmfit Parameters, their records, the index onto (run, env) and the step-0 priors."""
+
+    def __init__(self, runs, run_env_ids, env_ids, obs, spec: FitSpec, n_envs: int, bounds):
+        self.params = lmfit.Parameters()
+        self.names: list[str] = []
+        self.info: dict[str, ParamInfo] = {}
+        self.index: dict[str, np.ndarray] = {}
+        self.priors: list[_Prior] = []
+        self.step0: dict[str, Step0] = {}
+        self.notes: list[str] = []
+        self.spec = spec
+        n_runs = len(runs)
+        first = _first_rows(obs)
+        run_pos = {r.run_id: i for i, r in enumerate(runs)}
+        env_pos = [{e: j for j, e in enumerate(ids)} for ids in run_env_ids]
+
+        def cells_of(rows, lat):
+            n_col = "n" if lat == "p" else f"{lat}_n"
+            rows = rows[rows[n_col] > 0]
+            cells = np.array([[run_pos[r], env_pos[run_pos[r]][e]] for r, e in zip(rows["run_id"], rows["env_id"])],
+                             dtype=int).reshape(-1, 2)
+            return cells, rows[n_col].to_numpy(float)
+
+        # initial state: p0 per run (or run and env); a0, b0 shared (or per env id)
+        p0_idx = np.zeros((n_runs, n_envs), int)
+        for i, run in enumerate(runs):
+            groups = ([(f"p0_r{i}", None, first["run_id"] == run.run_id)] if spec.priors == "shared" else
+                      [(f"p0_r{i}_e{env_ids.index(env)}", env, (first["run_id"] == run.run_id)
+                        & (first["env_id"] == env)) for env in run_env_ids[i]])
+            prior = _measured_prior(run, first)
+            for name, env, mask in groups:
+                rows = first[mask.to_numpy(bool)]
+                estimate = None if prior is None else (prior.pooled if env is None else prior.per_env.get(env))
+                col = self._initial(name, ParamInfo(name, "p0", "z", i, env, "prob"), rows, "p", None, None,
+                                    cells_of, None if prior is None else step0_from_prior(estimate, name, prior.step))
+                if env is None:
+                    p0_idx[i, :] = col
+                else:
+                    p0_idx[i, run_env_ids[i].index(env)] = col
+        self.index["p0"] = p0_idx
+        for lat, latent in (("a", "x"), ("b", "y")):
+            idx = np.zeros((n_runs, n_envs), int)
+            envs = [None] if spec.priors == "shared" else env_ids
             cols = {}
-            for env in env_ids:
-                mask = (obs["env_id"] == env).to_numpy()
-                cols[env] = add(f"{lat}0_e{env_ids.index(env)}",
-                                _pooled_first(obs, mask, f"{lat}_sum", f"{lat}_n", 0.5), True, PROB_MIN, PROB_MAX)
+            for env in envs:
+                name = f"{lat}0" if env is None else f"{lat}0_e{env_ids.index(env)}"
+                rows = first if env is None else first[(first["env_id"] == env).to_numpy(bool)]
+                cols[env] = self._initial(name, ParamInfo(name, f"{lat}0", latent, None, env, "prob"), rows, lat,
+                                          bounds[f"{lat}_lo"], bounds[f"{lat}_hi"], cells_of)
             for i, ids in enumerate(run_env_ids):
                 for j, env in enumerate(ids):
-                    idx[i, j] = cols[env]
-                idx[i, len(ids):] = cols[ids[0]]  # padding reads any valid column
-        index[f"{lat}0"] = idx
-    index["time_scale"] = np.array([add("time_scale", 0.1, True, 1e-6, 1e3)])
-    for lat in ("z", "x", "y"):
-        idx = np.zeros((n_runs, n_envs), int)
-        if spec.learnabilities == "shared":
-            idx[:] = add(f"alpha_{lat}", 1.0, lat != "z", 1e-4, 1e3)
-        else:
-            cols = {}
-            for g, env in enumerate(env_ids):
-                cols[env] = add(f"alpha_{lat}_e{g}", 1.0, not (lat == "z" and g == 0), 1e-4, 1e3)
-            for i, ids in enumerate(run_env_ids):
-                for j, env in enumerate(ids):
-                    idx[i, j] = cols[env]
-                idx[i, len(ids):] = cols[ids[0]]
-        index[f"alpha_{lat}"] = idx
-    for lat in ("z", "x", "y"):
-        if spec.transfer == "homogeneous":
-            index[f"c_{lat}"] = np.array([add(f"c_{lat}", 0.5, True, 0.0, 1.0)])
-        elif spec.transfer == "kernel":
-            coords = np.array([e.coordinates for r in runs for e in r.environments], dtype=float)
-            spread = float(np.sqrt(((coords - coords.mean(0)) ** 2).sum(1).mean())) or 1.0
-            index[f"length_scale_{lat}"] = np.array([add(f"length_scale_{lat}", spread, True, 1e-3 * spread,
-                                                         1e3 * spread)])
-    if spec.lam:
-        index["lam"] = np.array([add("lam", 0.1, True, 0.0, 10.0)])
-    return params, index, names
+                    idx[i, j] = cols[None if spec.priors == "shared" else env]
+                idx[i, len(ids):] = idx[i, 0]  # padding reads any valid column
+            self.index[f"{lat}0"] = idx
+        self.index["time_scale"] = np.array([self._add("time_scale", 0.1, True, 1e-6, 1e3,
+                                                       ParamInfo("time_scale", "time_scale", domain="scale"))])
+        for lat in ("z", "x", "y"):
+            idx = np.zeros((n_runs, n_envs), int)
+            if spec.learnabilities == "shared":
+                idx[:] = self._add(f"alpha_{lat}", 1.0, lat != "z", 1e-4, 1e3,
+                                   ParamInfo(f"alpha_{lat}", "alpha", lat, domain="scale"))
+            else:
+                cols = {}
+                for g, env in enumerate(env_ids):
+                    name = f"alpha_{lat}_e{g}"
+                    cols[env] = self._add(name, 1.0, not (lat == "z" and g == 0), 1e-4, 1e3,
+                                          ParamInfo(name, "alpha", lat, None, env, "scale"))
+                for i, ids in enumerate(run_env_ids):
+                    for j, env in enumerate(ids):
+                        idx[i, j] = cols[env]
+                    idx[i, len(ids):] = cols[ids[0]]
+            self.index[f"alpha_{lat}"] = idx
+        for lat in ("z", "x", "y"):
+            if spec.transfer == "homogeneous":
+                self.index[f"c_{lat}"] = np.array([self._add(f"c_{lat}", 0.5, True, 0.0, 1.0,
+                                                             ParamInfo(f"c_{lat}", "c", lat, domain="unit"))])
+            elif spec.transfer == "kernel":
+                coords = np.array([e.coordinates for r in runs for e in r.environments], dtype=float)
+                spread = float(np.sqrt(((coords - coords.mean(0)) ** 2).sum(1).mean())) or 1.0
+                name = f"length_scale_{lat}"
+                self.index[name] = np.array([self._add(name, spread, True, 1e-3 * spread, 1e3 * spread,
+                                                       ParamInfo(name, "length_scale", lat, domain="scale"))])
+        if spec.lam:
+            self.index["lam"] = np.array([self._add("lam", 0.1, True, 0.0, 10.0,
+                                                    ParamInfo("lam", "lam", domain="nonneg"))])
+        if spec.observation == "fit":
+            for key, value in (("a_lo", 0.02), ("a_hi", 0.98), ("b_lo", 0.02), ("b_hi", 0.98)):
+                self.index[key] = np.array([self._add(key, value, True, 0.0, 1.0,
+                                                      ParamInfo(key, "bound", key[0], domain="unit"))])
+
+    def _add(self, name, value, vary, lo, hi, info: ParamInfo) -> int:
+        self.params.add(name, value=value, vary=vary, min=lo, max=hi)
+        self.params[name].user_data = info
+        self.names.append(name)
+        self.info[name] = info
+        return len(self.names) - 1
+
+    def _initial(self, name, info, rows, quantity, lo_arr, hi_arr, cells_of, s0=None) -> int:
+        """Add one initial-state parameter at its step-0 measurement (latent units), with its prior."""
+        if s0 is None:
+            s0 = measure_step0(rows, quantity, name)
+        value = 0.2 if quantity == "p" else 0.5
+        cells, weights = cells_of(rows, quantity)
+        if s0 is not None:
+            if quantity == "p":
+                value = (s0.value * s0.n + 0.5) / (s0.n + 1)
+            else:  # observed units -> latent σ through the (mean) bounds of the cells it governs
+                lo = float(np.average(lo_arr[cells[:, 0], cells[:, 1]], weights=weights))
+                hi = float(np.average(hi_arr[cells[:, 0], cells[:, 1]], weights=weights))
+                if not lo < s0.value < hi:
+                    self.notes.append(f"{name}: step-0 measurement {s0.value:.3g} lies outside the observation "
+                                      f"bounds ({lo:.3g}, {hi:.3g}); the start is clipped into them")
+                value = (s0.value - lo) / (hi - lo)
+            value = float(np.clip(value, 0.01, 0.99))
+        vary = not (self.spec.step0 == "fixed" and s0 is not None)
+        col = self._add(name, value, vary, PROB_MIN, PROB_MAX, info)
+        if s0 is not None:
+            self.step0[name] = s0
+            if self.spec.step0 == "prior":
+                self.priors.append(_Prior(s0, col, cells, weights))
+        return col

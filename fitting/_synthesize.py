@@ -67,6 +67,7 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
                steps: int = 200, eval_every: int = 5, rollouts_per_env: int = 256,
                train_rollouts_per_env: int = 0, binary_rewards: bool = True,
                spacing: float = 1.0, run_id: str | None = None, substeps: int = 16,
+               observation: dict[str, float] | None = None, dispersion: float = 1.0,
                overwrite: bool = False) -> Path:
     """Write a run directory (docs/rollouts.md) sampled from the ODE, and ``truth.json``.
 
@@ -77,9 +78,15 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     (docs/model.md §2) runs in optimizer-step units with model time
     ``time_scale · step`` and ``substeps`` Euler steps per optimizer step.
     At every eval step each environment gets ``rollouts_per_env`` eval
-    rollouts: RS with probability p, reward ~ Bernoulli(a) if RS else
-    Bernoulli(b) (with ``binary_rewards=False``: Beta with that mean and
-    concentration 10, so rewards are fractional).
+    rollouts: RS with probability p, reward ~ Bernoulli(a_obs) if RS else
+    Bernoulli(b_obs) (with ``binary_rewards=False``: Beta with that mean and
+    concentration 10, so rewards are fractional). With ``observation``
+    bounds the ODE is the gradient flow of the reward in observed units and
+    a_obs = a_lo + (a_hi − a_lo)·a, b_obs likewise (docs/model.md §7); the
+    bounds are written into the manifest. With ``dispersion`` φ > 1 every
+    (step, env) cell draws its own probabilities from a Beta around the
+    ODE's (beta-binomial, intra-class correlation ρ = (φ − 1)/(n − 1)), so
+    counts vary φ times more than binomial noise, as RL runs do.
 
     Parameters
     ----------
@@ -102,6 +109,10 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         Eval rollouts per environment and eval step.
     train_rollouts_per_env : int
         Train rollouts per trained environment and step (0: eval rows only).
+    observation : dict, optional
+        ``a_lo, a_hi, b_lo, b_hi`` in [0, 1] (lo < hi); default (0, 1).
+    dispersion : float
+        φ >= 1 of the eval counts (1: binomial).
     binary_rewards : bool
     spacing : float
         Distance between neighbouring environments' coordinates.
@@ -145,6 +156,17 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         raise ValueError(f"lam must be >= 0, got {truth['lam']}")
     if n_envs < 1 or n_heldout < 0 or steps < 0 or eval_every < 1 or rollouts_per_env < 1:
         raise ValueError("need n_envs >= 1, n_heldout >= 0, steps >= 0, eval_every >= 1, rollouts_per_env >= 1")
+    bounds = {"a_lo": 0.0, "a_hi": 1.0, "b_lo": 0.0, "b_hi": 1.0}
+    unknown = set(observation or {}) - set(bounds)
+    if unknown:
+        raise ValueError(f"unknown observation bound(s) {sorted(unknown)}; known: a_lo, a_hi, b_lo, b_hi")
+    bounds.update({k: float(v) for k, v in (observation or {}).items()})
+    for lat in ("a", "b"):
+        if not 0 <= bounds[f"{lat}_lo"] < bounds[f"{lat}_hi"] <= 1:
+            raise ValueError(f"observation bounds need 0 <= {lat}_lo < {lat}_hi <= 1, got "
+                             f"{bounds[f'{lat}_lo']}, {bounds[f'{lat}_hi']}")
+    if not dispersion >= 1:
+        raise ValueError(f"dispersion must be >= 1, got {dispersion}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")
@@ -164,8 +186,20 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         phys[f"length_scale_{k}"] = torch.tensor([[truth[f"length_scale_{k}"]]], dtype=torch.float64)
     if truth["lam"]:
         phys["lam"] = torch.tensor(truth["lam"], dtype=torch.float64).reshape(1, 1, 1)
+    if observation:
+        phys.update({k: full(v) for k, v in bounds.items()})
     with single_thread():
         p, a, b = (s[:, 0, 0].numpy() for s in simulate(config, phys, transfer, substeps))  # (T, N)
+    a = bounds["a_lo"] + (bounds["a_hi"] - bounds["a_lo"]) * a
+    b = bounds["b_lo"] + (bounds["b_hi"] - bounds["b_lo"]) * b
+
+    def cell(prob, n):  # the cell's probability: the ODE's, or a Beta draw around it (overdispersion)
+        rho = (dispersion - 1) / max(n - 1, 1)
+        if rho <= 0:
+            return prob
+        conc = 1 / min(rho, 0.999) - 1
+        prob = min(max(prob, 1e-6), 1 - 1e-6)
+        return rng.beta(prob * conc, (1 - prob) * conc)
 
     rng = np.random.default_rng(seed)
     run_id = run_id or f"synthetic-{seed}"
@@ -178,8 +212,9 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         for s in phase_steps:
             t = int(np.searchsorted(all_steps, s))
             for i in envs:
-                rs = rng.random(count) < p[t, i]
-                mean = np.where(rs, a[t, i], b[t, i])
+                rs = rng.random(count) < cell(p[t, i], count)
+                n_rs = int(rs.sum())
+                mean = np.where(rs, cell(a[t, i], n_rs), cell(b[t, i], count - n_rs))
                 if binary_rewards:
                     reward = (rng.random(count) < mean).astype(float)
                 else:
@@ -200,12 +235,13 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     synth_config = {"n_envs": n_envs, "n_heldout": n_heldout, "seed": seed, "transfer": transfer,
                     "steps": steps, "eval_every": eval_every, "rollouts_per_env": rollouts_per_env,
                     "train_rollouts_per_env": train_rollouts_per_env, "binary_rewards": binary_rewards,
-                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"]}
+                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"], "dispersion": dispersion}
     manifest = {
         "run_id": run_id, "created": _now(), "finished": _now(), "status": "finished",
         "seed": seed, "p0": truth["p0"], "steps": steps,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
-        "environments": [{"env_id": e, "index": i, "coordinates": coords[i].tolist(), "w": float(w[i])}
+        "environments": [{"env_id": e, "index": i, "coordinates": coords[i].tolist(), "w": float(w[i]),
+                          **({"observation": dict(bounds)} if observation else {})}
                          for i, e in enumerate(env_ids)],
         "classifier": {"name": "synthetic-truth", "version": "1"},
         "model": {"name": "toy-ode (fitting.synthesize)"},
@@ -213,7 +249,8 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     }
     out.mkdir(parents=True, exist_ok=True)
     write_run(out, rows, manifest)
-    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth,
+    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth, "observation": bounds,
+                 "dispersion": dispersion,
                  "identifiable": identifiable_truth(truth, transfer),
                  "note": "identifiable: the fit's parametrisation (alpha_z = 1, time_scale in model time "
                          "per optimizer step); p0 is this run's prior (p0_r<i> in a fit)"}

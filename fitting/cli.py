@@ -3,7 +3,9 @@
 Usage::
 
     physrl fit RUN [RUN ...] --out FIT_DIR [--transfer none|homogeneous|kernel]
-               [--predict RUN ...] [--priors shared|per_env] [--learnabilities shared|per_env]
+               [--predict RUN ...] [--cross-validate] [--priors shared|per_env]
+               [--learnabilities shared|per_env] [--observation manifest|unit|fit]
+               [--step0 prior|fixed|free] [--dispersion quasi|none] [--starts K]
                [--lam] [--compare] [--profile] [--emcee-steps K] [--phases eval,train]
     physrl fit synthesize --out RUN_DIR --n-envs N --seed K [--n-heldout H]
                [--param NAME=VALUE ...] [--transfer ...] [--steps S] [--eval-every E]
@@ -11,7 +13,9 @@ Usage::
 
 A RUN is a run directory (docs/rollouts.md) or a .csv/.jsonl/.parquet table with
 the same columns. Bad input (a log that breaks the contract, a missing
-path, a bad option value) prints one clear message and exits with 2.
+path, a bad option value, too little data) prints one clear message and
+exits with 2. stdout gets a short summary table; FIT_DIR/fit_report.txt the
+full report (lmfit's included); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import json
 import sys
 from pathlib import Path
 
+from ._json import json_safe
 from physrl.contract import LogValidationError
 
 from ._engine import TRANSFERS
-from ._json import json_safe
 from ._problem import FitSpec
 from ._synthesize import DEFAULT_TRUTH
 
@@ -54,6 +58,9 @@ def _synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-rollouts-per-env", type=int, default=0, help="train rollouts per trained env and step")
     p.add_argument("--continuous-rewards", action="store_true", help="fractional rewards (Beta) instead of 0/1")
     p.add_argument("--spacing", type=float, default=1.0, help="distance between env coordinates")
+    p.add_argument("--observation", action="append", default=[], metavar="BOUND=VALUE",
+                   help="observation bound a_lo, a_hi, b_lo or b_hi (docs/model.md §7), written to the manifest")
+    p.add_argument("--dispersion", type=float, default=1.0, help="overdispersion φ >= 1 of the counts")
     p.add_argument("--run-id", default=None)
     p.add_argument("--overwrite", action="store_true")
     return p
@@ -67,6 +74,16 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
     p.add_argument("--priors", choices=["shared", "per_env"], default="shared")
     p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
+    p.add_argument("--observation", choices=["manifest", "unit", "fit"], default="manifest",
+                   help="observation bounds (docs/model.md §7): from the manifests (default), (0, 1), or fitted")
+    p.add_argument("--step0", choices=["prior", "fixed", "free"], default="prior",
+                   help="p0, a0, b0: prior centred on the step-0 measurement (default), fixed at it, or free")
+    p.add_argument("--dispersion", choices=["quasi", "none"], default="quasi",
+                   help="scale errors and bands by the Pearson dispersion φ (default) or not")
+    p.add_argument("--starts", type=int, default=4, help="optimisation starts (measured + Latin hypercube)")
+    p.add_argument("--cross-validate", action="store_true",
+                   help="also leave each run out, fit the rest and predict it (cross_validation.csv)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.add_argument("--lam", action="store_true", help="fit footnote-4 λ")
     p.add_argument("--phases", default="eval,train", help="rollout phases used as observations")
     p.add_argument("--predict", nargs="+", default=[], metavar="RUN", help="runs to predict (not fitted)")
@@ -75,7 +92,7 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--emcee-steps", type=int, default=0, help="emcee sampling steps (needs `pip install emcee`)")
     p.add_argument("--samples", type=int, default=200, help="parameter draws for predictive bands")
     p.add_argument("--max-nfev", type=int, default=None,
-                   help="cap on residual evaluations (lmfit max_nfev); a capped fit says so in its notes")
+                   help="cap on residual evaluations per start (default 300); a capped fit is not converged")
     p.add_argument("--no-figures", action="store_true")
     return p
 
@@ -95,6 +112,19 @@ def _parse_params(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _parse_bounds(items: list[str]) -> dict[str, float] | None:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in ("a_lo", "a_hi", "b_lo", "b_hi"):
+            raise _UsageError(f"--observation expects a_lo|a_hi|b_lo|b_hi=VALUE, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise _UsageError(f"--observation {name}: {value!r} is not a number") from None
+    return out or None
+
+
 def _synthesize(argv: list[str]) -> int:
     from ._synthesize import synthesize
 
@@ -104,6 +134,7 @@ def _synthesize(argv: list[str]) -> int:
                      eval_every=args.eval_every, rollouts_per_env=args.rollouts_per_env,
                      train_rollouts_per_env=args.train_rollouts_per_env,
                      binary_rewards=not args.continuous_rewards, spacing=args.spacing, run_id=args.run_id,
+                     observation=_parse_bounds(args.observation), dispersion=args.dispersion,
                      overwrite=args.overwrite)
     print(f"wrote {out} (manifest.json, rollouts/part-00000.parquet, truth.json)")
     return 0
@@ -123,6 +154,7 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
 
 
 def _fit(argv: list[str]) -> int:
+    from ._crossval import cross_validate
     from ._fit import compare, fit
     from physrl.contract import load_runs
     from ._predict import in_sample, predict
@@ -132,53 +164,80 @@ def _fit(argv: list[str]) -> int:
         raise _UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.max_nfev is not None and args.max_nfev < 1:
         raise _UsageError(f"--max-nfev must be >= 1, got {args.max_nfev}")
+    if args.starts < 1:
+        raise _UsageError(f"--starts must be >= 1, got {args.starts}")
     if args.emcee_steps < 0:
         raise _UsageError(f"--emcee-steps must be >= 0, got {args.emcee_steps}")
     phases = tuple(s.strip() for s in args.phases.split(",") if s.strip())
     FitSpec(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
-            phases=phases)  # validate before reading anything
+            phases=phases, observation=args.observation, step0=args.step0)  # validate before reading anything
     runs = load_runs(args.runs)
+    if args.cross_validate and len(runs) < 2:
+        raise _UsageError("--cross-validate needs at least two runs")
     targets = load_runs(args.predict) if args.predict else []
     for run in runs + targets:  # defaults the reader substituted; also recorded in fit.json's notes
         for warning in run.warnings:
             print(f"physrl fit: warning: run {run.run_id}: {warning}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = fit(runs, transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
-                 lam=args.lam, phases=phases, profile=args.profile, emcee_steps=args.emcee_steps,
-                 max_nfev=args.max_nfev)
+    progress = not args.no_progress
+    options = dict(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
+                   lam=args.lam, phases=phases, observation=args.observation, step0=args.step0,
+                   dispersion=args.dispersion, n_starts=args.starts, max_nfev=args.max_nfev)
+    result = fit(runs, profile=args.profile, emcee_steps=args.emcee_steps, progress=progress, **options)
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:
-        table = compare(runs, phases=phases, priors=args.priors, learnabilities=args.learnabilities)
+        table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
         report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
         table.to_csv(out / "model_comparison.csv", index=False)
     (out / "fit_report.txt").write_text(report + "\n")
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
+    print(result.summary_table())
     figures = not args.no_figures
     if figures:
-        fitted = [in_sample(result, i, n_samples=args.samples) for i in range(len(runs))]
+        fitted = [in_sample(result, i, n_samples=args.samples) for i in _progress(range(len(runs)), progress,
+                                                                                    "in-sample curves")]
         written += _plot_runs(fitted, runs, out, "fit", lambda p, r: f"fit, run {r.run_id} (p0 = {p.p0:.3g})",
                               "fit_vs_observed.png", "fitted runs: observed vs model")
+    preds = []
     if targets:
-        preds = [predict(result, run, n_samples=args.samples) for run in targets]
-        doc = {"fit": str(out / "fit.json"), "predictions": [p.to_dict() for p in preds]}
+        preds = [predict(result, run, n_samples=args.samples) for run in _progress(targets, progress, "predict")]
+        doc = {"fit": str(out / "fit.json"), "converged": result.converged,
+               "predictions": [p.to_dict() for p in preds]}
         (out / "prediction.json").write_text(json.dumps(json_safe(doc), indent=2))
         written.append("prediction.json")
         if figures:
             written += _plot_runs(preds, targets, out, "predict",
                                   lambda p, r: f"prediction, run {r.run_id} (p0 = {p.p0:.3g}, {p.p0_source})",
                                   "predicted_vs_observed.png", "held-out runs: observed vs predicted")
-    print(report)
-    for p in (preds if targets else []):
+    for p in preds:
         m = p.metrics
-        ns = m["n_star"] or {}
-        print(f"\nprediction {p.run_id}: inside predictive band {m['coverage']['all']:.0%}; "
-              f"end state observed p={m['end_state']['observed_mean_p']}, predicted "
-              f"p={m['end_state']['predicted_mean_p']:.3f} (agree: {m['end_state']['agree']}); "
-              f"N* = {ns.get('value')} {ns.get('interval', '')}")
+        ns = m.n_star or {}
+        end = m.end_state
+        print(f"\nprediction {p.run_id}: {p.level:.0%} predictive band holds {m.coverage['all']:.0%} of eval points; "
+              f"RS share RMSE {m.rmse_p if m.rmse_p is not None else float('nan'):.3f}; end state observed "
+              f"p={end.observed_mean_p}, predicted p={end.predicted_mean_p:.3f} (agree: {end.agree}); "
+              f"N* = {ns.get('value')} {ns.get('interval', '')} {ns.get('reason', '')}".rstrip())
+    if args.cross_validate:
+        cv = cross_validate(runs, progress=progress, n_samples=args.samples, **options)
+        cv.table.to_csv(out / "cross_validation.csv", index=False)
+        (out / "cross_validation.json").write_text(json.dumps(json_safe(cv.to_dict()), indent=2))
+        written += ["cross_validation.csv", "cross_validation.json"]
+        cols = ["run_id", "converged", "end_observed", "end_predicted", "end_right", "rmse_p", "coverage_p",
+                "coverage_all"]
+        print(f"\nleave-one-run-out cross-validation ({cv.level:.0%} bands):")
+        print(cv.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nwrote {out}: {', '.join(written)}")
     return 0
+
+
+def _progress(items, show: bool, desc: str):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,11 +161,31 @@ class EnvFamily:
         digits = expected.split()
         return [NOTE] + [d if j in positions else MASKED for j, d in enumerate(digits)]
 
+    def observation_bounds(self) -> dict[str, float]:
+        """Reward range of each path, for the fit's observation model (docs/model.md §7).
+
+        Observed a = a_lo + (a_hi - a_lo)·σ(x), b = b_lo + (b_hi - b_lo)·σ(y):
+
+        - RS path: the grader accepts only the k revealed digits, so
+          a_hi = a_max = k / input_length (the cap); copying them at chance
+          (one digit in ten) gives a_lo = 0.1·a_max;
+        - local path: an input digit hits a known (pretrained) map entry with
+          probability q = (b0 - 0.1) / 0.9, which a model keeping its demos
+          gets right, so b_lo = q; σ(y) is the accuracy on the unknown entries
+          (0.1 = chance at step 0, 1 = map learned), b_hi = 1.
+
+        The same for every environment of the family (the knobs are per family).
+        """
+        a_max = self.n_reveal / self.config.input_length
+        b_lo = min(max(self.known_share, 0.0), 0.99)
+        return {"a_lo": round(CHANCE * a_max, 6), "a_hi": a_max, "b_lo": round(b_lo, 6), "b_hi": 1.0}
+
     def describe(self) -> list[dict]:
-        """Manifest entries: id, coordinates, w, digit map, known entries."""
+        """Manifest entries: id, coordinates, w, digit map, known entries, observation bounds."""
+        bounds = self.observation_bounds()
         return [
             {"env_id": e.id, "index": e.index, "coordinates": list(e.coordinates), "w": e.weight,
-             "digit_map": list(e.digit_map), "known_entries": list(e.known)}
+             "digit_map": list(e.digit_map), "known_entries": list(e.known), "observation": dict(bounds)}
             for e in self.envs
         ]
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from physrl import fitting
 from physrl import sim
@@ -63,42 +62,12 @@ def observed_n_star(points: list[SweepPoint], threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _homogeneous_draws(fit_result, n_draws: int, seed: int) -> dict[str, np.ndarray]:
-    """Draws of the shared parameters the protocol simulation needs (row 0 = point estimate)."""
-    draws, names = fitting.sample_parameters(fit_result, n_draws, seed=seed)
-    out = {}
-    for key in ("a0", "b0", "alpha_x", "alpha_y", "alpha_z", "time_scale", "c_z", "c_x", "c_y", "lam"):
-        if key in names:
-            out[key] = draws[:, names.index(key)]
-        elif key in fit_result.params:
-            out[key] = np.full(draws.shape[0], float(fit_result.params[key].value))
-    if fit_result.spec.transfer == "none":
-        for key in ("c_z", "c_x", "c_y"):
-            out[key] = np.zeros(draws.shape[0])
-    return out
-
-
 def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws: int = 64,
                      seed: int = 0) -> np.ndarray:
     """Mean p after ``max_steps`` optimizer steps of N envs sharing the batch (w = 1/N).
 
-    The fitted ODE under the organisms' protocol: N identical environments
-    with the fit's shared priors, learnabilities and homogeneous transfer
-    c (docs/model.md §3), which is exactly one environment with learnabilities
-    α (1 + (N − 1) c) / N, in optimizer-step units (model time = time_scale ·
-    step).
-
-    Parameters
-    ----------
-    fit_result : fitting.FitResult
-        A fit with ``transfer`` "homogeneous" or "none" and shared priors and
-        learnabilities.
-    p0 : float
-        Prior in (0, 1).
-    n_values : sequence of int
-        Diversities N.
-    max_steps : int
-        Optimizer steps of a run.
+    The fitted ODE under the organisms' protocol, its observation model
+    included: :func:`physrl.fitting.protocol_final_p` (docs/model.md §3, §7).
 
     Returns
     -------
@@ -112,32 +81,7 @@ def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws
         For a kernel fit or per-environment parameters (no single N-env
         protocol follows from them).
     """
-    spec = fit_result.spec
-    if spec.transfer not in ("homogeneous", "none") or spec.priors != "shared" or spec.learnabilities != "shared":
-        raise ValueError("the protocol N* needs a homogeneous (or no-transfer) fit with shared priors "
-                         f"and learnabilities, got transfer={spec.transfer!r}, priors={spec.priors!r}, "
-                         f"learnabilities={spec.learnabilities!r}")
-    d = _homogeneous_draws(fit_result, n_draws, seed)
-    ns = torch.as_tensor(np.asarray(n_values, dtype=float))[None, :]  # (1, K)
-
-    def col(key, default=1.0):
-        v = d.get(key)
-        return torch.as_tensor(np.full(len(d["a0"]), default) if v is None else v)[:, None]  # (B, 1)
-
-    tau = col("time_scale")
-    # N envs sharing the batch (w = 1/N): the homogeneous reduction, divided by N
-    eff = {k: sim.effective_learnability(tau * col(f"alpha_{k}"), col(f"c_{k}"), ns) / ns for k in ("z", "x", "y")}
-    lam = float(np.mean(d["lam"])) if "lam" in d else 0.0
-    model = sim.ToyModel.single(alpha_z=eff["z"].unsqueeze(-1), alpha_x=eff["x"].unsqueeze(-1),
-                                alpha_y=eff["y"].unsqueeze(-1), lam=lam)
-    shape = (len(d["a0"]), ns.shape[1], 1)
-    y0 = sim.Latents.from_probabilities(torch.full(shape, float(p0), dtype=torch.float64),
-                                        col("a0").unsqueeze(-1).expand(shape),
-                                        col("b0").unsqueeze(-1).expand(shape))
-    rate = model.max_rate()
-    dt = min(1.0, 1.0 / max(rate, 1e-12))
-    sol = sim.euler(model, y0, dt=dt, t_max=float(max_steps), tol=None, save="final")
-    return sol.final_p[..., 0].numpy()
+    return fitting.protocol_final_p(fit_result, p0, n_values, max_steps, n_draws=n_draws, seed=seed)
 
 
 def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshold: float, *,

@@ -148,9 +148,11 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
             lines.append("<span class='bad'>Wrong end state:</span> " + ", ".join(html.escape(w) for w in wrong))
     cov = [r["coverage"] for r in runs if r["coverage"] is not None]
     if cov:
-        lines.append(f"Share of observed points inside the 95% predictive band, median over sweep runs: "
-                     f"<b>{np.median(cov):.0%}</b> (a calibrated model gives about 95%).")
-    rm = [r["rmse"]["p"] for r in runs if r["rmse"].get("p") is not None and np.isfinite(r["rmse"]["p"])]
+        lines.append(f"Share of the RS share's eval points inside the 90% predictive band, median over sweep "
+                     f"runs: <b>{np.median(cov):.0%}</b> (a calibrated model gives about 90%).")
+    rm = [r["rmse"].get("p_trained", r["rmse"]["p"]) for r in runs
+          if r["rmse"].get("p_trained", r["rmse"].get("p")) is not None
+          and np.isfinite(r["rmse"].get("p_trained", r["rmse"]["p"]))]
     if rm:
         lines.append(f"RMSE of the RS share p over time, median over sweep runs: <b>{np.median(rm):.3f}</b>.")
     # selection effect
@@ -167,8 +169,12 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
         lines.append(f"p0 = {p0:g}: smallest swept N whose run ended RS (median over seeds) = {obs_txt}; "
                      f"the fit's N* on the integer grid = {pred_txt}.")
     if not summary["fit"]["converged"]:
-        lines.append(f"<span class='bad'>The fit stopped before converging</span> ({summary['fit']['nfev']} "
-                     "residual evaluations, the config's fit_max_nfev): read its parameters as a best effort.")
+        lines.insert(0, f"<span class='bad'>The fit did not converge</span> ({html.escape(summary['fit']['status'])}, "
+                     f"{summary['fit']['nfev']} residual evaluations): no N* is claimed and the predictions "
+                     "below are not an answer.")
+    if summary["fit"].get("dispersion") is not None:
+        lines.append(f"Dispersion of the calibration data: φ = {summary['fit']['dispersion']:.2f} "
+                     "(Pearson χ²/dof; errors and bands carry it per component).")
     if summary["unidentified"]:
         lines.append("<span class='bad'>Not identified by the calibration runs</span> (predictions lean on "
                      "their whole plausible range): " + ", ".join(summary["unidentified"]) + ".")

@@ -88,7 +88,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     fit_dir.mkdir(exist_ok=True)
     _say(progress, f"fitting the ODE on {len(cal_ids)} calibration runs")
     fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
-                             max_nfev=config.fit_max_nfev)
+                             max_nfev=config.fit_max_nfev, progress=progress)
     fit_result.save(fit_dir / "fit.json")
     (fit_dir / "fit_report.txt").write_text(fit_result.report())
 
@@ -123,27 +123,30 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         r, run = plan[k], runs[k]
         last, final_p = _analysis.final_rs_share(obs, run)
         pred = fitting.predict(fit_result, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
-                               n_samples=100, seed=r.seed)
+                               n_samples=100, seed=r.seed, level=0.9, threshold=config.threshold)
         predictions[k] = pred
         m = pred.metrics
-        end = m.get("end_state", {})
-        rmse = {lat: _mean_rmse(m.get("rmse", {}), lat) for lat in ("p", "a", "b")}
-        predicted_p = end.get("predicted_mean_p")
+        rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}
+        rmse["p_trained"] = m.rmse_p  # RS share over the trained envs' eval points
+        predicted_p = m.end_state.predicted_mean_p
         agrees = None if predicted_p is None else (final_p > config.threshold) == (predicted_p > config.threshold)
         points.append(_analysis.SweepPoint(k, r.n_envs, r.p0, r.seed, final_p, predicted_p,
-                                           rmse, (m.get("coverage") or {}).get("all"), agrees))
+                                           rmse, m.coverage.get("p"), agrees))
 
     observed = _analysis.observed_n_star(points, config.threshold)
     # rounded so that a grid point equal to a configured p0 up to float noise appears once
     p0_grid = np.unique(np.round(np.concatenate([np.geomspace(min(config.p0) / 2, min(0.9, max(config.p0) * 2), 9),
                                                  config.p0]), 10))
-    try:
-        predicted = _analysis.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
-                                               config.threshold, seed=min(config.seeds))
-        n_star_note = ""
-    except ValueError as err:
-        predicted = pd.DataFrame(columns=["p0", "n_star", "lower", "upper", "share_above_n_max"])
-        n_star_note = str(err)
+    predicted = pd.DataFrame(columns=["p0", "n_star", "lower", "upper", "share_above_n_max"])
+    if not fit_result.converged:  # a fit stopped at its cap is not an answer: no N* is claimed
+        n_star_note = f"fit did not converge ({fit_result.diagnostics.message}): no N* is claimed"
+    else:
+        try:
+            predicted = _analysis.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
+                                                   config.threshold, seed=min(config.seeds))
+            n_star_note = ""
+        except ValueError as err:
+            n_star_note = str(err)
 
     _say(progress, f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over seeds")
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
@@ -305,7 +308,10 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
         "unidentified": list(fit_result.unidentified),
         "fit": {"aic": fit_result.aic, "bic": fit_result.bic, "loglik": fit_result.loglik,
                 "n_data": fit_result.n_data, "seconds": fit_result.seconds,
-                "converged": bool(fit_result.result.success), "nfev": int(fit_result.result.nfev),
+                "converged": bool(fit_result.converged), "status": fit_result.diagnostics.status,
+                "nfev": int(fit_result.diagnostics.nfev), "dispersion": fit_result.dispersion,
+                "component_dispersion": fit_result.diagnostics.component_dispersion,
+                "initial_state": fit_result.to_dict()["initial_state"],
                 "notes": list(fit_result.notes)},
         "seconds": {"training": t_train, "total": t_total},
     }

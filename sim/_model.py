@@ -149,6 +149,12 @@ class ToyModel:
         every environment (the post's convention).
     lam : float, array or Tensor, shape broadcasting to (..., 1)
         Footnote-4 coupling λ >= 0 of local heuristics into the RS path (0 = off).
+    observation : tuple (a_lo, a_hi, b_lo, b_hi), optional
+        Observation bounds (docs/model.md §7), each broadcasting to
+        (..., n_envs), reward units with lo < hi: the flow is then the
+        gradient flow of the reward in observed units (gap
+        (a_lo + (a_hi − a_lo) a) − (b_lo + (b_hi − b_lo) b), the x and y
+        gradients scaled by the spans). None: the post's model (0, 1).
 
     Raises
     ------
@@ -165,6 +171,7 @@ class ToyModel:
     alpha_y: float | Tensor = 1.0
     w: Tensor | None = None
     lam: float | Tensor = 0.0
+    observation: tuple | None = None
 
     def __post_init__(self):
         sizes = {self.coupling_z.n_envs, self.coupling_x.n_envs, self.coupling_y.n_envs}
@@ -337,6 +344,10 @@ class VectorField:
         self.w = None if model.w is None else conv(model.w)
         lam = model.lam
         self.lam = None if _is_zero(lam) else conv(lam)
+        self.obs = None
+        if model.observation is not None:  # (a_lo, a_span, b_lo, b_span)
+            a_lo, a_hi, b_lo, b_hi = (conv(v) for v in model.observation)
+            self.obs = (a_lo, a_hi - a_lo, b_lo, b_hi - b_lo)
         self.groups: list[tuple[Coupling, list[int]]] = []
         for k, c in enumerate(model.couplings):
             for g in self.groups:
@@ -363,7 +374,15 @@ class VectorField:
             p, a, bb = s[0], s[1], s[2]
         else:
             p, a, bb = probabilities(state[0], state[1], state[2], self.lam)
-        g = reward_gradients(p, a, bb, self.lam)
+        if self.obs is None:
+            g = reward_gradients(p, a, bb, self.lam)
+        else:  # observed units (docs/model.md §7): gap of observed rewards, slopes scaled by the spans
+            a_lo, a_span, b_lo, b_span = self.obs
+            gz = reward_gradients(p, a_lo + a_span * a, b_lo + b_span * bb)[0]
+            _, gx, gy = reward_gradients(p, a, bb)
+            gx = gx * a_span
+            gy = gy * b_span if self.lam is None else gy * b_span + self.lam * gx
+            g = (gz, gx, gy)
         if self.w is not None:
             g = tuple(v * self.w for v in g)
         return g

@@ -35,7 +35,7 @@ def _sigmoid(v):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _euler(state, alpha, w, lam, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
+def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
     """Euler steps of R independent replicas, in place (see :func:`euler`)."""
     n_rep = state.shape[1]
     n_env = state.shape[2]
@@ -60,7 +60,13 @@ def _euler(state, alpha, w, lam, kinds, c, mats, dt, n_steps, tol, grid, saved, 
                 p = _sigmoid(s[0, i])
                 a = _sigmoid(s[1, i] + lam_r * s[2, i])
                 b = _sigmoid(s[2, i])
-                gz, gx, gy = _gradients(p, a, b, lam_r)
+                # observation bounds (docs/model.md §7): the gap in reward units, slopes scaled by the spans
+                a_span = obs[1, r, i]
+                b_span = obs[3, r, i]
+                gz, gx, gy = _gradients(p, obs[0, r, i] + a_span * a, obs[2, r, i] + b_span * b, 0.0)
+                _, gx, gy = _gradients(p, a, b, 0.0)
+                gx = gx * a_span
+                gy = gy * b_span + lam_r * gx
                 wi = w[r, i]
                 g[0, i] = gz * wi
                 g[1, i] = gx * wi
@@ -161,6 +167,10 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     alpha = np.array(np.stack([_flat(a, shape, size) for a in model.alphas]), order="C")
     w = _flat(1.0 if model.w is None else model.w, shape, size)
     lam = _flat(model.lam, rep + (1,), size)[:, 0].copy()
+    a_lo, a_hi, b_lo, b_hi = model.observation if model.observation is not None else (0.0, 1.0, 0.0, 1.0)
+    obs = np.array(np.stack([_flat(a_lo, shape, size), _flat(a_hi, shape, size) - _flat(a_lo, shape, size),
+                             _flat(b_lo, shape, size), _flat(b_hi, shape, size) - _flat(b_lo, shape, size)]),
+                   order="C")
     kinds = np.zeros(3, dtype=np.int64)
     c = np.zeros((3, size))
     dense = any(isinstance(cp, DenseCoupling) for cp in model.couplings)
@@ -180,7 +190,7 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     saved = np.zeros((size, len(g), 3, n))   # per replica contiguous (cache-friendly writes)
     taken = np.zeros(size, dtype=np.int64)
     converged = np.zeros(size, dtype=np.bool_)
-    _euler(state, alpha, w, lam, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
+    _euler(state, alpha, w, lam, obs, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
            g, saved, taken, converged)
     final = state.reshape((3,) + shape)
     out_saved = None if grid is None else np.moveaxis(saved, 0, 2).reshape((len(g), 3) + shape)

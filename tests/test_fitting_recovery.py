@@ -29,7 +29,7 @@ def _design(tmp_path, transfer="homogeneous", seed=0, params=None, **kw):
 
 
 def _check_recovery(res, truth):
-    assert res.result.success
+    assert res.converged, res.diagnostics.message
     assert res.unidentified == []
     for name, true in truth.items():
         lo, hi = res.interval(name, 0.95)
@@ -73,21 +73,72 @@ def test_recovers_other_truth_and_fractional_rewards(tmp_path):
         assert abs(res.value(name) - truth[name]) < 0.1, (name, res.value(name), truth[name])
 
 
-def test_coverage_of_90_percent_intervals(tmp_path):
-    """Over 30 synthetic datasets the 90% intervals contain the truth 80-97% of the time."""
-    hits, total = 0, 0
-    for seed in range(30):
-        runs, truth = _design(tmp_path, seed=seed, steps=120, eval_every=10, rollouts_per_env=48,
-                              params={"time_scale": 0.5})
-        res = fitting.fit(runs)
-        assert res.unidentified == []
+OBSERVATION = {"a_lo": 0.05, "a_hi": 0.5, "b_lo": 0.2, "b_hi": 1.0}
+
+
+def _coverage(tmp_path, seeds, dispersion):
+    """90% intervals holding the truth, with the observation model and overdispersed counts.
+
+    Returns (hits, reported, total, φ per dataset): coverage is over the intervals the fit reports
+    (identified parameters); ``reported / total`` is the share it could identify.
+    """
+    hits, reported, total, phis = 0, 0, 0, []
+    for seed in seeds:
+        runs, truth = _design(tmp_path, seed=seed, steps=120, eval_every=10, rollouts_per_env=256,
+                              params={"time_scale": 0.5, "alpha_x": 2.0, "c_x": 0.4}, observation=OBSERVATION,
+                              dispersion=dispersion)
+        res = fitting.fit(runs, n_starts=2)
+        assert res.converged, res.diagnostics.message
+        phis.append(res.dispersion)
         for name, true in truth.items():
-            lo, hi = res.interval(name, 0.90)
-            hits += lo <= true <= hi
             total += 1
-    share = hits / total
-    print(f"coverage of 90% intervals: {hits}/{total} = {share:.3f}")
-    assert 0.80 <= share <= 0.97, share
+            if res.estimates[name].identified:
+                lo, hi = res.interval(name, 0.90)
+                hits += lo <= true <= hi
+                reported += 1
+    return hits, reported, total, phis
+
+
+def test_coverage_of_90_percent_intervals_fast(tmp_path):
+    """Fast sibling of the slow coverage study: 4 datasets, overdispersion φ = 2."""
+    hits, reported, total, phis = _coverage(tmp_path, range(4), 2.0)
+    print(f"coverage of 90% intervals: {hits}/{reported} = {hits / reported:.3f} "
+          f"({reported}/{total} identified); φ {np.round(phis, 2)}")
+    assert all(1.5 < phi < 2.6 for phi in phis), phis
+    assert reported >= 0.75 * total
+    assert 0.75 <= hits / reported <= 1.0
+
+
+@pytest.mark.slow
+def test_coverage_of_90_percent_intervals(tmp_path):
+    """Over 30 synthetic datasets (observation model, φ = 2) the reported 90% intervals hold the truth
+    85-95% of the time."""
+    hits, reported, total, phis = _coverage(tmp_path, range(30), 2.0)
+    share = hits / reported
+    print(f"coverage of 90% intervals: {hits}/{reported} = {share:.3f} ({reported}/{total} identified); "
+          f"median φ {np.median(phis):.2f}")
+    assert reported >= 0.75 * total
+    assert 0.85 <= share <= 0.95, share
+
+
+def test_intervals_contain_their_estimates(tmp_path):
+    """Every reported interval holds its point estimate, on logit / log / natural scale, at a bound too."""
+    from physrl.fitting._fit import wald_interval
+
+    for value, se, domain, bounds in [(0.065, 0.02, "scale", (1e-6, 1e3)), (0.065, 0.5, "scale", (1e-6, 1e3)),
+                                      (1e-6, 0.01, "scale", (1e-6, 1e3)), (0.999, 0.2, "prob", (1e-4, 1 - 1e-4)),
+                                      (0.0, 0.05, "unit", (0.0, 1.0)), (1.0, 0.05, "unit", (0.0, 1.0)),
+                                      (0.3, 0.1, "nonneg", (0.0, 10.0))]:
+        for at_bound in (False, True):
+            lo, hi = wald_interval(value, se, domain, bounds, 0.95, at_bound)
+            assert lo <= value <= hi, (value, se, domain, at_bound, lo, hi)
+    runs, _ = _design(tmp_path, seed=2, steps=60, eval_every=10)
+    res = fitting.fit(runs, n_starts=1)
+    for name, est in res.estimates.items():
+        if est.identified and est.vary:
+            lo, hi = res.interval(name)
+            assert lo <= est.value <= hi, (name, est.value, lo, hi)
+            assert not (lo <= est.bounds[0] + 1e-9 and hi >= est.bounds[1] - 1e-9), name
 
 
 def test_unidentified_learnability_is_flagged_not_reported(tmp_path):
@@ -118,16 +169,16 @@ def test_prediction_of_an_unseen_larger_run(tmp_path):
     target = fitting.synthesize(tmp_path / "n6", n_envs=6, n_heldout=1, seed=99, params={"p0": 0.25})
     pred = fitting.predict(res, target, n_samples=100)
     m = pred.metrics
-    assert pred.p0 == 0.25 and pred.p0_source == "manifest"
-    assert 0.85 <= m["coverage"]["all"] <= 1.0
-    assert m["end_state"]["agree"] is True
-    assert all(v["p"] < 0.1 for v in m["rmse"].values())
-    assert m["n_star"]["value"] is not None and m["n_star"]["interval"][0] <= m["n_star"]["value"]
+    assert pred.p0_source.startswith("measured") and abs(pred.p0 - 0.25) < 0.05
+    assert 0.85 <= m.coverage["all"] <= 1.0
+    assert m.end_state.agree is True
+    assert all(v["p"] < 0.1 for v in m.rmse.values())
+    assert m.n_star["value"] is not None and m.n_star["interval"][0] <= m.n_star["value"]
 
 
 def test_batched_residuals_equal_a_loop_and_jacobian_matches_central_differences(tmp_path):
     runs, _ = _design(tmp_path, steps=60)
-    problem = Problem.build(runs, fitting.observations(runs), FitSpec())
+    problem = Problem.build(runs, fitting.observations(runs), FitSpec(step0="free"))
     base = problem.full()
     rng = np.random.default_rng(0)
     names = problem.var_names
@@ -183,5 +234,5 @@ def test_emcee_on_request(tmp_path):
     res = fitting.fit(runs, emcee_steps=40, emcee_walkers=20)
     assert res.emcee["walkers"] == 20 and res.emcee["acceptance"] > 0
     med = res.emcee["params"]["c_y"]["median"]
-    assert abs(med - res.value("c_y")) < 2 * res.estimates["c_y"].stderr
+    assert abs(med - res.value("c_y")) < 3 * res.estimates["c_y"].stderr
     assert res.to_dict()["emcee"]["params"]["c_y"]["interval95"][0] < med

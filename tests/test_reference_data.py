@@ -26,20 +26,26 @@ def test_reference_runs_follow_the_contract():
 
 
 def test_fit_on_reference_reproduces_the_stored_values(tmp_path):
+    """Identified parameters agree within optimizer noise; evaluation counts and unidentified values are
+    never compared (they differ between machines without meaning anything)."""
     stored = json.loads((REFERENCE / "fit" / "fit.json").read_text())
     cal = [str(p) for p in RUNS if p.name.startswith("cal-")]
-    code = main(["fit", *cal, "--out", str(tmp_path), "--max-nfev", "60", "--no-figures",  # as data/reference/README.md
+    code = main(["fit", *cal, "--out", str(tmp_path), "--no-figures", "--no-progress",  # as data/reference/README.md
                  "--transfer", stored["spec"]["transfer"]])
     assert code == 0
     fresh = json.loads((tmp_path / "fit.json").read_text())
-    # optimizer outputs within their noise, never exact evaluation counts: the path of a fit
-    # whose unidentified parameters sit near a bound changes with the last bit of a residual
-    # (e.g. the Euler engine's summation order), its optimum does not
-    assert abs(fresh["nfev"] - stored["nfev"]) <= 0.25 * stored["nfev"]
+    assert stored["converged"] and fresh["converged"]
+    compared = 0
     for name, par in stored["params"].items():
-        assert fresh["params"][name]["identified"] == par["identified"], name
-        if par["identified"] and par.get("stderr"):
-            assert abs(fresh["params"][name]["value"] - par["value"]) < 0.01 * par["stderr"], name
-        elif not par["vary"]:
-            np.testing.assert_allclose(fresh["params"][name]["value"], par["value"], rtol=1e-12, err_msg=name)
-    assert fresh["loglik"] == pytest.approx(stored["loglik"], rel=1e-6)
+        if not (par["identified"] and par["vary"]):
+            continue
+        new = fresh["params"][name]
+        assert new["identified"], name
+        spread = stored["diagnostics"]["spread"].get(name, [par["value"], par["value"]])
+        tol = 0.25 * par["stderr"] + (spread[1] - spread[0]) + 1e-9
+        assert abs(new["value"] - par["value"]) <= tol, (name, new["value"], par["value"], tol)
+        compared += 1
+    assert compared >= 6
+    assert fresh["dispersion"] == pytest.approx(stored["dispersion"], rel=0.05)
+    for row in fresh["initial_state"]:  # fitted p0, a0, b0 inside their step-0 measurement intervals
+        assert row["inside"], row
