@@ -496,9 +496,41 @@ class FitResult:
         Path(path).write_text(json.dumps(json_safe(self.to_dict()), indent=2))
 
 
+def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
+                               skip) -> np.ndarray | None:
+    """Covariance the varying parameters inherit from an initial state held at its measurement.
+
+    With p0, a0, b0 fixed at their step-0 measurement ŝ (``step0="fixed"``)
+    the estimate θ̂(ŝ) moves with ŝ: dθ̂/dŝ = −(JᵀJ)⁺ Jᵀ J_s, so Var θ̂ gains
+    G Σ_s Gᵀ with Σ_s the measurement's variance (two-step estimator; Murphy
+    & Topel 1985). None when no initial state is fixed.
+    """
+    fixed = [n for n in problem.step0 if not params[n].vary and n not in skip]
+    if not fixed or not names:
+        return None
+    probe = params.copy()
+    for n, par in probe.items():
+        par.vary = n in fixed
+    j_s = problem.jacobian(probe)
+    var = np.empty(len(fixed))
+    theta = problem.full(params)
+    ob = problem.observation_arrays(theta)
+    for k, n in enumerate(fixed):
+        s0 = problem.step0[n]
+        v = params[n].value
+        if s0.quantity == "p":
+            var[k] = (v * (1 - v) * s0.scale) ** 2
+        else:
+            cols = problem.index[f"{s0.quantity}0"] == problem.names.index(n)
+            span = float((ob[f"{s0.quantity}_hi"] - ob[f"{s0.quantity}_lo"])[0][cols & problem.config.valid].mean())
+            var[k] = (s0.scale / span) ** 2
+    g = np.linalg.pinv(jac.T @ jac, rcond=NULL_EIGEN_RTOL, hermitian=True) @ (jac.T @ j_s)
+    return (g * var) @ g.T
+
+
 def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
-              scale: float) -> tuple[dict, np.ndarray]:
-    """Covariance (scaled by ``scale``) and identified flags from the Jacobian at the optimum."""
+              scale: float, extra: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Covariance (scaled by ``scale``, plus ``extra``) and identified flags from the Jacobian at the optimum."""
     fisher = jac.T @ jac
     diag = np.diag(fisher).copy()
     reasons = {n: "" for n in names}
@@ -518,6 +550,8 @@ def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac:
                 reasons[n] = ("degenerate with " + ", ".join(others)) if others else "flat direction of the likelihood"
     inv_scaled = np.linalg.pinv(scaled, rcond=NULL_EIGEN_RTOL, hermitian=True)
     cov = inv_scaled / np.outer(d, d) * scale
+    if extra is not None:
+        cov = cov + extra
     out = {}
     for j, n in enumerate(names):
         se = float(np.sqrt(cov[j, j])) if cov[j, j] > 0 else math.nan
@@ -592,7 +626,7 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
 
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
-        step0: str = "prior", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
+        step0: str = "fixed", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
         emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0, max_nfev: int | None = None,
         progress: bool = False) -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
@@ -615,9 +649,9 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     observation : {"manifest", "unit", "fit"}
         Observation bounds (docs/model.md §7): from the manifests (else
         (0, 1)), (0, 1), or fitted.
-    step0 : {"prior", "fixed", "free"}
-        p0, a0, b0 with a prior centred on their step-0 measurement, fixed
-        at it, or free.
+    step0 : {"fixed", "prior", "free"}
+        p0, a0, b0 fixed at their step-0 measurement (default), with a
+        prior centred on it, or free.
     dispersion : {"quasi", "none"}
         Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not.
     n_starts : int
@@ -685,6 +719,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         notes.append("held fixed, the data cannot support them: "
                      + "; ".join(f"{n} ({r})" for n, r in unsupported.items()))
     n_var = len(problem.var_names)
+    if n_var == 0:
+        raise InsufficientData("nothing left to fit: the data cannot support "
+                               + "; ".join(f"{n} ({r})" for n, r in unsupported.items())
+                               + " and the initial state is held at its step-0 measurement")
     if problem.n_data + problem.n_prior < n_var:
         raise InsufficientData(f"{problem.n_data} observations (+ {problem.n_prior} step-0 priors) cannot support "
                                f"{n_var} parameters ({', '.join(problem.var_names)}); add eval passes, "
@@ -770,7 +808,8 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     spread = {n: (min(r.values[n] for r in at_best), max(r.values[n] for r in at_best)) for n in names}
     status = "converged" if best.converged else ("max_nfev" if "max_nfev" in best.message else "failed")
     jac = problem.jacobian(result.params)
-    ident, cov = _identify(problem, result.params, names, jac, scale)
+    extra = _initial_state_uncertainty(problem, result.params, names, jac, unsupported)
+    ident, cov = _identify(problem, result.params, names, jac, scale, extra)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
                                  problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
                                  deviance, penalty, chi2, dof, phi,

@@ -76,8 +76,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
     p.add_argument("--observation", choices=["manifest", "unit", "fit"], default="manifest",
                    help="observation bounds (docs/model.md §7): from the manifests (default), (0, 1), or fitted")
-    p.add_argument("--step0", choices=["prior", "fixed", "free"], default="prior",
-                   help="p0, a0, b0: prior centred on the step-0 measurement (default), fixed at it, or free")
+    p.add_argument("--step0", choices=["prior", "fixed", "free"], default="fixed",
+                   help="p0, a0, b0: fixed at the step-0 measurement (default), a prior centred on it, or free")
     p.add_argument("--dispersion", choices=["quasi", "none"], default="quasi",
                    help="scale errors and bands by the Pearson dispersion φ (default) or not")
     p.add_argument("--starts", type=int, default=4, help="optimisation starts (measured + Latin hypercube)")

@@ -65,8 +65,14 @@ def test_too_little_data_is_one_line_or_a_fit_with_unsupported_parameters_fixed(
                                          for i in range(16)))
     code = physrl(["fit", str(one_pass), "--out", str(tmp_path / "o1"), "--no-figures", "--no-progress"])
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    assert code == 0  # what the data cannot support is held fixed and reported
+    assert code == 2 and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    for name in ("time_scale", "alpha_x", "alpha_y", "c_z", "c_x", "c_y"):  # one line naming what is unsupported
+        assert name in captured.err
+    assert "one observed step" in captured.err
+    code = physrl(["fit", str(one_pass), "--out", str(tmp_path / "o1"), "--no-figures", "--no-progress",
+                   "--step0", "prior"])  # the initial state alone is still fitted: unsupported parts held fixed
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
     doc = json.loads((tmp_path / "o1" / "fit.json").read_text())
     for name in ("time_scale", "alpha_x", "alpha_y", "c_z", "c_x", "c_y"):
         assert doc["params"][name]["identified"] is False and "one observed step" in doc["params"][name]["reason"]

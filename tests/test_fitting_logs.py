@@ -90,7 +90,7 @@ def test_extra_columns_ignored_temp_files_skipped_unfinished_flagged(run_dir):
     assert list(run.rollouts.columns) == list(contract.COLUMNS)
     assert run.finished is False
     assert any("not finished" in note for note in run.notes)
-    res_notes = fitting.fit([run], transfer="none", grid=False, max_nfev=5).notes
+    res_notes = fitting.fit([run], transfer="none", n_starts=1, max_nfev=5).notes
     assert any("not finished" in note for note in res_notes)
 
 
