@@ -25,7 +25,7 @@ class CrossValidation:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per held-out run: ``run_id, n_envs, p0, converged,
+        One row per held-out run: ``run_id, source`` (directory name), ``n_envs, p0, converged,
         end_observed, end_predicted, end_right, rmse_p, coverage_p,
         coverage_all, dispersion, seconds, error``. ``end_*`` are the mean
         RS share over the trained envs at the last step; ``coverage_*`` the
@@ -78,7 +78,7 @@ def cross_validate(runs, *, level: float = 0.9, n_samples: int = 100, progress: 
     rows = []
     for i, held in enumerate(runs):
         rest = [r for j, r in enumerate(runs) if j != i]
-        row = {"run_id": held.run_id, "n_envs": sum(e.w > 0 for e in held.environments), "p0": None,
+        row = {"run_id": held.run_id, "source": held.source.name, "n_envs": sum(e.w > 0 for e in held.environments), "p0": None,
                "converged": False, "end_observed": None, "end_predicted": None, "end_right": None,
                "rmse_p": None, "coverage_p": None, "coverage_all": None, "dispersion": None, "seconds": None,
                "error": ""}

@@ -59,7 +59,7 @@ from physrl.contract import Run, load_runs
 
 from ._engine import single_thread
 from ._observations import observations
-from ._problem import FitSpec, ParamInfo, Problem, Step0
+from ._problem import WALL, FitSpec, ParamInfo, Problem, Step0
 
 NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
@@ -806,6 +806,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     if best not in at_best:
         at_best = [best] + at_best
     spread = {n: (min(r.values[n] for r in at_best), max(r.values[n] for r in at_best)) for n in names}
+    if np.any(np.abs(res_vec) >= WALL):  # the optimum sits where the ODE outran the Euler grid: no answer
+        best.converged = False
+        best.message = ("the best optimum lies where the ODE is too fast for the step-unit Euler grid "
+                        "(residuals walled); " + best.message)
     status = "converged" if best.converged else ("max_nfev" if "max_nfev" in best.message else "failed")
     jac = problem.jacobian(result.params)
     extra = _initial_state_uncertainty(problem, result.params, names, jac, unsupported)
@@ -910,13 +914,15 @@ def _starting_points(problem: Problem, n_starts: int, seed: int) -> list[tuple[s
         values[:, j] = (np.exp(np.log(lo) + sample[:, j] * (np.log(hi) - np.log(lo))) if log
                         else lo + sample[:, j] * (hi - lo))
     base = problem.full()
+    values = np.vstack([values, [problem.params[n].value for n in free]])  # the defaults compete too
     batch = problem.expand(values, free, base)
     dev = np.concatenate([(problem.residuals_full(chunk) ** 2).sum(1)
                           for chunk in np.array_split(batch, max(1, len(batch) // 32))])
     order = np.argsort(dev)[:n_starts]
     out = []
     for rank, i in enumerate(order):
-        out.append(("measured" if rank == 0 else f"lhs-{int(i)}", dict(zip(free, values[i]))))
+        label = "default" if i == len(values) - 1 else f"lhs-{int(i)}"
+        out.append(("measured" if rank == 0 else label, dict(zip(free, values[i]))))
     return out
 
 

@@ -477,7 +477,11 @@ class Problem:
 
     def pearson(self, theta_full: np.ndarray) -> dict[str, np.ndarray]:
         """Unweighted Pearson residuals of the data per component (p, a, b), at one θ_full."""
-        p, a, b = self.predict_states(np.atleast_2d(theta_full))
+        cap, self.max_substeps = self.max_substeps, max(self.max_substeps, 4096)
+        try:  # an optimum stopped early may be fast: simulate it rather than give up
+            p, a, b = self.predict_states(np.atleast_2d(theta_full))
+        finally:
+            self.max_substeps = cap
         states = {"p": p, "a": a, "b": b}
         out = {}
         for comp in self.components:

@@ -224,7 +224,7 @@ def _fit(argv: list[str]) -> int:
         cv.table.to_csv(out / "cross_validation.csv", index=False)
         (out / "cross_validation.json").write_text(json.dumps(json_safe(cv.to_dict()), indent=2))
         written += ["cross_validation.csv", "cross_validation.json"]
-        cols = ["run_id", "converged", "end_observed", "end_predicted", "end_right", "rmse_p", "coverage_p",
+        cols = ["source", "converged", "end_observed", "end_predicted", "end_right", "rmse_p", "coverage_p",
                 "coverage_all"]
         print(f"\nleave-one-run-out cross-validation ({cv.level:.0%} bands):")
         print(cv.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
