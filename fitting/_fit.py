@@ -854,10 +854,6 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
             estimates[name] = ParameterEstimate(name, float(par.value), None, True, False, "", False,
                                                 ", ".join(x for x in (meaning, why) if x), info,
                                                 (par.min, par.max))
-    for name in names:  # lmfit's own report shows the scaled errors; none for what the data cannot constrain
-        est = estimates[name]
-        result.params[name].stderr = est.stderr
-    result.covar = cov
     unidentified = [n for n, e in estimates.items() if not e.identified]
     if unidentified:
         notes.append(f"not identified by these data: {', '.join(unidentified)}")

@@ -45,7 +45,7 @@ def test_fit_on_reference_reproduces_the_stored_values(tmp_path):
         tol = 0.25 * par["stderr"] + (spread[1] - spread[0]) + 1e-9
         assert abs(new["value"] - par["value"]) <= tol, (name, new["value"], par["value"], tol)
         compared += 1
-    assert compared >= 6
+    assert compared >= 4  # time_scale, alpha_y, c_z, c_y (p0, a0, b0 are held at their step-0 measurement)
     assert fresh["dispersion"] == pytest.approx(stored["dispersion"], rel=0.05)
     for row in fresh["initial_state"]:  # fitted p0, a0, b0 inside their step-0 measurement intervals
         assert row["inside"], row
