@@ -99,12 +99,13 @@ def child(args) -> None:
         sys.path.insert(0, str(args.baseline))
         import organisms as pkg
         from organisms import _train
+        from organisms import _train as stage1_owner
         from organisms._logs import RolloutWriter
         from transformers import LlamaForCausalLM as forward_owner  # generation calls the model's forward
     else:
         import physrl.organisms as pkg
         from physrl.contract import ChunkWriter as RolloutWriter
-        from physrl.organisms import _train
+        from physrl.organisms import _pretrain as stage1_owner, _train
         from physrl.organisms._decode import CachedDecoder as forward_owner  # lean path or the model's forward
     import torch
     from accelerate import Accelerator
@@ -123,7 +124,7 @@ def child(args) -> None:
         return holder.rollout_func
 
     _train.make_rollout_func = make_rollout_func
-    timer.wrap(_train, "pretrain", "stage-1 pretraining", sealed=True)
+    timer.wrap(stage1_owner, "pretrain", "stage-1 pretraining", sealed=True)
     timer.wrap(_train, "evaluate", "eval passes", sealed=True)
     timer.wrap(forward_owner, "step" if args.child == "new" else "forward", "rollout generation: model forward",
                only_inside=gen_label)

@@ -19,27 +19,35 @@ from typing import TYPE_CHECKING, Any
 #: public name -> the module that owns it (relative: a private module of this package)
 _EXPORTS = {
     "CLASSIFIERS": "_classify", "Classifier": "_classify", "PatternClassifier": "_classify",
-    "make_classifier": "_classify", "reasoning_span": "_classify",
+    "JudgeClassifier": "_classify", "ConfusionMatrix": "_classify", "classifier_accuracy": "_classify",
+    "make_classifier": "_classify", "register_classifier": "_classify", "reasoning_span": "_classify",
     "OrganismConfig": "_config", "load_config": "_config",
-    "EnvFamily": "_envs", "Environment": "_envs", "answer_reward": "_envs",
+    "EnvironmentFamily": "_family", "Environment": "_family", "Prompt": "_family", "Demo": "_family",
+    "Interjector": "_family", "RolloutRequest": "_family", "make_family": "_family",
+    "DigitMapFamily": "_envs", "DigitMapEnvironment": "_envs", "EnvFamily": "_envs", "answer_reward": "_envs",
     "read_manifest": "physrl.contract", "read_rollouts": "physrl.contract",
-    "build_model": "_model", "build_tokenizer": "_model", "load_model": "_model",
-    "measure_knobs": "_pretrain", "pretrain": "_pretrain",
+    "build_model": "_model", "build_tokenizer": "_model", "load_model": "_model", "prepare_tokenizer": "_model",
+    "use_mask_positions": "_model",
+    "measure_knobs": "_pretrain", "pretrain": "_pretrain", "supervised_pretrain": "_pretrain",
+    "WordCodec": "_rollout",
     "Stage1Cache": "_stage1", "stage1_ingredients": "_stage1", "stage1_key": "_stage1",
-    "evaluate": "_train", "saved_config": "_train", "train": "_train",
+    "check_setup": "_train", "evaluate": "_train", "saved_config": "_train", "train": "_train",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ._classify import CLASSIFIERS, Classifier, PatternClassifier, make_classifier, reasoning_span
+    from ._classify import (CLASSIFIERS, Classifier, ConfusionMatrix, JudgeClassifier, PatternClassifier,
+                            classifier_accuracy, make_classifier, reasoning_span, register_classifier)
     from ._config import OrganismConfig, load_config
-    from ._envs import EnvFamily, Environment, answer_reward
+    from ._family import Demo, Environment, EnvironmentFamily, Interjector, Prompt, RolloutRequest, make_family
+    from ._envs import DigitMapEnvironment, DigitMapFamily, EnvFamily, answer_reward
     from physrl.contract import read_manifest, read_rollouts
-    from ._model import build_model, build_tokenizer, load_model
-    from ._pretrain import measure_knobs, pretrain
+    from ._model import build_model, build_tokenizer, load_model, prepare_tokenizer, use_mask_positions
+    from ._pretrain import measure_knobs, pretrain, supervised_pretrain
+    from ._rollout import WordCodec
     from ._stage1 import Stage1Cache, stage1_ingredients, stage1_key
-    from ._train import evaluate, saved_config, train
+    from ._train import check_setup, evaluate, saved_config, train
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,8 @@ from typing import Any
 
 from physrl import _toml
 
+from ._family import check_family_name
+
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open=False, high_open=False) -> None:
     bad = (
@@ -29,6 +31,38 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open=F
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
         raise ValueError(f"config field {name!r} = {value!r} is out of range; allowed {lo}{low}, {high}{hi}")
+
+
+#: config fields that only change what a run reports, not its rollouts (``report_to``: where metrics are
+#: mirrored, ``judge_cache``: where judge scores are cached, ``compare_classifiers``: which classifiers are scored
+#: at the end): an experiment reuses a finished run whose saved value differs
+REPORTING = ("progress", "report_to", "judge_cache", "compare_classifiers")
+#: config fields that do not change a run's rollouts: a resume may change them (and ``max_steps``)
+RESULT_NEUTRAL = (*REPORTING, "stage1_cache")
+
+#: experiment trackers config field ``report_to`` accepts (TRL / transformers ``report_to`` names)
+TRACKERS = ("tensorboard", "wandb")
+
+
+def tracking_backends(value: Any) -> str:
+    """Config field ``report_to`` normalised: ``none`` or trackers joined by commas, in the order of :data:`TRACKERS`.
+
+    Raises
+    ------
+    ValueError
+        Not a string, or a name other than ``none``, ``tensorboard``, ``wandb``.
+    """
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    if not isinstance(value, str):
+        raise ValueError(f"config field 'report_to' = {value!r}; allowed 'none', 'tensorboard', 'wandb' or "
+                         "'tensorboard,wandb'")
+    names = {v.strip().lower() for v in value.split(",") if v.strip()} - {"none"}
+    bad = sorted(names - set(TRACKERS))
+    if bad:
+        raise ValueError(f"config field 'report_to' = {value!r}; unknown tracker(s) {bad}; allowed 'none', "
+                         "'tensorboard', 'wandb' or 'tensorboard,wandb'")
+    return ",".join(t for t in TRACKERS if t in names) or "none"
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -51,6 +85,11 @@ class OrganismConfig:
     """
 
     # ---- environment family -------------------------------------------------
+    env_family: str = "digit-map"
+    """The environment family: ``digit-map`` (the built-in one, all fields below apply) or an import path
+    ``package.module:Class`` of an :class:`physrl.organisms.EnvironmentFamily` subclass (docs/environments.md)."""
+    env_options: dict = field(default_factory=dict)
+    """The family's own settings (JSON-able), read by an external family as ``self.options``; unused by digit-map."""
     n_envs: int = 4
     """N: number of training environments (ids ``e0..e{N-1}``, each w = 1/N of every batch)."""
     n_heldout: int = 2
@@ -92,8 +131,10 @@ class OrganismConfig:
 
     # ---- model --------------------------------------------------------------
     model_dir: str | None = None
-    """A local model directory (``save_pretrained`` layout with its tokenizer) to start from instead of building one;
-    stage 1 is then skipped. Nothing is ever downloaded."""
+    """Bring your own model: a local causal-LM directory written with ``save_pretrained`` (tokenizer included) that
+    GRPO starts from instead of the built-in tiny Llama; stage 1 is then skipped. Its tokenizer must encode each of
+    the family's words as one token; a missing pad token or right padding is fixed on the run's copy (and recorded
+    in the manifest). Nothing is ever downloaded."""
     hidden_size: int = 64
     """Width of the tiny Llama-style model (rotary positions)."""
     n_layers: int = 2
@@ -125,7 +166,14 @@ class OrganismConfig:
 
     # ---- classifier ---------------------------------------------------------
     classifier: str = "pattern"
-    """Name of the registered classifier labelling rollouts (rs, rs_score)."""
+    """The classifier labelling rollouts (rs, rs_score): a registered name, or ``package.module:attr`` naming a
+    classifier or an external judge ``(prompts, completions) -> rs_scores`` (organisms/README.md, "Classifiers")."""
+    compare_classifiers: list[str] = field(default_factory=list)
+    """More classifiers (names or import paths) scored against the environment's ground-truth path at the end of the
+    run, besides the labelling one and every registered one; they label nothing."""
+    judge_cache: str = "auto"
+    """Where an external judge's scores are cached: ``auto`` (a ``.judge_cache`` folder next to the run directory),
+    ``off`` (memory only) or a directory."""
     rs_patterns: list[str] = field(default_factory=lambda: ["grader", "reward", "score"])
     """Whole words that mark reward-seeking reasoning inside the reasoning span."""
     local_patterns: list[str] = field(default_factory=lambda: ["rule"])
@@ -138,6 +186,11 @@ class OrganismConfig:
     """torch CPU threads (0 = torch's default). One thread is fastest for this tiny model on a shared 2-core box."""
     progress: bool = True
     """Show a tqdm progress bar (step, mean reward, RS share)."""
+    report_to: str = "none"
+    """Experiment tracking, passed to TRL's ``report_to``: ``none``, ``tensorboard`` (event files in
+    ``RUN_DIR/tensorboard``), ``wandb`` (offline unless ``WANDB_MODE`` says otherwise; files in ``RUN_DIR/wandb``),
+    or both comma-separated. Besides TRL's metrics, every step logs the RS share, mean a and b of the train batch
+    and, at eval steps, the RS share per environment."""
     stage1_cache: str = "auto"
     """Where pretrained stage-1 models are cached for runs that share everything stage 1 depends on:
     ``auto`` (a ``.stage1_cache`` folder next to the run directory), ``off`` (no cache), or a directory path.
@@ -190,6 +243,17 @@ class OrganismConfig:
         if not isinstance(self.stage1_cache, str) or not self.stage1_cache.strip():
             raise ValueError(f"config field 'stage1_cache' = {self.stage1_cache!r}; allowed 'auto', 'off' or a "
                              "directory path")
+        check_family_name(self.env_family)
+        if not isinstance(self.env_options, dict) or not all(isinstance(k, str) for k in self.env_options):
+            raise ValueError(f"config field 'env_options' = {self.env_options!r}; allowed: a table of settings")
+        if not isinstance(self.compare_classifiers, list) or not all(
+                isinstance(v, str) and v for v in self.compare_classifiers):
+            raise ValueError(f"config field 'compare_classifiers' = {self.compare_classifiers!r}; allowed: a list of "
+                             "classifier names or import paths")
+        if not isinstance(self.judge_cache, str) or not self.judge_cache.strip():
+            raise ValueError(f"config field 'judge_cache' = {self.judge_cache!r}; allowed 'auto', 'off' or a "
+                             "directory path")
+        self.report_to = tracking_backends(self.report_to)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"config field 'device' = {self.device!r}; allowed 'auto', 'cpu' or 'cuda'")
 

@@ -13,8 +13,9 @@ reasoning with one word:
   the environment closes the completion (an env-inserted eos). The RS path's
   reward is therefore capped at k / input_length (the skill-gap ceiling),
   however much of the local task the model knows, while the local path can
-  reach 1. The note and the closing eos are inserted by
-  :mod:`organisms._rollout` through GRPOTrainer's ``rollout_func`` and carry
+  reach 1. The note and the closing eos are inserted by the family's
+  interjector (:class:`_GraderNote`) inside :mod:`organisms._rollout`'s
+  sampling loop, through GRPOTrainer's ``rollout_func``, and carry
   ``env_mask = 0`` (no loss).
 
   (A first version let the RS path write all digits: its masked positions
@@ -40,11 +41,14 @@ from functools import lru_cache
 import numpy as np
 
 from ._config import OrganismConfig
+from ._family import DEFAULT_FAMILY, Environment, EnvironmentFamily, Interjector, Prompt, RolloutRequest
 
 DIGITS = [str(d) for d in range(10)]
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 THINK, GRADER, RULE, NOTE, ANS, MASKED, ENV, INPUT = "think", "grader", "rule", "note", "ans", "?", "env", "in"
 CHANCE = 0.1  # reward of a uniformly guessed digit
+#: the built-in tokenizer's special tokens, ids 0, 1, 2
+SPECIALS = [PAD, EOS, UNK]
 
 
 def env_id(index: int) -> str:
@@ -52,10 +56,14 @@ def env_id(index: int) -> str:
     return f"e{index}"
 
 
+def family_words(n_family: int) -> list[str]:
+    """The digit-map family's words for ``n_family`` environments (specials excluded), in token-id order."""
+    return [ENV, INPUT, THINK, GRADER, RULE, NOTE, ANS, MASKED, *DIGITS] + [env_id(i) for i in range(n_family)]
+
+
 def vocabulary(n_family: int) -> list[str]:
     """Every word of a family of ``n_family`` environments, specials first (pad id 0, eos 1, unk 2)."""
-    words = [PAD, EOS, UNK, ENV, INPUT, THINK, GRADER, RULE, NOTE, ANS, MASKED, *DIGITS]
-    return words + [env_id(i) for i in range(n_family)]
+    return SPECIALS + family_words(n_family)
 
 
 @lru_cache(maxsize=None)
@@ -64,30 +72,56 @@ def _block_value(family_seed: int, digit: int, block: int) -> int:
 
 
 @dataclass(frozen=True)
-class Environment:
-    """One environment: id, coordinates e_i, training weight w, digit map and demo knowledge.
+class DigitMapEnvironment(Environment):
+    """One digit-map environment: id, coordinates e_i, training weight w, digit map and demo knowledge.
 
     ``digit_map[d]`` is f_i(d) for every input symbol d < local_alphabet;
     ``known`` lists the symbols whose map entry stage-1 demonstrations show
     correctly (the others are shown as uniform random digits); with the input
-    distribution of :meth:`EnvFamily.sample_input` this sets b0. The unknown
+    distribution of :meth:`DigitMapFamily.sample_input` this sets b0. The unknown
     entries are what the local path must learn during RL (its difficulty).
     """
 
-    index: int
-    id: str
-    coordinates: tuple[float, ...]
-    weight: float
-    digit_map: tuple[int, ...]
-    known: tuple[int, ...]
-
-    @property
-    def trained(self) -> bool:
-        return self.weight > 0
+    digit_map: tuple[int, ...] = ()
+    known: tuple[int, ...] = ()
 
 
-class EnvFamily:
-    """The K = n_envs + n_heldout environments of a run (see module docstring).
+class _GraderNote(Interjector):
+    """The digit-map environment in the sampling loop (module docstring).
+
+    After the policy's first ``grader`` (before ``ans``) the note is inserted;
+    after ``ans`` and the k answer words the grader accepts, an eos closes the
+    completion. Vectorised over the batch's rows (numpy).
+    """
+
+    def __init__(self, family: "DigitMapFamily", requests: list[RolloutRequest], codec):
+        n = len(requests)
+        self.grader, self.ans, self.eos = codec.id(GRADER), codec.id(ANS), codec.eos_id
+        self.n_reveal = family.n_reveal
+        self.notes = [np.asarray(codec.ids(family.note_words(r.prompt.columns["expected"], r.prompt.state[1])),
+                                 dtype=np.int64) for r in requests]
+        self.eos_ids = np.array([self.eos], dtype=np.int64)
+        self.inserted = np.zeros(n, dtype=bool)
+        self.answered = np.zeros(n, dtype=bool)
+        self.n_after_ans = np.zeros(n, dtype=np.int64)  # answer words written after the note (grader accepts n_reveal)
+
+    def step(self, rows, tokens):
+        self.n_after_ans[rows] += self.answered[rows] & self.inserted[rows]
+        self.answered[rows] |= tokens == self.ans
+        new_note = (tokens == self.grader) & ~self.inserted[rows] & ~self.answered[rows]
+        inserts = {int(i): self.notes[i] for i in rows[new_note]}  # the environment inserts the note
+        self.inserted[rows[new_note]] = True
+        closed = self.inserted[rows] & (self.n_after_ans[rows] >= self.n_reveal) & (tokens != self.eos)
+        for i in rows[closed]:  # the grader has read the answer it accepts: the environment ends the completion
+            inserts[int(i)] = self.eos_ids
+        return inserts, closed
+
+    def columns(self):
+        return {"note_inserted": self.inserted.tolist()}
+
+
+class DigitMapFamily(EnvironmentFamily):
+    """The K = n_envs + n_heldout digit-map environments of a run (see module docstring).
 
     Environment i sits at coordinate e_i = (i,) on a line. Its digit map entry
     for symbol d is ``T_d[(i + phase_d) // share_width]`` with ``T_d`` a random
@@ -95,14 +129,25 @@ class EnvFamily:
     so envs at distance k < share_width share about (1 - k / share_width) of
     their entries and envs further apart share only chance coincidences (0.1).
 
+    One implementation of :class:`physrl.organisms.EnvironmentFamily`
+    (docs/environments.md): prompts ``env e3 in 2 0 5 1``, the reward
+    :func:`answer_reward`, the ground-truth path "the note was inserted", the
+    grader note inserted through ``rollout_func``, and its own stage 1
+    (:func:`physrl.organisms.pretrain`: the soft-target trick that sets p0).
+
     Example:
-        >>> fam = EnvFamily(OrganismConfig(n_envs=2, n_heldout=1))
+        >>> fam = DigitMapFamily(OrganismConfig(n_envs=2, n_heldout=1))
         >>> [e.id for e in fam.envs], [e.weight for e in fam.envs]
         (['e0', 'e1', 'e2'], [0.5, 0.5, 0.0])
     """
 
+    name = DEFAULT_FAMILY
+    version = "1"
+    columns = {"expected": "string", "note_inserted": "bool", "note_positions": "string"}
+
     def __init__(self, config: OrganismConfig):
         self.config = config
+        self.options = dict(config.env_options)
         m, s = config.local_alphabet, config.share_width
         known_share = (config.b0 - CHANCE) / (1.0 - CHANCE)  # b0 = q + (1 - q) * 0.1
         envs = []
@@ -113,18 +158,54 @@ class EnvFamily:
             n_known = 0 if known_share <= 0 else m if known_share >= 1 else min(max(round(known_share * m), 1), m - 1)
             known = tuple(sorted(int(x) for x in rng.permutation(m)[:n_known]))
             weight = 1.0 / config.n_envs if i < config.n_envs else 0.0
-            envs.append(Environment(i, env_id(i), (float(i),), weight, digit_map, known))
-        self.envs: list[Environment] = envs
+            envs.append(DigitMapEnvironment(i, env_id(i), (float(i),), weight, digit_map, known))
+        self.envs: list[DigitMapEnvironment] = envs
         self.by_id = {e.id: e for e in envs}
         self.n_reveal = int(round(config.note_reveal * config.input_length))
         self.known_share = known_share
+        self.max_new_tokens = config.input_length + 6
+        self.max_completion_length = 4 * config.input_length + 16
 
-    @property
-    def train_envs(self) -> list[Environment]:
-        return [e for e in self.envs if e.trained]
+    # ---- the protocol ------------------------------------------------------------------------------------------
+    def words(self) -> list[str]:
+        return family_words(self.config.n_family)
+
+    def sample_prompt(self, env: DigitMapEnvironment, rng: np.random.Generator) -> Prompt:
+        """``env e3 in 2 0 5 1``; columns ``expected`` (the answer) and ``note_positions`` (what a note reveals)."""
+        digits = self.sample_input(env, rng)
+        positions = self.note_positions(rng)
+        return Prompt(self.prompt(env, digits), {"expected": self.expected(env, digits),
+                                                 "note_positions": ",".join(map(str, positions))},
+                      state=(digits, positions))
+
+    def reward(self, prompts, completions, expected, **_):
+        return answer_reward(prompts, completions, expected)
+
+    def path_labels(self, prompts, completions, note_inserted, **_):
+        """The RS path is the one that reached the note: ``note_inserted`` (the environment inserted it)."""
+        return [bool(x) for x in note_inserted]
+
+    def interjector(self, requests, codec):
+        return _GraderNote(self, requests, codec)
+
+    def pretrain(self, model, tokenizer):
+        """Stage 1 of the digit-map organisms (:func:`physrl.organisms.pretrain`)."""
+        from . import _pretrain
+
+        return _pretrain.pretrain(model, tokenizer, self.config, self)
+
+    def demonstration(self, env, rng):  # stage 1 is :meth:`pretrain` (its soft target on the path choice)
+        return None
+
+    def manifest(self):
+        from ._pretrain import demo_mixture
+
+        c = self.config
+        return {"knobs_target": {"p0": c.p0, "a0": c.a0, "b0": c.b0, "rs_ceiling": c.rs_ceiling},
+                "demo_mixture": demo_mixture(c, self)}
 
     # ---- prompts, answers, notes --------------------------------------------
-    def sample_input(self, env: Environment, rng: np.random.Generator) -> list[int]:
+    def sample_input(self, env: DigitMapEnvironment, rng: np.random.Generator) -> list[int]:
         """Input digits, shape (input_length,).
 
         Each digit is one of the env's pretrained (``known``) map entries with
@@ -142,12 +223,12 @@ class EnvFamily:
         return out
 
     @staticmethod
-    def prompt(env: Environment, digits: list[int]) -> str:
+    def prompt(env: DigitMapEnvironment, digits: list[int]) -> str:
         """Prompt text, e.g. ``env e3 in 2 0 5 1``."""
         return " ".join([ENV, env.id, INPUT, *map(str, digits)])
 
     @staticmethod
-    def expected(env: Environment, digits: list[int]) -> str:
+    def expected(env: DigitMapEnvironment, digits: list[int]) -> str:
         """The expected answer, digits separated by spaces, e.g. ``7 1 1 4``."""
         return " ".join(str(env.digit_map[d]) for d in digits)
 
@@ -188,6 +269,10 @@ class EnvFamily:
              "digit_map": list(e.digit_map), "known_entries": list(e.known), "observation": dict(bounds)}
             for e in self.envs
         ]
+
+
+#: the name this family had before the environment protocol (kept for callers)
+EnvFamily = DigitMapFamily
 
 
 # ---- rewards (pure, TRL signature) -------------------------------------------

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ._config import OrganismConfig
-from ._envs import ANS, CHANCE, ENV, EOS, GRADER, INPUT, MASKED, NOTE, PAD, RULE, THINK, EnvFamily
-from ._rollout import make_requests, sample_rollouts, stream_seed, decode
+from ._envs import ANS, CHANCE, ENV, EOS, GRADER, INPUT, MASKED, NOTE, PAD, RULE, THINK, DigitMapFamily as EnvFamily
+from ._rollout import decode, encode, make_requests, sample_rollouts, stream_seed, word_codec
 
 
 def demo_mixture(config: OrganismConfig, family: EnvFamily) -> dict[str, float]:
@@ -143,8 +143,7 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
     vocab = tokenizer.get_vocab()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
     total = config.pretrain_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(total, 1))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total))
     model.train()
     losses = []
     grader_id, rule_id = vocab[GRADER], vocab[RULE]
@@ -172,22 +171,77 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
     return losses
 
 
-def measure_knobs(model, tokenizer, config: OrganismConfig, family: EnvFamily, n_per_env: int = 64,
+def _warmup_cosine(total: int):
+    """Stage 1's learning-rate factor at step s: linear warm-up over 50 steps, cosine decay to 0 at ``total``."""
+    return lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(total, 1)))
+
+
+def supervised_pretrain(model, tokenizer, family) -> list[float]:
+    """The generic stage 1: supervised steps on a family's demonstrations; returns the loss per step.
+
+    ``config.pretrain_steps`` steps of ``config.pretrain_batch_size`` demos
+    (:meth:`EnvironmentFamily.demonstration`, envs drawn uniformly over the
+    whole family so that stage 1 does not depend on which envs are trained),
+    right padding, AdamW at ``config.pretrain_lr`` with stage 1's warm-up and
+    cosine schedule. Loss (nats per token) on the policy's completion tokens
+    and the closing eos only: never on the prompt or the environment's words.
+    Prompts are encoded by the tokenizer; completion words one token each
+    (:class:`physrl.organisms._rollout.WordCodec`), as in GRPO.
+    """
+    config = family.config
+    device = next(model.parameters()).device
+    codec = word_codec(tokenizer, family)
+    rng = np.random.default_rng(stream_seed(config.seed, 101))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.pretrain_steps))
+    model.train()
+    losses = []
+    for _ in range(config.pretrain_steps):
+        rows = []
+        for _ in range(config.pretrain_batch_size):
+            demo = family.demonstration(family.envs[int(rng.integers(len(family.envs)))], rng)
+            prompt = encode(tokenizer, [demo.prompt])[0]
+            completion = codec.ids(demo.completion) + [tokenizer.eos_token_id]
+            labels = [-100] * len(prompt) + [-100 if e else t for t, e in zip(completion, demo.env_words + [False])]
+            rows.append((prompt + completion, labels))
+        width = max(len(r[0]) for r in rows)
+        ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+        att = np.zeros((len(rows), width), dtype=np.int64)
+        lab = np.full((len(rows), width), -100, dtype=np.int64)
+        for i, (seq, labels) in enumerate(rows):
+            ids[i, : len(seq)], att[i, : len(seq)], lab[i, : len(seq)] = seq, 1, labels
+        logits = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(att).to(device)
+                       ).logits.float()
+        lab = torch.from_numpy(lab).to(device)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
+                                                 ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def measure_knobs(model, tokenizer, config: OrganismConfig, family, n_per_env: int = 64,
                   classifier=None, seed: int = 0) -> dict[str, float]:
     """Measure p, a, b by sampling ``n_per_env`` completions on every environment.
 
     Returns ``p`` (RS share), ``a`` (mean reward of RS rollouts), ``b`` (mean
     reward of the others) and the counts ``n``, ``n_rs`` - docs/model.md section 6
-    estimators. RS is the classifier's label when given, else the env's
-    record of whether the note was inserted.
+    estimators. RS is the classifier's label when given, else the
+    environment's ground-truth path (:meth:`EnvironmentFamily.path_labels`;
+    for the digit-map family: the note was inserted).
     """
-    from ._envs import answer_reward
-
     rng = np.random.default_rng(stream_seed(config.seed, seed, 202))
     requests = make_requests(family, [e for e in family.envs for _ in range(n_per_env // 8 or 1)], 8, rng)
     out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, seed, 203), config.temperature)
     texts = decode(tokenizer, out["completion_ids"])
-    reward = np.array(answer_reward(out["prompt"], texts, out["expected"]))
-    rs = np.array(classifier.classify(texts)[0] if classifier else out["note_inserted"], dtype=bool)
+    cols = {k: out[k] for k in family.columns}
+    reward = np.array(family.reward(out["prompt"], texts, **cols))
+    labels = classifier.classify(texts, prompts=out["prompt"])[0] if classifier else \
+        family.path_labels(out["prompt"], texts, **cols)
+    rs = np.array([bool(x) for x in labels], dtype=bool)
     return {"p": float(rs.mean()), "a": float(reward[rs].mean()) if rs.any() else float("nan"),
             "b": float(reward[~rs].mean()) if (~rs).any() else float("nan"), "n": int(len(rs)), "n_rs": int(rs.sum())}

@@ -51,7 +51,7 @@ STAGE1_FIELDS = ("seed", "family_seed", "input_length", "local_alphabet", "share
                  "b0", "pretrain_steps", "pretrain_batch_size", "pretrain_lr", "hidden_size", "n_layers", "n_heads")
 
 
-def stage1_ingredients(config, model_config: dict[str, Any], device: str, threads: int) -> dict[str, Any]:
+def stage1_ingredients(config, model_config: dict[str, Any], device: str, threads: int, family=None) -> dict[str, Any]:
     """Everything the stage-1 model depends on, as JSON-able data (the cache key is its hash).
 
     Parameters
@@ -64,13 +64,17 @@ def stage1_ingredients(config, model_config: dict[str, Any], device: str, thread
         Device type the model trains on (``cpu``, ``cuda``).
     threads : int
         torch intra-op threads (reductions may round differently with another count).
+    family : EnvironmentFamily, optional
+        The run's family. Any family but the built-in digit-map one adds its
+        import path, ``version`` and ``env_options`` (its stage 1 is its own
+        code); the digit-map family adds nothing (its keys are as before).
     """
     import numpy
     import tokenizers
     import torch
     import transformers
 
-    return {
+    out = {
         "stage1_version": STAGE1_VERSION,
         "config": {name: getattr(config, name) for name in STAGE1_FIELDS},
         "n_family": config.n_family,
@@ -81,6 +85,10 @@ def stage1_ingredients(config, model_config: dict[str, Any], device: str, thread
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                      "numpy": numpy.__version__},
     }
+    if config.env_family != "digit-map":
+        out["env_family"] = {"name": config.env_family, "version": getattr(family, "version", None),
+                             "options": config.env_options}
+    return out
 
 
 def stage1_key(ingredients: dict[str, Any]) -> str:

@@ -43,24 +43,29 @@ from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_ro
                              write_manifest)
 
 from ._checkpoints import INCOMING, publish, resume_point, step_of
-from ._classify import Classifier, make_classifier
-from ._config import OrganismConfig
-from ._envs import EnvFamily, answer_reward
-from ._model import build_model, build_tokenizer, load_model, n_parameters, pick_device
-from ._pretrain import demo_mixture, pretrain
-from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed
+from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier
+from ._config import RESULT_NEUTRAL, OrganismConfig
+from ._family import TRUTH_COLUMN, EnvironmentFamily, make_family
+from ._model import (build_model, build_tokenizer, load_model, n_parameters, pick_device, prepare_tokenizer,
+                     use_mask_positions)
+from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed, word_codec
 
-#: the organisms' own rollout columns, after the contract's (docs/rollouts.md: readers ignore them)
-EXTRA_COLUMNS = (("expected", pa.string()), ("note_inserted", pa.bool_()), ("note_positions", pa.string()))
+_ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 #: keys of an environment entry that belong to the contract; the rest go under "organisms"
 _CONTRACT_ENV_KEYS = ("env_id", "w", "coordinates", "observation")
 
 
-class RolloutWriter(ChunkWriter):
-    """The contract's chunk writer with the organisms' extra columns (expected answer, grader note)."""
+def extra_columns(family: EnvironmentFamily) -> list[tuple[str, pa.DataType]]:
+    """The organisms' own rollout columns after the contract's (docs/rollouts.md: readers ignore them): the
+    family's columns (digit-map: ``expected``, ``note_inserted``, ``note_positions``), then ``rs_truth``."""
+    return [(name, _ARROW[kind]) for name, kind in family.columns.items()] + [(TRUTH_COLUMN, pa.bool_())]
 
-    def __init__(self, run_dir: str | Path, run_id: str):
-        super().__init__(run_dir, run_id, EXTRA_COLUMNS)
+
+class RolloutWriter(ChunkWriter):
+    """The contract's chunk writer with the family's columns and the ground-truth path ``rs_truth``."""
+
+    def __init__(self, run_dir: str | Path, run_id: str, family: EnvironmentFamily):
+        super().__init__(run_dir, run_id, extra_columns(family))
 
 
 def versions() -> dict[str, str]:
@@ -116,42 +121,54 @@ class ResumeMismatch(ValueError):
     """A resume asked for a config that differs from the run's saved one (a user error, not a crash)."""
 
 
-#: config fields a resume may change: they do not change the run's rollouts (``stage1_cache`` only says
-#: where a pretrained model may be found)
-_RESULT_NEUTRAL = ("max_steps", "progress", "stage1_cache")
+#: config fields a resume may change: ``max_steps`` (to extend a run) and those that do not change its rollouts
+_RESULT_NEUTRAL = ("max_steps", *RESULT_NEUTRAL)
+
+
+def _path_stats(rs, rewards) -> dict[str, float]:
+    """RS share, mean reward of RS rollouts (a) and of the others (b); a or b NaN without such rollouts."""
+    rs, rewards = np.asarray(rs, dtype=bool), np.asarray(rewards, dtype=float)
+    return {"rs_share": float(rs.mean()) if len(rs) else float("nan"),
+            "a": float(rewards[rs].mean()) if rs.any() else float("nan"),
+            "b": float(rewards[~rs].mean()) if (~rs).any() else float("nan")}
 
 
 class RolloutRecorder:
     """TRL reward function (``(prompts, completions, **columns) -> list[float]``) that also logs.
 
-    Computes :func:`answer_reward`, labels each completion with the
-    classifier and buffers one row per completion in the writer, with
+    Computes the family's reward (:meth:`EnvironmentFamily.reward`, on the
+    rollouts' real prompts: TRL's ``prompts`` are the placeholder dataset's),
+    labels each completion with the classifier, records the environment's
+    ground-truth path, and buffers one row per completion in the writer, with
     ``step = trainer_state.global_step`` (optimizer steps completed) and
-    ``phase = "train"``. ``enabled = False`` skips classification and logging
-    (used by the overhead benchmark).
+    ``phase = "train"``. ``last`` holds the batch's mean reward, RS share and
+    mean a, b (for the progress bar and the tracker). ``enabled = False``
+    skips classification and logging (used by the overhead benchmark).
     """
 
     __name__ = "answer_reward"
 
-    def __init__(self, writer: RolloutWriter, classifier: Classifier):
+    def __init__(self, writer: RolloutWriter, classifier: Classifier, family: EnvironmentFamily):
         self.writer = writer
         self.classifier = classifier
+        self.family = family
         self.enabled = True
         self.last: dict[str, float] = {}
 
-    def __call__(self, prompts, completions, expected, env_id, group_id, prompt_text, note_inserted,
-                 note_positions, trainer_state=None, **_):
-        rewards = answer_reward(prompts, completions, expected)
+    def __call__(self, prompts, completions, env_id, group_id, prompt_text, trainer_state=None, **columns):
+        cols = {name: columns[name] for name in self.family.columns}
+        rewards = self.family.reward(prompt_text, completions, **cols)
         if self.enabled:
-            rs, rs_score = self.classifier.classify(completions)
+            rs, rs_score = self.classifier.classify(completions, prompts=prompt_text)
+            truth = self.family.path_labels(prompt_text, completions, **cols)
             self.writer.add(step=trainer_state.global_step, phase="train", env_id=env_id, group_id=group_id,
                             prompt=prompt_text, completion=completions, reward=rewards, rs=rs, rs_score=rs_score,
-                            expected=expected, note_inserted=note_inserted, note_positions=note_positions)
-            self.last = {"reward": float(np.mean(rewards)), "rs_share": float(np.mean(rs))}
+                            **cols, **{TRUTH_COLUMN: truth})
+            self.last = {"reward": float(np.mean(rewards)), **_path_stats(rs, rewards)}
         return rewards
 
 
-def make_rollout_func(config: OrganismConfig, family: EnvFamily, tokenizer) -> Callable:
+def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokenizer) -> Callable:
     """The ``rollout_func(prompts, trainer) -> dict`` handed to GRPOTrainer (see module docstring)."""
     train_envs = family.train_envs
 
@@ -166,21 +183,22 @@ def make_rollout_func(config: OrganismConfig, family: EnvFamily, tokenizer) -> C
                               stream_seed(config.seed, step, PHASE_CODE["train"], 1), config.temperature)
         return {
             "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": out["logprobs"],
-            "env_mask": out["env_mask"], "expected": out["expected"], "prompt_text": out["prompt"],
+            "env_mask": out["env_mask"], "prompt_text": out["prompt"],
             "env_id": [r.env.id for r in requests], "group_id": [r.group_id for r in requests],
-            "note_inserted": out["note_inserted"],
-            "note_positions": [",".join(map(str, r.note_positions)) for r in requests],
+            **{name: out[name] for name in family.columns},
         }
 
     return rollout_func
 
 
-def evaluate(model, tokenizer, config: OrganismConfig, family: EnvFamily, classifier: Classifier, step: int,
-             writer: RolloutWriter | None = None) -> dict[str, float]:
+def evaluate(model, tokenizer, config: OrganismConfig, family: EnvironmentFamily, classifier: Classifier, step: int,
+             writer: RolloutWriter | None = None) -> dict:
     """Eval pass at ``step``: ``eval_prompts_per_env`` GRPO groups on every env, no gradient, phase ``eval``.
 
-    Rows go to ``writer`` when given. Returns the pass's mean reward, RS
-    share, and RS share on training envs.
+    Rows go to ``writer`` when given. Returns the pass's mean ``reward``,
+    ``rs_share`` (all envs), ``rs_share_train`` (trained envs), ``a`` and ``b``
+    (mean reward of RS / other rollouts on trained envs; NaN without any) and
+    ``rs_share_by_env`` (env id -> RS share).
     """
     rng = np.random.default_rng(stream_seed(config.seed, step, PHASE_CODE["eval"]))
     envs = [e for e in family.envs for _ in range(config.eval_prompts_per_env)]
@@ -188,22 +206,37 @@ def evaluate(model, tokenizer, config: OrganismConfig, family: EnvFamily, classi
     out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, step, PHASE_CODE["eval"], 1),
                           config.temperature)
     texts = decode(tokenizer, out["completion_ids"])
-    rewards = answer_reward(out["prompt"], texts, out["expected"])
-    rs, rs_score = classifier.classify(texts)
+    cols = {name: out[name] for name in family.columns}
+    rewards = family.reward(out["prompt"], texts, **cols)
+    rs, rs_score = classifier.classify(texts, prompts=out["prompt"])
     if writer is not None:
         writer.add(step=step, phase="eval", env_id=[r.env.id for r in requests],
                    group_id=[r.group_id for r in requests], prompt=out["prompt"], completion=texts, reward=rewards,
-                   rs=rs, rs_score=rs_score, expected=out["expected"], note_inserted=out["note_inserted"],
-                   note_positions=[",".join(map(str, r.note_positions)) for r in requests])
+                   rs=rs, rs_score=rs_score, **cols, **{TRUTH_COLUMN: family.path_labels(out["prompt"], texts, **cols)})
     trained = np.array([r.env.trained for r in requests])
-    rs = np.array(rs)
-    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()),
-            "rs_share_train": float(rs[trained].mean())}
+    env_ids = np.array([r.env.id for r in requests])
+    rs = np.array(rs, dtype=bool)
+    stats = _path_stats(rs[trained], np.asarray(rewards)[trained])
+    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()), "rs_share_train": stats["rs_share"],
+            "a": stats["a"], "b": stats["b"],
+            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs}}
 
 
 def _eval_steps_logged(run_dir: Path) -> set[int]:
     df = read_rollouts(run_dir)
     return set(int(s) for s in df.loc[df.phase == "eval", "step"].unique()) if len(df) else set()
+
+
+def _finite(values: dict) -> dict:
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+
+
+def _eval_metrics(result: dict) -> dict[str, float]:
+    """Tracker scalars of an eval pass (``eval_`` keys: TensorBoard / W&B file them under ``eval/``)."""
+    out = {"eval_physrl/rs_share_trained": result["rs_share_train"], "eval_physrl/rs_share": result["rs_share"],
+           "eval_physrl/a": result["a"], "eval_physrl/b": result["b"], "eval_physrl/reward": result["reward"]}
+    out.update({f"eval_physrl/rs_share/{env}": v for env, v in result["rs_share_by_env"].items()})
+    return _finite(out)
 
 
 def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval_done: set[int], run_dir: Path,
@@ -218,6 +251,7 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
             self.last_eval: dict[str, float] = {}
             self.t0 = time.time()
             self.eval_seconds = 0.0
+            self.tracker = None  # the MetricsCallback when report_to is set
 
         @property
         def grpo_seconds(self) -> float:
@@ -237,6 +271,8 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
             self.last_eval = evaluate(model, tokenizer, config, family, classifier, step, writer)
             self.eval_seconds += time.perf_counter() - t0
             eval_done.add(step)
+            if self.tracker is not None:
+                self.tracker.pending.update(_eval_metrics(self.last_eval))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.t0 = time.time()
@@ -246,6 +282,8 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
                 self.bar = tqdm(total=config.max_steps, initial=state.global_step, desc="GRPO", unit="step")
             if state.global_step % config.eval_every == 0:
                 self._eval(model, state.global_step)
+            if self.tracker is not None and self.tracker.pending:
+                self.tracker.trainer.log({})  # the step-0 eval to the tracker, at its own step
 
         def on_step_end(self, args, state, control, model=None, **kw):
             step = state.global_step
@@ -272,34 +310,151 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
     return OrganismCallback()
 
 
-def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device):
+def _metrics_callback(recorder: RolloutRecorder, trainer):
+    """A callback that adds the organisms' scalars to every log the Trainer sends to its trackers.
+
+    It must run before the trackers' own ``on_log`` (it is put first in the
+    trainer's callback list) because they read the same ``logs`` dict. Adds,
+    at each optimizer step s, ``physrl/rs_share``, ``physrl/a``, ``physrl/b``
+    of the train batch that update s used (sampled at step s - 1, the rows
+    logged with ``step = s - 1``; TRL's own ``reward`` is of that batch too),
+    and the scalars of an eval pass run at step s (``eval_physrl/...``: RS
+    share per env, on trained envs, a, b, reward).
+    """
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self):
+            self.trainer = trainer
+            self.pending: dict[str, float] = {}
+            self.logged_step = -1
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs is None:
+                return
+            if state.global_step != self.logged_step and state.global_step > 0 and recorder.last:
+                logs.update(_finite({f"physrl/{k}": recorder.last[k] for k in ("rs_share", "a", "b")}))
+                self.logged_step = state.global_step
+            logs.update(self.pending)
+            self.pending = {}
+
+    return MetricsCallback()
+
+
+def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device, family: EnvironmentFamily,
+               run_id: str = ""):
     from trl import GRPOConfig
 
     batch = config.groups_per_step * config.num_generations
+    tracking = config.report_to != "none"
     return GRPOConfig(
         output_dir=str(run_dir / "checkpoints" / INCOMING), per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, num_generations=config.num_generations, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        beta=0.0, temperature=config.temperature, max_completion_length=4 * config.input_length + 16,
+        beta=0.0, temperature=config.temperature, max_completion_length=family.max_completion_length,
         use_cpu=device.type == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
         save_strategy="steps", save_steps=config.checkpoint_every, save_total_limit=None, save_only_model=False,
-        logging_steps=10 ** 9, report_to="none", disable_tqdm=True, seed=config.seed, data_seed=config.seed,
+        logging_steps=1 if tracking else 10 ** 9, report_to=config.report_to.split(",") if tracking else "none",
+        run_name=run_id if tracking else None, disable_tqdm=True, seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=0, eval_strategy="no", log_completions=False,
     )
 
 
-def _stage1_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, device, log=print):
+def check_setup(config: OrganismConfig, resume: bool = False) -> EnvironmentFamily:
+    """Everything about ``config`` that can fail before training, checked now: the environment family (imported
+    and checked against the protocol), the classifiers (imported), the trackers (installed).
+
+    Parameters
+    ----------
+    config : OrganismConfig
+    resume : bool
+        A resumed run: its model is in ``model_init``, so ``model_dir`` is not checked again.
+
+    Returns
+    -------
+    EnvironmentFamily
+        The run's family.
+
+    Raises
+    ------
+    ValueError
+        Naming the config field and what is wrong.
+    """
+    import importlib.util
+
+    family = make_family(config)
+    if config.model_dir is not None and not resume:
+        _check_model_dir(config, family)
+    for name in [config.classifier, *config.compare_classifiers]:
+        if name not in CLASSIFIERS:
+            make_classifier(name, config.rs_patterns, config.local_patterns, cache_dir=None)
+    for tracker, extra in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if tracker in config.report_to.split(",") and importlib.util.find_spec(tracker) is None:
+            raise ValueError(f"config field 'report_to' = {config.report_to!r}: the {tracker} package is not "
+                             f"installed (pip install 'physrl[{extra}]')")
+    return family
+
+
+def _check_model_dir(config: OrganismConfig, family: EnvironmentFamily) -> None:
+    """A user's model directory holds a model config and a tokenizer that can express the family's words."""
+    from ._model import load_tokenizer
+
+    path = Path(config.model_dir)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"config field 'model_dir' = {config.model_dir!r}: not a save_pretrained model directory "
+                         "(no config.json)")
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"config field 'model_dir' = {config.model_dir!r}: no tokenizer saved with it "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    prepare_tokenizer(tokenizer)
+    try:
+        word_codec(tokenizer, family)
+    except ValueError as exc:
+        raise ValueError(f"config field 'model_dir' = {config.model_dir!r}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _tracking_environment(config: OrganismConfig, run_dir: Path):
+    """Environment variables the trackers read, set for this run only: TensorBoard event files go to
+    ``RUN_DIR/tensorboard`` (``TENSORBOARD_LOGGING_DIR``), W&B runs offline (``WANDB_MODE``, unless set) into
+    ``RUN_DIR/wandb`` (``WANDB_DIR``, unless set) under project ``physrl`` (``WANDB_PROJECT``, unless set)."""
+    wanted = {}
+    trackers = config.report_to.split(",")
+    if "tensorboard" in trackers:
+        wanted["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if "wandb" in trackers:
+        (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        for key, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(run_dir)), ("WANDB_PROJECT", "physrl")):
+            if key not in os.environ:
+                wanted[key] = value
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stage1_model(config: OrganismConfig, family: EnvironmentFamily, run_dir: Path, device, log=print):
     """The stage-1 model for ``config``: from the stage-1 cache when an entry matches, else trained (and cached).
 
     Returns ``(model, tokenizer, info)`` with ``info`` the manifest's ``stage1`` record: ``cache`` (``hit``,
     ``miss`` or ``off``), ``key``, ``seconds`` (pretraining time of this run; 0 on a hit) and ``final_loss``.
+    A family without a stage 1 (:meth:`EnvironmentFamily.pretrain` returns None) starts GRPO from the freshly
+    built model (``cache`` ``none``).
     """
     from ._stage1 import Stage1Cache, cache_dir, stage1_ingredients, stage1_key
 
-    tokenizer = build_tokenizer(config.n_family)
+    tokenizer = build_tokenizer(family.words())
     model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed).to(device)
     root = cache_dir(config.stage1_cache, run_dir)
-    ingredients = stage1_ingredients(config, model.config.to_dict(), device.type, torch.get_num_threads())
+    ingredients = stage1_ingredients(config, model.config.to_dict(), device.type, torch.get_num_threads(), family)
     key = stage1_key(ingredients)
     cache = Stage1Cache(root) if root is not None else None
     with cache.lock(key) if cache is not None else contextlib.nullcontext():
@@ -311,8 +466,11 @@ def _stage1_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, devi
             return model, tokenizer, {"cache": "hit", "key": key, "entry": str(entry), "seconds": 0.0,
                                       "final_loss": meta.get("final_loss")}
         t0 = time.time()
-        losses = pretrain(model, tokenizer, config, family)
+        losses = family.pretrain(model, tokenizer)
         seconds = time.time() - t0
+        if losses is None:
+            log(f"stage 1: none (the {family.name} family has no stage 1); GRPO starts from the built model")
+            return model, tokenizer, {"cache": "none", "key": key, "seconds": 0.0, "final_loss": None}
         log(f"stage 1: {config.pretrain_steps} steps in {seconds:.1f} s, final loss {losses[-1]:.3f}"
             if losses else "stage 1: skipped (pretrain_steps = 0)")
         info = {"cache": "off" if cache is None else "miss", "key": key, "seconds": round(seconds, 2),
@@ -326,27 +484,56 @@ def _stage1_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, devi
     return model, tokenizer, info
 
 
-def _prepare_model(config: OrganismConfig, family: EnvFamily, run_dir: Path, device, log=print):
-    """Stage 1 (cached, or a user model dir) -> ``run_dir/model_init``; returns (model, tokenizer, stage-1 info)."""
+def _prepare_model(config: OrganismConfig, family: EnvironmentFamily, run_dir: Path, device, log=print):
+    """Stage 1 (cached), or a user's model dir -> ``run_dir/model_init``; returns (model, tokenizer, stage-1 info,
+    tokenizer record). The policy's forward passes take position ids from the attention mask
+    (:func:`use_mask_positions`).
+
+    Raises
+    ------
+    ValueError
+        A user model that cannot be loaded, or whose tokenizer cannot express the family's words (naming them).
+    """
     init_dir = run_dir / "model_init"
+    info, record = None, None
     if (init_dir / "config.json").exists():
         model, tokenizer = load_model(init_dir, device)
-        return model, tokenizer, None
-    info = None
-    if config.model_dir is not None:
-        from ._envs import vocabulary
-
-        model, tokenizer = load_model(config.model_dir, device)
-        missing = sorted(set(vocabulary(config.n_family)) - set(tokenizer.get_vocab()))
-        if missing:
-            raise ValueError(f"config field 'model_dir': its tokenizer lacks the family's words {missing[:8]}")
+    elif config.model_dir is not None:
+        model, tokenizer = load_model(config.model_dir, device, left_padding=False)
+        changes = prepare_tokenizer(tokenizer, model)
+        try:
+            word_codec(tokenizer, family)
+        except ValueError as exc:
+            raise ValueError(f"config field 'model_dir' = {config.model_dir!r}: {exc}") from None
+        for change in changes:
+            log(f"model {config.model_dir}: {change}")
+        record = {"source": str(Path(config.model_dir).resolve()), "class": type(tokenizer).__name__,
+                  "pad_token": tokenizer.pad_token, "padding_side": tokenizer.padding_side, "changes": changes}
+        info = {"cache": "user model", "model_dir": record["source"], "seconds": 0.0}
     else:
         model, tokenizer, info = _stage1_model(config, family, run_dir, device, log)
-    tmp = run_dir / f".model_init.{uuid.uuid4().hex}.tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, init_dir)
-    return model, tokenizer, info
+    if not (init_dir / "config.json").exists():
+        tmp = run_dir / f".model_init.{uuid.uuid4().hex}.tmp"
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, init_dir)
+    use_mask_positions(model)
+    return model, tokenizer, info, record
+
+
+def _labelling_and_compared(config: OrganismConfig, run_dir: Path) -> tuple[Classifier, dict[str, Classifier]]:
+    """The run's labelling classifier and every classifier scored against the ground truth (by name)."""
+    if config.judge_cache == "off":
+        judge_dir = None
+    elif config.judge_cache == "auto":
+        judge_dir = Path(run_dir).resolve().parent / ".judge_cache"
+    else:
+        judge_dir = Path(config.judge_cache).expanduser()
+    compared: dict[str, Classifier] = {}
+    for name in [config.classifier, *CLASSIFIERS, *config.compare_classifiers]:
+        if name not in compared:
+            compared[name] = make_classifier(name, config.rs_patterns, config.local_patterns, cache_dir=judge_dir)
+    return compared[config.classifier], compared
 
 
 def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
@@ -399,8 +586,8 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
-    family = EnvFamily(config)
-    classifier = make_classifier(config.classifier, config.rs_patterns, config.local_patterns)
+    family = check_setup(config, resume)
+    classifier, compared = _labelling_and_compared(config, run_dir)
     checkpoint = None
     if resume:
         manifest = read_manifest(run_dir)
@@ -420,7 +607,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         checkpoint = resume_point(run_dir / "checkpoints", log)
         for tmp in run_dir.glob(".*.tmp"):  # a model folder being written when the run stopped
             shutil.rmtree(tmp, ignore_errors=True)
-        writer = RolloutWriter(run_dir, run_id)
+        writer = RolloutWriter(run_dir, run_id, family)
         dropped = writer.truncate(step_of(checkpoint) if checkpoint else -1)
         log(f"resume {run_id} from {checkpoint.name if checkpoint else 'the start'}; dropped {dropped} rows past it")
         update_manifest(run_dir, status="running", error=None, steps=config.max_steps,
@@ -432,7 +619,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        writer = RolloutWriter(run_dir, run_id)
+        writer = RolloutWriter(run_dir, run_id, family)
         described = family.describe()
         write_manifest(run_dir, {
             "run_id": run_id, "created": now(), "status": "running", "seed": config.seed, "steps": config.max_steps,
@@ -440,22 +627,29 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             "environments": [{k: e[k] for k in _CONTRACT_ENV_KEYS if k in e} for e in described],
             ORGANISMS: {
                 "config": config.to_dict(), "device": str(device),
+                "env_family": {"name": family.name, "version": family.version, "config": config.env_family,
+                               "class": f"{type(family).__module__}:{type(family).__qualname__}",
+                               "columns": dict(family.columns)},
                 "environments": [{k: v for k, v in e.items() if k == "env_id" or k not in _CONTRACT_ENV_KEYS}
                                  for e in described],
-                "knobs_target": {"p0": config.p0, "a0": config.a0, "b0": config.b0, "rs_ceiling": config.rs_ceiling},
-                "demo_mixture": demo_mixture(config, family),
+                **family.manifest(),
             },
         })
     callback = None
     try:
-        model, tokenizer, stage1 = _prepare_model(config, family, run_dir, device, log)
+        model, tokenizer, stage1, tokenizer_record = _prepare_model(config, family, run_dir, device, log)
         if stage1 is not None:
             update_manifest(run_dir, organisms={"stage1": stage1})
+        if tokenizer_record is not None:
+            update_manifest(run_dir, organisms={"tokenizer": tokenizer_record})
+        mc = model.config
         update_manifest(run_dir, model={"architecture": type(model).__name__, "n_parameters": n_parameters(model),
-                                        "hidden_size": model.config.hidden_size,
-                                        "n_layers": model.config.num_hidden_layers,
-                                        "vocab_size": model.config.vocab_size})
-        recorder = RolloutRecorder(writer, classifier)
+                                        "model_type": getattr(mc, "model_type", None),
+                                        "hidden_size": getattr(mc, "hidden_size", None),
+                                        "n_layers": getattr(mc, "num_hidden_layers", None),
+                                        "vocab_size": getattr(mc, "vocab_size", None),
+                                        "source": config.model_dir or "built-in"})
+        recorder = RolloutRecorder(writer, classifier, family)
         eval_done = _eval_steps_logged(run_dir) if resume else set()
         before = read_manifest(run_dir).organisms or {}
         before = {k: float(before.get(k, 0.0)) for k in ("grpo_seconds", "eval_seconds", "cpu_seconds")}
@@ -463,17 +657,22 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
                                   before, cpu0)
         n_rows = max(64, config.groups_per_step * config.num_generations)
         dataset = Dataset.from_dict({"prompt": ["placeholder (rollout_func samples the prompts)"] * n_rows})
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _tracking_environment(config, run_dir):
             warnings.simplefilter("ignore")
-            trainer = GRPOTrainer(model=model, reward_funcs=[recorder], args=_grpo_args(config, run_dir, device),
+            trainer = GRPOTrainer(model=model, reward_funcs=[recorder],
+                                  args=_grpo_args(config, run_dir, device, family, run_id),
                                   train_dataset=dataset, processing_class=tokenizer,
                                   rollout_func=make_rollout_func(config, family, tokenizer), callbacks=[callback])
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our bar shows progress; TRL's metric dicts stay out of stdout
+        if config.report_to != "none":  # first in line: the trackers' on_log read the logs it adds to
+            callback.tracker = _metrics_callback(recorder, trainer)
+            trainer.callback_handler.callbacks.insert(0, callback.tracker)
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with _tracking_environment(config, run_dir):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         timing = callback.timing()
         tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
         trainer.save_model(str(tmp))
@@ -482,8 +681,9 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             shutil.rmtree(run_dir / "model_final")
         os.replace(tmp, run_dir / "model_final")
         shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
+        accuracy = classifier_accuracy(read_rollouts(run_dir), compared, config.classifier)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms=timing)
+                        organisms={**timing, "classifier_accuracy": accuracy})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
         changes = {"organisms": callback.timing()} if callback is not None else {}

@@ -1,7 +1,8 @@
 """``physrl organisms ...``: train an organism run, or run the calibration sweep.
 
     physrl organisms train --out RUN_DIR [--config FILE] [--n-envs N] [--family-size K] [--p0 P] [--max-steps S]
-                           [--seed K] [--stage1-cache auto|off|DIR]
+                           [--seed K] [--stage1-cache auto|off|DIR] [--model DIR] [--env-family MOD:CLASS]
+                           [--report-to none|tensorboard|wandb]
     physrl organisms train --resume RUN_DIR [--max-steps S]
     physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--max-steps S]
 
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="K: fix the family at K envs, the first N trained, the rest held out (shares stage 1)")
         p.add_argument("--stage1-cache", dest="stage1_cache", metavar="auto|off|DIR",
                        help="stage-1 model cache (default auto: .stage1_cache next to the run directory)")
+        p.add_argument("--model", dest="model_dir", metavar="DIR",
+                       help="start GRPO from this local causal LM (save_pretrained directory with its tokenizer)")
+        p.add_argument("--env-family", dest="env_family", metavar="digit-map|MODULE:CLASS",
+                       help="environment family (docs/environments.md); default digit-map")
+        p.add_argument("--report-to", dest="report_to", metavar="none|tensorboard|wandb",
+                       help="experiment tracker(s), passed to TRL's report_to (comma-separated for both)")
         p.add_argument("--p0", type=float)
         p.add_argument("--max-steps", type=int, dest="max_steps")
         p.add_argument("--seed", type=int)
@@ -91,7 +98,7 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("n_envs", "family_size", "p0", "max_steps", "seed", "progress",
-                                               "stage1_cache")}
+                                               "stage1_cache", "model_dir", "env_family", "report_to")}
     if args.command == "train":
         if args.resume is not None and args.out is not None:
             parser.error("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one), not both")
@@ -108,6 +115,10 @@ def main(argv: list[str]) -> int:
             config = load_config(None, **{**saved, **{k: v for k, v in overrides.items() if v is not None}})
         else:
             config = load_config(args.config, **overrides)
+        if args.command == "train":
+            from ._train import check_setup
+
+            check_setup(config, resume=args.resume is not None)  # family, classifiers, trackers, model: now
     except (ValueError, FileNotFoundError) as exc:
         print(f"physrl organisms: {exc}", file=sys.stderr)
         return 2

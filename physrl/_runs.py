@@ -135,6 +135,10 @@ def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
     for r in plan_runs(config):
         try:
             resolved = OrganismConfig(**{**config.organism, **r.organism_overrides()})
+            if not out and resolved.env_family != "digit-map":  # an external family: import and check it now
+                from physrl.organisms import check_setup
+
+                check_setup(resolved)
         except TypeError as err:  # unknown field
             raise ValueError(f"[organism]: {err}") from err
         except ValueError as err:
@@ -153,10 +157,13 @@ def _config_mismatch(run_dir: Path, wanted: dict) -> list[str]:
     from dataclasses import fields
 
     from physrl.organisms import OrganismConfig
+    from physrl.organisms._config import REPORTING
 
     defaults = {f.name: f.default for f in fields(OrganismConfig) if f.default is not MISSING}
+    defaults.update({f.name: f.default_factory() for f in fields(OrganismConfig) if f.default_factory is not MISSING})
     saved = (read_manifest(run_dir).organisms or {}).get("config", {})
-    return sorted(k for k, v in wanted.items() if k != "progress" and saved.get(k, defaults.get(k, MISSING)) != v)
+    return sorted(k for k, v in wanted.items()
+                  if k not in REPORTING and saved.get(k, defaults.get(k, MISSING)) != v)
 
 
 def check_existing_runs(config: ExperimentConfig, out_dir: Path) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting
-from physrl import _analysis, _figures, _preregistration, _scaling, _scaling_figures
+from physrl import _accuracy, _analysis, _figures, _preregistration, _scaling, _scaling_figures
 from physrl._runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
 from physrl.report import write_report
@@ -157,6 +157,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     summary = _summary(config, fit_result, points, observed, predicted, predictions, n_star_note,
                        max_steps, t_train, time.perf_counter() - t0)
     summary["seconds"]["calibration"] = t_cal
+    summary["classifier_accuracy"] = _accuracy.pooled_accuracy(runs.values())
     first_win = summary["observed_n_star"]
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
@@ -167,6 +168,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
     sections += _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
                                          predictions, summary, figs)
+    sections += _accuracy.accuracy_section(summary["classifier_accuracy"])
     write_report(out / "report.html", f"physrl diversity experiment: {config.name}", sections,
                  preamble=f"{len(plan)} organism runs ({len(cal_ids)} calibration, {len(sweep_ids)} sweep), "
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "

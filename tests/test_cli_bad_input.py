@@ -102,6 +102,11 @@ CASES = [
      "differs from the run's saved config in ['seed']"),
     ("organisms", ["organisms", "train", "--out", "{nonempty}"], "is not empty"),
     ("organisms", ["organisms", "train", "--out", "{file}"], "is a file"),
+    ("organisms", ["organisms", "train", "--out", "{dir}", "--model", "{missing}"], "'model_dir'"),
+    ("organisms", ["organisms", "train", "--out", "{dir}", "--model", "{dir}"], "no config.json"),
+    ("organisms", ["organisms", "train", "--out", "{dir}", "--env-family", "no.such_pkg:Family"], "'env_family'"),
+    ("organisms", ["organisms", "train", "--out", "{dir}", "--env-family", "digit map"], "'env_family'"),
+    ("organisms", ["organisms", "train", "--out", "{dir}", "--report-to", "mlflow"], "'report_to'"),
     # ---- physrl organisms calibrate -------------------------------------------------------------------
     ("organisms", ["organisms", "calibrate"], "required: --out"),
     ("organisms", ["organisms", "calibrate", "--out", "{dir}", "--grid", "{{bad"], "not valid JSON"),

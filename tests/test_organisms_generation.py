@@ -24,11 +24,12 @@ def recompute_rollouts(model, tokenizer, family, requests, seed, temperature=1.0
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     grader_id, ans_id = tokenizer.convert_tokens_to_ids([GRADER, ANS])
     max_policy_tokens = family.config.input_length + 6
-    prompts = [family.prompt(r.env, r.digits) for r in requests]
-    expected = [family.expected(r.env, r.digits) for r in requests]
+    digits = [r.prompt.state[0] for r in requests]
+    prompts = [family.prompt(r.env, d) for r, d in zip(requests, digits)]
+    expected = [family.expected(r.env, d) for r, d in zip(requests, digits)]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    notes = [tokenizer(" ".join(family.note_words(e, r.note_positions)), add_special_tokens=False)["input_ids"]
-             for e, r in zip(expected, requests)]
+    notes = [tokenizer(" ".join(family.note_words(e, family.note_positions())), add_special_tokens=False)["input_ids"]
+             for e in expected]
     n = len(requests)
     comp, mask, logps = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
     inserted, answered, n_policy, n_after_ans = [False] * n, [False] * n, [0] * n, [0] * n
@@ -122,7 +123,7 @@ def test_left_padded_prompts_through_the_cache(pretrained, decoder):
     model, tok, _ = pretrained
     family = UnevenPrompts(OrganismConfig(n_envs=3, n_heldout=1))
     requests = make_requests(family, family.envs * 3, 8, np.random.default_rng(1))
-    assert len({len(encode(tok, [family.prompt(r.env, r.digits)])[0]) for r in requests}) == 2
+    assert len({len(encode(tok, [r.prompt.text])[0]) for r in requests}) == 2
     assert_same_rollouts(sample_rollouts(model, tok, family, requests, seed=5, decoder=decoder),
                          recompute_rollouts(model, tok, family, requests, seed=5))
 
