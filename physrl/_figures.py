@@ -145,7 +145,9 @@ def _verdict(summary: dict, observed: pd.DataFrame, predicted: pd.DataFrame) -> 
                      f"<b>{n_ok} of {len(agree)}</b> sweep runs right.")
         wrong = [r["run_id"] for r in agree if not r["end_state_agrees"]]
         if wrong:
-            lines.append("<span class='bad'>Wrong end state:</span> " + ", ".join(html.escape(w) for w in wrong))
+            shown = ", ".join(html.escape(w) for w in wrong[:8])
+            more = f" and {len(wrong) - 8} more (summary.json, runs)" if len(wrong) > 8 else ""
+            lines.append("<span class='bad'>Wrong end state:</span> " + shown + more)
     cov = [r["coverage"] for r in runs if r["coverage"] is not None]
     if cov:
         lines.append(f"Share of the RS share's eval points inside the 90% predictive band, median over sweep "

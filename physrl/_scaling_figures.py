@@ -215,6 +215,23 @@ def verdict(summary: dict) -> list[str]:
             overlap = not (pred["interval_95"][1] < lo or pred["interval_95"][0] > hi)
             lines.append("The calibration fit's predicted slope " + ("overlaps" if overlap else
                          "<span class='bad'>does not overlap</span>") + " the observed interval.")
+    seen = {k: e for k, e in summary["observed_n_star"].items()}
+    if len(seen) >= 2:
+        keys = sorted(seen, key=float)
+        ratio = float(keys[-1]) / float(keys[0])
+
+        def say(e):
+            if e["n_star"] is not None:
+                return _fmt(e["n_star"], 2)
+            if e["status"] in ("below_grid", "all_wins"):
+                return f"< {e['bracket'][1]}"
+            if e["status"] in ("above_grid", "no_wins"):
+                return f"> {e['bracket'][0]}"
+            return "undefined"
+
+        lines.append(f"In plain words: across a {ratio:g}-fold range of p0 ({keys[0]} to {keys[-1]}) the observed N* "
+                     f"reads {', '.join(say(seen[k]) for k in keys)}; the post's slope −1 would have N* fall "
+                     f"{ratio:g}-fold over that range.")
     for key, est in summary["observed_n_star"].items():
         p = summary["predicted_n_star"].get(key, {})
         lines.append(f"p0 = {key}: observed N* = {_fmt(est['n_star'])}, 95% {_interval(est['interval_95'])}"
