@@ -43,8 +43,11 @@ def test_ray_cluster_runs_match_the_local_pool(tmp_path, local_cluster):
     out_local, out_ray = tmp_path / "local", tmp_path / "ray"
     s_local = run_experiment(reduced("local"), out_local, progress=False)
     s_ray = run_experiment(reduced("ray"), out_ray, progress=False)
-    ids = sorted(p.name for p in (out_local / "runs").iterdir())
-    assert ids == sorted(p.name for p in (out_ray / "runs").iterdir()) and len(ids) == 3
+    def run_ids(out):  # (the organisms' stage-1 cache, runs/.stage1_cache, is not a run)
+        return sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+
+    ids = run_ids(out_local)
+    assert ids == run_ids(out_ray) and len(ids) == 3
     for run_id in ids:  # same seed, one torch thread each: the same rollouts, row for row
         pd.testing.assert_frame_equal(_rollouts(out_local / "runs" / run_id), _rollouts(out_ray / "runs" / run_id))
         status = json.loads((out_ray / "runs" / run_id / "manifest.json").read_text())["status"]
