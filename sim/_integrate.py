@@ -414,6 +414,7 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
     engine = choose_engine(model, y0, engine, progress=progress)
     like = y0.z
     extras: dict = {}
+    probs = None
     per_replica = np.ndim(n_steps) > 0
     if per_replica and (grid is not None or save_all):
         raise ValueError("per-replica step counts need save='final' without t_eval")
@@ -422,6 +423,8 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
         state0 = _initial_state(model, y0, NumpyBackend)
         final, saved, taken, converged = _numba.euler(model, state0, dt=dt, n_steps=n_steps, tol=tol, grid=grid)
         saved_t = list(grid) if grid is not None else []
+        if saved is not None:       # the kernel stores probabilities (p, a, b), not latents
+            probs = saved
         saved = saved if saved is not None else []
     elif engine == "numpy":
         state = _initial_state(model, y0, NumpyBackend)
@@ -448,7 +451,8 @@ def integrate_steps(model: ToyModel, y0: Latents, *, dt: float, n_steps, tol=Non
            else f"reached t_max={np.max(n_steps) * dt:g} after {n_done} steps")
     if not len(saved_t):
         saved_t, saved = [t_stop], [final]
-    sol = _solution(saved_t, saved, final, status, n_done, converged, taken, msg, model.lam, like, engine)
+    sol = _solution(saved_t, saved, final, status, n_done, converged, taken, msg, model.lam, like, engine,
+                    probs)
     sol.extras.update(extras)
     return sol
 
@@ -462,8 +466,10 @@ def _convert(v, like):
     return arr.astype(like.dtype) if arr.dtype.kind == "f" else arr
 
 
-def _solution(saved_t, saved, final, status, n, converged, taken, msg, lam, like, engine) -> Solution:
-    """Assemble a Solution; ``saved`` is a list of stacked states or one array (T, 3, ..., N)."""
+def _solution(saved_t, saved, final, status, n, converged, taken, msg, lam, like, engine,
+              probs=None) -> Solution:
+    """Assemble a Solution; ``saved`` is a list of stacked states or one array (T, 3, ..., N);
+    ``probs``, if given, the stacked probabilities (p, a, b) at the saved times already."""
     if isinstance(saved, np.ndarray):
         states, ts = saved, np.asarray(saved_t, dtype=float)
     elif isinstance(saved[0], Tensor):
@@ -476,7 +482,11 @@ def _solution(saved_t, saved, final, status, n, converged, taken, msg, lam, like
     # the batch layout, so a replica's states do not depend on its batch), then the caller's type
     if isinstance(states, np.ndarray) and not isinstance(lam, (int, float)):
         lam = lam.detach().cpu().numpy() if isinstance(lam, Tensor) else np.asarray(lam)
-    p, a, b = (_convert(v, like) for v in probabilities(states[:, 0], states[:, 1], states[:, 2], lam))
+    if probs is None:
+        probs = probabilities(states[:, 0], states[:, 1], states[:, 2], lam)
+    else:
+        probs = (probs[:, 0], probs[:, 1], probs[:, 2])
+    p, a, b = (_convert(v, like) for v in probs)
     final = _convert(final, like)
     return Solution(_convert(ts, like), p, a, b, Latents(final[0], final[1], final[2]), status, n,
                     _convert(converged, like), msg, engine=engine, steps=_convert(taken, like))

@@ -35,6 +35,14 @@ def _sigmoid(v):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _record(saved, r, k_eval, z, x, y, lam_r, i):
+    """Store the probabilities (p, a, b) = (σ(z), σ(x + λ y), σ(y)) of one env at a grid time."""
+    saved[r, k_eval, 0, i] = _sigmoid(z)
+    saved[r, k_eval, 1, i] = _sigmoid(x + lam_r * y)
+    saved[r, k_eval, 2, i] = _sigmoid(y)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
     """Euler steps of R independent replicas, in place (see :func:`euler`)."""
     n_rep = state.shape[1]
@@ -49,10 +57,11 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
             for i in range(n_env):
                 s[k, i] = state[k, r, i]
         k_eval = 0
-        while k_eval < n_grid and grid[k_eval] <= 0:
-            saved[r, k_eval] = s
-            k_eval += 1
         lam_r = lam[r]
+        while k_eval < n_grid and grid[k_eval] <= 0:
+            for i in range(n_env):
+                _record(saved, r, k_eval, s[0, i], s[1, i], s[2, i], lam_r, i)
+            k_eval += 1
         n_done = 0
         conv = False
         for step in range(1, n_steps[r] + 1):
@@ -107,13 +116,15 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
                     s[k, i] += dt * d[k, i]
             while k_eval < n_grid and grid[k_eval] <= t_new + 1e-12:
                 frac = (grid[k_eval] - (step - 1) * dt) / dt
-                for k in range(3):
-                    for i in range(n_env):
-                        saved[r, k_eval, k, i] = old[k, i] + frac * (s[k, i] - old[k, i])
+                for i in range(n_env):
+                    _record(saved, r, k_eval, old[0, i] + frac * (s[0, i] - old[0, i]),
+                            old[1, i] + frac * (s[1, i] - old[1, i]), old[2, i] + frac * (s[2, i] - old[2, i]),
+                            lam_r, i)
                 k_eval += 1
             n_done = step
         while k_eval < n_grid:
-            saved[r, k_eval] = s
+            for i in range(n_env):
+                _record(saved, r, k_eval, s[0, i], s[1, i], s[2, i], lam_r, i)
             k_eval += 1
         for k in range(3):
             for i in range(n_env):
@@ -157,8 +168,8 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     Returns
     -------
     (final, saved, taken, converged)
-        final (3, *S, N); saved (G, 3, *S, N) or None; taken (S) int steps;
-        converged (S) bool.
+        final (3, *S, N) latents; saved (G, 3, *S, N) *probabilities* (p, a, b)
+        at the grid times, or None; taken (S) int steps; converged (S) bool.
     """
     shape = state0.shape[1:]
     rep, n = shape[:-1], shape[-1]
