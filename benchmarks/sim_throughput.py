@@ -5,8 +5,9 @@ features, 32 replicas (different per-env learnabilities and initial
 log-odds on one environment draw, as in a figure-5 batch; z and x share a
 transfer length, so one feature matrix serves both, y has its own), float32.
 
-In one run, interleaved in rounds so that a change of load hits every
-contender alike, it times
+In one run, interleaved in rounds (each times every contender within about
+a minute; the ratios are medians over rounds, so a burst of load from other
+processes does not decide them), it times
   (a) our Euler step (``sim.euler``, save="final", no early stop) with the
       default thread policy (``sim.ThreadPolicy``: one thread or torch's
       default, whichever it measures faster while it runs);
@@ -20,7 +21,7 @@ Goals (issue 10): step <= 1.2 × the floor, quiet or with a busy core, and
 at least as fast as torchdiffeq. Last line:
 ``step_over_matvec=X speedup_vs_torchdiffeq=Y``.
 
-Usage: python benchmarks/sim_throughput.py [--steps 150] [--rounds 6] [--threads N]
+Usage: python benchmarks/sim_throughput.py [--steps 100] [--rounds 10] [--threads N]
 (``--threads N`` fixes the thread count for every contender instead).
 """
 
@@ -87,11 +88,11 @@ def time_torchdiffeq(model, y0, steps: int, dt: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="our Euler steps per round")
-    parser.add_argument("--bare-steps", type=int, default=None, help="bare product steps per round and "
-                                                                        "thread count (default: --steps)")
-    parser.add_argument("--torchdiffeq-steps", type=int, default=50, help="per round and thread count")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=100, help="our Euler steps per round")
+    parser.add_argument("--bare-steps", type=int, default=50, help="bare product steps per round and "
+                                                                  "thread count")
+    parser.add_argument("--torchdiffeq-steps", type=int, default=30, help="per round and thread count")
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--replicas", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None,
                         help="fix torch's thread count for every contender (default: our policy; the "
@@ -104,36 +105,49 @@ def main() -> None:
     candidates = [torch.get_num_threads()] if args.threads else sorted({1, default})
     policy = args.threads if args.threads else "auto"
     r = args.replicas
-    bare_steps = args.bare_steps or args.steps
+    bare_steps = args.bare_steps
     print(f"torch {torch.__version__}, float32, CPU; torch default threads {default}; "
           f"references timed at threads {candidates}; ours: threads={policy!r}")
 
     model, y0 = build(10_000, 512, r)
     time_ours(model, y0, 3, dt, policy)  # warm-up
-    ours = 0.0
-    bare = {c: 0.0 for c in candidates}
-    tde = {c: 0.0 for c in candidates}
-    choices = []
+    ours, bare, tde, choices = [], [], [], []
     for _ in range(args.rounds):
         seconds, chosen = time_ours(model, y0, args.steps, dt, policy)
-        ours += seconds
+        ours.append(seconds / args.steps)
         choices += chosen
+        b, t = {}, {}
         for c in candidates:
             with sim.ThreadPolicy(c):
-                bare[c] += time_bare(model, r, bare_steps)
-                tde[c] += time_torchdiffeq(model, y0, args.torchdiffeq_steps, dt)
-    step = ours / (args.rounds * args.steps)
-    bare_step = {c: v / (args.rounds * bare_steps) for c, v in bare.items()}
-    td_step = {c: v / (args.rounds * args.torchdiffeq_steps) for c, v in tde.items()}
-    floor, td_best = min(bare_step.values()), min(td_step.values())
-    print(f"N=10000 M=512 replicas={r}: our Euler step {step * 1e3:.2f} ms "
-          f"({args.rounds} x {args.steps} steps; the policy measured (threads, s/step) {choices})")
-    print("bare products " + ", ".join(f"{v * 1e3:.2f} ms at {c} thread(s)" for c, v in bare_step.items())
-          + f" -> floor {floor * 1e3:.2f} ms")
-    print("torchdiffeq odeint(method='euler'), same vector field: "
-          + ", ".join(f"{v * 1e3:.2f} ms at {c} thread(s)" for c, v in td_step.items())
-          + f" -> best {td_best * 1e3:.2f} ms")
-    print(f"step_over_matvec={step / floor:.2f} speedup_vs_torchdiffeq={td_best / step:.2f}")
+                b[c] = time_bare(model, r, bare_steps) / bare_steps
+                t[c] = time_torchdiffeq(model, y0, args.torchdiffeq_steps, dt) / args.torchdiffeq_steps
+        bare.append(b)
+        tde.append(t)
+    # each round times every contender within about a minute: the median over rounds of the
+    # per-round ratios is robust to bursts of load from other processes
+    over = [o / min(b.values()) for o, b in zip(ours, bare)]
+    speed = [min(t.values()) / o for o, t in zip(ours, tde)]
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    print(f"N=10000 M=512 replicas={r}: our Euler step {mean(ours) * 1e3:.2f} ms "
+          f"({args.rounds} rounds x {args.steps} steps; the policy chose (threads, s/step) {choices})")
+    for c in candidates:
+        print(f"  at {c} thread(s): bare products {mean([b[c] for b in bare]) * 1e3:.2f} ms, torchdiffeq "
+              f"odeint(method='euler') on the same vector field {mean([t[c] for t in tde]) * 1e3:.2f} ms")
+    total_over = mean(ours) / mean([min(b.values()) for b in bare])
+    total_speed = mean([min(t.values()) for t in tde]) / mean(ours)
+    print(f"per round: step / floor {min(over):.2f}-{max(over):.2f}, torchdiffeq / step "
+          f"{min(speed):.2f}-{max(speed):.2f}; over all rounds (first measurement included): "
+          f"{total_over:.2f} and {total_speed:.2f}; medians over rounds below")
+    print(f"step_over_matvec={_median(over):.2f} speedup_vs_torchdiffeq={_median(speed):.2f}")
+
+
+def _median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 if __name__ == "__main__":
