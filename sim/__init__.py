@@ -39,6 +39,7 @@ from ._integrate import euler as euler
 from ._model import Latents as Latents
 from ._model import ToyModel as ToyModel
 from ._model import VectorField as VectorField
+from ._model import observed_gradients as observed_gradients
 from ._model import reward_gradients as reward_gradients
 from ._threads import ThreadPolicy as ThreadPolicy
 from ._threads import thread_setting as thread_setting

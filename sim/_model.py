@@ -14,7 +14,8 @@ Footnote-4 variant (``lam`` > 0): a = σ(x + λ y), and ∂R/∂y gains
 Three pieces, each written once:
 
 - :func:`reward_gradients`: ∂R/∂(z, x, y) of one environment, elementwise
-  (scalars in the numba kernel, numpy arrays, torch tensors);
+  (scalars in the numba kernel, numpy arrays, torch tensors), and
+  :func:`observed_gradients`, the same in observed reward units (§7);
 - the couplings' ``apply`` (``sim._couplings``): the transfer Σ_j C_ij v_j;
 - :class:`VectorField`: the fused right-hand side of a :class:`ToyModel` for
   one backend (numpy or torch), on the stacked state ``(3, ..., n_envs)``.
@@ -106,6 +107,37 @@ def reward_gradients(p, a, b, lam=None):
     gz = p * q * (a - b)
     gx = p * a * (1 - a)
     gy = q * b * (1 - b)
+    if lam is not None:
+        gy = gy + lam * gx
+    return gz, gx, gy
+
+
+def observed_gradients(p, a, b, lam, a_lo, a_span, b_lo, b_span):
+    """∂R/∂(z, x, y) of the expected reward in *observed* units (docs/model.md §7).
+
+    R = p a_obs + (1 − p) b_obs with a_obs = a_lo + a_span · a and
+    b_obs = b_lo + b_span · b: the gap that drives z is the observed one, and
+    the x and y slopes scale with the spans. Elementwise like
+    :func:`reward_gradients` (scalars in the numba kernel, arrays, tensors);
+    with bounds (0, 1) it equals :func:`reward_gradients` exactly.
+
+    Parameters
+    ----------
+    p, a, b : probabilities in [0, 1]
+        σ(z), σ(x + λ y), σ(y).
+    lam : float, array or None
+        Footnote-4 λ >= 0.
+    a_lo, a_span, b_lo, b_span : reward units
+        Lower bounds and spans (hi − lo > 0) of the observed RS and local rewards.
+
+    Returns
+    -------
+    (gz, gx, gy)
+    """
+    gz = reward_gradients(p, a_lo + a_span * a, b_lo + b_span * b)[0]
+    _, gx, gy = reward_gradients(p, a, b)
+    gx = gx * a_span
+    gy = gy * b_span
     if lam is not None:
         gy = gy + lam * gx
     return gz, gx, gy
@@ -377,12 +409,7 @@ class VectorField:
         if self.obs is None:
             g = reward_gradients(p, a, bb, self.lam)
         else:  # observed units (docs/model.md §7): gap of observed rewards, slopes scaled by the spans
-            a_lo, a_span, b_lo, b_span = self.obs
-            gz = reward_gradients(p, a_lo + a_span * a, b_lo + b_span * bb)[0]
-            _, gx, gy = reward_gradients(p, a, bb)
-            gx = gx * a_span
-            gy = gy * b_span if self.lam is None else gy * b_span + self.lam * gx
-            g = (gz, gx, gy)
+            g = observed_gradients(p, a, bb, self.lam, *self.obs)
         if self.w is not None:
             g = tuple(v * self.w for v in g)
         return g

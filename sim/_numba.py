@@ -4,8 +4,9 @@ For the fit's problems (tens to thousands of numbers per step) torch spends
 ~75 µs per Euler step on per-operation dispatch and numpy ~20 µs; a compiled
 loop over replicas and environments takes well under a microsecond per
 environment. The kernel steps the same vector field as the other engines: it
-compiles ``sim._model.reward_gradients`` and ``sim._couplings.homogeneous_transfer``
-themselves (no copy of the model), and supports identity, homogeneous and
+compiles ``sim._model.observed_gradients`` (which calls ``reward_gradients``)
+and ``sim._couplings.homogeneous_transfer`` themselves (no copy of the model),
+and supports identity, homogeneous and
 dense (Gaussian-kernel) couplings with per-replica α, w, λ and c. Random
 Fourier features run on the torch engine.
 
@@ -15,16 +16,31 @@ first process on a machine pays the ~3 s compilation.
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import inspect
 import math
+import types
 
 import numba
 import numpy as np
 
 from ._couplings import DenseCoupling, HomogeneousCoupling, IdentityCoupling, homogeneous_transfer
-from ._model import reward_gradients
+from ._model import observed_gradients, reward_gradients
 
-_gradients = numba.njit(cache=True, error_model="numpy")(reward_gradients)
-_homogeneous = numba.njit(cache=True, error_model="numpy")(homogeneous_transfer)
+_gradients = numba.njit(error_model="numpy")(reward_gradients)
+# observed_gradients calls reward_gradients: the same code object, with that global bound to
+# the compiled function (numba cannot call a plain Python function)
+_observed = numba.njit(error_model="numpy")(types.FunctionType(
+    observed_gradients.__code__, {"reward_gradients": _gradients, "__builtins__": builtins},
+    "observed_gradients"))
+_homogeneous = numba.njit(error_model="numpy")(homogeneous_transfer)
+
+#: numba's on-disk cache checks only the source file of the cached function (this one); the
+#: kernel's name carries a hash of the model functions it compiles in, so that editing them
+#: in sim/_model.py or sim/_couplings.py recompiles it instead of loading a stale kernel
+MODEL_HASH = hashlib.sha1("".join(inspect.getsource(f) for f in (
+    reward_gradients, observed_gradients, homogeneous_transfer)).encode()).hexdigest()[:12]
 
 KIND_IDENTITY, KIND_HOMOGENEOUS, KIND_DENSE = 0, 1, 2
 
@@ -42,7 +58,6 @@ def _record(saved, r, k_eval, z, x, y, lam_r, i):
     saved[r, k_eval, 2, i] = _sigmoid(y)
 
 
-@numba.njit(cache=True, error_model="numpy")
 def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
     """Euler steps of R independent replicas, in place (see :func:`euler`)."""
     n_rep = state.shape[1]
@@ -69,13 +84,8 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
                 p = _sigmoid(s[0, i])
                 a = _sigmoid(s[1, i] + lam_r * s[2, i])
                 b = _sigmoid(s[2, i])
-                # observation bounds (docs/model.md §7): the gap in reward units, slopes scaled by the spans
-                a_span = obs[1, r, i]
-                b_span = obs[3, r, i]
-                gz, gx, gy = _gradients(p, obs[0, r, i] + a_span * a, obs[2, r, i] + b_span * b, 0.0)
-                _, gx, gy = _gradients(p, a, b, 0.0)
-                gx = gx * a_span
-                gy = gy * b_span + lam_r * gx
+                # observed reward units (docs/model.md §7); bounds (0, 1) give reward_gradients exactly
+                gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i])
                 wi = w[r, i]
                 g[0, i] = gz * wi
                 g[1, i] = gx * wi
@@ -131,6 +141,10 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
                 state[k, r, i] = s[k, i]
         taken[r] = n_done
         converged[r] = conv
+
+
+_euler.__name__ = _euler.__qualname__ = f"_euler_{MODEL_HASH}"
+_euler = numba.njit(cache=True, error_model="numpy")(_euler)
 
 
 def supports(model) -> bool:

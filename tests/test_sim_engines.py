@@ -154,3 +154,21 @@ def test_thread_policy_is_scoped_and_restores_torch_threads():
         assert torch.get_num_threads() == 2                          # an integration restores it
     finally:
         torch.set_num_threads(before)
+
+
+def test_engines_agree_with_observation_bounds_and_unit_bounds_change_nothing():
+    model, y0 = _batched("homogeneous")
+    g = torch.Generator().manual_seed(9)
+    lo = 0.2 * torch.rand(2, 4, generator=g, dtype=F64)
+    bounds = (lo, lo + 0.6, 0.5 * lo, 0.5 * lo + 0.7)                # (a_lo, a_hi, b_lo, b_hi) per (run, env)
+    observed = ToyModel(*model.couplings, *model.alphas, w=model.w, lam=model.lam, observation=bounds)
+    unit = ToyModel(*model.couplings, *model.alphas, w=model.w, lam=model.lam, observation=(0.0, 1.0, 0.0, 1.0))
+    t_eval = [0.0, 1.0, 3.0]
+    ref = sim.euler(observed, y0, dt=0.05, t_max=3.0, tol=None, t_eval=t_eval, engine="torch")
+    plain = sim.euler(model, y0, dt=0.05, t_max=3.0, tol=None, t_eval=t_eval, engine="torch")
+    assert (ref.p - plain.p).abs().max() > 1e-3                      # the bounds matter
+    for engine in ENGINES:
+        sol = sim.euler(observed, y0, dt=0.05, t_max=3.0, tol=None, t_eval=t_eval, engine=engine)
+        assert torch.max(torch.abs(sol.p - ref.p)).item() < 1e-12, engine
+        same = sim.euler(unit, y0, dt=0.05, t_max=3.0, tol=None, t_eval=t_eval, engine=engine)
+        assert torch.max(torch.abs(same.p - plain.p)).item() < 1e-15, engine
