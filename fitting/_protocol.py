@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from physrl import sim
 from ._engine import BatchConfig, simulate, single_thread
 from ._fit import FitResult
 
@@ -97,7 +98,7 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
     phys = {}
     for lat in ("z", "x", "y"):
         c = col(f"c_{lat}", 0.0) if fit.spec.transfer == "homogeneous" else np.zeros(b)
-        eff = col(f"alpha_{lat}")[:, None] * (1 + (ns[None, :] - 1) * c[:, None]) / ns[None, :]
+        eff = sim.effective_learnability(col(f"alpha_{lat}")[:, None], c[:, None], ns[None, :]) / ns[None, :]
         phys[f"alpha_{lat}"] = torch.as_tensor(eff[:, :, None])  # (B, K runs, 1 env)
     phys["time_scale"] = torch.as_tensor(col("time_scale")).reshape(-1, 1, 1)
     phys["p0"] = torch.full((b, k, 1), float(p0), dtype=torch.float64)
@@ -164,19 +165,18 @@ def critical_diversity(fit: FitResult, p0: float, *, max_steps: int, n_max: int 
     if not fit.converged:
         return CriticalDiversity(p0, None, (None, None), math.nan, "fit_not_converged",
                                  "fit did not converge: no N* is claimed", n_max, max_steps, threshold, level, 0)
-    try:
-        final = protocol_final_p(fit, p0, np.arange(1, n_max + 1), max_steps, n_draws=n_draws, seed=seed)
+    try:  # sim's one N* search: every N in 1..n_max, the first that passes (no monotonicity assumed)
+        res = sim.find_critical_diversity(
+            lambda n: protocol_final_p(fit, p0, n[0], max_steps, n_draws=n_draws, seed=seed),
+            batch_shape=(n_draws + 1,), method="scan", n_max=n_max, threshold=threshold)
     except ValueError as exc:
         return CriticalDiversity(p0, None, (None, None), math.nan, "unavailable", str(exc), n_max, max_steps,
                                  threshold, level, 0)
-    passed = final > threshold
-    first = np.where(passed.any(axis=1), passed.argmax(axis=1) + 1, np.inf)
-    drawn = first[1:]
+    drawn = res.ranked()[1:]          # no N <= n_max passes: ranks as +inf, reported as None
     tail = (1 - level) / 2
-    capped = np.where(np.isfinite(drawn), drawn, n_max + 1)
-    lo, hi = np.quantile(capped, [tail, 1 - tail], method="nearest") if drawn.size else (math.nan, math.nan)
-    interval = tuple(None if not np.isfinite(v) or v > n_max else float(v) for v in (lo, hi))
-    value = float(first[0]) if np.isfinite(first[0]) else None
+    lo, hi = np.quantile(drawn, [tail, 1 - tail], method="nearest") if drawn.size else (math.nan, math.nan)
+    interval = tuple(None if not np.isfinite(v) else float(v) for v in (lo, hi))
+    value = float(res.n_star[0]) if np.isfinite(res.n_star[0]) else None
     status = "ok" if value is not None else "above_n_max"
     return CriticalDiversity(p0, value, interval, float(np.mean(~np.isfinite(drawn))) if drawn.size else math.nan,
                              status, "" if value is not None else f"no N <= {n_max} made RS win", n_max, max_steps,
