@@ -137,8 +137,8 @@ class HomogeneousCoupling:
     """
 
     def __init__(self, c, n_envs: int):
-        c_t = torch.as_tensor(c, dtype=torch.float64)
-        if torch.any(c_t < 0) or torch.any(c_t > 1) or torch.any(torch.isnan(c_t)):
+        c_np = c.detach().cpu().numpy() if isinstance(c, Tensor) else np.asarray(c, dtype=float)
+        if np.any(~((c_np >= 0) & (c_np <= 1))):
             raise ValueError(f"c (transfer) must lie in [0, 1], got {c}")
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")

@@ -286,8 +286,17 @@ def _loop(field_, state, *, dt: float, n_steps, tol, grid, save_all: bool, progr
     report_every = max(1, n_max // 100)
     timing = policy is not None and policy.measuring
     n = 0
+    fused = not masked and grid is None and not save_all   # nothing but the state is needed
     for step in range(1, n_max + 1):
         t0 = time.perf_counter() if timing else 0.0
+        if fused:
+            field_.add_to(state, dt)
+            n = step
+            if progress is not None and step % report_every == 0:
+                progress(step * dt, n_max * dt)
+            if timing:
+                policy.step(time.perf_counter() - t0)
+            continue
         d = field_(state)
         if masked:
             active = ~converged

@@ -152,13 +152,11 @@ def supports(model) -> bool:
     return all(isinstance(c, (IdentityCoupling, HomogeneousCoupling, DenseCoupling)) for c in model.couplings)
 
 
-def _flat(value, shape: tuple, size: int, dtype=np.float64) -> np.ndarray:
-    """``value`` broadcast to ``shape`` as a fresh writable C array of shape (size, -1).
-
-    (Always a writable, contiguous copy, so the kernel compiles for one set of types.)
-    """
-    arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
-    return np.array(np.broadcast_to(np.asarray(arr, dtype=dtype), shape).reshape(size, -1), order="C", copy=True)
+def _np(value) -> np.ndarray:
+    """A scalar, array or tensor as a float64 numpy array (no copy when it already is one)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
 
 
 def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
@@ -189,13 +187,22 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     rep, n = shape[:-1], shape[-1]
     size = int(np.prod(rep, dtype=np.int64))
     state = np.array(np.asarray(state0, dtype=np.float64).reshape(3, size, n), order="C", copy=True)
-    alpha = np.array(np.stack([_flat(a, shape, size) for a in model.alphas]), order="C")
-    w = _flat(1.0 if model.w is None else model.w, shape, size)
-    lam = _flat(model.lam, rep + (1,), size)[:, 0].copy()
-    a_lo, a_hi, b_lo, b_hi = model.observation if model.observation is not None else (0.0, 1.0, 0.0, 1.0)
-    obs = np.array(np.stack([_flat(a_lo, shape, size), _flat(a_hi, shape, size) - _flat(a_lo, shape, size),
-                             _flat(b_lo, shape, size), _flat(b_hi, shape, size) - _flat(b_lo, shape, size)]),
-                   order="C")
+    # fresh writable C arrays (one set of types: one compiled kernel), filled through reshaped views
+    alpha = np.empty((3, size, n))
+    for k, a in enumerate(model.alphas):
+        alpha[k].reshape(shape)[...] = _np(a)
+    w = np.ones((size, n))
+    if model.w is not None:
+        w.reshape(shape)[...] = _np(model.w)
+    lam = np.empty(size)
+    lam.reshape(rep + (1,) if rep else (1,))[...] = _np(model.lam)
+    obs = np.empty((4, size, n))               # a_lo, a_hi − a_lo, b_lo, b_hi − b_lo
+    if model.observation is None:
+        obs[0], obs[1], obs[2], obs[3] = 0.0, 1.0, 0.0, 1.0
+    else:
+        a_lo, a_hi, b_lo, b_hi = (_np(v) for v in model.observation)
+        for k, v in enumerate((a_lo, a_hi - a_lo, b_lo, b_hi - b_lo)):
+            obs[k].reshape(shape)[...] = v
     kinds = np.zeros(3, dtype=np.int64)
     c = np.zeros((3, size))
     dense = any(isinstance(cp, DenseCoupling) for cp in model.couplings)
@@ -203,14 +210,13 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     for k, cp in enumerate(model.couplings):
         if isinstance(cp, HomogeneousCoupling):
             kinds[k] = KIND_HOMOGENEOUS
-            cv = cp.c.detach().cpu().numpy() if hasattr(cp.c, "detach") else np.asarray(cp.c, dtype=np.float64)
-            c[k] = _flat(cv[..., None], rep + (1,), size)[:, 0]
+            c[k].reshape(rep if rep else (1,))[...] = _np(cp.c)
         elif isinstance(cp, DenseCoupling):
             kinds[k] = KIND_DENSE
             m = cp.matrix.detach().cpu().numpy() if hasattr(cp.matrix, "detach") else cp.matrix
             mats[k] = np.broadcast_to(np.asarray(m, dtype=np.float64), rep + (n, n)).reshape(size, n, n)
-    steps = _flat(n_steps, rep, size, np.int64)[..., 0] if rep else np.full(1, int(n_steps), dtype=np.int64)
-    steps = np.array(steps, order="C", copy=True)
+    steps = np.empty(size, dtype=np.int64)
+    steps.reshape(rep if rep else (1,))[...] = np.asarray(n_steps, dtype=np.int64)
     g = np.zeros(0) if grid is None else np.array(grid, dtype=np.float64, order="C", copy=True)
     saved = np.zeros((size, len(g), 3, n))   # per replica contiguous (cache-friendly writes)
     taken = np.zeros(size, dtype=np.int64)
