@@ -20,12 +20,12 @@ full report (lmfit's included); progress goes to stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from ._json import json_safe
+from physrl._argparse import ArgumentParser, output_directory
 from physrl.contract import LogValidationError
 
 from ._engine import TRANSFERS
@@ -37,15 +37,17 @@ class _UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # exit code 2 without a traceback, as argparse does, but testable
-        raise _UsageError(f"{self.prog}: {message}")
+class _Parser(ArgumentParser):
+    """physrl's one-line usage errors, raised (not exited) so that :func:`main` reports them like bad data."""
+
+    def error(self, message):
+        raise _UsageError(message)
 
 
-def _synth_parser() -> argparse.ArgumentParser:
+def _synth_parser() -> ArgumentParser:
     p = _Parser(prog="physrl fit synthesize",
                 description="Write a run directory sampled from the ODE with binomial noise, plus truth.json.")
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--out", required=True, type=output_directory, help="run directory to create")
     p.add_argument("--n-envs", type=int, default=4, help="trained environments (w = 1/n each)")
     p.add_argument("--n-heldout", type=int, default=2, help="held-out environments (w = 0; identify transfer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
@@ -66,11 +68,12 @@ def _synth_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fit_parser() -> argparse.ArgumentParser:
+def _fit_parser() -> ArgumentParser:
     p = _Parser(prog="physrl fit", description="Fit the toy ODE to rollout logs (docs/model.md §6) and predict other runs.",
                 epilog="`physrl fit synthesize --help` for synthetic logs.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
-    p.add_argument("--out", required=True, help="directory for fit.json, fit_report.txt and figures")
+    p.add_argument("--out", required=True, type=output_directory,
+                   help="directory for fit.json, fit_report.txt and figures")
     p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
     p.add_argument("--priors", choices=["shared", "per_env"], default="shared")
     p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
@@ -175,16 +178,18 @@ def _fit(argv: list[str]) -> int:
     if args.cross_validate and len(runs) < 2:
         raise _UsageError("--cross-validate needs at least two runs")
     targets = load_runs(args.predict) if args.predict else []
-    for run in runs + targets:  # defaults the reader substituted; also recorded in fit.json's notes
-        for warning in run.warnings:
-            print(f"physrl fit: warning: run {run.run_id}: {warning}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     options = dict(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
                    lam=args.lam, phases=phases, observation=args.observation, step0=args.step0,
                    dispersion=args.dispersion, n_starts=args.starts, max_nfev=args.max_nfev)
     result = fit(runs, profile=args.profile, emcee_steps=args.emcee_steps, progress=progress, **options)
+    # defaults the reader substituted, printed once the data proved fit-able (a bad input is one error
+    # line, nothing else); also recorded in fit.json's notes
+    for run in runs + targets:
+        for warning in run.warnings:
+            print(f"physrl fit: warning: run {run.run_id}: {warning}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser
+from physrl._argparse import ArgumentParser, output_directory
 
 from ._config import OrganismConfig, load_config
 
@@ -65,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="stage-1 pretraining then GRPO, every rollout logged to RUN_DIR")
-    tr.add_argument("--out", type=Path, help="run directory (new)")
+    tr.add_argument("--out", type=output_directory, help="run directory (new)")
     tr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     cal = sub.add_parser("calibrate", help="measured sweep over knobs: final RS share at N=1 vs N=8")
-    cal.add_argument("--out", type=Path, required=True, help="directory for the sweep's runs and calibration.csv")
+    cal.add_argument("--out", type=output_directory, required=True, help="directory for the sweep's runs and calibration.csv")
     cal.add_argument("--grid", type=_grid, default=None,
                      help=f"JSON dict field -> list of values (default {json.dumps(DEFAULT_GRID)})")
     cal.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -136,8 +136,6 @@ def main(argv: list[str]) -> int:
 
     try:
         _calibration_configs(config, args.grid or DEFAULT_GRID, args.n_values, args.seeds)
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out} is a file, not a directory")
     except ValueError as exc:
         print(f"physrl organisms: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ it imports nothing of physrl.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -17,3 +18,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def output_directory(value: str) -> Path:
+    """argparse ``type`` of every ``--out``: a folder to create or reuse, never an existing file.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``value`` names an existing file (argparse turns it into the one-line usage error).
+    """
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a directory")
+    return path

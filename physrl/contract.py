@@ -1018,9 +1018,10 @@ def _make_run(manifest: Manifest | None, manifest_path: Path | None, rollouts: p
         run = Run(str(run_ids[0]) if run_ids else source.name, source, rollouts, None,
                   _inferred_environments(rollouts))
         trained = run.trained_env_ids
-        run.warn(f"{source.name}: no manifest (docs/rollouts.md): w inferred as 1/{len(trained)} for the envs "
-                 f"with train rows {trained} and 0 for the others; no coordinates or observation bounds; "
-                 "status unknown")
+        weights = (f"w inferred as 1/{len(trained)} for the envs with train rows {trained} and 0 for the others"
+                   if trained else "no train rows, so every env is taken as held out (w = 0)")
+        run.warn(f"{source.name}: no manifest (docs/rollouts.md): {weights}; no coordinates or observation "
+                 "bounds; status unknown")
         return run
     listed = set(manifest.env_ids)
     for path, frame in row_files:

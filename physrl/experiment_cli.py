@@ -7,7 +7,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser
+from physrl._argparse import ArgumentParser, output_directory
 from physrl._runs import organism_configs
 from physrl.experiment_config import ExperimentConfig
 
@@ -17,9 +17,6 @@ DEMO_CONFIG = "demo.toml"
 def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
     from physrl.experiment import run_experiment
 
-    if out.exists() and not out.is_dir():
-        print(f"physrl: --out {out} is not a directory", file=sys.stderr)
-        return 2
     try:
         summary = run_experiment(config, out, progress=progress)
     except ValueError as err:
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "command skips finished runs and resumes unfinished ones."))
     parser.add_argument("config", help="experiment config (TOML or JSON), or the name of a shipped config: "
                                        + ", ".join(shipped_configs()) + " (physrl/configs/NAME.toml)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_directory, default=None,
                         help="output folder (default runs/NAME for a shipped config; required for a file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set organism.max_steps=400 --set executor.engine=submitit")
@@ -133,7 +130,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="physrl demo", description=(
         "Run the small default diversity experiment (physrl/configs/demo.toml) and write DIR/report.html "
         "and DIR/summary.json."))
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    parser.add_argument("--out", type=output_directory, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     return _run(demo_config(), args.out, not args.no_progress)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from physrl._argparse import ArgumentParser
+from physrl._argparse import ArgumentParser, output_directory
 
 from ._critical import (METHODS, IntegrationConfig, check_nonnegative, check_probability,
                         check_unit_interval, critical_diversity_homogeneous)
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--out", required=True, type=Path, help="output directory")
+        p.add_argument("--out", required=True, type=output_directory, help="output directory")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
         p.add_argument("--dt", type=float, default=None,
@@ -151,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be >= 1, got {args.threads}")
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out} is not a directory")
         with thread_setting(args.threads if args.threads else "auto"):
             if args.command == "figure":
                 return _figure(args)
