@@ -141,31 +141,20 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
     rng = np.random.default_rng(stream_seed(config.seed, 101))
     mixture = demo_mixture(config, family)
     vocab = tokenizer.get_vocab()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
-    total = config.pretrain_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total))
-    model.train()
+    step_fn = _Stage1Step(model, config)
     losses = []
     grader_id, rule_id = vocab[GRADER], vocab[RULE]
     p_target = mixture["p_target"]
     demos = _DemoTokens(family, vocab)
-    for step in range(total):
+    for step in range(config.pretrain_steps):
         ids, att, lab, choice_at = demos.batch(rng, mixture, config.pretrain_batch_size)
         ids, att, lab = torch.from_numpy(ids), torch.from_numpy(att), torch.from_numpy(lab)
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-        lab = lab.to(device)
-        token_loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        token_loss = _completion_loss(logits, lab.to(device))
         rows = torch.arange(len(choice_at), device=device)
         choice_logp = torch.log_softmax(logits[rows, torch.from_numpy(choice_at).to(device)], dim=-1)
         choice_loss = -(p_target * choice_logp[:, grader_id] + (1 - p_target) * choice_logp[:, rule_id]).mean()
-        loss = token_loss + choice_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(step_fn(token_loss + choice_loss))
         if log_every and step % log_every == 0:
             print(f"pretrain step {step} loss {losses[-1]:.3f}")
     return losses
@@ -174,6 +163,32 @@ def pretrain(model, tokenizer, config: OrganismConfig, family: EnvFamily, log_ev
 def _warmup_cosine(total: int):
     """Stage 1's learning-rate factor at step s: linear warm-up over 50 steps, cosine decay to 0 at ``total``."""
     return lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(total, 1)))
+
+
+def _completion_loss(logits, labels):
+    """Next-token cross entropy (nats per labelled token) of ``logits`` (B, T, V) against ``labels`` (B, T), -100 ignored."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100)
+
+
+class _Stage1Step:
+    """Stage 1's optimizer: AdamW at ``pretrain_lr`` (no weight decay), gradient norm clipped at 1, the
+    warm-up + cosine schedule over ``pretrain_steps``; calling it with a loss takes one step (puts the
+    model in training mode first) and returns the loss as a float."""
+
+    def __init__(self, model, config: OrganismConfig):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(config.pretrain_steps))
+        model.train()
+
+    def __call__(self, loss) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())
 
 
 def supervised_pretrain(model, tokenizer, family) -> list[float]:
@@ -192,9 +207,7 @@ def supervised_pretrain(model, tokenizer, family) -> list[float]:
     device = next(model.parameters()).device
     codec = word_codec(tokenizer, family)
     rng = np.random.default_rng(stream_seed(config.seed, 101))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.pretrain_steps))
-    model.train()
+    step_fn = _Stage1Step(model, config)
     losses = []
     for _ in range(config.pretrain_steps):
         rows = []
@@ -212,15 +225,7 @@ def supervised_pretrain(model, tokenizer, family) -> list[float]:
             ids[i, : len(seq)], att[i, : len(seq)], lab[i, : len(seq)] = seq, 1, labels
         logits = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(att).to(device)
                        ).logits.float()
-        lab = torch.from_numpy(lab).to(device)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
-                                                 ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(step_fn(_completion_loss(logits, torch.from_numpy(lab).to(device))))
     return losses
 
 

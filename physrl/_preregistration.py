@@ -45,7 +45,7 @@ import pandas as pd
 
 from physrl import fitting, sim
 from physrl._analysis import protocol_final_p
-from physrl._scaling import slope_with_interval
+from physrl._scaling import at_budget, quantile_interval, slope_with_interval
 
 PREDICTIONS_FILE = "predictions.json"
 LOCK_FILE = "preregistration.json"
@@ -90,27 +90,10 @@ class Preregistration:
         return out
 
 
-def _quantiles(values: np.ndarray, level: float = 0.95) -> list:
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(values, [tail, 1 - tail], method="inverted_cdf")
-    return [None if not np.isfinite(v) else float(v) for v in (lo, hi)]
-
-
 def _dispersion(fit_result) -> float:
-    """The fit's overdispersion φ ≥ 1 when it reports one (issue 8's quasi-likelihood), else 1."""
-    for name in ("dispersion", "phi"):
-        value = getattr(fit_result, name, None)
-        value = getattr(value, "value", value)
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-            return max(1.0, float(value))
-    return 1.0
-
-
-def _fit_converged(fit_result) -> bool:
-    status = getattr(fit_result, "converged", None)
-    if isinstance(status, bool):
-        return status
-    return bool(fit_result.result.success)
+    """The fit's overdispersion φ (Pearson χ²/dof, docs/model.md §7), floored at 1; 1 when it is undefined."""
+    phi = fit_result.dispersion
+    return max(1.0, float(phi)) if math.isfinite(phi) else 1.0
 
 
 def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], threshold: float, *,
@@ -167,7 +150,7 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
             per_p0[p0] = draws
             n_stars.append({"p0": p0, "budget": budget,
                             "n_star": float(draws[0]) if np.isfinite(draws[0]) else None,
-                            "interval_95": _quantiles(draws[1:], level),
+                            "interval_95": quantile_interval(draws[1:], level),
                             "share_above_n_max": float(np.mean(~np.isfinite(draws[1:]))),
                             "n_max": n_star_max})
             at_cells = protocol_final_p(fit_result, p0, ns, budget, n_draws=n_draws, seed=seed)  # (D+1, len(ns))
@@ -179,7 +162,7 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
                               "p_win": (k + 0.5) / (len(observed) + 1.0),
                               "final_p": float(at_cells[0, j]),
                               "final_p_median": float(np.median(observed)),
-                              "final_p_band_95": _quantiles(observed, level)})
+                              "final_p_band_95": quantile_interval(observed, level)})
         p0s = sorted(per_p0)
         point = [per_p0[p][0] for p in p0s]
         reps = np.column_stack([per_p0[p][1:] for p in p0s])
@@ -187,7 +170,7 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
                                                   level).to_dict()
     return {
         "cells": cells, "n_star": n_stars, "slope": slopes,
-        "fit": {"converged": _fit_converged(fit_result), "dispersion": phi,
+        "fit": {"converged": fit_result.converged, "dispersion": phi,
                 "unidentified": list(fit_result.unidentified)},
         "method": ("fitted ODE under the organisms' protocol (N envs sharing the batch, w = 1/N, `budget` "
                    f"optimizer steps) at the nominal p0; {n_draws} draws from the fit's covariance "
@@ -368,9 +351,7 @@ def score(predictions: dict, outcomes: pd.DataFrame, budget: int, grid: dict[flo
     ValueError
         If no outcome has this budget.
     """
-    rows = outcomes[outcomes.budget == budget]
-    if rows.empty:
-        raise ValueError(f"no outcomes at budget {budget}")
+    rows = at_budget(outcomes, budget)
     forecast = {(round(c["p0"], 12), c["n_envs"]): c["p_win"] for c in predictions["cells"]
                 if c["budget"] == budget}
     p = np.array([forecast[(round(r.p0, 12), r.n_envs)] for r in rows.itertuples()], float)

@@ -201,7 +201,8 @@ def _n_star_point(log_n: np.ndarray, wins: np.ndarray) -> tuple[float, str, floa
     return math.exp(log_star), "separated" if separated else "ok", b1, b0
 
 
-def _quantile_interval(values: np.ndarray, level: float = 0.95) -> list:
+def quantile_interval(values: np.ndarray, level: float = 0.95) -> list:
+    """Central ``level`` interval [lo, hi] of ``values`` (NaN dropped; an infinite end is None)."""
     vals = values[~np.isnan(values)]
     if vals.size == 0:
         return [None, None]
@@ -213,6 +214,20 @@ def _quantile_interval(values: np.ndarray, level: float = 0.95) -> list:
 def _resample_seeds(seeds: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, S) indices into ``seeds`` drawn with replacement."""
     return rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+
+
+def at_budget(outcomes: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """The outcome rows read at ``budget`` optimizer steps.
+
+    Raises
+    ------
+    ValueError
+        If no row has this budget.
+    """
+    rows = outcomes[outcomes.budget == budget]
+    if rows.empty:
+        raise ValueError(f"no outcomes at budget {budget}")
+    return rows
 
 
 def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, seed: int = 0,
@@ -246,9 +261,7 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
     ValueError
         If no row has this budget.
     """
-    rows = outcomes[outcomes.budget == budget]
-    if rows.empty:
-        raise ValueError(f"no outcomes at budget {budget}")
+    rows = at_budget(outcomes, budget)
     p0s = sorted(rows.p0.unique().tolist())
     seeds = np.array(sorted(rows.seed.unique().tolist()))
     rng = np.random.default_rng(seed)
@@ -278,7 +291,7 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
                                            np.concatenate([p[1] for p in parts]))[0] if parts else math.nan)
             replicates[b, j] = memo[key]
         reps = replicates[:, j]
-        interval = _quantile_interval(reps, level) if reps.size else [None, None]
+        interval = quantile_interval(reps, level) if reps.size else [None, None]
         estimates.append(NStarEstimate(
             p0=float(p0), budget=int(budget),
             n_star=float(n_star) if np.isfinite(n_star) and n_star > 0 else None,
@@ -361,7 +374,7 @@ def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, metho
         slopes[defined] = (logn - logn.mean(axis=1, keepdims=True)) @ x / (x @ x)
     return SlopeEstimate(
         value=None if not np.isfinite(value) else value,
-        interval_95=_quantile_interval(slopes, level) if defined.any() else [None, None],
+        interval_95=quantile_interval(slopes, level) if defined.any() else [None, None],
         replicates=int(reps.shape[0]),
         share_undefined=float(np.mean(~defined)) if reps.shape[0] else None,
         p0_used=[float(p) for p, v in zip(p0s, point) if np.isfinite(v) and v > 0],
