@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -127,6 +128,11 @@ def n_star_figure(observed: pd.DataFrame, predicted: pd.DataFrame, threshold: fl
                     not in ax.get_legend_handles_labels()[1] else None)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # plain numbers on the major ticks, none on the minor ones (matplotlib's default 3x10^-2 labels overlap)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("prior p0")
     ax.set_ylabel(f"critical diversity N* (final RS share > {threshold:g})")
     ax.grid(alpha=0.3, which="both")
