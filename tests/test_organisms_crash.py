@@ -127,21 +127,43 @@ def test_resume_skips_incomplete_checkpoints_and_says_why(reference, tmp_path, s
     assert manifest.organisms["grpo_seconds"] > read_manifest(ref).organisms["grpo_seconds"] * 0.5
 
 
+def _package_dirs() -> list[str]:
+    """The source folders of physrl's packages (real paths): the code whose import is under test.
+
+    Narrower than the checkout: a venv inside it (``./.venv``) or beside it (``<checkout>-venv``, which a string
+    prefix test confused with the checkout) holds third-party code, which may set what it likes.
+    """
+    import importlib.util
+
+    return [os.path.realpath(folder) for name in ("physrl", "physrl.sim", "physrl.fitting", "physrl.organisms")
+            for folder in importlib.util.find_spec(name).submodule_search_locations]
+
+
 def test_importing_organisms_changes_no_process_state():
-    """Warning filters and environment variables are the training call's business (issue 11 §5): no module
-    of the repo sets either while physrl.organisms is imported (libraries it imports may)."""
+    """Warning filters, environment variables and torch's thread counts are the training call's business
+    (issue 11 §5): no module of the repo sets any of them while physrl.organisms is imported (libraries it
+    imports may). A call counts as the repo's when its caller's file lies (real path) in one of physrl's
+    package folders."""
     code = r"""
 import os, sys, warnings
-root = sys.argv[1]
+from pathlib import Path
+import torch
+ours = [Path(folder) for folder in sys.argv[1:]]
 skip = ("/os.py", "/_collections_abc.py", "/warnings.py")
 calls = []
+
+def is_ours(filename):
+    if filename.startswith("<"):  # <frozen ...>, <string>
+        return False
+    path = Path(os.path.realpath(filename))
+    return any(path.is_relative_to(folder) for folder in ours)
 
 def spy(what, original):
     def wrapper(*args, **kwargs):
         frame = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename.endswith(skip):
             frame = frame.f_back
-        if frame is not None and frame.f_code.co_filename.startswith(root):
+        if frame is not None and is_ours(frame.f_code.co_filename):
             calls.append((what, frame.f_code.co_filename, frame.f_lineno))
         return original(*args, **kwargs)
     return wrapper
@@ -149,11 +171,14 @@ def spy(what, original):
 warnings.filterwarnings = spy("filterwarnings", warnings.filterwarnings)
 warnings.simplefilter = spy("simplefilter", warnings.simplefilter)
 type(os.environ).__setitem__ = spy("os.environ", type(os.environ).__setitem__)
+torch.set_num_threads = spy("torch.set_num_threads", torch.set_num_threads)
+torch.set_num_interop_threads = spy("torch.set_num_interop_threads", torch.set_num_interop_threads)
 import physrl.organisms, physrl.organisms._train, physrl.organisms.cli
 print(calls)
 """
-    root = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=True)
+    folders = _package_dirs()
+    assert len(folders) == 4 and all(os.path.isdir(folder) for folder in folders), folders
+    out = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out
 
 
