@@ -10,7 +10,8 @@ the eval rollouts of their *trained* environments, with the text columns
 (docs/rollouts.md); the RS labels, scores, rewards and ground-truth path stay.
 Each sweep manifest says so under ``organisms.reference_subset``.
 ``experiment.json``, ``predictions.json``, ``preregistration.json``,
-``summary.json``, ``fit/`` and the report's figures are copied as they are.
+``summary.json``, ``fit/`` and the report's three scaling figures (N* against p0,
+P(RS wins) against N, RS share over steps) are copied as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 KEEP = ["run_id", "step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs", "rs_score",
         "rs_truth"]
+FIGURES = ("n_star_law.png", "p_win.png", "rs_share.png")
 
 
 def subset_sweep_run(src: Path, dst: Path) -> tuple[int, int]:
@@ -60,8 +62,9 @@ def main(src: str, dst: str) -> int:
     for name in ("experiment.json", "predictions.json", "preregistration.json", "summary.json"):
         shutil.copy2(src / name, dst / name)
     shutil.copytree(src / "fit", dst / "fit")
-    for png in (src / "figures").glob("*.png") if (src / "figures").exists() else []:
-        shutil.copy2(png, dst / png.name)
+    for name in FIGURES:  # the scaling figures only (the per-run fit figures would double the size)
+        if (src / "figures" / name).exists():
+            shutil.copy2(src / "figures" / name, dst / name)
     kept = total = 0
     for run in sorted(p for p in (src / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")):
         if run.name.startswith("cal-"):
