@@ -161,6 +161,7 @@ def _fit(argv: list[str]) -> int:
     from ._fit import compare, fit
     from physrl.contract import load_runs
     from ._predict import in_sample, predict
+    from ._problem import check_step_range
 
     args = _fit_parser().parse_args(argv)
     if args.samples < 1:
@@ -178,6 +179,7 @@ def _fit(argv: list[str]) -> int:
     if args.cross_validate and len(runs) < 2:
         raise _UsageError("--cross-validate needs at least two runs")
     targets = load_runs(args.predict) if args.predict else []
+    check_step_range(runs + targets)  # before the fit: a target's bad step would only show after it
     progress = not args.no_progress
     options = dict(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
                    lam=args.lam, phases=phases, observation=args.observation, step0=args.step0,

@@ -42,6 +42,11 @@ def files(tmp_path_factory):
     four = pd.concat([first.assign(step=s) for s in (0, 10, 20, 30)]).assign(rs=False)
     four.to_csv(d / "no_rs.csv", index=False)
     paths["no_rs_csv"] = d / "no_rs.csv"
+    # one corrupted step value: the fit Euler-steps through every optimizer step up to the last one
+    huge = rows.copy()
+    huge.loc[5, "step"] = 10**15
+    huge.to_csv(d / "huge_step.csv", index=False)
+    paths["huge_step_csv"] = d / "huge_step.csv"
     nomanifest = d / "nomanifest"
     (nomanifest / "rollouts").mkdir(parents=True)
     for part in (good / "rollouts").iterdir():
@@ -132,6 +137,8 @@ CASES = [
     ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{missing}"], "no such run directory"),
     ("fit", ["fit", "{good}", "--out", "{file}"], "a_file.txt"),
     ("fit", ["fit", "{short_csv}", "--out", "{dir}"], "cannot support time_scale"),
+    ("fit", ["fit", "{huge_step_csv}", "--out", "{dir}"], "step 1000000000000000"),
+    ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{huge_step_csv}"], "beyond the 1,000,000"),
     # ---- physrl fit synthesize ------------------------------------------------------------------------
     ("synthesize", ["fit", "synthesize"], "required: --out"),
     ("synthesize", ["fit", "synthesize", "--out", "{dir}", "--n-envs", "0"], "n_envs"),
