@@ -10,6 +10,8 @@ it imports nothing of physrl.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 
@@ -23,12 +25,31 @@ class ArgumentParser(argparse.ArgumentParser):
 def output_directory(value: str) -> Path:
     """argparse ``type`` of every ``--out``: a folder to create or reuse, never an existing file.
 
+    Checked before anything runs, so a long job never ends in a traceback at its first write: the
+    path is not an existing file, nothing on its way is a file, and the closest existing folder on
+    its way accepts a new entry (probed by creating and removing a temporary folder in it, since
+    permission bits say nothing for root or on read-only mounts). Nothing is left behind.
+
     Raises
     ------
     argparse.ArgumentTypeError
-        If ``value`` names an existing file (argparse turns it into the one-line usage error).
+        If ``value`` names an existing file, lies inside a file, or cannot be created or written
+        (argparse turns it into the one-line usage error).
     """
     path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} is a file, not a directory")
+    try:
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{value} is a file, not a directory")
+        existing = path
+        while not existing.exists():  # the closest existing ancestor ('.' or '/' at worst)
+            existing = existing.parent
+        if not existing.is_dir():
+            raise argparse.ArgumentTypeError(f"cannot create {value}: {existing} is a file, not a directory")
+    except OSError as exc:  # e.g. a parent folder that cannot be listed
+        raise argparse.ArgumentTypeError(f"cannot use {value}: {exc.strerror or exc}") from None
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".physrl-write-check-", dir=existing))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {value}: no new entry can be made in {existing} "
+                                         f"({exc.strerror or exc})") from None
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from importlib import resources
@@ -107,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         if Path(args.config).is_file() or args.config not in shipped_configs():
             parser.error("--out is required for a config file")
-        args.out = Path("runs") / args.config
+        try:
+            args.out = output_directory(str(Path("runs") / args.config))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"argument --out (default): {err}")
     try:
         config = _load(args.config, args.set)
         organism_configs(config)  # every organism value checked before anything runs
@@ -130,7 +134,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="physrl demo", description=(
         "Run the small default diversity experiment (physrl/configs/demo.toml) and write DIR/report.html "
         "and DIR/summary.json."))
-    parser.add_argument("--out", type=output_directory, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    # the default is a string so that argparse checks it as it checks a given --out
+    parser.add_argument("--out", type=output_directory, default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     return _run(demo_config(), args.out, not args.no_progress)

@@ -5,6 +5,7 @@ code 2 and exactly one line on stderr, never a traceback, and before any long wo
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,6 +84,7 @@ CASES = [
     ("sim", ["sim", "critical-diversity", "--p0", "0.1", "--method", "magic", "--out", "{dir}"], "invalid choice"),
     ("sim", ["sim", "critical-diversity", "--p0", "0.1", "--threads", "0", "--out", "{dir}"], "threads"),
     ("sim", ["sim", "critical-diversity", "--p0", "0.1", "--out", "{file}"], "not a directory"),
+    ("sim", ["sim", "critical-diversity", "--p0", "0.1", "--out", "{file}/sub"], "a_file.txt is a file"),
     # ---- physrl organisms train -----------------------------------------------------------------------
     ("organisms", ["organisms"], "required: command"),
     ("organisms", ["organisms", "train"], "--out RUN_DIR or --resume RUN_DIR"),
@@ -105,6 +107,7 @@ CASES = [
      "differs from the run's saved config in ['seed']"),
     ("organisms", ["organisms", "train", "--out", "{nonempty}"], "is not empty"),
     ("organisms", ["organisms", "train", "--out", "{file}"], "is a file"),
+    ("organisms", ["organisms", "train", "--out", "{file}/run"], "a_file.txt is a file"),
     ("organisms", ["organisms", "train", "--out", "{dir}", "--model", "{missing}"], "'model_dir'"),
     ("organisms", ["organisms", "train", "--out", "{dir}", "--model", "{dir}"], "no config.json"),
     ("organisms", ["organisms", "train", "--out", "{dir}", "--env-family", "no.such_pkg:Family"], "'env_family'"),
@@ -136,6 +139,7 @@ CASES = [
     ("fit", ["fit", "{good}", "--out", "{dir}", "--emcee-steps", "-1"], "emcee"),
     ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{missing}"], "no such run directory"),
     ("fit", ["fit", "{good}", "--out", "{file}"], "a_file.txt"),
+    ("fit", ["fit", "{good}", "--out", "{file}/fit"], "a_file.txt is a file"),
     ("fit", ["fit", "{short_csv}", "--out", "{dir}"], "cannot support time_scale"),
     ("fit", ["fit", "{huge_step_csv}", "--out", "{dir}"], "step 1000000000000000"),
     ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{huge_step_csv}"], "beyond the 1,000,000"),
@@ -163,7 +167,9 @@ CASES = [
     ("experiment", ["experiment", "{exp_toml}", "--out", "{dir}", "--set", "noequals"], "KEY=VALUE"),
     ("experiment", ["experiment", "{exp_toml}", "--out", "{dir}", "--set", "n_envs=two"], "n_envs"),
     ("experiment", ["experiment", "{exp_toml}", "--out", "{file}"], "not a directory"),
+    ("experiment", ["experiment", "{exp_toml}", "--out", "{file}/x/y"], "a_file.txt is a file"),
     ("demo", ["demo", "--out", "{file}"], "not a directory"),
+    ("demo", ["demo", "--out", "{file}/demo"], "a_file.txt is a file"),
     ("demo", ["demo", "--bogus"], "unrecognized arguments: --bogus"),
     ("physrl", ["nonsense"], "unknown command 'nonsense'"),
 ]
@@ -213,3 +219,35 @@ def test_a_log_with_no_rs_rollout_fits_with_rs_parameters_held_and_not_identifie
         assert params[name]["identified"] is False and not params[name]["vary"], params[name]
         assert "no RS rollout" in params[name]["reason"]
     assert params["time_scale"]["identified"] is False  # nothing trains (no train rows): no dynamics
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (no new entries, even for root)")
+@pytest.mark.parametrize("argv", [["fit", "{good}", "--out", "/proc/physrl-out"],
+                                  ["sim", "critical-diversity", "--p0", "0.1", "--out", "/proc/physrl-out/x"],
+                                  ["experiment", "{exp_toml}", "--out", "/proc/physrl-out"]])
+def test_an_out_folder_that_cannot_be_written_is_refused_before_anything_runs(files, capsys, argv):
+    """Permission bits do not stop root, so the check creates (and removes) a probe folder; /proc takes none.
+    Before: the fit ran to its end and then failed to create --out (sim: a traceback)."""
+    code = main([a.format(**files) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot write /proc/physrl-out" in err and "no new entry can be made in /proc" in err, err
+
+
+def test_the_write_check_leaves_nothing_behind(tmp_path):
+    from physrl._argparse import output_directory
+
+    (tmp_path / "old").mkdir()
+    assert output_directory(str(tmp_path / "old")) == tmp_path / "old"
+    assert output_directory(str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["old"]
+
+
+def test_the_default_out_folders_are_checked_too(tmp_path, monkeypatch, capsys):
+    """physrl demo's default runs/demo (and a shipped config's runs/NAME) pass the --out check."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the runs folder goes")
+    assert main(["demo"]) == 2
+    assert main(["experiment", "demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("runs is a file, not a directory" in line for line in err), err
