@@ -418,15 +418,20 @@ class FitResult:
                 note = f"NOT IDENTIFIED: {est.reason}"
                 interval = "-"
             elif not est.vary:
-                note, interval = f"fixed ({est.meaning or est.reason})", "-"
+                # a fixed parameter's meaning already says how it was fixed ("..., fixed at its step-0
+                # measurement", "time unit (...)"); say "fixed" once
+                what = est.meaning or est.reason or ""
+                note = what if "fixed" in what else (f"fixed: {what}" if what else "fixed")
+                interval = "-"
             else:
                 lo, hi = est.interval(0.95)
                 interval = f"[{lo:.4g}, {hi:.4g}]"
-                note = ("at bound; " if est.at_bound else "") + est.meaning
-            lines.append(f"{name:<16} {est.value:>10.4g}  {interval:<24} {note}")
+                note = "; ".join(x for x in ("at its bound (one-sided interval)" if est.at_bound else "",
+                                             est.meaning) if x)
+            lines.append(f"{name:<16} {est.value:>10.4g}  {interval:<24} {note}".rstrip())
         table = self.initial_state()
         if len(table):
-            lines += ["", "initial state in observed units vs its step-0 measurement (95%):"]
+            lines += ["", "step-0 table: initial state in observed units vs its step-0 measurement (95%):"]
             for row in table.itertuples():
                 lines.append(f"  {row.param:<14} {row.quantity}: fitted {row.fitted:.3f}, measured {row.measured:.3f} "
                              f"[{row.measured_lower:.3f}, {row.measured_upper:.3f}] "

@@ -129,7 +129,9 @@ class CriticalDiversity:
         Quantiles over draws at ``level``; an end above n_max is None.
     share_above_n_max : float
         Share of draws for which no N <= n_max passes.
-    status : {"ok", "above_n_max", "fit_not_converged", "unavailable"}
+    status : {"ok", "at_grid_min", "above_n_max", "fit_not_converged", "unavailable"}
+        ``at_grid_min``: RS wins already at N = 1, the grid's lower end, so
+        ``value`` (1) is an upper bound, N* <= 1.
     reason : str
     n_max, max_steps, threshold, level, n_draws
     """
@@ -151,7 +153,29 @@ class CriticalDiversity:
                 "share_above_n_max": self.share_above_n_max, "status": self.status, "reason": self.reason,
                 "n_max": self.n_max, "max_steps": self.max_steps, "threshold": self.threshold,
                 "level": self.level, "n_draws": self.n_draws,
-                "method": "smallest N on 1..n_max (protocol: w = 1/N, fixed steps)"}
+                "method": "smallest N on 1..n_max (protocol: w = 1/N, fixed steps)", "text": self.describe()}
+
+    def describe(self) -> str:
+        """One line for people: ``protocol N* = 11 (integer grid 1..64), 90% ... [2, > 64]``, ``N* ≤ 1 (...)``.
+
+        An interval end above ``n_max`` reads ``> n_max`` and one at N = 1
+        reads ``≤ 1``; never ``None`` or ``nan``.
+        """
+        def one(v):
+            if v is None or not np.isfinite(v):
+                return f"> {self.n_max}"
+            return "≤ 1" if v <= 1 else f"{v:g}"
+
+        level = f"{self.level:.0%}"
+        interval = f"{level} over {self.n_draws} parameter draws [{one(self.interval[0])}, {one(self.interval[1])}]"
+        if self.status == "ok":
+            return f"protocol N* = {self.value:g} (integer grid 1..{self.n_max}), {interval}"
+        if self.status == "at_grid_min":
+            return f"protocol N* ≤ 1 (RS wins already at N = 1, the grid's lower end), {interval}"
+        if self.status == "above_n_max":
+            return (f"protocol N* > {self.n_max} (no N ≤ {self.n_max} made RS win; "
+                    f"{self.share_above_n_max:.0%} of draws above too), {interval}")
+        return f"protocol N* not computed ({self.status}: {self.reason})"
 
 
 def critical_diversity(fit: FitResult, p0: float, *, max_steps: int, n_max: int = 64, threshold: float = 0.5,
@@ -177,7 +201,8 @@ def critical_diversity(fit: FitResult, p0: float, *, max_steps: int, n_max: int 
     lo, hi = np.quantile(drawn, [tail, 1 - tail], method="nearest") if drawn.size else (math.nan, math.nan)
     interval = tuple(None if not np.isfinite(v) else float(v) for v in (lo, hi))
     value = float(res.n_star[0]) if np.isfinite(res.n_star[0]) else None
-    status = "ok" if value is not None else "above_n_max"
+    status = "above_n_max" if value is None else "at_grid_min" if value <= 1 else "ok"
+    reason = {"above_n_max": f"no N <= {n_max} made RS win",
+              "at_grid_min": "RS wins already at N = 1 (the grid's lower end): N* <= 1"}.get(status, "")
     return CriticalDiversity(p0, value, interval, float(np.mean(~np.isfinite(drawn))) if drawn.size else math.nan,
-                             status, "" if value is not None else f"no N <= {n_max} made RS win", n_max, max_steps,
-                             threshold, level, int(drawn.size))
+                             status, reason, n_max, max_steps, threshold, level, int(drawn.size))

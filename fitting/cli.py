@@ -220,12 +220,16 @@ def _fit(argv: list[str]) -> int:
                                   "predicted_vs_observed.png", "held-out runs: observed vs predicted")
     for p in preds:
         m = p.metrics
-        ns = m.n_star or {}
         end = m.end_state
-        print(f"\nprediction {p.run_id}: {p.level:.0%} predictive band holds {m.coverage['all']:.0%} of eval points; "
-              f"RS share RMSE {m.rmse_p if m.rmse_p is not None else float('nan'):.3f}; end state observed "
-              f"p={end.observed_mean_p}, predicted p={end.predicted_mean_p:.3f} (agree: {end.agree}); "
-              f"N* = {ns.get('value')} {ns.get('interval', '')} {ns.get('reason', '')}".rstrip())
+        rmse = "not scored" if m.rmse_p is None else f"{m.rmse_p:.3f}"
+        observed = "not observed" if end.observed_mean_p is None else f"{end.observed_mean_p:.3f}"
+        agree = "" if end.agree is None else f" (agree: {end.agree})"
+        n_star = f"; {m.n_star['text']}" if m.n_star else ""
+        cov = m.coverage.get("all")
+        held = "no scored eval points" if cov is None else f"{cov:.0%} of eval points"
+        print(f"\nprediction {p.run_id}: {p.level:.0%} predictive band holds {held}; "
+              f"RS share RMSE {rmse}; end state observed p={observed}, predicted p={end.predicted_mean_p:.3f}"
+              f"{agree}{n_star}")
     if args.cross_validate:
         cv = cross_validate(runs, progress=progress, n_samples=args.samples, **options)
         cv.table.to_csv(out / "cross_validation.csv", index=False)

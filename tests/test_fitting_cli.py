@@ -1,6 +1,7 @@
 """`physrl fit` end to end: synthesize, fit, predict, files written, bad input -> exit 2."""
 
 import json
+import re
 
 import pytest
 
@@ -31,6 +32,10 @@ def test_synthesize_fit_predict_end_to_end(tmp_path, capsys):
     assert doc["converged"] is True and doc["dispersion"] > 0 and len(doc["diagnostics"]["starts"]) >= 2
     printed = capsys.readouterr().out
     assert "fit converged" in printed and "dispersion φ" in printed and "[[Variables]]" not in printed
+    predicted = [line for line in printed.splitlines() if line.startswith("prediction ")]
+    assert len(predicted) == 1 and "protocol N* " in predicted[0] and "parameter draws [" in predicted[0]
+    assert not re.search(r"\b(None|nan)\b", predicted[0]), predicted[0]
+    assert "fixed (" not in report and "at bound; " not in report and "step-0 table:" in report
     pred = json.loads((out / "prediction.json").read_text())["predictions"][0]
     assert abs(pred["p0"] - 0.25) < 0.06 and pred["p0_source"].startswith("measured")
     assert 0 <= pred["metrics"]["coverage"]["all"] <= 1
