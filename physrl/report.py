@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,14 +59,34 @@ class Section:
         parts = [f"<h2>{html.escape(self.title)}</h2>"]
         paragraphs = "".join(f"<p>{p}</p>" for p in self.paragraphs)
         parts.append(f"<div class='{self.css_class}'>{paragraphs}</div>" if self.css_class else paragraphs)
-        for df, caption in self.tables:
+        for i, (df, caption) in enumerate(self.tables):
             parts.append(f"<p class='note'>{html.escape(caption)}</p>" if caption else "")
+            table_id = f"t-{re.sub(r'[^a-z0-9]+', '-', self.title.lower()).strip('-')}-{i}"
+            parts.append(_column_style(df, table_id))
             parts.append(df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
-                                    border=0, escape=True))
+                                    border=0, escape=True, table_id=table_id))
         for uri, caption in self.figures:
             parts.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
                          f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure>")
         return "\n".join(parts)
+
+
+def _column_style(df: pd.DataFrame, table_id: str) -> str:
+    """Words read left-aligned: a ``<style>`` aligning the table's text columns (run names, notes) left
+    and keeping short text (names, intervals such as ``[0.086, 0.227]``) on one line; numbers stay
+    right-aligned."""
+    rules = []
+    for k, col in enumerate(df.columns, start=1):
+        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            continue
+        values = [str(v) for v in df[col] if isinstance(v, str)]
+        words = any(re.search(r"[A-Za-z]{3}", v) for v in values)
+        short = max((len(v) for v in values), default=0) <= 24
+        if words:
+            rules.append(f"#{table_id} td:nth-child({k}),#{table_id} th:nth-child({k}){{text-align:left}}")
+        if short:
+            rules.append(f"#{table_id} td:nth-child({k}){{white-space:nowrap}}")
+    return f"<style>{''.join(rules)}</style>" if rules else ""
 
 
 def write_report(path: Path, title: str, sections: list[Section], preamble: str = "") -> Path:
