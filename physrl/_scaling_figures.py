@@ -15,25 +15,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from physrl import _nstar_words as words  # noqa: E402
 from physrl import _scaling  # noqa: E402
 from physrl.report import Section, figure_to_data_uri  # noqa: E402
 
 
 def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}g}"
+    return words.number(v, digits)
 
 
-def _interval(iv) -> str:
-    """[lo, hi] for display: None reads ∞ (beyond the grid), 0 reads "< min N"."""
-    if not iv or all(v is None for v in iv):
-        return "–"
+def _n_range(summary: dict, p0: float) -> tuple[float, float] | None:
+    """Smallest and largest N swept at ``p0`` (from the summary's design), or None."""
+    grid = summary.get("scaling", {}).get("design", {}).get("grid", {})
+    ns = next((v for k, v in grid.items() if math.isclose(float(k), p0, rel_tol=1e-9)), None)
+    return (min(ns), max(ns)) if ns else None
 
-    def one(v):
-        return "∞" if v is None else ("< min N" if v == 0 else _fmt(v))
 
-    return f"[{one(iv[0])}, {one(iv[1])}]"
+def _short_headline(est) -> str:
+    """Figure-title form of the observed N*: ``N* = 5.42`` when the logistic point stands, else
+    ``N* in (4, 8]`` / ``N* > 8`` / ``N* ≈ 5.4``."""
+    entry = est.to_dict() if hasattr(est, "to_dict") else est
+    head = words.observed_headline(entry)
+    if entry["status"] == "ok" and entry["n_seeds"] > 1:
+        return f"N* = {_fmt(entry['n_star'])}"
+    return f"N* {head}"
 
 
 def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path: Path) -> str:
@@ -58,7 +63,13 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
                     lw=1, label="frozen prediction")
             ax.errorbar(ns, rows.p_win, yerr=[rows.p_win - rows.lower, rows.upper - rows.p_win], fmt="o",
                         color="tab:blue", ms=5, capsize=2, label="observed (Jeffreys 95%)")
-            if est.n_star is not None:
+            if est.status == "separated" and est.bracket:  # the data say only N* in (lost, won]
+                ax.errorbar([math.sqrt(est.bracket[0] * est.bracket[1])], [0.5],
+                            xerr=[[math.sqrt(est.bracket[0] * est.bracket[1]) - est.bracket[0]],
+                                  [est.bracket[1] - math.sqrt(est.bracket[0] * est.bracket[1])]],
+                            fmt="none", ecolor="black", elinewidth=2, capsize=5,
+                            label="N* bracket (largest N lost, smallest N won]")
+            elif est.n_star is not None:
                 ax.axvline(est.n_star, color="black", ls=":", lw=1)
                 lo, hi = est.interval_95
                 if lo is not None or hi is not None:
@@ -69,7 +80,7 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
             ax.minorticks_off()
             ax.set_ylim(-0.05, 1.05)
             ax.grid(alpha=0.3)
-            ax.set_title(f"p0 = {p0:g}, budget {b} steps: N* = {_fmt(est.n_star)}", fontsize=9)
+            ax.set_title(f"p0 = {p0:g}, budget {b} steps: {_short_headline(est)}", fontsize=9)
             if i == len(budgets) - 1:
                 ax.set_xlabel("diversity N (trained environments)")
             if j == 0:
@@ -79,45 +90,84 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
     return figure_to_data_uri(fig, path)
 
 
-def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, path: Path) -> str:
-    """N* against p0 on log-log axes: observed (bootstrap 95%), frozen prediction (95% band over
-    parameter draws) and the post's slope −1."""
+def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, path: Path) -> tuple[str, str]:
+    """N* against p0 on log-log axes, drawing only what exists; needs two or more p0.
+
+    Observed N* per p0: the logistic 50% point with its bootstrap 95% interval
+    (an arrow only where the interval's end lies beyond the grid), or, where
+    the seeds separate perfectly, the bracket (largest N that lost, smallest N
+    that won] as an interval bar; bounds beyond the grid as open triangles.
+    The frozen prediction: a line with its 95% band over parameter draws
+    (points with bars where fewer than two p0 have a value). The observed law
+    and the post's slope −1 only when two or more p0 have a finite N*.
+
+    Returns
+    -------
+    (data URI, caption)
+        The caption names exactly what was drawn.
+    """
     part = scaling["by_budget"][budget]
     fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    drawn = []
     pred = sorted((c for c in frozen["n_star"] if c["budget"] == budget), key=lambda c: c["p0"])
     pp = np.array([c["p0"] for c in pred])
     pn = np.array([np.nan if c["n_star"] is None else c["n_star"] for c in pred], float)
     plo = np.array([np.nan if c["interval_95"][0] is None else c["interval_95"][0] for c in pred], float)
     phi = np.array([np.nan if c["interval_95"][1] is None else c["interval_95"][1] for c in pred], float)
     top = max(c["n_max"] for c in pred) if pred else 64
-    if np.isfinite(pn).any():
-        ax.plot(pp, pn, "-", color="tab:red", lw=1.5, label=f"predicted (calibration fit), slope "
-                f"{_fmt(summary['scaling']['by_budget'][str(budget)]['predicted_slope']['value'])}")
-    band = np.isfinite(plo)
-    if band.any():
-        ax.fill_between(pp[band], plo[band], np.where(np.isfinite(phi), phi, top)[band], color="tab:red",
-                        alpha=0.18, lw=0, label="predicted 95% band (parameter draws)")
-    finite = []
+    ok = np.isfinite(pn)
+    slope = summary["scaling"]["by_budget"][str(budget)]["predicted_slope"]["value"]
+    if ok.sum() >= 2:
+        ax.plot(pp[ok], pn[ok], "-", color="tab:red", lw=1.5,
+                label="frozen prediction (continuous N)" + (f", slope {_fmt(slope)}" if slope is not None else ""))
+        band = np.isfinite(plo)
+        if band.sum() >= 2:
+            ax.fill_between(pp[band], plo[band], np.where(np.isfinite(phi), phi, top)[band], color="tab:red",
+                            alpha=0.18, lw=0, label=f"its 95% band over parameter draws (open top: > {top})")
+        drawn.append("red line: the frozen prediction on continuous N, with its 95% band over parameter draws "
+                     f"(cut at {top} where draws lie above the searched N)")
+    elif ok.any():
+        for i in np.flatnonzero(ok):
+            lo, hi = (plo[i] if np.isfinite(plo[i]) else pn[i]), (phi[i] if np.isfinite(phi[i]) else top)
+            ax.errorbar([pp[i]], [pn[i]], yerr=[[pn[i] - lo], [hi - pn[i]]], fmt="D", color="tab:red", ms=6,
+                        capsize=3, label="frozen prediction (95% over parameter draws)" if i == np.flatnonzero(ok)[0]
+                        else None)
+        drawn.append("red diamonds: the frozen prediction with its 95% interval over parameter draws")
+    finite, labelled = [], set()
+
+    def once(label):
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for est in part["estimates"]:
         lo, hi = est.interval_95
-        if est.n_star is not None:
+        if est.status == "separated" and est.bracket:
+            b_lo, b_hi = est.bracket
+            ax.plot([est.p0, est.p0], [b_lo, b_hi], "-", color="black", lw=2.2, solid_capstyle="butt",
+                    label=once("observed: N* in (largest N lost, smallest N won]"))
+            ax.plot([est.p0] * 2, [b_lo, b_hi], "_", color="black", ms=12, mew=2)
+            if est.n_star is not None:
+                finite.append((est.p0, est.n_star))
+                ax.plot([est.p0], [est.n_star], "s", color="black", mfc="white", ms=6,
+                        label=once("its logistic 50% point (inside the bracket)"))
+        elif est.n_star is not None:
             finite.append((est.p0, est.n_star))
             yerr = [[est.n_star - (lo if lo else est.n_star)], [(hi if hi else est.n_star) - est.n_star]]
             ax.errorbar([est.p0], [est.n_star], yerr=yerr, fmt="ks", ms=7, capsize=3,
-                        label=None if len(finite) > 1 else "observed N* (logistic 50% point, bootstrap 95%)")
-            if hi is None:
+                        label=once("observed N* (logistic 50% point, bootstrap 95%)"))
+            if hi is None and lo is not None:  # the bootstrap's upper end lies beyond the grid
                 ax.annotate("", xy=(est.p0, est.n_star * 3), xytext=(est.p0, est.n_star),
                             arrowprops=dict(arrowstyle="->", color="black"))
         elif est.status in ("no_wins", "above_grid"):
             n_max = est.bracket[0]
-            ax.plot([est.p0], [n_max], "k^", mfc="white", ms=8, label="observed: N* > largest N swept")
-            ax.annotate("", xy=(est.p0, n_max * 2), xytext=(est.p0, n_max),
-                        arrowprops=dict(arrowstyle="->", color="black"))
+            ax.plot([est.p0], [n_max], "k^", mfc="white", ms=8, label=once("observed: N* > largest N swept"))
         elif est.status in ("all_wins", "below_grid"):
             n_min = est.bracket[1]
-            ax.plot([est.p0], [n_min], "kv", mfc="white", ms=8, label="observed: N* ≤ smallest N swept")
-            ax.annotate("", xy=(est.p0, n_min / 2), xytext=(est.p0, n_min),
-                        arrowprops=dict(arrowstyle="->", color="black"))
+            ax.plot([est.p0], [n_min], "kv", mfc="white", ms=8, label=once("observed: N* ≤ smallest N swept"))
+    drawn.append("black: the observed N* (squares: logistic 50% point with its bootstrap 95% interval; bars: the "
+                 "bracket where the seeds separate perfectly; open triangles: bounds beyond the swept N)")
     obs_slope = summary["scaling"]["by_budget"][str(budget)]["observed_slope"]
     if len(finite) >= 2:
         x = np.log([f[0] for f in finite])
@@ -127,8 +177,11 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
         if obs_slope["value"] is not None:
             ax.plot(xs, np.exp(y.mean() + obs_slope["value"] * (np.log(xs) - x.mean())), "k-", lw=1,
                     label=f"observed law, slope {_fmt(obs_slope['value'])}")
+            drawn.append("black line: the observed law")
         ax.plot(xs, np.exp(y.mean() + _scaling.CANONICAL_SLOPE * (np.log(xs) - x.mean())), color="grey",
                 ls="--", lw=1.2, label="the post's law, slope −1 (through the observed mean)")
+        drawn.append("grey dashed: the post's slope −1 drawn through the observed points' mean (only the slope "
+                     "is the post's claim)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(pp if pp.size else ax.get_xticks())
@@ -144,7 +197,9 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    return figure_to_data_uri(fig, path)
+    body = "; ".join(drawn)
+    caption = f"Log-log axes, budget {budget} steps. {body[0].upper()}{body[1:]}."
+    return figure_to_data_uri(fig, path), caption
 
 
 def _slope_sentence(name: str, s: dict) -> str:
@@ -180,21 +235,35 @@ def verdict(summary: dict) -> list[str]:
     sc = summary["scaling"]
     obs, pred = sc["observed_slope"], sc["predicted_slope"]
     lines = [f"Budget {sc['budget']} optimizer steps, p0 ∈ {{{', '.join(f'{p:g}' for p in sc['p0'])}}}, "
-             f"{len(sc['seeds'])} seeds per cell (sweep seeds {sc['seeds']}, calibration seeds "
-             f"{sc['calibration_seeds']}{' – reused in the sweep' if sc['calibration_seeds_reused_in_sweep'] else ''})."]
-    lines.append(_slope_sentence("Observed", obs) + "; " + _slope_sentence("predicted", pred)
-                 + f"; the post's canonical slope {sc['canonical_slope']:g}.")
+             f"{words.plural(len(sc['seeds']), 'seed')} per cell (sweep {'seed' if len(sc['seeds']) == 1 else 'seeds'} "
+             f"{', '.join(str(x) for x in sc['seeds'])}; calibration "
+             f"{'seed' if len(sc['calibration_seeds']) == 1 else 'seeds'} "
+             f"{', '.join(str(x) for x in sc['calibration_seeds'])}"
+             f"{', reused in the sweep' if sc['calibration_seeds_reused_in_sweep'] else ''})."]
     lo, hi = obs["interval_95"]
+    one_p0 = len(sc["p0"]) < 2
+    if one_p0:  # a design choice (the demo), not a failure of the law
+        lines.append(f"One prior, p0 = {', '.join(f'{p:g}' for p in sc['p0'])}, by design: this experiment "
+                     "measures N* at that prior and scores the frozen forecasts; it measures no slope of log N* "
+                     "on log p0 (that needs two or more p0: <code>physrl experiment scaling</code> sweeps three), "
+                     "so it neither confirms nor refutes the post's law.")
+    else:
+        lines.append(_slope_sentence("Observed", obs) + "; " + _slope_sentence("predicted", pred)
+                     + f"; the post's canonical slope {sc['canonical_slope']:g}.")
     censored = [p for p in sc["p0"] if p not in obs.get("p0_used", sc["p0"])]
-    if censored and obs["value"] is not None:
+    if one_p0:
+        pass
+    elif censored and obs["value"] is not None:
         lines.append(f"<span class='bad'>N* lies outside the swept grid at p0 = "
                      f"{', '.join(f'{p:g}' for p in censored)}</span>: the observed slope uses only "
                      f"{', '.join(f'{p:g}' for p in obs['p0_used'])}.")
-    if (obs.get("share_undefined") or 0) > 0.2:
+    if not one_p0 and (obs.get("share_undefined") or 0) > 0.2:
         lines.append(f"<span class='bad'>{obs['share_undefined']:.0%} of the bootstrap replicates had no slope</span> "
                      "(a p0 whose resampled N* fell outside the grid or was undefined); the interval is over the "
                      "rest only and does not measure the law.")
-    if obs["value"] is None:
+    if one_p0:
+        pass
+    elif obs["value"] is None:
         lines.append("<span class='bad'>The organisms give no scaling law here:</span> N* was not finite at "
                      "two or more p0 (see the table below); the law is neither confirmed nor refuted.")
     elif lo is None or hi is None:
@@ -205,12 +274,12 @@ def verdict(summary: dict) -> list[str]:
     else:
         contains = lo <= sc["canonical_slope"] <= hi
         falls = hi < 0
-        words = ("consistent with the post's −1" if contains else "<span class='bad'>not consistent with the "
-                 "post's −1</span>")
+        reading = ("consistent with the post's −1" if contains else "<span class='bad'>not consistent with the "
+                   "post's −1</span>")
         trend = ("N* falls as p0 rises (the whole interval is below 0)" if falls else
                  "<span class='bad'>the interval includes 0 or positive slopes: no clear fall of N* with p0"
                  "</span>")
-        lines.append(f"Reading: {trend}; the observed slope is {words}.")
+        lines.append(f"Reading: {trend}; the observed slope is {reading}.")
         if pred.get("value") is not None and pred["interval_95"][0] is not None:
             overlap = not (pred["interval_95"][1] < lo or pred["interval_95"][0] > hi)
             lines.append("The calibration fit's predicted slope " + ("overlaps" if overlap else
@@ -221,22 +290,21 @@ def verdict(summary: dict) -> list[str]:
         ratio = float(keys[-1]) / float(keys[0])
 
         def say(e):
-            if e["n_star"] is not None:
-                return _fmt(e["n_star"], 2)
-            if e["status"] in ("below_grid", "all_wins"):
-                return f"< {e['bracket'][1]}"
-            if e["status"] in ("above_grid", "no_wins"):
-                return f"> {e['bracket'][0]}"
-            return "undefined"
+            head = words.observed_headline(e)
+            return head.split(", 95%")[0]  # the point or the bracket, without its interval
 
         lines.append(f"In plain words: across a {ratio:g}-fold range of p0 ({keys[0]} to {keys[-1]}) the observed N* "
                      f"reads {', '.join(say(seen[k]) for k in keys)}; the post's slope −1 would have N* fall "
                      f"{ratio:g}-fold over that range.")
     for key, est in summary["observed_n_star"].items():
         p = summary["predicted_n_star"].get(key, {})
-        lines.append(f"p0 = {key}: observed N* = {_fmt(est['n_star'])}, 95% {_interval(est['interval_95'])}"
-                     f"{_status_words(est)}; frozen prediction {_fmt(p.get('n_star'))}, 95% "
-                     f"{_interval(p.get('interval_95'))}.")
+        head = words.observed_headline(est, _n_range(summary, float(key)))
+        flag = _status_words(est) if est["status"] in ("below_grid", "above_grid", "no_increase") else ""
+        frozen_txt = ("not computed" if not p else
+                      words.predicted_headline(p.get("n_star"), p.get("interval_95"), n_max=p.get("n_max"), level=95))
+        lines.append(f"p0 = {key}: observed N* <b>{html.escape(head)}</b> ({html.escape(words.observed_basis(est))})"
+                     f"{flag}; frozen prediction on continuous N <b>{html.escape(frozen_txt)}</b> (over parameter "
+                     "draws, written before the sweep).")
     s = summary["scores"]
     better_base = s["brier"] < s["brier_base_rate"]
     better_rule = s["brier"] < s["brier_median_n"]
@@ -286,18 +354,45 @@ def scores_table(summary: dict) -> pd.DataFrame:
 
 
 def n_star_table(summary: dict, scaling: dict) -> pd.DataFrame:
+    """Per budget and p0: the observed N* as quoted (bracket or logistic point), the logistic point
+    itself, and the frozen prediction on continuous N, every interval end in words."""
     rows = []
     frozen = {(round(c["p0"], 12), c["budget"]): c for c in summary.get("_frozen_n_star", [])}
     for b, part in scaling["by_budget"].items():
         for est in part["estimates"]:
             f = frozen.get((round(est.p0, 12), b), {})
-            rows.append({"budget": b, "p0": est.p0, "observed N*": _fmt(est.n_star),
-                         "bootstrap 95%": _interval(est.interval_95), "status": est.status,
-                         "bracket": "–" if not est.bracket else
-                         f"({est.bracket[0]}, {'∞' if est.bracket[1] is None else est.bracket[1]}]",
-                         "seeds": est.n_seeds, "predicted N* (frozen)": _fmt(f.get("n_star")),
-                         "predicted 95%": _interval(f.get("interval_95"))})
+            n_max = f.get("n_max")
+            entry = est.to_dict()
+            quoted = words.observed_headline(entry).split(", 95%")[0]
+            if entry["status"] == "separated" and est.n_star is not None:
+                quoted += f" (logistic {_fmt(est.n_star)})"
+            rows.append({"budget": b, "p0": est.p0, "observed N*": quoted,
+                         "bootstrap 95%": words.observed_interval(est.interval_95, _n_range(summary, est.p0)),
+                         "status": est.status, "seeds": est.n_seeds,
+                         "frozen predicted N*": words.predicted_value(f.get("n_star"), n_max=n_max),
+                         "its 95%": words.predicted_interval(f.get("interval_95"), n_max=n_max)})
     return pd.DataFrame(rows)
+
+
+def _law_section(summary: dict, scaling: dict, frozen: dict, primary: int, figs: Path) -> Section:
+    """N* against p0: the figure with two or more p0, a sentence with one (no line to draw)."""
+    title = "The scaling law: N* against p0"
+    p0s = summary["scaling"]["p0"]
+    if len(p0s) >= 2:
+        uri, caption = n_star_law_figure(summary, scaling, frozen, primary, figs / "n_star_law.png")
+        return Section(title, paragraphs=[html.escape(caption)], figures=[(uri, "N* vs p0, log-log")])
+    (figs / "n_star_law.png").unlink(missing_ok=True)  # a stale figure from a larger design would mislead
+    key = f"{p0s[0]:g}" if p0s else next(iter(summary["observed_n_star"]), "")
+    est = summary["observed_n_star"].get(key, {})
+    p = summary["predicted_n_star"].get(key, {})
+    obs = words.observed_headline(est, _n_range(summary, float(key))) if est else "not measured"
+    pred = (words.predicted_headline(p.get("n_star"), p.get("interval_95"), n_max=p.get("n_max"), level=95)
+            if p else "not computed")
+    return Section(title, paragraphs=[
+        f"One prior in this design (p0 = {html.escape(key)}): there is no line of N* against p0 to draw, so no "
+        f"figure. At this prior the observed N* is {html.escape(obs)} and the frozen prediction "
+        f"{html.escape(pred)} (the P(RS wins) figure and table above). A law needs two or more p0 "
+        "(<code>physrl experiment scaling</code>)."])
 
 
 def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcomes: pd.DataFrame,
@@ -306,26 +401,28 @@ def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcome
     budgets = sorted(scaling["by_budget"])
     primary = scaling["primary"]
     summary = {**summary, "_frozen_n_star": frozen["n_star"]}
+    p0s = summary["scaling"]["p0"]
+    title = ("Verdict: does N* fall with p0 as the post's law says?" if len(p0s) >= 2 else
+             f"Verdict: N* at p0 = {', '.join(f'{p:g}' for p in p0s)} against its frozen prediction")
     return [
-        Section("Verdict: does N* fall with p0 as the post's law says?", paragraphs=verdict(summary),
-                css_class="verdict"),
+        Section(title, paragraphs=verdict(summary), css_class="verdict"),
         Section("P(RS wins) against the diversity N, per prior p0",
                 paragraphs=["Blue: the share of seeds whose RS share on the trained environments ended above the "
-                            f"threshold {config.threshold:g} (Jeffreys 95% interval over seeds). Black: a logistic "
-                            "regression of win/loss on log N (Firth's penalised likelihood, finite under "
+                            f"threshold {config.threshold:g} (Jeffreys 95% interval over seeds). Black curve: a "
+                            "logistic regression of win/loss on log N (Firth's penalised likelihood, finite under "
                             "separation); the dotted line is its 50% point N*, the grey span its percentile "
-                            "bootstrap 95% interval over seeds. Red: the frozen prediction of the calibration "
-                            "fit, written before any sweep run was trained. One row per step budget."],
+                            "bootstrap 95% interval over seeds. Where the seeds separate perfectly (every N up to "
+                            "some N lost, every larger N won) the data say only that N* lies between the largest N "
+                            "that lost and the smallest that won: that bracket is drawn as a black bar at 50% and "
+                            "quoted as the observed N*. Red: the frozen prediction of the calibration fit, written "
+                            "before any sweep run was trained. One row per step budget."],
                 figures=[(win_probability_figure(scaling, frozen, budgets, figs / "p_win.png"),
                           "P(RS wins) vs N")],
-                tables=[(n_star_table(summary, scaling), "observed and frozen predicted N* per budget")]),
-        Section("The scaling law: N* against p0",
-                paragraphs=[f"Log-log axes, budget {primary} steps. Black squares: observed N* with bootstrap 95% "
-                            "intervals; red: the frozen prediction with its 95% band over parameter draws; grey "
-                            "dashed: the post's slope −1 drawn through the observed points' mean (only the slope "
-                            "is the post's claim)."],
-                figures=[(n_star_law_figure(summary, scaling, frozen, primary, figs / "n_star_law.png"),
-                          "N* vs p0, log-log")]),
+                tables=[(n_star_table(summary, scaling),
+                         "observed N* as quoted (the logistic 50% point; the bracket where the seeds separate "
+                         "perfectly) with its bootstrap interval, and the frozen prediction on continuous N, per "
+                         "budget")]),
+        _law_section(summary, scaling, frozen, primary, figs),
         Section("Frozen predictions against outcomes",
                 paragraphs=[f"predictions.json was written at {html.escape(summary['preregistration']['written_at'])} "
                             f"with sha256 <code>{summary['preregistration']['sha256']}</code>, after the calibration "

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting
-from physrl import _accuracy, _analysis, _figures, _preregistration, _scaling, _scaling_figures
+from physrl import _accuracy, _analysis, _figures, _nstar_words, _preregistration, _scaling, _scaling_figures
 from physrl._runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
 from physrl.experiment_config import ExperimentConfig
 from physrl.report import write_report
@@ -222,11 +222,17 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         part = scaling["by_budget"][b]
         return {"observed_slope": part["observed_slope"].to_dict(), "predicted_slope": part["predicted_slope"]}
 
+    grid = config.sweep_grid()
     observed = {}
     for est in primary["estimates"]:
         entry = est.to_dict()
         entry["by_budget"] = {str(b): next(e.to_dict() for e in scaling["by_budget"][b]["estimates"]
                                            if e.p0 == est.p0) for b in budgets}
+        ns = next((v for p, v in grid.items() if math.isclose(p, est.p0, rel_tol=1e-9)), None)
+        # added keys (summary.json stays backward compatible): which estimator, and how to quote it
+        entry["estimator"] = _nstar_words.OBSERVED_LOGISTIC
+        entry["headline"] = _nstar_words.observed_headline(entry, (min(ns), max(ns)) if ns else None)
+        entry["headline_basis"] = _nstar_words.observed_basis(entry)
         observed[f"{est.p0:g}"] = entry
     cells = []
     for b in budgets:
@@ -240,6 +246,10 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
                           "final_p_band_95": f["final_p_band_95"]})
     pred_by_p0 = {f"{p0:g}": {k: v for k, v in frozen_n_star[(round(p0, 12), max_steps)].items()
                               if k not in ("p0",)} for p0 in config.p0}
+    for entry in pred_by_p0.values():
+        entry["estimator"] = _nstar_words.PREDICTED_FROZEN
+        entry["headline"] = _nstar_words.predicted_headline(entry["n_star"], entry["interval_95"],
+                                                            n_max=entry["n_max"], level=95)
     return {
         "scaling": {"observed_slope": primary["observed_slope"].to_dict(),
                     "predicted_slope": primary["predicted_slope"],
@@ -287,7 +297,11 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
                                 "meaning": "smallest swept N whose final RS share > threshold; "
                                            "null: no swept N passed"}
     pred_by_p0 = {f"{row.p0:g}": {"n_star": row.n_star, "interval_90": [row.lower, row.upper],
-                                  "share_above_n_max": row.share_above_n_max, "n_max": config.n_star_max}
+                                  "share_above_n_max": row.share_above_n_max, "n_max": config.n_star_max,
+                                  "estimator": _nstar_words.PREDICTED_GRID,
+                                  "headline": _nstar_words.predicted_headline(
+                                      row.n_star, [row.lower, row.upper], n_max=config.n_star_max, level=90,
+                                      digits=6)}
                   for row in predicted.itertuples() if any(np.isclose(row.p0, config.p0))}
     return {
         "name": config.name,

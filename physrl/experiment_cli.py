@@ -28,9 +28,8 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
         return 1
     print(f"report:  {out / 'report.html'}")
     print(f"summary: {out / 'summary.json'}")
-    obs = {k: _round(v["n_star"]) for k, v in summary["observed_n_star"].items()}
-    pred = {k: _round(v["n_star"]) for k, v in summary["predicted_n_star"].items()}
-    print(f"observed N* by p0: {json.dumps(obs)}; predicted (frozen): {json.dumps(pred)}")
+    for line in n_star_lines(summary):
+        print(line)
     scaling = summary.get("scaling", {})
     if len(scaling.get("p0", [])) >= 2:
         o, p = scaling["observed_slope"], scaling["predicted_slope"]
@@ -41,6 +40,48 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
         print(f"frozen forecasts: Brier {s['brier']:.3f} (base rate {s['brier_base_rate']:.3f}, N >= median N "
               f"{s['brier_median_n']:.3f}); log loss {s['log_loss']:.3f} (base rate {s['log_loss_base_rate']:.3f})")
     return 0
+
+
+def n_star_lines(summary: dict) -> list[str]:
+    """The CLI's N* lines, one block per p0, each number named by its estimator (physrl._nstar_words).
+
+    Parameters
+    ----------
+    summary : dict
+        ``summary.json`` as written by :func:`physrl.experiment.run_experiment`.
+
+    Returns
+    -------
+    list of str
+        ``N* at p0 = 0.1:`` followed by the observed logistic estimate (the
+        bracket when one seed or perfect separation leaves no point
+        estimate), the smallest winning N per seed, the frozen continuous
+        prediction and the fit's integer-grid protocol N*.
+    """
+    from physrl import _nstar_words as words
+
+    lines = []
+    for key, est in summary["observed_n_star"].items():
+        lines.append(f"N* at p0 = {key}:")
+        headline = est.get("headline") or words.observed_headline(est)
+        basis = est.get("headline_basis") or words.observed_basis(est)
+        lines.append(f"  observed, from win/loss against N: {headline}" + (f" ({basis})" if basis else ""))
+        if est.get("smallest_winning_n_per_seed"):
+            swept = summary.get("scaling", {}).get("design", {}).get("grid", {}).get(key)
+            n_max = max(swept) if swept else None
+            lines.append("  observed, smallest swept N that ended RS: "
+                         + words.smallest_winning(est["smallest_winning_n_per_seed"], n_max))
+        frozen = summary["predicted_n_star"].get(key)
+        if frozen:
+            lines.append("  predicted, frozen before the sweep (continuous N, 95% over parameter draws): "
+                         + words.predicted_headline(frozen["n_star"], frozen["interval_95"], n_max=frozen["n_max"],
+                                                    level=95))
+            grid = frozen.get("protocol_grid")
+            if grid:
+                lines.append("  predicted, the fit's protocol on the integer grid (90% over parameter draws): "
+                             + words.predicted_headline(grid["n_star"], grid["interval_90"], n_max=grid["n_max"],
+                                                        level=90))
+    return lines
 
 
 def _round(v, digits: int = 3):

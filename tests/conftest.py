@@ -7,8 +7,10 @@ with a known law: at 150 steps the protocol N* is 8, 4, 2 at p0 = 0.05, 0.1, 0.2
 tests and the browser check of its report.
 """
 
+import html
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,18 @@ import pytest
 from physrl import _runs, fitting
 from physrl.experiment import run_experiment
 from physrl.experiment_config import ExperimentConfig
+
+#: words that must never reach a reader of the report or the CLI (a missing value said as a bound or "–")
+NAN_OR_NONE = re.compile(r"\b(nan|NaN|None|null|inf)\b")
+
+
+def visible_text(html_doc: str) -> str:
+    """A report's text as a reader sees it: no style, no embedded images, no tags, entities decoded."""
+    doc = re.sub(r"<style>.*?</style>", " ", html_doc, flags=re.S)
+    doc = re.sub(r"src='data:[^']*'", "", doc)
+    doc = re.sub(r"<[^>]+>", " ", doc)
+    return re.sub(r"\s+", " ", html.unescape(doc))
+
 
 TRUTH = {"a0": 0.6, "b0": 0.3, "time_scale": 1.0, "alpha_x": 1.0, "alpha_y": 0.7,
          "c_z": 0.9, "c_x": 0.9, "c_y": 0.0}

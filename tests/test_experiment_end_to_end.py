@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from conftest import NAN_OR_NONE, visible_text
+
 from physrl import _runs, fitting
 from physrl.organisms import OrganismConfig
 from physrl.cli import main
@@ -58,9 +60,11 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path, mo
 
     def train_one(organism, run_dir, resume):  # stand in for the planned organism: sample the ODE
         planned = OrganismConfig(**organism)
+        # organisms name their runs organism-<time>-<hash>, not like the experiment's folder
         run_dir = fitting.synthesize(run_dir, n_envs=planned.n_envs, n_heldout=planned.n_heldout,
                                      seed=planned.n_envs, params={**truth, "p0": planned.p0}, steps=150,
-                                     eval_every=10, rollouts_per_env=48, run_id=Path(run_dir).name)
+                                     eval_every=10, rollouts_per_env=48, run_id=f"organism-{planned.n_envs}-"
+                                     f"{planned.n_heldout}")
         manifest = json.loads((run_dir / "manifest.json").read_text())
         (run_dir / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": planned.to_dict()}}))
         return str(run_dir)
@@ -76,6 +80,34 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path, mo
     predicted = summary["predicted_n_star"]["0.1"]["n_star"]
     assert predicted is not None and 2 <= predicted <= 8
     assert all(r["end_state_agrees"] for r in summary["runs"])
+    _check_one_p0_words(tmp_path, summary)
+
+
+def _check_one_p0_words(out, summary):
+    """One p0 and one seed by design (the demo): the report names each N* estimator, quotes the
+    separated seed's bracket, says neutrally that no slope is measured, and shows no nan/None."""
+    from physrl.experiment_cli import n_star_lines
+
+    obs, pred = summary["observed_n_star"]["0.1"], summary["predicted_n_star"]["0.1"]
+    assert obs["headline"] == "in (1, 8]" and obs["estimator"].startswith("logistic 50% point")
+    assert pred["estimator"].startswith("frozen before the sweep")
+    assert pred["protocol_grid"]["estimator"].startswith("the fit's protocol N* on the integer grid")
+    text = visible_text((out / "report.html").read_text())
+    assert "observed N* in (1, 8] (one seed, perfectly separated: every N ≤ 1 lost, every N ≥ 8 won" in text
+    assert "One prior, p0 = 0.1, by design" in text and "measures no slope of log N* on log p0" in text
+    assert "give no scaling law" not in text and "not finite at two or more p0" not in text
+    assert "1 seed per cell (sweep seed 0;" in text and "1 seeds" not in text
+    assert "there is no line of N* against p0 to draw, so no figure" in text
+    assert not (out / "figures" / "n_star_law.png").exists()
+    assert "smallest swept N whose run ended RS: 8 (seed 0); the fit's protocol N* on the integer grid 1..16:" in text
+    assert not NAN_OR_NONE.findall(text), NAN_OR_NONE.findall(text)
+    lines = n_star_lines(summary)
+    assert lines[0] == "N* at p0 = 0.1:"
+    assert lines[1].startswith("  observed, from win/loss against N: in (1, 8] (one seed, perfectly separated")
+    assert lines[2] == "  observed, smallest swept N that ended RS: 8 (seed 0)"
+    assert lines[3].startswith("  predicted, frozen before the sweep (continuous N, 95% over parameter draws): ")
+    assert lines[4].startswith("  predicted, the fit's protocol on the integer grid (90% over parameter draws): ")
+    assert not any(NAN_OR_NONE.search(line) for line in lines)
 
 
 def test_reduced_real_experiment_through_the_command_line(tmp_path):

@@ -5,7 +5,7 @@ scores, report."""
 import json
 
 import pytest
-from conftest import STEPS, ode_trainer, scaling_config
+from conftest import NAN_OR_NONE, STEPS, ode_trainer, scaling_config, visible_text
 
 from physrl import _preregistration, _runs
 from physrl.experiment import run_experiment
@@ -89,6 +89,26 @@ def test_report_shows_the_law_and_the_frozen_table(finished):
                   "Frozen predictions against outcomes"):
         assert title in html, title
     assert "src='http" not in html and html.count("data:image/png;base64,") >= 5
+    text = visible_text(html)
+    assert not NAN_OR_NONE.findall(text), NAN_OR_NONE.findall(text)
+    assert "3 seeds per cell (sweep seeds 0, 1, 2; calibration seed 10)" in text
+    # each N* names its estimator; three p0 give a law figure whose caption lists what it draws
+    assert "p0 = 0.1: observed N* " in text and "logistic 50% point on log N (Firth), 3 seeds" in text
+    assert "frozen prediction on continuous N" in text and "protocol N* on the integer grid 1..32:" in text
+    assert "Red line: the frozen prediction on continuous N" in text and "grey dashed: the post's slope" in text
+
+
+def test_summary_names_each_n_star_estimator_and_keeps_the_old_keys(finished):
+    _, s, _ = finished
+    for key in ("0.05", "0.1", "0.2"):
+        obs, pred = s["observed_n_star"][key], s["predicted_n_star"][key]
+        assert {"n_star", "interval_95", "bracket", "status", "smallest_winning_n_per_seed"} <= set(obs)
+        assert obs["estimator"].startswith("logistic 50% point") and obs["headline"]
+        assert {"n_star", "interval_95", "n_max", "protocol_grid"} <= set(pred)
+        assert pred["estimator"].startswith("frozen before the sweep")
+        assert pred["protocol_grid"]["estimator"].startswith("the fit's protocol N* on the integer grid")
+        for entry in (obs, pred, pred["protocol_grid"]):
+            assert not NAN_OR_NONE.search(entry["headline"]), entry["headline"]
 
 
 def test_rerun_verifies_the_frozen_file_and_refuses_a_changed_one(finished, monkeypatch):
