@@ -216,6 +216,21 @@ def _verdict(summary: dict) -> list[str]:
     return lines
 
 
+def step0_table(rows: list[dict]) -> pd.DataFrame:
+    """The step-0 measurements (summary.json ``step0``) as a report table, intervals as ``[lo, hi]``."""
+    quantity = {"p": "RS share p", "a": "RS-path reward a", "b": "local-path reward b"}
+    out = []
+    for r in rows:
+        lo, hi = r["measured_95"]
+        out.append({"parameter": r["param"], "run": r["run"] or "all (pooled)",
+                    "measured": quantity.get(r["quantity"], r["quantity"]), "step": r["step"],
+                    "rollouts": int(r["n"]), "measured value": f"{r['measured']:.3f}",
+                    "95% interval": f"[{lo:.3f}, {hi:.3f}]", "fit's initial value": f"{r['fitted']:.3f}",
+                    "inside": "yes" if r["inside"] else "no"})
+    return pd.DataFrame(out, columns=["parameter", "run", "measured", "step", "rollouts", "measured value",
+                                      "95% interval", "fit's initial value", "inside"])
+
+
 def report_sections(config, obs, runs, plan, fit_result, points, observed, predicted, predictions,
                     summary, figs: Path) -> list[Section]:
     """Every section of ``report.html`` in order."""
@@ -231,21 +246,31 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
                     "for larger N."],
         figures=[(rs_share_figure(obs, runs, plan, figs / "rs_share.png"), "RS share per step")]))
     params = pd.DataFrame(summary["parameters"])
-    cols = ["name", "value", "stderr", "lower_95", "upper_95", "identified", "meaning"]
+    params["run"] = params["run"].fillna("all (shared)")
+    params["identified"] = params["identified"].map({True: "yes", False: "no"})
+    table = params[["name", "run", "value", "stderr", "lower_95", "upper_95", "identified", "note"]].rename(
+        columns={"lower_95": "95% lower", "upper_95": "95% upper"})
+    folder_of = {run.run_id: k for k, run in runs.items()}
     fit_figs = []
-    for i, k in enumerate(fit_result.problem.run_ids):
+    for i, run_id in enumerate(fit_result.problem.run_ids):
+        k = folder_of.get(run_id, run_id)
         path = figs / f"fit_{k}.png"
         pred = in_sample(fit_result, i)
         weights = {e.env_id: e.w for e in fit_result.runs[i].environments}
         plot_run(pred, weights, path, title=f"calibration run {k}: fit (in sample)")
-        fit_figs.append((png_data_uri(path.read_bytes()), f"fit to {k}"))
+        fit_figs.append((png_data_uri(path.read_bytes()), f"fit to {k} (organism run_id {run_id}), in sample"))
     sections.append(Section(
         "Fitted parameters (calibration runs only)",
         paragraphs=[f"Transfer model '{config.transfer}', fitted on {len(fit_result.runs)} calibration runs "
                     f"(AIC {fit_result.aic:.1f}, BIC {fit_result.bic:.1f}). Learnabilities are per model-time "
                     "unit; model time = time_scale × optimizer steps. Intervals are Wald 95% on the natural "
-                    "scale; a parameter the data cannot constrain is marked not identified."],
-        tables=[(params[cols], "")], figures=fit_figs))
+                    "scale; a parameter the data cannot constrain is marked not identified (no interval)."],
+        tables=[(table, ""), (step0_table(summary.get("step0", [])),
+                              "step-0 table: the initial state measured at each calibration run's first logged "
+                              "step (p0: RS share with a Jeffreys 95% interval; a0, b0: mean reward of the RS "
+                              "and local paths with a normal 95% interval, pooled over the runs they are "
+                              "shared by) against the fit's initial state in the same observed units")],
+        figures=fit_figs))
     sections.append(Section(
         "Predictions for the runs the fit never saw",
         paragraphs=["Each panel is one sweep run. Points: observed RS share with Jeffreys 95% intervals. "

@@ -35,13 +35,70 @@ from physrl.experiment_config import ExperimentConfig
 from physrl.report import write_report
 
 
-def _parameters(fit_result) -> list[dict]:
+_LATENT = {"z": "RS propensity z", "x": "RS skill x", "y": "local skill y"}
+
+
+def _parameter_note(est) -> str:
+    """One clean sentence on what a fitted parameter is and how it was treated (no run ids:
+    the run is a column of its own)."""
+    info = est.info
+    kind, latent = (info.kind, info.latent) if info else ("", None)
+    what = {"p0": "prior p0 (RS share at step 0)",
+            "a0": "latent σ(x0), RS skill at step 0 (observed a0: step-0 table)",
+            "b0": "latent σ(y0), local skill at step 0 (observed b0: step-0 table)",
+            "time_scale": "model time per optimizer step",
+            "alpha": f"learnability of the {_LATENT.get(latent, latent)}",
+            "c": f"transfer (coupling) of the {_LATENT.get(latent, latent)} between environments",
+            "length_scale": f"kernel length scale of the {_LATENT.get(latent, latent)}'s transfer",
+            "lam": "λ: the RS path's gain from local skill (footnote 4)",
+            "bound": "a fitted observation bound (docs/model.md §7)"}.get(kind, "")
+    if info and info.env is not None:
+        what = f"{what}, env {info.env}" if what else f"env {info.env}"
+    if not est.identified:
+        how = f"not identified: {est.reason}" if est.reason else "not identified"
+    elif not est.vary:
+        how = ("held at its step-0 measurement" if kind in ("p0", "a0", "b0") else
+               "fixed: the time unit (alpha_z and time_scale are degenerate in step units)" if kind == "alpha"
+               else est.reason or "fixed")
+    elif est.at_bound:
+        how = "at its bound: the interval is one-sided"
+    else:
+        how = ""
+    return "; ".join(x for x in (what, how) if x)
+
+
+def _parameters(fit_result, folder_of: dict | None = None) -> list[dict]:
+    """Every fitted parameter with its 95% interval; ``run`` is the run's folder name (``folder_of``
+    maps the organisms' run_id to it) for per-run parameters, None for shared ones."""
+    folder_of = folder_of or {}
+    run_ids = fit_result.problem.run_ids
     rows = []
     for name, est in fit_result.estimates.items():
         lo, hi = est.interval(0.95)
+        run_index = est.info.run if est.info is not None else None
+        run_id = run_ids[run_index] if run_index is not None else None
         rows.append({"name": name, "value": est.value, "stderr": est.stderr, "lower_95": lo, "upper_95": hi,
                      "identified": bool(est.identified), "vary": bool(est.vary), "meaning": est.meaning,
-                     "reason": est.reason})
+                     "reason": est.reason, "run": folder_of.get(run_id, run_id), "run_id": run_id,
+                     "note": _parameter_note(est)})
+    return rows
+
+
+def _step0_rows(fit_result, folder_of: dict | None = None) -> list[dict]:
+    """The measured initial state each p0 / a0 / b0 parameter was held at (or against), per run
+    (shared parameters: pooled over the calibration runs), with the fitted value in observed units."""
+    folder_of = folder_of or {}
+    table = fit_result.initial_state()
+    run_ids = fit_result.problem.run_ids
+    rows = []
+    for row in table.itertuples():
+        info = fit_result.problem.info[row.param]
+        run_id = run_ids[info.run] if info.run is not None else None
+        rows.append({"param": row.param, "quantity": row.quantity, "step": int(row.step), "n": float(row.n),
+                     "measured": row.measured, "measured_95": [row.measured_lower, row.measured_upper],
+                     "fitted": row.fitted, "inside": bool(row.inside),
+                     "run": folder_of.get(run_id, run_id) if run_id else None, "run_id": run_id,
+                     "env": info.env})
     return rows
 
 
@@ -154,8 +211,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
+    folder_of = {run.run_id: k for k, run in runs.items()}  # the organisms' run_id -> its folder under runs/
     summary = _summary(config, fit_result, points, observed, predicted, predictions, n_star_note,
-                       max_steps, t_train, time.perf_counter() - t0)
+                       max_steps, t_train, time.perf_counter() - t0, folder_of)
     summary["seconds"]["calibration"] = t_cal
     summary["classifier_accuracy"] = _accuracy.pooled_accuracy(runs.values())
     first_win = summary["observed_n_star"]
@@ -287,7 +345,7 @@ def _mean_rmse(rmse: dict, latent: str) -> float:
 
 
 def _summary(config, fit_result, points, observed, predicted, predictions, n_star_note, max_steps,
-             t_train, t_total) -> dict:
+             t_train, t_total, folder_of: dict | None = None) -> dict:
     obs_by_p0 = {}
     for p0, group in observed.groupby("p0"):
         vals = group.n_star.to_numpy(float)
@@ -320,7 +378,8 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
             "rmse": p.rmse, "coverage": p.coverage, "end_state_agrees": p.end_state_agrees,
             "notes": predictions[p.run_id].notes,
         } for p in points],
-        "parameters": _parameters(fit_result),
+        "parameters": _parameters(fit_result, folder_of),
+        "step0": _step0_rows(fit_result, folder_of),
         "unidentified": list(fit_result.unidentified),
         "fit": {"aic": fit_result.aic, "bic": fit_result.bic, "loglik": fit_result.loglik,
                 "n_data": fit_result.n_data, "seconds": fit_result.seconds,

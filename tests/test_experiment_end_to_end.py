@@ -101,6 +101,18 @@ def _check_one_p0_words(out, summary):
     assert not (out / "figures" / "n_star_law.png").exists()
     assert "smallest swept N whose run ended RS: 8 (seed 0); the fit's protocol N* on the integer grid 1..16:" in text
     assert not NAN_OR_NONE.findall(text), NAN_OR_NONE.findall(text)
+    # fitted parameters by run folder (the organism's run_id beside it only in the fit figures' captions)
+    params = {p["name"]: p for p in summary["parameters"]}
+    folder = params["p0_r0"]["run"]
+    assert folder.startswith("cal-N1-") and (out / "runs" / folder).is_dir()
+    assert params["p0_r0"]["run_id"] == "organism-1-2" and f"<td>{folder}</td>" in (out / "report.html").read_text()
+    assert "organism-1-2" not in params["p0_r0"]["note"] and "at bound; " not in text
+    assert "fixed (" not in text and "held at its step-0 measurement" in text
+    assert "step-0 table: the initial state measured" in text
+    assert {r["param"] for r in summary["step0"]} >= {"p0_r0", "p0_r1"}
+    for row in summary["step0"]:
+        lo, hi = row["measured_95"]
+        assert 0 <= lo <= row["measured"] <= hi <= 1
     lines = n_star_lines(summary)
     assert lines[0] == "N* at p0 = 0.1:"
     assert lines[1].startswith("  observed, from win/loss against N: in (1, 8] (one seed, perfectly separated")
