@@ -32,14 +32,37 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
         print(line)
     scaling = summary.get("scaling", {})
     if len(scaling.get("p0", [])) >= 2:
-        o, p = scaling["observed_slope"], scaling["predicted_slope"]
-        print(f"slope of log N* on log p0: observed {_round(o['value'])} {[_round(v) for v in o['interval_95']]}, "
-              f"predicted {_round(p['value'])} {[_round(v) for v in p['interval_95']]}, post -1")
+        print("slope of log N* on log p0: observed " + slope_words(scaling["observed_slope"])
+              + "; predicted (frozen) " + slope_words(scaling["predicted_slope"]) + "; the post's -1")
     s = summary.get("scores")
     if s:
         print(f"frozen forecasts: Brier {s['brier']:.3f} (base rate {s['brier_base_rate']:.3f}, N >= median N "
               f"{s['brier_median_n']:.3f}); log loss {s['log_loss']:.3f} (base rate {s['log_loss_base_rate']:.3f})")
     return 0
+
+
+def slope_words(slope: dict) -> str:
+    """One slope of log N* on log p0 in words: ``-0.381, 95% [-1.01, 0.477]``, or why it is not defined.
+
+    Parameters
+    ----------
+    slope : dict
+        ``summary.json``'s ``scaling.observed_slope`` or ``scaling.predicted_slope``
+        ({value, interval_95, share_undefined, p0_used}).
+
+    Returns
+    -------
+    str
+        The value with its 95% interval (an end the bootstrap or the draws
+        could not bound reads "unbounded"), or "not defined" with the reason.
+    """
+    if slope.get("value") is None:
+        used = slope.get("p0_used") or []
+        return (f"not defined (N* finite at {len(used)} p0 only, a slope needs two; "
+                f"{100 * (slope.get('share_undefined') or 0):.0f}% of replicates had none)")
+    lo, hi = slope.get("interval_95") or (None, None)
+    ends = ["unbounded" if v is None else f"{v:.3g}" for v in (lo, hi)]
+    return f"{slope['value']:.3g}, 95% [{ends[0]}, {ends[1]}]"
 
 
 def n_star_lines(summary: dict) -> list[str]:
@@ -82,10 +105,6 @@ def n_star_lines(summary: dict) -> list[str]:
                              + words.predicted_headline(grid["n_star"], grid["interval_90"], n_max=grid["n_max"],
                                                         level=90))
     return lines
-
-
-def _round(v, digits: int = 3):
-    return None if v is None else float(f"{v:.{digits}g}")
 
 
 def shipped_configs() -> list[str]:

@@ -155,3 +155,13 @@ def test_reanalysis_of_the_logs_reproduces_the_summary_without_fitting(finished,
     assert again["preregistration"]["sha256"] == summary["preregistration"]["sha256"]
     assert {k: v["n_star"] for k, v in again["predicted_n_star"].items()} == \
         {k: v["n_star"] for k, v in summary["predicted_n_star"].items()}
+
+
+def test_slope_words_give_the_interval_or_why_there_is_no_slope():
+    from physrl.experiment_cli import slope_words
+
+    assert slope_words({"value": -0.381, "interval_95": [-1.0057, 0.4766]}) == "-0.381, 95% [-1.01, 0.477]"
+    assert slope_words({"value": -1.2, "interval_95": [-2.0, None]}) == "-1.2, 95% [-2, unbounded]"
+    words = slope_words({"value": None, "interval_95": [None, None], "p0_used": [0.2], "share_undefined": 1.0})
+    assert words.startswith("not defined (N* finite at 1 p0 only") and "100% of replicates" in words
+    assert not NAN_OR_NONE.search(words)
