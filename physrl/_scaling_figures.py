@@ -90,6 +90,9 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
     return figure_to_data_uri(fig, path)
 
 
+PRED_OFFSET = 1.06  # frozen predictions drawn this factor right of the observed point at the same p0
+
+
 def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, path: Path) -> tuple[str, str]:
     """N* against p0 on log-log axes, drawing only what exists; needs two or more p0.
 
@@ -129,10 +132,20 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
     elif ok.any():
         for i in np.flatnonzero(ok):
             lo, hi = (plo[i] if np.isfinite(plo[i]) else pn[i]), (phi[i] if np.isfinite(phi[i]) else top)
-            ax.errorbar([pp[i]], [pn[i]], yerr=[[pn[i] - lo], [hi - pn[i]]], fmt="D", color="tab:red", ms=6,
+            ax.errorbar([pp[i] * PRED_OFFSET], [pn[i]], yerr=[[pn[i] - lo], [hi - pn[i]]], fmt="D", color="tab:red", ms=6,
                         capsize=3, label="frozen prediction (95% over parameter draws)" if i == np.flatnonzero(ok)[0]
                         else None)
         drawn.append("red diamonds: the frozen prediction with its 95% interval over parameter draws")
+    above = np.flatnonzero(~ok)
+    if above.size and ok.sum() < 2:  # no red line: say where the prediction is instead of leaving it out
+        for i in above:
+            lo = plo[i] if np.isfinite(plo[i]) else top
+            ax.plot([pp[i] * PRED_OFFSET] * 2, [lo, top], "-", color="tab:red", lw=1.5)
+            ax.plot([pp[i] * PRED_OFFSET], [top], "^", color="tab:red", ms=8,
+                    label=f"frozen prediction: N* > {top} (its 95% interval's lower end below)"
+                    if i == above[0] else None)
+        drawn.append(f"red triangles at {top}: a frozen prediction above the largest N searched ({top}), with a "
+                     "bar down to its 95% interval's lower end")
     finite, labelled = [], set()
 
     def once(label):
@@ -157,8 +170,11 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
             yerr = [[est.n_star - (lo if lo else est.n_star)], [(hi if hi else est.n_star) - est.n_star]]
             ax.errorbar([est.p0], [est.n_star], yerr=yerr, fmt="ks", ms=7, capsize=3,
                         label=once("observed N* (logistic 50% point, bootstrap 95%)"))
-            if hi is None and lo is not None:  # the bootstrap's upper end lies beyond the grid
+            if hi is None:  # the bootstrap's upper end lies beyond the grid
                 ax.annotate("", xy=(est.p0, est.n_star * 3), xytext=(est.p0, est.n_star),
+                            arrowprops=dict(arrowstyle="->", color="black"))
+            if not lo:  # ... and its lower end below it (0 or missing: "< smallest N")
+                ax.annotate("", xy=(est.p0, est.n_star / 3), xytext=(est.p0, est.n_star),
                             arrowprops=dict(arrowstyle="->", color="black"))
         elif est.status in ("no_wins", "above_grid"):
             n_max = est.bracket[0]
