@@ -15,39 +15,60 @@ Reads only the log contract (```docs/rollouts.md```); never imports
   (figures in ``fitting._figures``)
 - protocol: :func:`protocol_final_p`, :func:`critical_diversity`
 - leave-one-run-out: :func:`cross_validate`, :class:`CrossValidation`
+
+Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
+``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
+or pandas (``physrl fit --help`` starts in a fraction of a second).
 """
 
-from ._crossval import CrossValidation as CrossValidation
-from ._crossval import cross_validate as cross_validate
-from ._fit import FitDiagnostics as FitDiagnostics
-from ._fit import FitResult as FitResult
-from ._fit import InsufficientData as InsufficientData
-from ._fit import ParameterEstimate as ParameterEstimate
-from ._fit import compare as compare
-from ._fit import fit as fit
-from ._json import json_safe as json_safe
-from physrl.contract import Environment as Environment
-from physrl.contract import LogValidationError as LogValidationError
-from physrl.contract import Manifest as Manifest
-from physrl.contract import MeasuredPrior as MeasuredPrior
-from physrl.contract import Run as Run
-from physrl.contract import jeffreys_interval as jeffreys_interval
-from physrl.contract import load_runs as load_runs
-from physrl.contract import read_table as read_table
+from __future__ import annotations
 
-from ._engine import TRANSFERS as TRANSFERS
-from ._observations import observations as observations
-from ._problem import FitSpec as FitSpec
-from ._problem import ParamInfo as ParamInfo
-from ._protocol import CriticalDiversity as CriticalDiversity
-from ._protocol import critical_diversity as critical_diversity
-from ._protocol import protocol_final_p as protocol_final_p
-from ._synthesize import DEFAULT_TRUTH as DEFAULT_TRUTH
-from ._synthesize import identifiable_truth as identifiable_truth
-from ._synthesize import synthesize as synthesize
-from ._predict import Prediction as Prediction
-from ._predict import PredictionMetrics as PredictionMetrics
-from ._predict import in_sample as in_sample
-from ._predict import predict as predict
-from ._predict import sample_parameters as sample_parameters
-from ._predict import save_prediction as save_prediction
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that owns it (relative: a private module of this package)
+_EXPORTS = {
+    "CrossValidation": "_crossval", "cross_validate": "_crossval",
+    "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
+    "compare": "_fit", "fit": "_fit",
+    "json_safe": "_json",
+    "Environment": "physrl.contract", "LogValidationError": "physrl.contract", "Manifest": "physrl.contract",
+    "MeasuredPrior": "physrl.contract", "Run": "physrl.contract", "jeffreys_interval": "physrl.contract",
+    "load_runs": "physrl.contract", "read_table": "physrl.contract",
+    "TRANSFERS": "_options", "DEFAULT_TRUTH": "_options",
+    "observations": "_observations",
+    "FitSpec": "_problem", "ParamInfo": "_problem",
+    "CriticalDiversity": "_protocol", "critical_diversity": "_protocol", "protocol_final_p": "_protocol",
+    "identifiable_truth": "_synthesize", "synthesize": "_synthesize",
+    "Prediction": "_predict", "PredictionMetrics": "_predict", "in_sample": "_predict", "predict": "_predict",
+    "sample_parameters": "_predict", "save_prediction": "_predict",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ._crossval import CrossValidation, cross_validate
+    from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
+    from ._json import json_safe
+    from physrl.contract import (Environment, LogValidationError, Manifest, MeasuredPrior, Run, jeffreys_interval,
+                                 load_runs, read_table)
+    from ._options import TRANSFERS, DEFAULT_TRUTH
+    from ._observations import observations
+    from ._problem import FitSpec, ParamInfo
+    from ._protocol import CriticalDiversity, critical_diversity, protocol_final_p
+    from ._synthesize import identifiable_truth, synthesize
+    from ._predict import Prediction, PredictionMetrics, in_sample, predict, sample_parameters, save_prediction
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    target = importlib.import_module(f".{module}", __name__) if module.startswith("_") else importlib.import_module(module)
+    value = getattr(target, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from physrl import sim
+
+from ._options import TRANSFERS as TRANSFERS
+
 Tensor = torch.Tensor
 LATENTS = ("z", "x", "y")
-TRANSFERS = ("none", "homogeneous", "kernel")
 #: cap on Euler steps per optimizer step (parameters needing more are far outside any sensible fit)
 MAX_SUBSTEPS = 64
 

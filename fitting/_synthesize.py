@@ -19,13 +19,8 @@ import torch
 from physrl.contract import write_run
 
 from ._engine import TRANSFERS, BatchConfig, simulate, single_thread
+from ._options import DEFAULT_TRUTH as DEFAULT_TRUTH
 
-#: default true parameters (normalised: α_z = 1, time_scale = model time per optimizer step)
-DEFAULT_TRUTH: dict[str, float] = {
-    "p0": 0.1, "a0": 0.45, "b0": 0.25, "time_scale": 0.3, "alpha_z": 1.0, "alpha_x": 1.0, "alpha_y": 0.5,
-    "c_z": 0.8, "c_x": 0.6, "c_y": 0.1,
-    "length_scale_z": 3.0, "length_scale_x": 2.0, "length_scale_y": 0.7, "lam": 0.0,
-}
 #: number of completions per GRPO group written to the synthetic log
 GROUP_SIZE = 8
 

@@ -24,13 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-from ._json import json_safe
 from physrl._argparse import ArgumentParser, output_directory
-from physrl.contract import LogValidationError
 
-from ._engine import TRANSFERS
-from ._problem import FitSpec
-from ._synthesize import DEFAULT_TRUTH
+from ._options import DEFAULT_TRUTH, TRANSFERS
+
+# torch, lmfit and pandas (through ._fit, ._synthesize, physrl.contract) are imported by the command functions,
+# after the arguments are parsed: `physrl fit --help` needs none of them
 
 
 class _UsageError(Exception):
@@ -157,11 +156,13 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
 
 
 def _fit(argv: list[str]) -> int:
+    from physrl.contract import load_runs
+
     from ._crossval import cross_validate
     from ._fit import compare, fit
-    from physrl.contract import load_runs
+    from ._json import json_safe
     from ._predict import in_sample, predict
-    from ._problem import check_step_range
+    from ._problem import FitSpec, check_step_range
 
     args = _fit_parser().parse_args(argv)
     if args.samples < 1:
@@ -257,16 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv in ([], ["-h"], ["--help"]):
         _fit_parser().print_help()
         return 0 if argv else 2
+    synthesize = argv[0] == "synthesize"
+    if any(a in ("-h", "--help") for a in (argv[1:] if synthesize else argv)):
+        (_synth_parser() if synthesize else _fit_parser()).print_help()
+        return 0
+    from physrl.contract import LogValidationError  # (pandas, scipy: only once there is something to read)
+
     try:
-        if argv[0] == "synthesize":
-            if any(a in ("-h", "--help") for a in argv[1:]):
-                _synth_parser().print_help()
-                return 0
-            return _synthesize(argv[1:])
-        if any(a in ("-h", "--help") for a in argv):
-            _fit_parser().print_help()
-            return 0
-        return _fit(argv)
+        return _synthesize(argv[1:]) if synthesize else _fit(argv)
     except (_UsageError, LogValidationError, FileNotFoundError, FileExistsError, NotADirectoryError,
             ValueError) as exc:
         print(f"physrl fit: error: {exc}", file=sys.stderr)

@@ -7,10 +7,12 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from physrl._argparse import ArgumentParser, output_directory
-from physrl._runs import organism_configs
-from physrl.experiment_config import ExperimentConfig
+
+if TYPE_CHECKING:  # the config and the runner (torch, pandas) are imported once the arguments are parsed
+    from physrl.experiment_config import ExperimentConfig
 
 DEMO_CONFIG = "demo.toml"
 
@@ -123,6 +125,8 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
     ValueError
         A bad config (named field).
     """
+    from physrl.experiment_config import ExperimentConfig
+
     if Path(name_or_path).is_file():  # (a folder named like a shipped config is not a config)
         return ExperimentConfig.from_file(name_or_path)
     if name_or_path in shipped_configs():
@@ -135,6 +139,8 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
 
 
 def _load(path: str, overrides: list[str]) -> ExperimentConfig:
+    from physrl.experiment_config import ExperimentConfig
+
     data = resolve_config(path).to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out = output_directory(str(Path("runs") / args.config))
         except argparse.ArgumentTypeError as err:
             parser.error(f"argument --out (default): {err}")
+    from physrl._runs import organism_configs
+
     try:
         config = _load(args.config, args.set)
         organism_configs(config)  # every organism value checked before anything runs
@@ -183,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def demo_config() -> ExperimentConfig:
     """The shipped default experiment (``physrl/configs/demo.toml``)."""
-    text = resources.files("physrl").joinpath("configs", DEMO_CONFIG).read_text()
     from physrl import _toml
+    from physrl.experiment_config import ExperimentConfig
+
+    text = resources.files("physrl").joinpath("configs", DEMO_CONFIG).read_text()
 
     return ExperimentConfig.from_dict(_toml.loads(text))
 

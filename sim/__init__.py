@@ -20,47 +20,63 @@ Public surface (re-exported from small private modules):
   :func:`homogeneous_final_share`, :class:`IntegrationConfig`,
   :class:`CriticalDiversity`, :class:`SearchStatus`, :func:`format_n_star`,
   :func:`log_grid`, :func:`interpolate_crossing`
+
+Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
+``import physrl.sim`` and ``physrl.sim.cli`` load without torch or numba
+(``physrl sim --help`` starts in a fraction of a second).
 """
 
-from ._couplings import Coupling as Coupling
-from ._couplings import DenseCoupling as DenseCoupling
-from ._couplings import GaussianKernelCoupling as GaussianKernelCoupling
-from ._couplings import HomogeneousCoupling as HomogeneousCoupling
-from ._couplings import IdentityCoupling as IdentityCoupling
-from ._couplings import RandomFourierCoupling as RandomFourierCoupling
-from ._couplings import effective_learnability as effective_learnability
-from ._couplings import gaussian_kernel_matrix as gaussian_kernel_matrix
-from ._integrate import ENGINES as ENGINES
-from ._integrate import Solution as Solution
-from ._integrate import adaptive as adaptive
-from ._integrate import choose_engine as choose_engine
-from ._integrate import engine_setting as engine_setting
-from ._integrate import euler as euler
-from ._model import Latents as Latents
-from ._model import ToyModel as ToyModel
-from ._model import VectorField as VectorField
-from ._model import observed_gradients as observed_gradients
-from ._model import reward_gradients as reward_gradients
-from ._threads import ThreadPolicy as ThreadPolicy
-from ._threads import thread_setting as thread_setting
-from ._critical import CriticalDiversity as CriticalDiversity
-from ._critical import FinalShare as FinalShare
-from ._critical import IntegrationConfig as IntegrationConfig
-from ._critical import SearchStatus as SearchStatus
-from ._critical import critical_diversity as critical_diversity
-from ._critical import critical_diversity_homogeneous as critical_diversity_homogeneous
-from ._critical import final_rs_share as final_rs_share
-from ._critical import find_critical_diversity as find_critical_diversity
-from ._critical import format_n_star as format_n_star
-from ._critical import homogeneous_final_share as homogeneous_final_share
-from ._critical import homogeneous_saturation as homogeneous_saturation
-from ._critical import saturate as saturate
-from ._critical import interpolate_crossing as interpolate_crossing
-from ._critical import log_grid as log_grid
-from ._hetero import GEOMETRIES as GEOMETRIES
-from ._hetero import EnvironmentDraw as EnvironmentDraw
-from ._hetero import HeterogeneousConfig as HeterogeneousConfig
-from ._hetero import calibrate_scale as calibrate_scale
-from ._hetero import draw_environments as draw_environments
-from ._hetero import heterogeneous_builder as heterogeneous_builder
-from ._hetero import sweep_critical_diversity as sweep_critical_diversity
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that owns it (relative: a private module of this package)
+_EXPORTS = {
+    "Coupling": "_couplings", "DenseCoupling": "_couplings", "GaussianKernelCoupling": "_couplings",
+    "HomogeneousCoupling": "_couplings", "IdentityCoupling": "_couplings", "RandomFourierCoupling": "_couplings",
+    "effective_learnability": "_couplings", "gaussian_kernel_matrix": "_couplings",
+    "ENGINES": "_options",
+    "Solution": "_integrate", "adaptive": "_integrate", "choose_engine": "_integrate", "engine_setting": "_integrate",
+    "euler": "_integrate",
+    "Latents": "_model", "ToyModel": "_model", "VectorField": "_model", "observed_gradients": "_model",
+    "reward_gradients": "_model",
+    "ThreadPolicy": "_threads", "thread_setting": "_threads",
+    "CriticalDiversity": "_critical", "FinalShare": "_critical", "IntegrationConfig": "_critical",
+    "SearchStatus": "_critical", "critical_diversity": "_critical", "critical_diversity_homogeneous": "_critical",
+    "final_rs_share": "_critical", "find_critical_diversity": "_critical", "format_n_star": "_critical",
+    "homogeneous_final_share": "_critical", "homogeneous_saturation": "_critical", "saturate": "_critical",
+    "interpolate_crossing": "_critical", "log_grid": "_critical",
+    "GEOMETRIES": "_hetero", "EnvironmentDraw": "_hetero", "HeterogeneousConfig": "_hetero",
+    "calibrate_scale": "_hetero", "draw_environments": "_hetero", "heterogeneous_builder": "_hetero",
+    "sweep_critical_diversity": "_hetero",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ._couplings import (Coupling, DenseCoupling, GaussianKernelCoupling, HomogeneousCoupling, IdentityCoupling,
+                             RandomFourierCoupling, effective_learnability, gaussian_kernel_matrix)
+    from ._options import ENGINES
+    from ._integrate import Solution, adaptive, choose_engine, engine_setting, euler
+    from ._model import Latents, ToyModel, VectorField, observed_gradients, reward_gradients
+    from ._threads import ThreadPolicy, thread_setting
+    from ._critical import (CriticalDiversity, FinalShare, IntegrationConfig, SearchStatus, critical_diversity,
+                            critical_diversity_homogeneous, final_rs_share, find_critical_diversity, format_n_star,
+                            homogeneous_final_share, homogeneous_saturation, saturate, interpolate_crossing, log_grid)
+    from ._hetero import (GEOMETRIES, EnvironmentDraw, HeterogeneousConfig, calibrate_scale, draw_environments,
+                          heterogeneous_builder, sweep_critical_diversity)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    target = importlib.import_module(f".{module}", __name__) if module.startswith("_") else importlib.import_module(module)
+    value = getattr(target, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -50,10 +50,9 @@ from ._backend import to_numpy
 from ._couplings import IdentityCoupling, effective_learnability
 from ._integrate import check_dt, integrate_steps
 from ._model import Latents, ToyModel
+from ._options import METHODS as METHODS
 
 Tensor = torch.Tensor
-
-METHODS = ("bisection", "grid", "scan")
 
 
 @dataclass(frozen=True)

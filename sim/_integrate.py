@@ -33,11 +33,11 @@ import torch
 from ._backend import NumpyBackend, TorchBackend, shape_of
 from ._couplings import DenseCoupling, HomogeneousCoupling, IdentityCoupling
 from ._model import Latents, ToyModel, _stack, probabilities
+from ._options import ENGINES as ENGINES
 from ._threads import ThreadPolicy
 
 Tensor = torch.Tensor
 
-ENGINES = ("auto", "numpy", "numba", "torch")
 #: auto: numba up to this many numbers touched per step (measured crossover with torch, see docs/model.md "Numerics")
 NUMBA_MAX_WORK = 12_000
 #: auto without numba: numpy up to this many numbers per step

@@ -21,14 +21,12 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
 from physrl._argparse import ArgumentParser, output_directory
 
-from ._critical import (METHODS, IntegrationConfig, check_nonnegative, check_probability,
-                        check_unit_interval, critical_diversity_homogeneous)
-from ._integrate import ENGINES
-from ._threads import thread_setting
+from ._options import ENGINES, METHODS
+
+# numpy, torch and numba (through ._critical, ._threads, ._figures) are imported by the command functions,
+# after the arguments are parsed: `physrl sim --help` needs none of them
 
 
 def resolve_device(name: str) -> str:
@@ -84,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _integration(args, default: IntegrationConfig) -> IntegrationConfig:
+def _integration(args, default):
+    """``default`` (an :class:`IntegrationConfig`) with the command line's --dt, --t-max, --max-steps."""
     kw = {}
     if args.dt is not None:
         kw["dt"] = args.dt
@@ -110,7 +109,12 @@ def _figure(args) -> int:
 
 
 def _critical(args) -> int:
+    import numpy as np
     import pandas as pd
+
+    from ._critical import (IntegrationConfig, check_nonnegative, check_probability, check_unit_interval,
+                            critical_diversity_homogeneous)
+
     check_probability("p0", args.p0)
     check_probability("a0", args.a0)
     check_probability("b0", args.b0)
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the message
         return int(exc.code or 0)
+    from ._threads import thread_setting
+
     try:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be >= 1, got {args.threads}")

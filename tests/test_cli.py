@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import pytest
 
 from physrl.cli import SUBCOMMANDS, main
@@ -27,3 +31,33 @@ def test_experiment_names_a_shipped_config_and_says_which_exist(tmp_path, capsys
     assert resolve_config("scaling").name == "scaling"
     assert main(["experiment", "no-such-config", "--out", str(tmp_path / "o")]) == 2
     assert "neither a config file nor a shipped config" in capsys.readouterr().err
+
+
+#: every command and subcommand whose --help a user may ask for
+HELPS = [["sim"], ["sim", "figure"], ["sim", "critical-diversity"], ["fit"], ["fit", "synthesize"],
+         ["organisms"], ["organisms", "train"], ["organisms", "calibrate"], ["experiment"], ["demo"]]
+HEAVY = ("torch", "numba", "lmfit")
+#: runs `physrl ARGS --help` in a fresh interpreter; prints the exit code, the help and which HEAVY got imported
+HELP_PROBE = f"""
+import contextlib, io, json, sys
+from physrl.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(sys.argv[1:] + ["--help"])
+print(json.dumps({{"code": code, "help": out.getvalue(), "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def test_help_probe_covers_every_command():
+    assert {argv[0] for argv in HELPS} == set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("argv", HELPS, ids=" ".join)
+def test_help_imports_no_torch_numba_or_lmfit(argv):
+    """`physrl ... --help` parses and prints before any heavy import (the command functions import them):
+    a new user's first `--help` took 8-15 s when torch, numba and lmfit came first."""
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["code"] == 0
+    assert result["help"].startswith(f"usage: physrl {' '.join(argv)}"), result["help"][:200]
+    assert result["heavy"] == [], f"`physrl {' '.join(argv)} --help` imported {result['heavy']}"
