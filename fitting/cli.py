@@ -43,27 +43,45 @@ class _Parser(ArgumentParser):
         raise _UsageError(message)
 
 
+#: how --transfer reads in the help (docs/model.md §1, §3-4)
+_TRANSFER_HELP = ("transfer between environments: none (C = I), homogeneous (one coupling c per latent) or kernel "
+                  "(a Gaussian length scale per latent over the manifest's coordinates) (default: %(default)s)")
+
+
 def _synth_parser() -> ArgumentParser:
     p = _Parser(prog="physrl fit synthesize",
                 description="Write a run directory sampled from the ODE with binomial noise, plus truth.json.")
-    p.add_argument("--out", required=True, type=output_directory, help="run directory to create")
-    p.add_argument("--n-envs", type=int, default=4, help="trained environments (w = 1/n each)")
-    p.add_argument("--n-heldout", type=int, default=2, help="held-out environments (w = 0; identify transfer)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
+    p.add_argument("--out", required=True, type=output_directory,
+                   help="run directory to create (required; must be empty or absent unless --overwrite)")
+    p.add_argument("--n-envs", type=int, default=4, help="trained environments, w = 1/n each (default: %(default)s)")
+    p.add_argument("--n-heldout", type=int, default=2,
+                   help="held-out environments, w = 0; they identify transfer (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default: %(default)s)")
+    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous", help=_TRANSFER_HELP)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help=f"true parameter override; names: {', '.join(DEFAULT_TRUTH)}")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    p.add_argument("--eval-every", type=int, default=5, help="eval interval in optimizer steps")
-    p.add_argument("--rollouts-per-env", type=int, default=256, help="eval rollouts per env and eval step")
-    p.add_argument("--train-rollouts-per-env", type=int, default=0, help="train rollouts per trained env and step")
-    p.add_argument("--continuous-rewards", action="store_true", help="fractional rewards (Beta) instead of 0/1")
-    p.add_argument("--spacing", type=float, default=1.0, help="distance between env coordinates")
+                   help="true parameter override, repeatable (p0, a0, b0 probabilities; α relative to α_z = 1; "
+                        "time_scale in model time per optimizer step; c in [0, 1]; length scales in coordinate "
+                        "units); default: " + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_TRUTH.items()))
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=5,
+                   help="optimizer steps between eval passes, from step 0 (default: %(default)s)")
+    p.add_argument("--rollouts-per-env", type=int, default=256,
+                   help="eval rollouts per environment and eval step (default: %(default)s)")
+    p.add_argument("--train-rollouts-per-env", type=int, default=0,
+                   help="train rollouts per trained environment and step, 0 = none (default: %(default)s)")
+    p.add_argument("--continuous-rewards", action="store_true",
+                   help="fractional rewards in [0, 1] (Beta with the same mean) (default: 0/1 rewards)")
+    p.add_argument("--spacing", type=float, default=1.0,
+                   help="distance between neighbouring environments' coordinates, in coordinate units "
+                        "(default: %(default)s)")
     p.add_argument("--observation", action="append", default=[], metavar="BOUND=VALUE",
-                   help="observation bound a_lo, a_hi, b_lo or b_hi (docs/model.md §7), written to the manifest")
-    p.add_argument("--dispersion", type=float, default=1.0, help="overdispersion φ >= 1 of the counts")
-    p.add_argument("--run-id", default=None)
-    p.add_argument("--overwrite", action="store_true")
+                   help="observation bound a_lo, a_hi, b_lo or b_hi in reward units (docs/model.md §7), "
+                        "repeatable, written to the manifest (default: none, i.e. (0, 1))")
+    p.add_argument("--dispersion", type=float, default=1.0,
+                   help="overdispersion φ >= 1 of the counts; 1 is binomial (default: %(default)s)")
+    p.add_argument("--run-id", default=None, help="the run's id in the manifest and rows (default: synthetic-SEED)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty --out (default: refuse, exit 2)")
     return p
 
 
@@ -72,30 +90,48 @@ def _fit_parser() -> ArgumentParser:
                 epilog="`physrl fit synthesize --help` for synthetic logs.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
     p.add_argument("--out", required=True, type=output_directory,
-                   help="directory for fit.json, fit_report.txt and figures")
-    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous")
-    p.add_argument("--priors", choices=["shared", "per_env"], default="shared")
-    p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared")
+                   help="directory for fit.json, fit_report.txt and figures (required)")
+    p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous", help=_TRANSFER_HELP)
+    p.add_argument("--priors", choices=["shared", "per_env"], default="shared",
+                   help="initial skills a0, b0 shared by every environment, or one per env id; p0 is one per run "
+                        "(per run and env with per_env) (default: %(default)s)")
+    p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared",
+                   help="learnabilities α_x, α_y shared, or one per env id (then α_z too, the first env's fixed at "
+                        "1) (default: %(default)s)")
     p.add_argument("--observation", choices=["manifest", "unit", "fit"], default="manifest",
-                   help="observation bounds (docs/model.md §7): from the manifests (default), (0, 1), or fitted")
+                   help="observation bounds (docs/model.md §7): from the manifests, (0, 1), or fitted "
+                        "(default: %(default)s)")
     p.add_argument("--step0", choices=["prior", "fixed", "free"], default="fixed",
-                   help="p0, a0, b0: fixed at the step-0 measurement (default), a prior centred on it, or free")
+                   help="p0, a0, b0: fixed at the step-0 measurement, a prior centred on it, or free "
+                        "(default: %(default)s)")
     p.add_argument("--dispersion", choices=["quasi", "none"], default="quasi",
-                   help="scale errors and bands by the Pearson dispersion φ (default) or not")
-    p.add_argument("--starts", type=int, default=4, help="optimisation starts (measured + Latin hypercube)")
+                   help="scale errors and bands by the Pearson dispersion φ (quasi) or not (default: %(default)s)")
+    p.add_argument("--starts", type=int, default=4,
+                   help="optimisation starts: the measured point plus Latin-hypercube draws (default: %(default)s)")
     p.add_argument("--cross-validate", action="store_true",
-                   help="also leave each run out, fit the rest and predict it (cross_validation.csv)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    p.add_argument("--lam", action="store_true", help="fit footnote-4 λ")
-    p.add_argument("--phases", default="eval,train", help="rollout phases used as observations")
-    p.add_argument("--predict", nargs="+", default=[], metavar="RUN", help="runs to predict (not fitted)")
-    p.add_argument("--compare", action="store_true", help="also rank transfer variants by AIC/BIC")
-    p.add_argument("--profile", action="store_true", help="profile-likelihood intervals (slow)")
-    p.add_argument("--emcee-steps", type=int, default=0, help="emcee sampling steps (needs `pip install emcee`)")
-    p.add_argument("--samples", type=int, default=200, help="parameter draws for predictive bands")
+                   help="also leave each run out, fit the rest and predict it (cross_validation.csv) (default: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
+    p.add_argument("--lam", action="store_true", help="also fit footnote-4 λ >= 0 (default: off, λ = 0)")
+    p.add_argument("--phases", default="eval,train",
+                   help="comma-separated rollout phases used as observations, of eval and train "
+                        "(default: %(default)s)")
+    p.add_argument("--predict", nargs="+", default=[], metavar="RUN",
+                   help="runs to predict with the fit, not fitted (default: none)")
+    p.add_argument("--compare", action="store_true",
+                   help="also fit transfer none / homogeneous / kernel (kernel when every env has coordinates), each "
+                        "with λ off and on, and rank them by AIC/BIC: printed and in model_comparison.csv "
+                        "(default: off)")
+    p.add_argument("--profile", action="store_true", help="profile-likelihood intervals, slow (default: off)")
+    p.add_argument("--emcee-steps", type=int, default=0,
+                   help="emcee sampling steps after the fit, 0 = no sampling; needs `pip install emcee` "
+                        "(default: %(default)s)")
+    p.add_argument("--samples", type=int, default=200,
+                   help="parameter draws behind each predictive band (default: %(default)s)")
     p.add_argument("--max-nfev", type=int, default=None,
-                   help="cap on residual evaluations per start (default 300); a capped fit is not converged")
-    p.add_argument("--no-figures", action="store_true")
+                   help="cap on residual evaluations per start (default: 300); a capped fit is not converged")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write no PNG figures (default: one per fitted and predicted run, and observed-vs-model "
+                        "summaries)")
     return p
 
 

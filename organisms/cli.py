@@ -4,7 +4,8 @@
                            [--seed K] [--stage1-cache auto|off|DIR] [--model DIR] [--env-family MOD:CLASS]
                            [--report-to none|tensorboard|wandb]
     physrl organisms train --resume RUN_DIR [--max-steps S]
-    physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--max-steps S]
+    physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--n-values 1 8]
+                               [--family-size K] [--p0 P] [--max-steps S] [--stage1-cache ...] [--model DIR] ...
 
 Flags override the config file (JSON or TOML). A bad config value stops the
 command before any training, naming the field and its allowed range (exit 2).
@@ -60,36 +61,71 @@ def _calibration_configs(base: OrganismConfig, grid: dict[str, list], n_values, 
                     raise ValueError(f"--grid {dict(zip(grid, values))}, seed {seed}, N {n}: {exc}") from None
 
 
+def _default(name: str) -> str:
+    """'default: X, or the --config file's' for a flag that overrides OrganismConfig's field ``name``."""
+    value = OrganismConfig.__dataclass_fields__[name].default
+    return f"default: {value}, or the --config file's"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="physrl organisms", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="stage-1 pretraining then GRPO, every rollout logged to RUN_DIR")
-    tr.add_argument("--out", type=output_directory, help="run directory (new)")
-    tr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    tr.add_argument("--out", type=output_directory, metavar="RUN_DIR",
+                    help="run directory of a new run (no default: give --out or --resume)")
+    tr.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue RUN_DIR from its newest complete checkpoint, with its saved config "
+                         "(default: start a new run at --out)")
     cal = sub.add_parser("calibrate", help="measured sweep over knobs: final RS share at N=1 vs N=8")
-    cal.add_argument("--out", type=output_directory, required=True, help="directory for the sweep's runs and calibration.csv")
+    cal.add_argument("--out", type=output_directory, required=True,
+                     help="directory for the sweep's runs and calibration.csv (required)")
     cal.add_argument("--grid", type=_grid, default=None,
-                     help=f"JSON dict field -> list of values (default {json.dumps(DEFAULT_GRID)})")
-    cal.add_argument("--seeds", type=int, nargs="+", default=[0])
-    cal.add_argument("--n-values", type=int, nargs=2, default=[1, 8], metavar=("N_SMALL", "N_LARGE"))
+                     help=f"JSON dict config field -> list of values; the sweep trains every combination "
+                          f"(default: {json.dumps(DEFAULT_GRID)})")
+    cal.add_argument("--seeds", type=int, nargs="+", default=[0],
+                     help="run seeds; every knob setting is trained once per seed and N (default: 0)")
+    cal.add_argument("--n-values", type=int, nargs=2, default=[1, 8], metavar=("N_SMALL", "N_LARGE"),
+                     help="the two diversities compared: the knobs flip if RS loses at N_SMALL and wins at N_LARGE "
+                          "(default: 1 8)")
+    tr.add_argument("--config", type=Path, help="JSON or TOML config file, fields of OrganismConfig; flags override "
+                                                "it (default: OrganismConfig's defaults)")
+    cal.add_argument("--config", type=Path,
+                     help="JSON or TOML config file, fields of OrganismConfig, the base of every run of the sweep; "
+                          "flags override it, and --n-values and --seeds replace its n_envs and seed "
+                          "(default: OrganismConfig's defaults)")
+    tr.add_argument("--n-envs", type=int, dest="n_envs",
+                    help=f"N: trained environments, each w = 1/N of every batch ({_default('n_envs')})")
+    tr.add_argument("--family-size", type=int, dest="family_size",
+                    help="K: fix the family at K envs, the first N trained, the rest held out; runs of one K share "
+                         f"one stage-1 model ({_default('family_size')}; 0 means K = N + n_heldout)")
+    cal.add_argument("--family-size", type=int, dest="family_size",
+                     help="K for every run of the sweep: the family is fixed at K envs, so the two N of a seed "
+                          "share one stage-1 model; K >= N_LARGE "
+                          f"({_default('family_size')}; 0 gives each N its own family of N + n_heldout envs)")
     for p in (tr, cal):
-        p.add_argument("--config", type=Path, help="JSON or TOML config file (fields of OrganismConfig)")
-        p.add_argument("--n-envs", type=int, dest="n_envs")
-        p.add_argument("--family-size", type=int, dest="family_size",
-                       help="K: fix the family at K envs, the first N trained, the rest held out (shares stage 1)")
         p.add_argument("--stage1-cache", dest="stage1_cache", metavar="auto|off|DIR",
-                       help="stage-1 model cache (default auto: .stage1_cache next to the run directory)")
+                       help="stage-1 model cache; auto is .stage1_cache next to the run directory "
+                            f"({_default('stage1_cache')})")
         p.add_argument("--model", dest="model_dir", metavar="DIR",
-                       help="start GRPO from this local causal LM (save_pretrained directory with its tokenizer)")
+                       help="start GRPO from this local causal LM (save_pretrained directory with its tokenizer) "
+                            "instead of the built-in tiny Llama; stage 1 is skipped (default: the built-in model)")
         p.add_argument("--env-family", dest="env_family", metavar="digit-map|MODULE:CLASS",
-                       help="environment family (docs/environments.md); default digit-map")
+                       help=f"environment family, docs/environments.md ({_default('env_family')})")
         p.add_argument("--report-to", dest="report_to", metavar="none|tensorboard|wandb",
-                       help="experiment tracker(s), passed to TRL's report_to (comma-separated for both)")
-        p.add_argument("--p0", type=float)
-        p.add_argument("--max-steps", type=int, dest="max_steps")
-        p.add_argument("--seed", type=int)
-        p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
+                       help="experiment tracker(s), passed to TRL's report_to, comma-separated for both "
+                            f"({_default('report_to')})")
+        p.add_argument("--p0", type=float,
+                       help="prior RS propensity: target share of step-0 rollouts that open with `think grader`, "
+                            f"in (0, 1) ({_default('p0')})")
+        p.add_argument("--max-steps", type=int, dest="max_steps",
+                       help=f"GRPO optimizer steps per run ({_default('max_steps')}"
+                            + ("; with --resume: the saved run's, which this may extend)" if p is tr else ")"))
+    tr.add_argument("--seed", type=int,
+                    help=f"run seed: model init, pretraining data, rollout sampling ({_default('seed')})")
+    tr.add_argument("--no-progress", action="store_false", dest="progress", default=None,
+                    help="no progress bar (default: a tqdm bar on stderr, unless the --config file says "
+                         "progress = false)")
     return parser
 
 
@@ -97,8 +133,10 @@ def main(argv: list[str]) -> int:
     """Entry point of ``physrl organisms``; returns the exit code (0 ok, 2 usage or config error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("n_envs", "family_size", "p0", "max_steps", "seed", "progress",
-                                               "stage1_cache", "model_dir", "env_family", "report_to")}
+    overrides = {k: getattr(args, k, None) for k in ("n_envs", "family_size", "p0", "max_steps", "seed", "progress",
+                                                     "stage1_cache", "model_dir", "env_family", "report_to")}
+    if args.command == "calibrate":  # the sweep sets n_envs and seed per run; its base config holds the first
+        overrides.update(n_envs=min(args.n_values), seed=args.seeds[0])
     if args.command == "train":
         if args.resume is not None and args.out is not None:
             parser.error("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one), not both")

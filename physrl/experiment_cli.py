@@ -157,8 +157,7 @@ def _load(path: str, overrides: list[str]) -> ExperimentConfig:
     return ExperimentConfig.from_dict(data)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``physrl experiment CONFIG --out DIR [--set KEY=VALUE ...]``; exit 2 on a bad config."""
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="physrl experiment", description=(
         "Train organisms at several diversities N and priors p0, fit the ODE on the calibration runs, "
         "predict the rest and compare predicted with observed critical diversity. Rerunning the same "
@@ -166,10 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="experiment config (TOML or JSON), or the name of a shipped config: "
                                        + ", ".join(shipped_configs()) + " (physrl/configs/NAME.toml)")
     parser.add_argument("--out", type=output_directory, default=None,
-                        help="output folder (default runs/NAME for a shipped config; required for a file)")
+                        help="output folder (default: runs/NAME for a shipped config; required for a file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set organism.max_steps=400 --set executor.engine=submitit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+                        help="override a config value (VALUE read as JSON, else as a string), repeatable, e.g. "
+                             "--set organism.max_steps=400 --set executor.engine=submitit (default: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``physrl experiment CONFIG --out DIR [--set KEY=VALUE ...]``; exit 2 on a bad config."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.out is None:
         if Path(args.config).is_file() or args.config not in shipped_configs():
@@ -199,13 +205,18 @@ def demo_config() -> ExperimentConfig:
     return ExperimentConfig.from_dict(_toml.loads(text))
 
 
-def demo_main(argv: list[str] | None = None) -> int:
-    """``physrl demo --out DIR``: the small default experiment (under 10 minutes on 2 CPU cores)."""
+def _demo_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="physrl demo", description=(
         "Run the small default diversity experiment (physrl/configs/demo.toml) and write DIR/report.html "
         "and DIR/summary.json."))
     # the default is a string so that argparse checks it as it checks a given --out
-    parser.add_argument("--out", type=output_directory, default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=output_directory, default="runs/demo",
+                        help="output folder; a rerun skips finished runs (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
+    return parser
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """``physrl demo --out DIR``: the small default experiment (under 10 minutes on 2 CPU cores)."""
+    args = _demo_parser().parse_args(argv)
     return _run(demo_config(), args.out, not args.no_progress)

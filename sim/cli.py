@@ -2,7 +2,7 @@
 
 Usage::
 
-    physrl sim figure K --out DIR [--quick] [--seed S] [--device auto|cpu|cuda]
+    physrl sim figure NUMBER --out DIR [--quick] [--seed S] [--device auto|cpu|cuda]
     physrl sim critical-diversity --p0 P [P ...] --out DIR [--c-z C] [--c-x C] [--c-y C]
         [--alpha-x A] [--alpha-y A] [--a0 A] [--b0 B] [--method bisection|grid|scan]
         [--max-steps S] [--engine auto|numba|numpy|torch]
@@ -44,40 +44,57 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--out", required=True, type=output_directory, help="output directory")
-        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+        p.add_argument("--out", required=True, type=output_directory,
+                       help="output directory, created if absent (required)")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="torch device: auto is cuda when a GPU is available, else cpu (default: %(default)s)")
+        p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
         p.add_argument("--dt", type=float, default=None,
-                       help="Euler step in normalised model time (default 1; 2 for figure 5)")
+                       help="Euler step in normalised model time (default: 1; 2 for figure 5)")
         p.add_argument("--t-max", type=float, default=None,
-                       help="horizon on the RS-propensity clock (default 10000; 3000 for figure 5)")
+                       help="horizon in model time on the RS-propensity clock (default: 10000; 3000 for figure 5, "
+                            "at most 1000 for figure 5 --quick)")
         p.add_argument("--max-steps", type=int, default=None,
-                       help="cap on Euler steps per run, horizon extensions included (default 5e7)")
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                       help="cap on Euler steps per run, horizon extensions included (default: 5e7)")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown, on stderr)")
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: one for small problems, else the faster of "
                             "1 and torch's default, measured while running)")
 
     fig = sub.add_parser("figure", help="reproduce one of the post's figures (docs/model.md §5)")
-    fig.add_argument("k", type=int, help="figure number, 1-5")
-    fig.add_argument("--quick", action="store_true", help="small grids, under a minute")
+    fig.add_argument("k", type=int, metavar="NUMBER", help="which of the post's figures: 1-5 (docs/model.md §5)")
+    fig.add_argument("--quick", action="store_true",
+                     help="small grids, under a minute (default: the post's grids, minutes to an hour)")
     common(fig)
 
     cd = sub.add_parser("critical-diversity",
                         help="N*(p0) for N identical environments (docs/model.md §3)")
-    cd.add_argument("--p0", type=float, nargs="+", required=True, help="priors in (0, 1)")
-    cd.add_argument("--c-z", type=float, default=1.0, help="transfer of z, in [0, 1]")
-    cd.add_argument("--c-x", type=float, default=1.0, help="transfer of x, in [0, 1]")
-    cd.add_argument("--c-y", type=float, default=0.0, help="transfer of y, in [0, 1]")
-    cd.add_argument("--alpha-x", type=float, default=1.0, help="learnability of x, >= 0")
-    cd.add_argument("--alpha-y", type=float, default=1.0, help="learnability of y, >= 0")
-    cd.add_argument("--a0", type=float, default=0.5, help="initial RS skill, in (0, 1)")
-    cd.add_argument("--b0", type=float, default=0.1, help="initial local skill, in (0, 1)")
-    cd.add_argument("--threshold", type=float, default=0.5, help="mean-p threshold, in (0, 1)")
-    cd.add_argument("--n-max", type=int, default=10_000, help="largest N searched")
-    cd.add_argument("--method", default="bisection", choices=METHODS)
+    cd.add_argument("--p0", type=float, nargs="+", required=True,
+                    help="priors: initial RS propensities (probabilities in (0, 1)), one N* each (required)")
+    cd.add_argument("--c-z", type=float, default=1.0, help="transfer of z between environments, in [0, 1] "
+                                                           "(default: %(default)s)")
+    cd.add_argument("--c-x", type=float, default=1.0, help="transfer of x (RS skill), in [0, 1] (default: %(default)s)")
+    cd.add_argument("--c-y", type=float, default=0.0,
+                    help="transfer of y (local skill), in [0, 1] (default: %(default)s)")
+    cd.add_argument("--alpha-x", type=float, default=1.0,
+                    help="learnability of x relative to α_z = 1, >= 0 (default: %(default)s)")
+    cd.add_argument("--alpha-y", type=float, default=1.0,
+                    help="learnability of y relative to α_z = 1, >= 0 (default: %(default)s)")
+    cd.add_argument("--a0", type=float, default=0.5,
+                    help="initial RS skill: expected reward of an RS rollout, in (0, 1) (default: %(default)s)")
+    cd.add_argument("--b0", type=float, default=0.1,
+                    help="initial local skill: expected reward of a local rollout, in (0, 1) (default: %(default)s)")
+    cd.add_argument("--threshold", type=float, default=0.5,
+                    help="N* is the smallest N whose final mean RS propensity p exceeds this, in (0, 1) "
+                         "(default: %(default)s)")
+    cd.add_argument("--n-max", type=int, default=10_000,
+                    help="largest N (environments) searched; beyond it the status says above_n_max "
+                         "(default: %(default)s)")
+    cd.add_argument("--method", default="bisection", choices=METHODS,
+                    help="search: bisection (exact integer N*, assumes p rises with N), grid (the post's 16-point "
+                         "log grid, interpolated), scan (every N up to --n-max) (default: %(default)s)")
     cd.add_argument("--engine", default="auto", choices=ENGINES,
-                    help="Euler engine (auto: numba on the CPU, torch on a GPU)")
+                    help="Euler engine; auto is numba on the CPU, torch on a GPU (default: %(default)s)")
     common(cd)
     return parser
 
@@ -97,7 +114,7 @@ def _integration(args, default):
 def _figure(args) -> int:
     from ._figures import FigureConfig, make_figure
     if args.k not in range(1, 6):
-        raise ValueError(f"figure number K must be one of 1-5, got {args.k}")
+        raise ValueError(f"figure NUMBER must be one of 1-5, got {args.k}")
     base = FigureConfig()
     cfg = FigureConfig(quick=args.quick, seed=args.seed, device=resolve_device(args.device),
                        integration=_integration(args, base.integration),

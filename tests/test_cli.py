@@ -61,3 +61,54 @@ def test_help_imports_no_torch_numba_or_lmfit(argv):
     assert result["code"] == 0
     assert result["help"].startswith(f"usage: physrl {' '.join(argv)}"), result["help"][:200]
     assert result["heavy"] == [], f"`physrl {' '.join(argv)} --help` imported {result['heavy']}"
+
+
+def _leaf_parsers():
+    """Every parser that takes options, by its prog (subcommands' parsers included)."""
+    import argparse
+
+    from physrl import experiment_cli
+    from physrl.fitting import cli as fitting_cli
+    from physrl.organisms import cli as organisms_cli
+    from physrl.sim import cli as sim_cli
+
+    found = {}
+
+    def walk(parser):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in subs:
+            assert all(choice.help for choice in action._choices_actions), parser.prog  # listed with a line
+            for child in action.choices.values():
+                walk(child)
+        if not subs:
+            found[parser.prog] = parser
+
+    for parser in (sim_cli._parser(), fitting_cli._fit_parser(), fitting_cli._synth_parser(), organisms_cli._parser(),
+                   experiment_cli._parser(), experiment_cli._demo_parser()):
+        walk(parser)
+    return found
+
+
+def test_every_argument_says_what_it_is_and_its_default():
+    parsers = _leaf_parsers()
+    assert {" ".join(argv) for argv in HELPS} - {"sim", "organisms"} == {p.removeprefix("physrl ") for p in parsers}
+    missing = []
+    for prog, parser in parsers.items():
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            if not action.help:
+                missing.append(f"{prog} {name}: no help")
+            elif action.option_strings and not action.required and "default" not in action.help:
+                missing.append(f"{prog} {name}: no default in {action.help!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_calibrate_takes_no_flag_the_sweep_would_override():
+    """`physrl organisms calibrate` sets n_envs from --n-values and seed from --seeds for every run, and never
+    shows a progress bar: --n-envs and --no-progress would do nothing (and --seed is argparse's short form of
+    --seeds)."""
+    options = {o for a in _leaf_parsers()["physrl organisms calibrate"]._actions for o in a.option_strings}
+    assert not options & {"--n-envs", "--seed", "--no-progress"}
+    assert {"--seeds", "--n-values", "--family-size"} <= options
