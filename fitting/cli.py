@@ -14,8 +14,9 @@ Usage::
 A RUN is a run directory (docs/rollouts.md) or a .csv/.jsonl/.parquet table with
 the same columns. Bad input (a log that breaks the contract, a missing
 path, a bad option value, too little data) prints one clear message and
-exits with 2. stdout gets a short summary table; FIT_DIR/fit_report.txt the
-full report (lmfit's included); progress goes to stderr.
+exits with 2. stdout gets a short summary table (and, with --compare, the
+model ranking); FIT_DIR/fit_report.txt the full report (lmfit's included);
+progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -178,6 +179,30 @@ def _synthesize(argv: list[str]) -> int:
     return 0
 
 
+def _ranking(table) -> str:
+    """The model comparison as printed: one line per variant, lowest AIC first.
+
+    ``table`` is :func:`physrl.fitting.compare`'s frame (columns variant, k, aic, bic, delta_aic, delta_bic,
+    converged, unidentified, error). A variant that could not be fitted shows its error instead of numbers.
+    """
+    import math
+
+    def num(v):
+        return "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
+
+    lines = ["model comparison (AIC/BIC of the full likelihood, lowest AIC first; Δ against the best):",
+             f"{'model':<17} {'k':>3} {'AIC':>10} {'BIC':>10} {'ΔAIC':>8} {'ΔBIC':>8}  converged"]
+    for row in table.itertuples():
+        note = f"error: {row.error}" if row.error else (
+            f"not identified: {row.unidentified}" if row.unidentified else "")
+        k = "-" if row.k is None or row.k != row.k else str(int(row.k))
+        fitted = not row.error
+        lines.append(f"{row.variant:<17} {k:>3} {num(row.aic):>10} {num(row.bic):>10} "
+                     f"{num(row.delta_aic) if fitted else '-':>8} {num(row.delta_bic) if fitted else '-':>8}  "
+                     f"{'yes' if row.converged else 'NO':<9} {note}".rstrip())
+    return "\n".join(lines)
+
+
 def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, summary_title: str) -> list[str]:
     """One figure per run (``<prefix>_NN.png``) and the observed-vs-model summary; returns the file names."""
     from ._figures import plot_predicted_vs_observed, plot_run
@@ -238,6 +263,8 @@ def _fit(argv: list[str]) -> int:
     (out / "fit_report.txt").write_text(report + "\n")
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
     print(result.summary_table())
+    if args.compare:
+        print("\n" + _ranking(table))
     figures = not args.no_figures
     if figures:
         fitted = [in_sample(result, i, n_samples=args.samples) for i in _progress(range(len(runs)), progress,

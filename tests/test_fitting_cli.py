@@ -91,3 +91,49 @@ def test_too_little_data_is_one_line_or_a_fit_with_unsupported_parameters_fixed(
     doc = json.loads((tmp_path / "o2" / "fit.json").read_text())
     for name in ("a0", "alpha_x", "c_x"):
         assert doc["params"][name]["identified"] is False and "no RS rollout" in doc["params"][name]["reason"]
+
+
+def test_compare_prints_the_ranking(tmp_path, capsys):
+    """`physrl fit --compare` prints the ranking (model, k, AIC, BIC, ΔAIC, ΔBIC, converged), lowest AIC first,
+    with the numbers of model_comparison.csv."""
+    import pandas as pd
+
+    small = ["--steps", "80", "--eval-every", "10", "--n-envs", "3"]
+    assert physrl(["fit", "synthesize", "--out", str(tmp_path / "lo"), "--seed", "1", "--param", "p0=0.1", *small]) == 0
+    assert physrl(["fit", "synthesize", "--out", str(tmp_path / "hi"), "--seed", "2", "--param", "p0=0.4", *small]) == 0
+    capsys.readouterr()
+    out = tmp_path / "fit"
+    assert physrl(["fit", str(tmp_path / "lo"), str(tmp_path / "hi"), "--out", str(out), "--compare", "--starts", "1",
+                   "--no-figures", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    start = printed.index(next(line for line in printed if line.startswith("model comparison")))
+    header = printed[start + 1].split()
+    assert header == ["model", "k", "AIC", "BIC", "ΔAIC", "ΔBIC", "converged"]
+    table = pd.read_csv(out / "model_comparison.csv")
+    assert set(table.variant) == {f"{t}{lam}" for t in ("none", "homogeneous", "kernel") for lam in ("", "+lam")}
+    rows = [line.split() for line in printed[start + 2:start + 2 + len(table)]]
+    assert [r[0] for r in rows] == list(table.variant)  # the csv's order: lowest AIC first
+    for r, csv in zip(rows, table.itertuples()):
+        assert int(r[1]) == csv.k
+        assert [float(v) for v in r[2:6]] == pytest.approx([csv.aic, csv.bic, csv.delta_aic, csv.delta_bic], abs=0.051)
+        assert r[6] == ("yes" if csv.converged else "NO")
+    assert float(rows[0][4]) == 0.0
+
+
+def test_compare_ranking_shows_a_variant_that_could_not_be_fitted():
+    import math
+
+    import pandas as pd
+
+    from physrl.fitting.cli import _ranking
+
+    table = pd.DataFrame([
+        {"variant": "none", "k": 3, "aic": 10.0, "bic": 12.0, "converged": True, "unidentified": "", "error": ""},
+        {"variant": "kernel", "k": None, "aic": math.inf, "bic": math.inf, "converged": False, "unidentified": "",
+         "error": "too few observations"}])
+    table["delta_aic"] = table.aic - table.aic.min()
+    table["delta_bic"] = table.bic - table.bic.min()
+    lines = _ranking(table).splitlines()
+    assert lines[2].split() == ["none", "3", "10.0", "12.0", "0.0", "0.0", "yes"]
+    assert lines[3].split()[:7] == ["kernel", "-", "-", "-", "-", "-", "NO"]
+    assert lines[3].endswith("error: too few observations")
