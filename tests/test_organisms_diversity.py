@@ -1,7 +1,7 @@
 """The diversity effect, observed: same knobs, seed and difficulty distribution; N = 1 ends below N = 8.
 
 The full comparison trains two default runs without held-out envs, as in the
-demo (~65-85 s each on one CPU thread; seed 0 measured in README, Calibration)
+demo (~30-35 s of one CPU thread each, physrl/configs/demo.toml)
 and is marked slow; ``test_calibrate_sweep_runs_both_sizes`` covers the same
 code path (``calibrate`` -> ``run_pair`` -> ``train`` -> ``summarize``) in CI.
 """
