@@ -29,7 +29,7 @@ _EXPORTS = {
     "build_model": "_model", "build_tokenizer": "_model", "load_model": "_model", "prepare_tokenizer": "_model",
     "use_mask_positions": "_model",
     "measure_knobs": "_pretrain", "pretrain": "_pretrain", "supervised_pretrain": "_pretrain",
-    "WordCodec": "_rollout",
+    "WordCodec": "_rollout", "RunInUse": "_lock", "run_lock": "_lock",
     "Stage1Cache": "_stage1", "stage1_ingredients": "_stage1", "stage1_key": "_stage1",
     "check_setup": "_train", "evaluate": "_train", "saved_config": "_train", "train": "_train",
 }
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from physrl.contract import read_manifest, read_rollouts
     from ._model import build_model, build_tokenizer, load_model, prepare_tokenizer, use_mask_positions
     from ._pretrain import measure_knobs, pretrain, supervised_pretrain
+    from ._lock import RunInUse, run_lock
     from ._rollout import WordCodec
     from ._stage1 import Stage1Cache, stage1_ingredients, stage1_key
     from ._train import check_setup, evaluate, saved_config, train

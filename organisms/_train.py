@@ -43,6 +43,7 @@ from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_ro
                              write_manifest)
 
 from ._checkpoints import INCOMING, publish, resume_point, step_of
+from ._lock import LOCK_NAME, run_lock
 from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier
 from ._config import RESULT_NEUTRAL, OrganismConfig
 from ._family import TRUTH_COLUMN, EnvironmentFamily, make_family
@@ -573,9 +574,23 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
         ``resume`` and ``out_dir`` has no manifest.
     ResumeMismatch
         ``resume`` with a config that differs from the saved one (names the fields).
+    RunInUse
+        Another live process is training ``out_dir`` (its pid named); nothing was touched.
     """
-    with _quiet_libraries():
-        return _train(config, Path(out_dir), resume, recorder_hook, log)
+    run_dir = Path(out_dir)
+    if not resume and run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} is a file, not a run directory")
+    if resume and not run_dir.is_dir():  # nothing to lock: _train names what is missing
+        with _quiet_libraries():
+            return _train(config, run_dir, resume, recorder_hook, log)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(run_dir), _quiet_libraries():
+            return _train(config, run_dir, resume, recorder_hook, log)
+    finally:
+        if created and not any(run_dir.iterdir()):  # a new run that stopped before writing anything
+            run_dir.rmdir()
 
 
 def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, log) -> Path:
@@ -615,7 +630,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
     else:
         if run_dir.exists() and not run_dir.is_dir():
             raise FileExistsError(f"{run_dir} is a file, not a run directory")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

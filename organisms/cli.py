@@ -161,11 +161,12 @@ def main(argv: list[str]) -> int:
         print(f"physrl organisms: {exc}", file=sys.stderr)
         return 2
     if args.command == "train":
+        from ._lock import RunInUse
         from ._train import ResumeMismatch, train
 
         try:
             run_dir = train(config, args.resume or args.out, resume=args.resume is not None)
-        except (FileExistsError, ResumeMismatch) as exc:
+        except (FileExistsError, ResumeMismatch, RunInUse) as exc:
             print(f"physrl organisms: {exc}", file=sys.stderr)
             return 2
         print(f"run written to {run_dir}")

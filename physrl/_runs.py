@@ -106,17 +106,19 @@ def train_one(organism: dict, run_dir: str, resume: bool) -> str:
     An unfinished run with a manifest is resumed by ``organisms.train`` (from
     its last checkpoint, or from the start if it has none, never duplicating a
     logged batch); a directory without a manifest is moved aside to
-    ``<run_id>.stale`` and the run starts afresh.
+    ``<run_id>.stale`` and the run starts afresh. A run that another live
+    process is training raises ``organisms.RunInUse`` (reported as a failed run).
     """
-    from physrl.organisms import OrganismConfig, train
+    from physrl.organisms import OrganismConfig, run_lock, train
 
     path = Path(run_dir)
     config = OrganismConfig(**{**organism, "progress": False})
     resume = resume and (path / "manifest.json").exists()
     if not resume and path.exists() and any(path.iterdir()):
-        stale = path.with_name(path.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        path.rename(stale)
+        with run_lock(path):  # never move a folder that a live trainer (e.g. an orphaned worker) writes
+            stale = path.with_name(path.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            path.rename(stale)
     train(config, path, resume=resume, log=lambda *a, **k: None)
     return str(path)
 

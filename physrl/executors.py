@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,28 @@ class ExecutorConfig:
             raise ValueError("executor.gpus_per_job must be >= 0 and cpus_per_job >= 1")
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Initializer of a local pool worker: the worker is SIGKILLed when the experiment's process dies.
+
+    A pool worker outlives a parent killed with SIGKILL (nothing tells it), goes on training its run
+    and then idles forever; an immediate rerun of the experiment would train the same run beside it
+    (measured: the orphan of a killed ``physrl experiment`` was still alive a minute later). Linux's
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` ties the worker to the thread that spawned it (the one that
+    submits, which waits for every result); a killed worker's run resumes from its last checkpoint
+    like any killed run. Elsewhere nothing is set: organisms' run lock still keeps a second trainer
+    out of the run.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+            return
+        if os.getppid() != parent_pid:  # the parent died before the line above ran
+            os._exit(1)
+
+
 def _single_threaded(fn: Callable, args: tuple) -> Any:
     """Run ``fn(*args)`` with one torch thread (so parallel jobs do not oversubscribe)."""
     import torch
@@ -97,7 +121,8 @@ class Executor:
         if config.engine == "local":
             if config.max_workers > 1:
                 ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(config.max_workers, mp_context=ctx)
+                self._pool = ProcessPoolExecutor(config.max_workers, mp_context=ctx, initializer=_die_with_parent,
+                                                 initargs=(os.getpid(),))
         elif config.engine == "submitit":
             try:
                 import submitit

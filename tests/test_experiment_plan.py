@@ -1,6 +1,11 @@
 """The experiment's config, plan and executors (no training here)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +123,58 @@ def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_pat
     assert _config_mismatch(run, wanted) == []
     assert _config_mismatch(run, {**wanted, "stage1_cache": "off"}) == ["stage1_cache"]
     assert _config_mismatch(run, {**wanted, "n_envs": 2}) == ["n_envs"]
+
+
+#: a parent that starts a local pool whose one job writes its worker's pid and then sleeps
+ORPHAN_PARENT = r'''
+import sys, time
+from pathlib import Path
+from physrl.executors import Executor, ExecutorConfig
+
+def job(path):
+    import os
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with Executor(ExecutorConfig(engine="local", max_workers=2), Path(sys.argv[1])) as ex:
+        ex.result(ex.submit(job, sys.argv[2]))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_local_pool_worker_dies_with_a_killed_experiment(tmp_path):
+    """SIGKILL of the experiment's process (kill -9, the OOM killer) used to leave its pool workers running:
+    they went on training their runs (beside the rerun's workers, in the same run folders) and then idled
+    forever. Now each worker is SIGKILLed with its parent."""
+    script, pid_file = tmp_path / "parent.py", tmp_path / "worker.pid"
+    script.write_text(ORPHAN_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(pid_file)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert parent.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), f"worker {worker} outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"

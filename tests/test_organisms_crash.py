@@ -331,3 +331,55 @@ def _moment(run_dir: Path) -> str:
     if list((run_dir / "checkpoints" / ".incoming").glob("checkpoint-*")):
         return "checkpoint"
     return "GRPO step"
+
+
+# ---- one trainer per run directory -------------------------------------------------------------------
+#: holds a run's training lock from another process until killed
+HOLDER = r'''
+import sys, time
+from physrl.organisms import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+'''
+
+
+def _snapshot(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in run_dir.rglob("*") if p.is_file() and p.name != ".train.lock"}
+
+
+def test_a_second_trainer_of_a_run_is_refused_and_touches_nothing(reference, tmp_path, capsys):
+    """Two trainers in one run folder (a second --resume while the first runs, or an experiment rerun beside an
+    orphaned worker) interleaved checkpoint rotation and chunk writes: measured, two concurrent resumes of a
+    killed 40-step run left batches logged in two chunks (a run no reader or resume accepts) once in four tries.
+    Now the second stops at once naming the holder's pid; the lock dies with its holder (SIGKILL included)."""
+    from physrl.cli import main
+    from physrl.organisms import RunInUse, run_lock
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (tmp_path / "holder.py").write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), str(run_dir)], stdout=subprocess.PIPE,
+                              text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(run_dir)
+        for argv in (["organisms", "train", "--resume", str(run_dir)],
+                     ["organisms", "train", "--out", str(run_dir), "--config", str(tmp_path / "tiny.json")]):
+            (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.splitlines() == [f"physrl organisms: {run_dir} is being trained by another process "
+                                        f"(pid {holder.pid}); let it finish or stop it, then resume"], err
+        with pytest.raises(RunInUse, match=f"pid {holder.pid}"):
+            train(OrganismConfig(**TINY), run_dir, resume=True, **QUIET)
+        assert _snapshot(run_dir) == before and read_manifest(run_dir).status == "finished"
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(run_dir):  # the kernel dropped the killed holder's lock (its file may remain)
+        pass
+    assert not (run_dir / ".train.lock").exists()
+    assert main(["organisms", "train", "--resume", str(run_dir)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
