@@ -45,6 +45,7 @@ import pandas as pd
 
 from physrl import fitting, sim
 from physrl._analysis import protocol_final_p
+from physrl.contract import atomic_write_bytes
 from physrl._scaling import at_budget, quantile_interval, slope_with_interval
 
 PREDICTIONS_FILE = "predictions.json"
@@ -209,6 +210,11 @@ def check_order(out_dir: str | Path, sweep_run_dirs) -> None:
 def freeze(out_dir: str | Path, payload: dict) -> Preregistration:
     """Write ``predictions.json`` once (atomically) and record its sha256 and write time.
 
+    The hash record is written (atomically) before the predictions are renamed into place, so a
+    kill at any moment leaves either no ``predictions.json`` (a rerun freezes afresh: no sweep run
+    exists yet) or one whose record exists, never a frozen file without its record (which would
+    refuse the folder for good, calibration runs included).
+
     Raises
     ------
     PreregistrationError
@@ -224,10 +230,10 @@ def freeze(out_dir: str | Path, payload: dict) -> Preregistration:
     tmp.write_text(json.dumps(fitting.json_safe(doc), indent=2))
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    reg = Preregistration(PREDICTIONS_FILE, _sha256(tmp), written_at)
+    atomic_write_bytes(out / LOCK_FILE, json.dumps({"file": reg.file, "sha256": reg.sha256,
+                                                    "written_at": reg.written_at}, indent=2).encode())
     tmp.replace(path)
-    reg = Preregistration(PREDICTIONS_FILE, _sha256(path), written_at)
-    (out / LOCK_FILE).write_text(json.dumps({"file": reg.file, "sha256": reg.sha256,
-                                             "written_at": reg.written_at}, indent=2))
     return reg
 
 
@@ -244,7 +250,12 @@ def verify(out_dir: str | Path) -> tuple[Preregistration, dict]:
     if not lock.exists():
         raise PreregistrationError(f"{out / PREDICTIONS_FILE} exists without its hash record {lock}; "
                                    "cannot verify it was frozen before the sweep: use a new --out folder")
-    record = json.loads(lock.read_text())
+    try:
+        record = json.loads(lock.read_text())
+        record["file"], record["sha256"], record["written_at"]
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as err:
+        raise PreregistrationError(f"{lock} is not a hash record ({type(err).__name__}: {err}); cannot verify "
+                                   f"{out / PREDICTIONS_FILE}: use a new --out folder") from None
     digest = _sha256(out / record["file"])
     if digest != record["sha256"]:
         raise PreregistrationError(f"{out / record['file']} changed after it was frozen (sha256 {digest[:12]}… "

@@ -3,6 +3,8 @@ calibration → fit → frozen predictions → sweep → observed N*(p0), the lo
 scores, report."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from conftest import NAN_OR_NONE, STEPS, ode_trainer, scaling_config, visible_text
@@ -165,3 +167,51 @@ def test_slope_words_give_the_interval_or_why_there_is_no_slope():
     words = slope_words({"value": None, "interval_95": [None, None], "p0_used": [0.2], "share_undefined": 1.0})
     assert words.startswith("not defined (N* finite at 1 p0 only") and "100% of replicates" in words
     assert not NAN_OR_NONE.search(words)
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after the interrupted file operation runs (no except, no finally)."""
+
+
+def _arm_file_operations(monkeypatch, kill_at: int) -> list[int]:
+    """Count writes and renames; the ``kill_at``-th (1-based) raises _Killed instead of running."""
+    count = [0]
+
+    def arm(owner, name):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            count[0] += 1
+            if count[0] == kill_at:
+                raise _Killed
+            return original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for owner, name in ((Path, "write_text"), (Path, "write_bytes"), (Path, "replace"), (os, "replace")):
+        arm(owner, name)
+    return count
+
+
+def test_a_kill_at_any_file_operation_of_the_freeze_leaves_a_folder_a_rerun_can_use(tmp_path, monkeypatch):
+    """Before: predictions.json was renamed into place and only then its hash record written, so a kill
+    between the two (seen with a real SIGKILL in `physrl experiment`) left a frozen file without a record, and
+    every rerun refused the folder ('use a new --out folder'), calibration runs and all."""
+    payload = {"cells": [{"p0": 0.1, "n_envs": 2, "budget": 10, "p_win": 0.3}], "threshold": 0.5}
+    operations = None
+    for kill_at in range(1, 20):
+        out = tmp_path / f"kill{kill_at}"
+        out.mkdir()
+        with monkeypatch.context() as m:
+            count = _arm_file_operations(m, kill_at)
+            try:
+                _preregistration.freeze(out, payload)
+                operations = count[0]  # no operation left to kill at
+            except _Killed:
+                pass
+        if not _preregistration.frozen(out):  # what the rerun does: freeze afresh, or verify what is there
+            _preregistration.freeze(out, payload)
+        _, frozen = _preregistration.verify(out)
+        assert frozen["cells"] == payload["cells"], kill_at
+        if operations is not None:
+            break
+    assert operations is not None and operations >= 3
