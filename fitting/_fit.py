@@ -496,9 +496,10 @@ class FitResult:
         }
 
     def save(self, path: str | Path) -> None:
-        from ._json import json_safe
+        """Write ``fit.json`` atomically (a kill mid-write leaves the previous file whole); no NaN."""
+        from ._json import write_json
 
-        Path(path).write_text(json.dumps(json_safe(self.to_dict()), indent=2))
+        write_json(path, self.to_dict())
 
 
 def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,

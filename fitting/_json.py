@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -23,3 +25,19 @@ def json_safe(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename: ``contract.atomic_write_bytes``).
+
+    A kill mid-write leaves the previous file whole (a rerun into the same folder never loses a result
+    to a half-written one).
+    """
+    from physrl.contract import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, doc) -> None:
+    """``json_safe(doc)`` as indented strict JSON, written atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(json_safe(doc), indent=2))

@@ -17,7 +17,6 @@ for counts, standard error × √φ for Gaussian means), to each parameter draw.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from scipy import special
 
 from ._engine import BatchConfig, UnstableStep, simulate, single_thread
 from ._fit import FitResult
-from ._json import json_safe
+from ._json import json_safe, write_json
 from physrl.contract import Run, load_runs
 
 from ._observations import observations
@@ -422,8 +421,8 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
 
 
 def save_prediction(pred: Prediction, path: str | Path) -> None:
-    """Write ``prediction.json`` (metrics, p0 and its source, notes); no NaN (nulls instead)."""
-    Path(path).write_text(json.dumps(json_safe(pred.to_dict()), indent=2))
+    """Write ``prediction.json`` (metrics, p0 and its source, notes) atomically; no NaN (nulls instead)."""
+    write_json(path, pred.to_dict())
 
 
 def in_sample(fit: FitResult, index: int, **kwargs) -> Prediction:

@@ -21,7 +21,6 @@ progress goes to stderr.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -221,7 +220,7 @@ def _fit(argv: list[str]) -> int:
 
     from ._crossval import cross_validate
     from ._fit import compare, fit
-    from ._json import json_safe
+    from ._json import write_json, write_text
     from ._predict import in_sample, predict
     from ._problem import FitSpec, check_step_range
 
@@ -259,8 +258,8 @@ def _fit(argv: list[str]) -> int:
     if args.compare:
         table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
         report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
-        table.to_csv(out / "model_comparison.csv", index=False)
-    (out / "fit_report.txt").write_text(report + "\n")
+        write_text(out / "model_comparison.csv", table.to_csv(index=False))
+    write_text(out / "fit_report.txt", report + "\n")
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
     print(result.summary_table())
     if args.compare:
@@ -276,7 +275,7 @@ def _fit(argv: list[str]) -> int:
         preds = [predict(result, run, n_samples=args.samples) for run in _progress(targets, progress, "predict")]
         doc = {"fit": str(out / "fit.json"), "converged": result.converged,
                "predictions": [p.to_dict() for p in preds]}
-        (out / "prediction.json").write_text(json.dumps(json_safe(doc), indent=2))
+        write_json(out / "prediction.json", doc)
         written.append("prediction.json")
         if figures:
             written += _plot_runs(preds, targets, out, "predict",
@@ -296,8 +295,8 @@ def _fit(argv: list[str]) -> int:
               f"{agree}{n_star}")
     if args.cross_validate:
         cv = cross_validate(runs, progress=progress, n_samples=args.samples, **options)
-        cv.table.to_csv(out / "cross_validation.csv", index=False)
-        (out / "cross_validation.json").write_text(json.dumps(json_safe(cv.to_dict()), indent=2))
+        write_text(out / "cross_validation.csv", cv.table.to_csv(index=False))
+        write_json(out / "cross_validation.json", cv.to_dict())
         written += ["cross_validation.csv", "cross_validation.json"]
         cols = ["source", "converged", "end_observed", "end_predicted", "end_right", "rmse_p", "coverage_p",
                 "coverage_all"]

@@ -19,7 +19,6 @@ vs observed critical diversity (docs/model.md §3, §6).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -131,7 +130,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     sweep_ids = [k for k, r in plan.items() if r.role != CALIBRATION]
     _preregistration.check_order(out, [out / "runs" / k for k in sweep_ids])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps(config.to_dict(), indent=2))
+    fitting.write_json(out / "experiment.json", config.to_dict())
     resolved = organism_configs(config)
     max_steps = int(resolved[sweep_ids[0]]["max_steps"])
     budgets = sorted({b for b in config.budgets if b < max_steps} | {max_steps})
@@ -147,7 +146,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
                              max_nfev=config.fit_max_nfev, progress=progress)
     fit_result.save(fit_dir / "fit.json")
-    (fit_dir / "fit_report.txt").write_text(fit_result.report())
+    fitting.write_text(fit_dir / "fit_report.txt", fit_result.report())
 
     # 3. frozen predictions, before any sweep run exists
     if _preregistration.frozen(out):
@@ -233,7 +232,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                           f"Config: experiment.json; logs: runs/; fit: fit/; frozen predictions: "
                           f"{_preregistration.PREDICTIONS_FILE}.")
     summary["seconds"]["total"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(fitting.json_safe(summary), indent=2))
+    fitting.write_json(out / "summary.json", summary)  # atomic: a kill mid-write keeps the previous summary whole
     return fitting.json_safe(summary)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,38 @@ def test_compare_ranking_shows_a_variant_that_could_not_be_fitted():
     assert lines[2].split() == ["none", "3", "10.0", "12.0", "0.0", "0.0", "yes"]
     assert lines[3].split()[:7] == ["kernel", "-", "-", "-", "-", "-", "NO"]
     assert lines[3].endswith("error: too few observations")
+
+
+def test_fit_outputs_are_replaced_atomically_never_rewritten_in_place(tmp_path, monkeypatch):
+    """A rerun into the same --out killed mid-write must leave the previous fit.json (fit_report.txt,
+    prediction.json) whole: every output goes to a temporary file that is renamed into place; the final
+    path is never opened for writing (before: Path.write_text truncated it first)."""
+    import builtins
+    import io
+
+    from physrl import fitting
+
+    run = fitting.synthesize(tmp_path / "run", n_envs=2, n_heldout=1, steps=20, eval_every=10, rollouts_per_env=16,
+                             seed=1)
+    out = tmp_path / "fit"
+    argv = ["fit", str(run), "--out", str(out), "--predict", str(run), "--no-figures", "--no-progress",
+            "--starts", "1", "--samples", "5"]
+    assert physrl(argv[:4] + argv[6:]) == 0  # a first fit, whose files the second replaces
+    before = {name: (out / name).read_bytes() for name in ("fit.json", "fit_report.txt")}
+    opened = []
+    original = io.open
+
+    def recording_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            opened.append(str(file))
+        return original(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", recording_open)
+    monkeypatch.setattr(builtins, "open", recording_open)
+    assert physrl(argv) == 0
+    finals = {str(out / name) for name in ("fit.json", "fit_report.txt", "prediction.json")}
+    assert finals.isdisjoint(opened), sorted(finals & set(opened))
+    assert all(Path(p).name.startswith(".") and p.endswith(".tmp") for p in opened if p.startswith(str(out))), opened
+    assert json.loads((out / "prediction.json").read_text())["predictions"]
+    assert json.loads((out / "fit.json").read_text())["params"] == json.loads(before["fit.json"])["params"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
