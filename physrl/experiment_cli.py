@@ -148,8 +148,12 @@ def _load(path: str, overrides: list[str]) -> ExperimentConfig:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         target = data
         *parents, leaf = key.split(".")
-        for p in parents:
+        for depth, p in enumerate(parents):
             target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                where = ".".join(parents[:depth + 1])
+                raise ValueError(f"--set {item}: {where!r} is a {type(target).__name__}, not a table; "
+                                 f"set it whole (--set '{where}=...')")
         try:
             target[leaf] = json.loads(value)
         except json.JSONDecodeError:

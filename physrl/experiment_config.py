@@ -148,6 +148,8 @@ class ExperimentConfig:
     prediction_draws: int = 200
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if not _is_list(self.n_envs, int) or any(n < 1 for n in self.n_envs):
             raise ValueError(f"n_envs must be a non-empty list of integers >= 1, got {self.n_envs!r}")
         self.n_envs = sorted(set(self.n_envs))  # a repeated value would plan the same run twice
@@ -169,8 +171,9 @@ class ExperimentConfig:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS}, got {self.transfer!r}")
-        if not self.calibration:
-            raise ValueError("calibration must name at least one run to fit on")
+        if not isinstance(self.calibration, list) or not self.calibration:
+            raise ValueError("calibration must be a non-empty list of runs to fit on "
+                             f"({{n_envs = .., p0 = .., n_held_out = ..}} tables), got {self.calibration!r}")
         self.calibration = [c if isinstance(c, CalibrationRun) else _build(CalibrationRun, c, "calibration")
                             for c in self.calibration]
         if len({(c.n_envs, c.p0, c.n_held_out) for c in self.calibration}) < len(self.calibration):
