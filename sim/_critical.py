@@ -118,10 +118,14 @@ def check_unit_interval(name: str, value) -> None:
 
 
 def check_nonnegative(name: str, value) -> None:
-    """Raise ``ValueError`` naming ``name`` unless every value is >= 0 (learnabilities)."""
+    """Raise ``ValueError`` naming ``name`` unless every value is a finite number >= 0 (learnabilities).
+
+    An infinite learnability passed this check before and came back from the integration as NaN, in a
+    two-line error that printed the tensor.
+    """
     arr = np.asarray(value, dtype=float)
-    if np.any(~(arr >= 0)):
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    if np.any(~(arr >= 0) | ~np.isfinite(arr)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def time_scale(model: ToyModel) -> Tensor:
