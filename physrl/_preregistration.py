@@ -207,6 +207,30 @@ def check_order(out_dir: str | Path, sweep_run_dirs) -> None:
             f"{PREDICTIONS_FILE}: predictions can no longer be frozen before the sweep; use a new --out folder")
 
 
+def check_calibration(out_dir: str | Path, calibration_runs: list[str]) -> None:
+    """Refuse a folder whose frozen predictions came from other calibration runs than the config plans.
+
+    A rerun refits the planned calibration runs and reports that fit beside the frozen predictions; with
+    another calibration list (seen: a rerun with ``calibration`` changed from N = 1 to N = 2 trained the
+    new calibration run after the sweep, reported its fit and its protocol N*, and scored the old fit's
+    frozen forecasts) the report would mix two fits. No-op when nothing is frozen yet.
+
+    Raises
+    ------
+    PreregistrationError
+        The frozen file's ``context.calibration_runs`` differs from ``calibration_runs`` (or the file
+        fails :func:`verify`).
+    """
+    if not frozen(out_dir):
+        return
+    _, predictions = verify(out_dir)
+    used = (predictions.get("context") or {}).get("calibration_runs")
+    if used is not None and sorted(used) != sorted(calibration_runs):
+        raise PreregistrationError(f"the frozen predictions in {Path(out_dir) / PREDICTIONS_FILE} came from the "
+                                   f"calibration runs {used}, this config calibrates on {calibration_runs}: their "
+                                   "fit would be reported beside predictions it did not make; use a new --out folder")
+
+
 def freeze(out_dir: str | Path, payload: dict) -> Preregistration:
     """Write ``predictions.json`` once (atomically) and record its sha256 and write time.
 

@@ -129,12 +129,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     cal_ids = [k for k, r in plan.items() if r.role == CALIBRATION]
     sweep_ids = [k for k, r in plan.items() if r.role != CALIBRATION]
     _preregistration.check_order(out, [out / "runs" / k for k in sweep_ids])
-    out.mkdir(parents=True, exist_ok=True)
-    fitting.write_json(out / "experiment.json", config.to_dict())
     resolved = organism_configs(config)
     max_steps = int(resolved[sweep_ids[0]]["max_steps"])
     budgets = sorted({b for b in config.budgets if b < max_steps} | {max_steps})
     grid = config.sweep_grid()
+    if _preregistration.frozen(out):  # a rerun: refused now, before any run is trained or experiment.json
+        _preregistration.check_calibration(out, cal_ids)  # (the config reanalyse reads) is rewritten
+        _preregistration.check_coverage(_preregistration.verify(out)[1], grid, budgets, config.threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    fitting.write_json(out / "experiment.json", config.to_dict())
 
     # 1-2. calibration runs, then the fit on them alone
     dirs = train_all(config, out, progress=progress, role=CALIBRATION)

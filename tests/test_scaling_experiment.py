@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import NAN_OR_NONE, STEPS, ode_trainer, scaling_config, visible_text
 
-from physrl import _preregistration, _runs
+from physrl import _preregistration, _runs, fitting
 from physrl.experiment import run_experiment
 
 
@@ -215,3 +215,33 @@ def test_a_kill_at_any_file_operation_of_the_freeze_leaves_a_folder_a_rerun_can_
         if operations is not None:
             break
     assert operations is not None and operations >= 3
+
+
+def test_a_rerun_with_other_calibration_runs_is_refused_before_training_them(finished, monkeypatch):
+    """Before: the rerun trained the new calibration run (after the sweep), reported its fit and protocol N*, and
+    scored the old fit's frozen forecasts beside them, one report from two fits."""
+    out, _, _ = finished
+    calls = []
+    monkeypatch.setattr(_runs, "train_one", ode_trainer(calls))
+    changed = scaling_config(calibration=[{"n_envs": 2, "p0": 0.1, "n_held_out": 2},
+                                          {"n_envs": 4, "p0": 0.2, "n_held_out": 2}])
+    with pytest.raises(_preregistration.PreregistrationError,
+                       match=r"came from the calibration runs \['cal-N1-p0.1-h2-s10', 'cal-N4-p0.2-h2-s10'\], this "
+                             r"config calibrates on \['cal-N2-p0.1-h2-s10', 'cal-N4-p0.2-h2-s10'\]"):
+        run_experiment(changed, out, progress=False)
+    assert calls == [] and not (out / "runs" / "cal-N2-p0.1-h2-s10").exists()
+
+
+def test_a_refused_rerun_leaves_the_folders_config_alone(finished, monkeypatch):
+    """Before: a rerun refused for a sweep cell without a frozen prediction had already rewritten
+    experiment.json with its own config (the refusal came after the fit), so reanalyse() read the refused
+    config and failed on sweep runs that never existed."""
+    out, _, _ = finished
+    before = (out / "experiment.json").read_bytes()
+    calls = []
+    monkeypatch.setattr(_runs, "train_one", ode_trainer(calls))
+    monkeypatch.setattr(fitting, "fit", lambda *a, **k: pytest.fail("a refused rerun must not fit"))
+    with pytest.raises(_preregistration.PreregistrationError, match="do not cover"):
+        run_experiment(scaling_config(n_envs_by_p0={"0.05": [4, 8, 16, 24], "0.1": [2, 4, 8], "0.2": [1, 2, 4]},
+                                      n_star_max=32), out, progress=False)
+    assert (out / "experiment.json").read_bytes() == before and calls == []
