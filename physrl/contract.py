@@ -303,6 +303,11 @@ class Manifest(_Environments):
         dup = sorted({e for e in ids if ids.count(e) > 1})
         if dup:
             raise _FieldError("environments", f"lists env_id {dup} more than once")
+        total = math.fsum(e.w for e in self.environments)
+        if total > 1 + 1e-6:  # shares of one batch (docs/model.md §1); 1e-6 lets rounded 1/N values through
+            raise _FieldError("environments", f"w sums to {total:.6g} over the environments, but each w is the "
+                              "environment's share of the RL batch, so they sum to at most 1 (w = 1/N for N "
+                              "trained environments)")
         is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
         _opt(self.created, lambda v: isinstance(v, str), "a timestamp string", "created")
         _opt(self.finished, lambda v: isinstance(v, str), "a timestamp string", "finished")

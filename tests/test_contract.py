@@ -69,6 +69,8 @@ def test_manifest_round_trip_keeps_namespaces_and_unknown_keys():
      "exactly the keys"),
     (lambda d: d["environments"].__setitem__(0, "e0"), "environments[0]", "an environment is an object"),
     (lambda d: d["environments"].append({"env_id": "env-00", "w": 0}), "environments", "more than once"),
+    (lambda d: [e.update(w=1.0) for e in d["environments"]], "environments",  # w = 1 per env: the fit was N× too fast
+     "w sums to 3 over the environments, but each w is the environment's share of the RL batch"),
     (lambda d: d.update(seed="7"), "seed", "an integer"),
     (lambda d: d.update(p0=1.0), "p0", "(0, 1)"),
     (lambda d: d.update(rows_written=-1), "rows_written", ">= 0"),
