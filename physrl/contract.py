@@ -41,7 +41,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy import stats
 
 #: version of the contract a writer of this module writes (manifest field ``contract_version``)
 CONTRACT_VERSION = 1
@@ -836,6 +835,8 @@ def jeffreys_interval(successes, trials, level: float = 0.95) -> tuple[np.ndarra
     (lower, upper) : ndarrays
         In [0, 1]; NaN when n = 0.
     """
+    from scipy import stats  # here, not at module import: an organism worker never calls this (0.5 s)
+
     k = np.asarray(successes, dtype=float)
     n = np.asarray(trials, dtype=float)
     tail = (1 - level) / 2
