@@ -305,6 +305,45 @@ def check_coverage(predictions: dict, grid: dict[float, list[int]], budgets: lis
                                    "use a new --out folder for a changed sweep")
 
 
+FIT_DRIFT_RTOL = 1e-3  # a refit this close to the frozen one is the same fit (BLAS and optimizer noise)
+
+
+def fit_drift(predictions: dict, fit_result, rtol: float = FIT_DRIFT_RTOL) -> dict:
+    """Compare a rerun's calibration fit with the fit that made the frozen predictions.
+
+    A rerun of ``physrl experiment`` refits the calibration runs (their logs
+    are unchanged); if the fitting code changed since the freeze, the report
+    would otherwise show a new fit beside predictions an old fit made.
+
+    Parameters
+    ----------
+    predictions : dict
+        The frozen ``predictions.json``; its ``context.fit_parameters`` (name ->
+        value) were recorded at the freeze.
+    fit_result : physrl.fitting.FitResult
+        The fit of this run.
+    rtol : float
+        Relative tolerance (absolute 1e-6 for values near 0).
+
+    Returns
+    -------
+    dict
+        ``{"checked": bool, "matches": bool | None, "differing": {name: [frozen, now]}}``;
+        ``checked`` is False (``matches`` None) when the frozen file has no
+        recorded parameters (written before they were recorded).
+    """
+    recorded = (predictions.get("context") or {}).get("fit_parameters")
+    if not recorded:
+        return {"checked": False, "matches": None, "differing": {}}
+    now = {n: e.value for n, e in fit_result.estimates.items()}
+    differing = {}
+    for name in sorted(set(recorded) | set(now)):
+        a, b = recorded.get(name), now.get(name)
+        if a is None or b is None or not math.isclose(float(a), float(b), rel_tol=rtol, abs_tol=1e-6):
+            differing[name] = [a, b]
+    return {"checked": True, "matches": not differing, "differing": differing}
+
+
 def _created(manifest: dict) -> datetime | None:
     text = manifest.get("created")
     if not text:

@@ -337,6 +337,12 @@ def verdict(summary: dict) -> list[str]:
     lines.append(f"Predictions frozen at {html.escape(reg['written_at'])} (sha256 {reg['sha256'][:16]}…); "
                  + ("every sweep run started after that." if ok else
                     f"<span class='bad'>sweep runs started before the freeze: {', '.join(reg['late_runs'])}</span>"))
+    drift = summary.get("fit_matches_frozen") or {}
+    if drift.get("matches") is False:
+        names = ", ".join(html.escape(n) for n in drift["differing"])
+        lines.append("<span class='bad'>This rerun's calibration fit differs from the fit that made the frozen "
+                     f"predictions</span> ({names}): the fitted parameters and in-sample plots below are the "
+                     "new fit's, the forecasts scored above are the frozen ones (predictions.json).")
     if not summary.get("fit_converged_for_predictions", True):
         lines.append("<span class='bad'>The calibration fit behind the frozen predictions did not converge</span>; "
                      "its predictions are scored as frozen, but claim no law.")

@@ -156,6 +156,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         registration, frozen = _preregistration.verify(out)
         _preregistration.check_coverage(frozen, grid, budgets, config.threshold)
         _say(progress, f"frozen predictions verified (sha256 {registration.sha256[:12]}…)")
+        drift = _preregistration.fit_drift(frozen, fit_result)
+        if drift["matches"] is False:
+            _say(progress, "warning: this calibration fit differs from the one that made the frozen predictions "
+                           f"({', '.join(drift['differing'])}); the report says so")
     else:
         _say(progress, "freezing predictions for every sweep cell before the sweep is trained")
         sweep_cfg = resolved[sweep_ids[0]]
@@ -168,6 +172,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                               "fit_parameters": {n: e.value for n, e in fit_result.estimates.items()}}
         registration = _preregistration.freeze(out, payload)
         registration, frozen = _preregistration.verify(out)
+        drift = _preregistration.fit_drift(frozen, fit_result)
 
     # 4. the sweep, trained and read only now
     dirs.update(train_all(config, out, progress=progress, role=SWEEP))
@@ -221,6 +226,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     first_win = summary["observed_n_star"]
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
+    summary["fit_matches_frozen"] = drift
     for key, entry in summary["observed_n_star"].items():
         entry["smallest_winning_n_per_seed"] = first_win.get(key, {}).get("per_seed")
     for key, entry in summary["predicted_n_star"].items():

@@ -123,6 +123,8 @@ def test_rerun_verifies_the_frozen_file_and_refuses_a_changed_one(finished, monk
     assert (out / "predictions.json").read_bytes() == before
     assert again["preregistration"]["sha256"] == summary["preregistration"]["sha256"]
     assert again["scaling"]["observed_slope"] == summary["scaling"]["observed_slope"]
+    assert summary["fit_matches_frozen"] == {"checked": True, "matches": True, "differing": {}}
+    assert again["fit_matches_frozen"]["matches"] is True  # the same logs refit to the frozen fit
     # a sweep cell that was never predicted is refused, not silently predicted after the fact
     with pytest.raises(_preregistration.PreregistrationError, match="do not cover"):
         run_experiment(scaling_config(n_envs_by_p0={"0.05": [4, 8, 16, 24], "0.1": [2, 4, 8], "0.2": [1, 2, 4]},
@@ -245,3 +247,39 @@ def test_a_refused_rerun_leaves_the_folders_config_alone(finished, monkeypatch):
         run_experiment(scaling_config(n_envs_by_p0={"0.05": [4, 8, 16, 24], "0.1": [2, 4, 8], "0.2": [1, 2, 4]},
                                       n_star_max=32), out, progress=False)
     assert (out / "experiment.json").read_bytes() == before and calls == []
+
+
+def test_a_rerun_whose_refit_moved_says_so_beside_the_frozen_forecasts(finished, tmp_path, monkeypatch):
+    import shutil
+
+    from physrl import experiment
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    monkeypatch.setattr(_runs, "train_one", ode_trainer([]))
+    real_fit = experiment.fitting.fit
+
+    def moved_fit(*args, **kwargs):  # as if the fitting code had changed since the freeze
+        result = real_fit(*args, **kwargs)
+        result.estimates["time_scale"].value *= 1.5
+        return result
+
+    monkeypatch.setattr(experiment.fitting, "fit", moved_fit)
+    again = run_experiment(scaling_config(), out, progress=False)
+    drift = again["fit_matches_frozen"]
+    assert drift["checked"] is True and drift["matches"] is False and list(drift["differing"]) == ["time_scale"]
+    frozen, now = drift["differing"]["time_scale"]
+    assert now == pytest.approx(1.5 * frozen)
+    assert "differs from the fit that made the frozen predictions (time_scale)" in visible_text((out / "report.html").read_text())
+    assert again["scores"] == finished[1]["scores"]  # the frozen forecasts are what is scored, still
+
+
+def test_fit_drift_tolerates_optimizer_noise_and_reports_old_frozen_files():
+    from types import SimpleNamespace as NS
+
+    fit = NS(estimates={"c_z": NS(value=0.5), "c_x": NS(value=0.0)})
+    assert _preregistration.fit_drift({"context": {"fit_parameters": {"c_z": 0.5 * (1 + 1e-5), "c_x": 1e-9}}},
+                                      fit)["matches"] is True
+    assert _preregistration.fit_drift({"context": {"fit_parameters": {"c_z": 0.51, "c_x": 0.0}}},
+                                      fit)["differing"] == {"c_z": [0.51, 0.5]}
+    assert _preregistration.fit_drift({"context": {}}, fit) == {"checked": False, "matches": None, "differing": {}}
