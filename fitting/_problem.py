@@ -329,7 +329,8 @@ class Problem:
         check_step_range(runs)
         obs = obs[obs["phase"].isin(spec.phases)]
         if obs.empty:
-            raise ValueError(f"no observations in phases {spec.phases}")
+            named = ", ".join(f"{r.run_id} ({r.source})" if getattr(r, "source", None) else r.run_id for r in runs)
+            raise ValueError(f"no observations in phases {tuple(spec.phases)} in any run: {named}")
         run_ids = [r.run_id for r in runs]
         run_env_ids = [r.env_ids for r in runs]
         env_ids = list(dict.fromkeys(e for ids in run_env_ids for e in ids))

@@ -212,6 +212,11 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
         plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name, title(pred, run))
         names.append(name)
     plot_predicted_vs_observed(preds, out / summary_name, summary_title)
+    # a reused --out folder: per-run figures of an earlier, larger fit (this scheme's names only) would
+    # sit beside these as if they belonged to this fit
+    for old in out.glob(f"{prefix}_[0-9][0-9].png"):
+        if old.name not in names:
+            old.unlink()
     return names + [summary_name]
 
 

@@ -173,3 +173,29 @@ def test_fit_outputs_are_replaced_atomically_never_rewritten_in_place(tmp_path, 
     assert json.loads((out / "prediction.json").read_text())["predictions"]
     assert json.loads((out / "fit.json").read_text())["params"] == json.loads(before["fit.json"])["params"]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_reused_out_folder_keeps_no_run_figure_of_an_earlier_larger_fit(tmp_path):
+    small = ["--steps", "60", "--eval-every", "10", "--n-envs", "2"]
+    runs = [tmp_path / f"r{i}" for i in range(3)]
+    for i, r in enumerate(runs):
+        assert physrl(["fit", "synthesize", "--out", str(r), "--seed", str(i + 1), "--param",
+                       f"p0={0.1 + 0.1 * i:.1f}", *small]) == 0
+    out = tmp_path / "fit"
+    assert physrl(["fit", *map(str, runs), "--out", str(out), "--starts", "1", "--no-progress"]) == 0
+    assert {p.name for p in out.glob("fit_[0-9][0-9].png")} == {"fit_00.png", "fit_01.png", "fit_02.png"}
+    (out / "my_notes.png").write_bytes(b"not ours")
+    assert physrl(["fit", *map(str, runs[:2]), "--out", str(out), "--starts", "1", "--no-progress"]) == 0
+    assert {p.name for p in out.glob("fit_[0-9][0-9].png")} == {"fit_00.png", "fit_01.png"}
+    assert (out / "my_notes.png").read_bytes() == b"not ours"  # only this scheme's names are removed
+
+
+def test_no_observation_in_any_run_names_the_runs(tmp_path, capsys):
+    from physrl import fitting
+
+    run = fitting.synthesize(tmp_path / "run", n_envs=2, n_heldout=1, steps=20, eval_every=10, rollouts_per_env=16,
+                             seed=4)
+    assert physrl(["fit", str(run), "--out", str(tmp_path / "fit"), "--phases", "train", "--no-progress",
+                   "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "no observations in phases ('train',) in any run" in err and str(run) in err
