@@ -654,6 +654,17 @@ def _normalise_arrow(table: pa.Table, path: Path) -> pa.Table:
     return pa.table(columns, names=names)
 
 
+def _shown(value) -> str:
+    """A bad cell as a user reads it: ``nan`` / ``inf`` / ``missing`` for numbers, ``repr`` otherwise."""
+    if value is None or value is pd.NA:
+        return "missing (null)"
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return f"{float(value)} (not finite)"
+    if isinstance(value, (np.generic,)):
+        return repr(value.item())
+    return repr(value)
+
+
 def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -685,7 +696,7 @@ def _coerce(df: pd.DataFrame, path: Path, arrow_types: dict[str, pa.DataType] | 
             bad = ~np.isfinite(numeric) | (numeric != np.round(numeric)) | is_bool
             if bad.any():
                 i = _first_bad(bad)
-                raise LogValidationError(path, i, name, f"expected int64, got {col.iloc[i]!r}")
+                raise LogValidationError(path, i, name, f"expected int64, got {_shown(col.iloc[i])}")
             out[name] = (col.to_numpy(np.int64) if pd.api.types.is_integer_dtype(col.dtype)
                          else numeric.astype(np.int64))
         elif kind == "float64":
@@ -694,7 +705,7 @@ def _coerce(df: pd.DataFrame, path: Path, arrow_types: dict[str, pa.DataType] | 
             bad = ~np.isfinite(numeric) | is_bool
             if bad.any():
                 i = _first_bad(bad)
-                raise LogValidationError(path, i, name, f"expected float64, got {col.iloc[i]!r}")
+                raise LogValidationError(path, i, name, f"expected a finite float64, got {_shown(col.iloc[i])}")
             out[name] = numeric
         else:  # bool
             mapping = {True: True, False: False, "true": True, "false": False, "True": True,

@@ -76,7 +76,7 @@ def test_bad_jsonl_type_is_rejected(run_dir, tmp_path):
     df = fitting.load_runs(run_dir)[0].rollouts.astype(object)
     df.loc[2, "reward"] = "high"
     df.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    with pytest.raises(LogValidationError, match=r"row 2, column 'reward': expected float64"):
+    with pytest.raises(LogValidationError, match=r"row 2, column 'reward': expected a finite float64, got 'high'"):
         fitting.load_runs(tmp_path / "bad.jsonl")
 
 
@@ -138,3 +138,12 @@ def test_a_duplicated_chunk_is_rejected_not_fitted_twice(run_dir):
     shutil.copy(_part(run_dir), run_dir / "rollouts" / "part-00001.parquet")
     with pytest.raises(LogValidationError, match=r"part-00001\.parquet.*row 0.*group_id.*logged twice"):
         fitting.load_runs([run_dir])
+
+
+def test_a_nan_reward_is_named_not_finite(run_dir, tmp_path):
+    df = fitting.load_runs(run_dir)[0].rollouts.copy()
+    df.loc[3, "reward"] = float("nan")
+    df.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(LogValidationError, match=r"row 3, column 'reward': expected a finite float64, got "
+                                                 r"(nan \(not finite\)|missing \(null\))"):
+        fitting.load_runs(tmp_path / "nan.csv")
