@@ -245,6 +245,12 @@ def _fit(argv: list[str]) -> int:
     if args.cross_validate and len(runs) < 2:
         raise _UsageError("--cross-validate needs at least two runs")
     targets = load_runs(args.predict) if args.predict else []
+    fitted = {Path(r.source).resolve() for r in runs}
+    both = [r.run_id for r in targets if Path(r.source).resolve() in fitted]  # the same log, not a namesake
+    if both:  # the fit has seen these logs: their "prediction" would be in-sample, not a test
+        raise _UsageError(f"run{'s' if len(both) > 1 else ''} {', '.join(both)} both fitted and given to --predict: "
+                          "a prediction of logs that tuned the fit is not a prediction (leave them out of the "
+                          "fitted runs, or use --cross-validate)")
     check_step_range(runs + targets)  # before the fit: a target's bad step would only show after it
     progress = not args.no_progress
     options = dict(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,

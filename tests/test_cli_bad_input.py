@@ -142,6 +142,7 @@ CASES = [
     ("fit", ["fit", "{good}", "--out", "{dir}", "--phases", "warmup"], "phases"),
     ("fit", ["fit", "{good}", "--out", "{dir}", "--emcee-steps", "-1"], "emcee"),
     ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{missing}"], "no such run directory"),
+    ("fit", ["fit", "{good}", "--out", "{dir}", "--predict", "{good}"], "a prediction of logs that tuned the fit"),
     ("fit", ["fit", "{good}", "--out", "{file}"], "a_file.txt"),
     ("fit", ["fit", "{good}", "--out", "{file}/fit"], "a_file.txt is a file"),
     ("fit", ["fit", "{short_csv}", "--out", "{dir}"], "cannot support time_scale"),

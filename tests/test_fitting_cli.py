@@ -151,8 +151,10 @@ def test_fit_outputs_are_replaced_atomically_never_rewritten_in_place(tmp_path, 
 
     run = fitting.synthesize(tmp_path / "run", n_envs=2, n_heldout=1, steps=20, eval_every=10, rollouts_per_env=16,
                              seed=1)
+    other = fitting.synthesize(tmp_path / "other", n_envs=2, n_heldout=1, steps=20, eval_every=10,
+                               rollouts_per_env=16, seed=2)
     out = tmp_path / "fit"
-    argv = ["fit", str(run), "--out", str(out), "--predict", str(run), "--no-figures", "--no-progress",
+    argv = ["fit", str(run), "--out", str(out), "--predict", str(other), "--no-figures", "--no-progress",
             "--starts", "1", "--samples", "5"]
     assert physrl(argv[:4] + argv[6:]) == 0  # a first fit, whose files the second replaces
     before = {name: (out / name).read_bytes() for name in ("fit.json", "fit_report.txt")}
