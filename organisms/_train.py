@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -54,6 +55,43 @@ from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 #: keys of an environment entry that belong to the contract; the rest go under "organisms"
 _CONTRACT_ENV_KEYS = ("env_id", "w", "coordinates", "observation")
+
+
+
+class _TiedHeadFilter(logging.Filter):
+    """Drops transformers' Trainer warning that a resumed checkpoint lacks the tied output head.
+
+    The tiny models tie ``lm_head.weight`` to the input embeddings, so a
+    checkpoint does not store it; ``Trainer._issue_warnings_after_load`` warns
+    "There were missing keys in the checkpoint model loaded: ['lm_head.weight']"
+    although the head is the embedding matrix that was loaded. Any other
+    missing key still warns.
+    """
+
+    def __init__(self, tied: set[str]):
+        super().__init__()
+        self.message = f"There were missing keys in the checkpoint model loaded: {sorted(tied)}."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
+@contextlib.contextmanager
+def _quiet_tied_head_on_resume(model):
+    """While resuming, silence the tied-head warning (:class:`_TiedHeadFilter`) if the model ties its head."""
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    head = getattr(model, "lm_head", None)
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not (tied and head is not None and embed is not None and head.weight is embed.weight):
+        yield
+        return
+    log = logging.getLogger("transformers.trainer")
+    quiet = _TiedHeadFilter({"lm_head.weight"})
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def extra_columns(family: EnvironmentFamily) -> list[tuple[str, pa.DataType]]:
@@ -686,7 +724,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             trainer.callback_handler.callbacks.insert(0, callback.tracker)
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
-        with _tracking_environment(config, run_dir):
+        with _tracking_environment(config, run_dir), _quiet_tied_head_on_resume(model):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         timing = callback.timing()
         tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
