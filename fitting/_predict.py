@@ -132,6 +132,15 @@ class Prediction:
     metrics : PredictionMetrics
     level : float
     notes : list of str
+    trained_share : pandas.DataFrame or None
+        The RS share pooled over the trained environments' scored rows, one
+        row per step: ``step``, ``n``, ``n_rs``, ``p_hat`` (observed),
+        ``pred_p`` (point prediction, n-weighted over the trained envs),
+        ``band_lo_p``, ``band_hi_p`` (predictive band of the pooled share at
+        ``level``: parameter draws plus overdispersed binomial noise at the
+        pooled n) and ``inside_p``. ``metrics.coverage`` is computed per
+        (env, step) row of ``observations`` against that row's own band, not
+        against this one; the two coincide when one environment is trained.
     """
 
     run_id: str
@@ -146,6 +155,7 @@ class Prediction:
     metrics: PredictionMetrics
     level: float
     notes: list[str] = field(default_factory=list)
+    trained_share: pd.DataFrame | None = None
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "p0": self.p0, "p0_source": self.p0_source, "level": self.level,
@@ -155,7 +165,7 @@ class Prediction:
 def _target_p0(run: Run, obs: pd.DataFrame, p0: float | None):
     """(p0, source, logit-normal (loc, scale) of its measurement or None)."""
     if p0 is not None:
-        return float(p0), "argument", None
+        return float(p0), _argument_source(run, float(p0)), None
     first = _first_rows(obs)
     prior = _measured_prior(run, first) if len(first) else None
     if prior is not None:  # pooled over the trained envs, as the organisms' p0 is set
@@ -169,6 +179,29 @@ def _target_p0(run: Run, obs: pd.DataFrame, p0: float | None):
     if run.p0_hint is not None:
         return run.p0_hint, "manifest", None
     raise ValueError(f"run {run.run_id}: no p0 given, none measured and none in its manifest")
+
+
+def _argument_source(run: Run, p0: float) -> str:
+    """Where a p0 given as an argument comes from, in words: the run's step-0 measurement it equals
+    (eval, train or both phases, trained envs; the Jeffreys mean (k + ½)/(n + 1) or k/n), or its manifest
+    p0; else just the argument."""
+    trained = [e.env_id for e in run.environments if e.w > 0] or run.env_ids
+    n_tr = len(trained)
+    envs = f"its {n_tr} trained env{'s' if n_tr != 1 else ''}"
+    for phases, what in ((("eval",), "eval"), (("train",), "train"), (None, "eval + train")):
+        try:
+            est = run.measured_prior(phases=phases, env_ids=trained)
+        except ValueError:
+            continue
+        k, n, step = est.pooled.n_rs, est.pooled.n, est.step
+        if n and math.isclose(p0, est.pooled.value, rel_tol=1e-9, abs_tol=1e-12):
+            return (f"the run's measured {what} RS share at step {step} over {envs}, "
+                    f"(k + ½)/(n + 1) = ({k} + ½)/({n} + 1) (given as predict's p0)")
+        if n and math.isclose(p0, k / n, rel_tol=1e-9, abs_tol=1e-12):
+            return f"the run's measured {what} RS share at step {step} over {envs}, {k}/{n} (given as predict's p0)"
+    if run.p0_hint is not None and math.isclose(p0, run.p0_hint, rel_tol=1e-9):
+        return "the run's manifest p0 (given as predict's p0)"
+    return "given as predict's p0 argument (not a step-0 measurement of this run)"
 
 
 def sampled_names(fit: FitResult) -> list[str]:
@@ -345,9 +378,11 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
     lower = {k: np.quantile(v[:, 1:], tail, axis=1) for k, v in states.items()}
     upper = {k: np.quantile(v[:, 1:], 1 - tail, axis=1) for k, v in states.items()}
     phi_used = fit.diagnostics.dispersion_used
-    notes = [f"p0 = {p0_value:.4g} from {p0_source}"]
+    notes = [f"p0 = {p0_value:.4g}: {p0_source}"]
     if any(v > 1 for v in phi_used.values()):
-        notes.append("predictive bands include the fit's dispersion φ = "
+        notes.append("the fit's dispersion φ (Pearson χ²/dof per component) = "
+                     + ", ".join(f"{c}: {v:.2f}" for c, v in fit.diagnostics.component_dispersion.items())
+                     + "; the predictive bands widen each component's sampling noise by max(φ, 1) = "
                      + ", ".join(f"{c}: {v:.2f}" for c, v in phi_used.items()))
     if fit.unidentified:
         notes.append("unidentified parameters drawn over their whole range: " + ", ".join(fit.unidentified))
@@ -383,6 +418,8 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
         inside_all.append(inside[use])
     both = np.concatenate(inside_all)
     coverage["all"] = float(both.mean()) if both.size else None
+    trained_share = _pooled_trained_band(table, scored_rows, states["p"], t, e, run, level,
+                                         phi_used.get("p", 1.0), rng)
 
     scored_table = table[scored_rows]
     rmse = {}
@@ -417,7 +454,30 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
                                 seed=seed).to_dict()
     metrics = PredictionMetrics(rmse, rmse_p, coverage, end_state, ns, scored)
     return Prediction(run.run_id, p0_value, p0_source, steps, run.env_ids, mean, lower, upper, table, metrics,
-                      level, notes)
+                      level, notes, trained_share)
+
+
+def _pooled_trained_band(table, scored_rows, p_states, t, e, run, level, phi, rng) -> pd.DataFrame:
+    """The RS share pooled over the trained envs' scored rows per step, with its predictive band
+    (``Prediction.trained_share``); p_states shape (T, S+1, N)."""
+    trained_ids = {env.env_id for env in run.environments if env.w > 0} or set(run.env_ids)
+    use = scored_rows & table["env_id"].isin(trained_ids).to_numpy() & (table["n"].to_numpy() > 0)
+    cols = ["step", "n", "n_rs", "p_hat", "pred_p", "band_lo_p", "band_hi_p", "inside_p"]
+    if not use.any():
+        return pd.DataFrame(columns=cols)
+    rows = np.flatnonzero(use)
+    steps_u, which = np.unique(table["step"].to_numpy()[rows], return_inverse=True)
+    n_row = table["n"].to_numpy(float)[rows]
+    k_row = table["n_rs"].to_numpy(float)[rows]
+    mu_row = p_states[t[rows], :, e[rows]]  # (M, S+1)
+    n = np.bincount(which, weights=n_row)
+    k = np.bincount(which, weights=k_row)
+    mu = np.stack([np.bincount(which, weights=n_row * mu_row[:, s]) for s in range(mu_row.shape[1])]) / n
+    lo, hi = _predictive_band(np.ones(len(n), bool), n, mu[1:], level, phi, rng)
+    p_hat = k / n
+    return pd.DataFrame({"step": steps_u, "n": n.astype(int), "n_rs": k.astype(int), "p_hat": p_hat,
+                         "pred_p": mu[0], "band_lo_p": lo, "band_hi_p": hi,
+                         "inside_p": (p_hat >= lo - 1e-12) & (p_hat <= hi + 1e-12)})
 
 
 def save_prediction(pred: Prediction, path: str | Path) -> None:
@@ -436,4 +496,5 @@ def in_sample(fit: FitResult, index: int, **kwargs) -> Prediction:
     if len(p0s) > 1:
         pred.notes.append("per-env priors: curves start from the run's mean fitted p0")
     pred.p0_source = "fit"
+    pred.notes[0] = f"p0 = {pred.p0:.4g}: the fit's p0 for this run" + (" (mean over its envs)" if len(p0s) > 1 else "")
     return pred

@@ -53,7 +53,8 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     order = sorted(handles, key=lambda lab: int(lab.split("=")[1]))
-    fig.suptitle("Organisms: does reward-seeking spread more with more environments? (one line per seed)",
+    fig.suptitle("Organisms: does reward-seeking spread more with more environments? "
+                 "(one line per run, colour: N)",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend([handles[k] for k in order], order, loc="lower center", ncol=min(len(order), 8), fontsize=8,
@@ -61,8 +62,17 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
     return figure_to_data_uri(fig, path)
 
 
+def bands_title(level: float) -> str:
+    """The predicted-bands figure's title: which band is which, and which one coverage counts."""
+    return (f"Predicted (red line: mean p over trained envs; dark band: {level:.0%} parameter uncertainty; "
+            f"light band: {level:.0%} predictive band,\nparameters + sampling noise: the band coverage counts) "
+            "vs observed (black: RS share over trained envs, Jeffreys 95%)")
+
+
 def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
-    """Sweep runs: observed RS share (points, Jeffreys 95%) against the predicted mean p (band)."""
+    """Sweep runs: observed RS share (points, Jeffreys 95%) against the predicted mean p, its band from
+    parameter uncertainty (dark) and its predictive band (light: parameters + overdispersed binomial noise
+    at the pooled trained-env n, ``Prediction.trained_share``)."""
     from physrl.fitting import jeffreys_interval
 
     keys = list(predictions)
@@ -81,8 +91,13 @@ def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
         ax = axes[p0s.index(r.p0), grids[r.p0].index(r.n_envs)]
         trained = [j for j, e in enumerate(pred.env_ids)
                    if any(env.env_id == e and env.w > 0 for env in run.environments)]
+        pooled = pred.trained_share
+        if pooled is not None and len(pooled):
+            x = pooled.step.to_numpy(float)
+            ax.fill_between(x, pooled.band_lo_p.to_numpy(float), pooled.band_hi_p.to_numpy(float),
+                            color="#f6c9c4", lw=0.6, ls="--", edgecolor="#d9817a")
         ax.fill_between(pred.steps, pred.lower["p"][:, trained].mean(1), pred.upper["p"][:, trained].mean(1),
-                        color="tab:red", alpha=0.25, lw=0)
+                        color="tab:red", alpha=0.45, lw=0)
         ax.plot(pred.steps, pred.mean["p"][:, trained].mean(1), color="tab:red", lw=1.5)
         share = _trained_share(obs, run)
         k_rs = share.p * share.n
@@ -99,10 +114,27 @@ def bands_figure(plan, predictions, obs, runs, path: Path) -> str:
         axes[i, len(grids[p0]) - 1].xaxis.set_tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel("RS share p")
-    fig.suptitle("Predicted (red: mean p over trained envs, band: parameter uncertainty) vs observed (black)",
-                 fontsize=10)
-    fig.tight_layout()
+    level = next(iter(predictions.values())).level if predictions else 0.9
+    fig.suptitle(bands_title(level), fontsize=9)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig.tight_layout(rect=(0, 0.1 if len(p0s) == 1 else 0.05, 1, 1))
+    fig.legend([Line2D([], [], color="tab:red", lw=1.5), Patch(color="tab:red", alpha=0.45, lw=0),
+                Patch(facecolor="#f6c9c4", edgecolor="#d9817a", ls="--", lw=0.6),
+                Line2D([], [], color="black", marker="o", ms=3, lw=0.7)],
+               ["predicted mean p (trained envs)", f"{level:.0%} parameter uncertainty",
+                f"{level:.0%} predictive band (what coverage counts)", "observed RS share, Jeffreys 95%"],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
     return figure_to_data_uri(fig, path)
+
+
+def _pooled_coverage(pred) -> float | None:
+    """Share of a prediction's pooled trained-env RS share points inside their predictive band (None if none)."""
+    pooled = None if pred is None else pred.trained_share
+    if pooled is None or not len(pooled):
+        return None
+    return float(pooled.inside_p.astype(bool).mean())
 
 
 def n_star_figure(observed: pd.DataFrame, predicted: pd.DataFrame, threshold: float, path: Path,
@@ -176,8 +208,10 @@ def _verdict(summary: dict) -> list[str]:
             lines.append("<span class='bad'>Wrong end state:</span> " + shown + more)
     cov = [r["coverage"] for r in runs if r["coverage"] is not None]
     if cov:
-        lines.append(f"Share of the RS share's eval points inside the 90% predictive band, median over sweep "
-                     f"runs: <b>{np.median(cov):.0%}</b> (a calibrated model gives about 90%).")
+        lines.append(f"Share of the RS share's eval points (one per environment and step) inside their own 90% "
+                     f"predictive band (parameters + sampling noise; the light band in the figure below, not "
+                     f"the dark one), median over sweep runs: <b>{np.median(cov):.0%}</b> (a calibrated model "
+                     "gives about 90%).")
     rm = [r["rmse"].get("p_trained", r["rmse"]["p"]) for r in runs
           if r["rmse"].get("p_trained", r["rmse"].get("p")) is not None
           and np.isfinite(r["rmse"].get("p_trained", r["rmse"]["p"]))]
@@ -208,12 +242,41 @@ def _verdict(summary: dict) -> list[str]:
                      f"{summary['fit']['nfev']} residual evaluations): no N* is claimed and the predictions "
                      "below are not an answer.")
     if summary["fit"].get("dispersion") is not None:
+        comp = summary["fit"].get("component_dispersion") or {}
+        per = ", ".join(f"{c}: {v:.2f}" for c, v in comp.items() if v is not None)
         lines.append(f"Dispersion of the calibration data: φ = {summary['fit']['dispersion']:.2f} "
-                     "(Pearson χ²/dof; errors and bands carry it per component).")
+                     "(Pearson χ²/dof" + (f"; per component {per}" if per else "")
+                     + "; the fit's weights, errors and predictive bands use max(φ, 1) per component).")
     if summary["unidentified"]:
         lines.append("<span class='bad'>Not identified by the calibration runs</span> (predictions lean on "
                      "their whole plausible range): " + ", ".join(summary["unidentified"]) + ".")
     return lines
+
+
+def _initial_state_note(param: dict, step0: list[dict]) -> str:
+    """A p0 / a0 / b0 row's note with both scales, so the parameter table and the step-0 table agree:
+    a0, b0 are latent σ(x0), σ(y0) (docs/model.md §7) and the note quotes them in observed reward units;
+    p0 is held at the Jeffreys mean (k + ½)/(n + 1) of its step-0 count, not at k/n."""
+    note = param.get("note") or ""
+    row = next((r for r in step0 if r["param"] == param["name"]), None)
+    if row is None:
+        return note
+    what, _, how = note.partition("; ")
+    env = f", env {row['env']}" if row.get("env") is not None else ""
+    lo, hi = row["measured_95"]
+    measured = f"{row['measured']:.3f} [{lo:.3f}, {hi:.3f}]"
+    if row["quantity"] == "p":
+        n = int(round(row["n"]))
+        k = int(round(row["measured"] * n))
+        if not param.get("vary") and how.startswith("held at its step-0 measurement"):
+            how = (f"held at the Jeffreys mean (k + ½)/(n + 1) = ({k} + ½)/({n} + 1) of its step-0 count "
+                   f"{k}/{n} = {row['measured']:.3f} (step-0 table), which keeps it inside (0, 1)")
+        return "; ".join(x for x in (f"prior p0 (RS share at step 0){env}", how) if x)
+    latent, skill = ("σ(x0)", "RS skill") if row["quantity"] == "a" else ("σ(y0)", "local skill")
+    what = (f"latent {latent} = {param['value']:.4f}, {skill} at step 0{env}; in observed reward units "
+            f"{row['quantity']}0 = {row['fitted']:.3f} (docs/model.md §7's observation bounds; measured "
+            f"{measured}, step-0 table)")
+    return "; ".join(x for x in (what, how) if x)
 
 
 def step0_table(rows: list[dict]) -> pd.DataFrame:
@@ -246,6 +309,7 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
                     "for larger N."],
         figures=[(rs_share_figure(obs, runs, plan, figs / "rs_share.png"), "RS share per step")]))
     params = pd.DataFrame(summary["parameters"])
+    params["note"] = [_initial_state_note(r, summary.get("step0", [])) for r in summary["parameters"]]
     params["run"] = params["run"].fillna("all (shared)")
     params["identified"] = params["identified"].map({True: "yes", False: "no"})
     table = params[["name", "run", "value", "stderr", "lower_95", "upper_95", "identified", "note"]].rename(
@@ -269,18 +333,31 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
                               "step-0 table: the initial state measured at each calibration run's first logged "
                               "step (p0: RS share with a Jeffreys 95% interval; a0, b0: mean reward of the RS "
                               "and local paths with a normal 95% interval, pooled over the runs they are "
-                              "shared by) against the fit's initial state in the same observed units")],
+                              "shared by) against the fit's initial state in the same observed units (p0: the "
+                              "Jeffreys mean (k + ½)/(n + 1) of the count, not k/n, so it stays inside (0, 1); "
+                              "a0, b0: the parameter table's latent σ(x0), σ(y0) mapped through the observation "
+                              "bounds)")],
         figures=fit_figs))
+    level = next(iter(predictions.values())).level if predictions else 0.9
     sections.append(Section(
         "Predictions for the runs the fit never saw",
-        paragraphs=["Each panel is one sweep run. Points: observed RS share with Jeffreys 95% intervals. "
-                    "Red: the fitted ODE started from the run's measured step-0 share, with its band from "
-                    "parameter uncertainty."],
+        paragraphs=["Each panel is one sweep run. Points: observed RS share over the trained envs with Jeffreys "
+                    "95% intervals. Red line: the fitted ODE started from the run's measured step-0 share; dark "
+                    f"band: {level:.0%} over parameter draws (the uncertainty of the mean); light band: the "
+                    f"{level:.0%} predictive band (parameter draws plus the overdispersed binomial noise of the "
+                    "pooled eval rollouts), where a calibrated model puts about "
+                    f"{level:.0%} of the points. The table's coverage counts the run's eval points one per "
+                    "environment (trained and held out) and step, each against its own "
+                    f"{level:.0%} predictive band; 'pooled share in light band' counts the black points against "
+                    "the light band drawn. The two are the same count when one environment is trained and none "
+                    "is held out."],
         figures=[(bands_figure(plan, predictions, obs, runs, figs / "predicted_bands.png"),
                   "predicted bands vs observed")],
         tables=[(pd.DataFrame([{"run": p.run_id, "N": p.n_envs, "p0": p.p0, "observed final p": p.observed_final_p,
                                 "predicted final p": p.predicted_final_p, "RMSE p": p.rmse.get("p"),
-                                "coverage": p.coverage, "end state agrees": p.end_state_agrees}
+                                f"coverage (per env, {level:.0%} predictive band)": p.coverage,
+                                "pooled share in light band": _pooled_coverage(predictions.get(p.run_id)),
+                                "end state agrees": p.end_state_agrees}
                                for p in points]), "per-run prediction errors")]))
     sections.append(Section(
         "The fit's N* curve over a wider range of p0",

@@ -64,20 +64,51 @@ class Section:
             table_id = f"t-{re.sub(r'[^a-z0-9]+', '-', self.title.lower()).strip('-')}-{i}"
             parts.append(_column_style(df, table_id))
             parts.append(df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
-                                    border=0, escape=True, table_id=table_id))
+                                    formatters=_column_formats(df), border=0, escape=True, table_id=table_id))
         for uri, caption in self.figures:
             parts.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
                          f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure>")
         return "\n".join(parts)
 
 
+def column_decimals(values) -> int | None:
+    """Decimals for a float column printed in one fixed format: 3, or 4 when its smallest nonzero value
+    is below 0.1 (3 significant digits there); None (keep ``.4g``) when the column is all integers, empty, or spans
+    magnitudes fixed decimals cannot show (a value below 1e-3 or at least 1e3, e.g. ``3.712e-11``)."""
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None], float)
+    v = np.abs(v[np.isfinite(v)])
+    if not v.size or np.all(v == np.round(v)):
+        return None
+    nz = v[v > 0]
+    if (nz < 1e-3).any() or (v >= 1e3).any():
+        return None
+    return 4 if nz.size and nz.min() < 0.1 else 3
+
+
+def _column_formats(df: pd.DataFrame) -> dict:
+    """Per float column, one fixed number of decimals (:func:`column_decimals`) so a column never mixes
+    ``0.25`` and ``0.1041``; columns it leaves alone use the table's ``.4g``."""
+    out = {}
+    for col in df.columns:
+        if not pd.api.types.is_float_dtype(df[col]):
+            continue
+        d = column_decimals(df[col].tolist())
+        if d is not None:
+            out[col] = lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}"
+    return out
+
+
 def _column_style(df: pd.DataFrame, table_id: str) -> str:
     """Words read left-aligned: a ``<style>`` aligning the table's text columns (run names, notes) left
-    and keeping short text (names, intervals such as ``[0.086, 0.227]``) on one line; numbers stay
-    right-aligned."""
+    and keeping short text (names, intervals such as ``[0.086, 0.227]``) and every number on one line;
+    numbers stay right-aligned."""
     rules = []
     for k, col in enumerate(df.columns, start=1):
         if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            # a number is one token: 3.712e-11 must not break at its minus sign
+            rules.append(f"#{table_id} td:nth-child({k}){{white-space:nowrap}}")
             continue
         values = [str(v) for v in df[col] if isinstance(v, str)]
         words = any(re.search(r"[A-Za-z]{3}", v) for v in values)

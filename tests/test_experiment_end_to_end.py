@@ -109,6 +109,22 @@ def _check_one_p0_words(out, summary):
     assert "organism-1-2" not in params["p0_r0"]["note"] and "at bound; " not in text
     assert "fixed (" not in text and "held at its step-0 measurement" in text
     assert "step-0 table: the initial state measured" in text
+    # the parameter table quotes a0, b0 on both scales and says why p0 is not k/n (docs/model.md §7)
+    step0 = {r["param"]: r for r in summary["step0"]}
+    a0 = step0["a0"]
+    assert (f"latent σ(x0) = {params['a0']['value']:.4f}, RS skill at step 0; in observed reward units "
+            f"a0 = {a0['fitted']:.3f}") in text
+    p0 = step0["p0_r0"]
+    n = int(round(p0["n"]))
+    k = int(round(p0["measured"] * n))
+    assert f"held at the Jeffreys mean (k + ½)/(n + 1) = ({k} + ½)/({n} + 1) of its step-0 count {k}/{n}" in text
+    assert math.isclose(params["p0_r0"]["value"], (k + 0.5) / (n + 1), rel_tol=1e-9)
+    # per-run notes say where p0 came from; the figures say which band coverage counts
+    for r in summary["runs"]:
+        assert r["notes"][0].startswith("p0 = ") and "the run's measured eval RS share at step 0" in r["notes"][0]
+        assert "from argument" not in " ".join(r["notes"])
+    assert "light band: the 90% predictive band" in text and "pooled share in light band" in text
+    assert "inside their own 90% predictive band" in text
     assert {r["param"] for r in summary["step0"]} >= {"p0_r0", "p0_r1"}
     for row in summary["step0"]:
         lo, hi = row["measured_95"]

@@ -178,3 +178,19 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state != "Z"
+
+
+def test_report_tables_print_one_format_per_column_and_keep_numbers_on_one_line():
+    import pandas as pd
+
+    from physrl.report import Section, column_decimals
+
+    assert column_decimals([0.25, 0.1041, 1.159]) == 3  # scores: 0.250, 0.104, 1.159
+    assert column_decimals([0.0373, 0.3756]) == 4
+    assert column_decimals([3.712e-11, 0.8584]) is None  # magnitudes fixed decimals cannot show: .4g
+    assert column_decimals([1.0, 8.0, float("nan")]) is None
+    df = pd.DataFrame({"Brier": [0.25, 0.1041], "value": [3.712e-11, 0.8584], "run": ["a", "b"]})
+    html = Section("Scores", tables=[(df, "")]).html()
+    assert "<td>0.250</td>" in html and "<td>0.104</td>" in html and "<td>3.712e-11</td>" in html
+    assert "#t-scores-0 td:nth-child(1){white-space:nowrap}" in html
+    assert "#t-scores-0 td:nth-child(2){white-space:nowrap}" in html

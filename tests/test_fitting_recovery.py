@@ -179,6 +179,26 @@ def test_prediction_of_an_unseen_larger_run(tmp_path):
     assert m.end_state.agree is True
     assert all(v["p"] < 0.1 for v in m.rmse.values())
     assert m.n_star["value"] is not None and m.n_star["interval"][0] <= m.n_star["value"]
+    # the RS share pooled over the trained envs, with its own predictive band (what the report draws)
+    pooled = pred.trained_share
+    run = fitting.load_runs([target])[0]
+    trained = [e.env_id for e in run.environments if e.w > 0]
+    table = pred.observations
+    eval_rows = table[(table.phase == "eval") & table.env_id.isin(trained)]
+    sums = eval_rows.groupby("step")[["n", "n_rs"]].sum()
+    np.testing.assert_array_equal(pooled.step.to_numpy(), sums.index.to_numpy())
+    np.testing.assert_array_equal(pooled.n.to_numpy(), sums.n.to_numpy())
+    np.testing.assert_allclose(pooled.p_hat, sums.n_rs / sums.n)
+    assert ((0 <= pooled.band_lo_p) & (pooled.band_lo_p <= pooled.band_hi_p) & (pooled.band_hi_p <= 1)).all()
+    assert pooled.inside_p.mean() >= 0.7  # the generating model: most pooled points inside the 95% band
+    # a p0 passed as an argument is decoded: the run's own step-0 measurement, or said to be none
+    est = run.measured_prior(phases=("eval",)).pooled
+    given = fitting.predict(res, run, p0=est.value, n_samples=10, n_star=False)
+    assert given.notes[0] == (f"p0 = {est.value:.4g}: the run's measured eval RS share at step 0 over its {len(trained)} "
+                              f"trained envs, (k + ½)/(n + 1) = ({est.n_rs} + ½)/({est.n} + 1) "
+                              "(given as predict's p0)")
+    other = fitting.predict(res, run, p0=0.123456, n_samples=10, n_star=False)
+    assert other.notes[0] == "p0 = 0.1235: given as predict's p0 argument (not a step-0 measurement of this run)"
 
 
 def test_batched_residuals_equal_a_loop_and_jacobian_matches_central_differences(tmp_path):

@@ -98,6 +98,8 @@ def test_report_shows_the_law_and_the_frozen_table(finished):
     assert "p0 = 0.1: observed N* " in text and "logistic 50% point on log N (Firth), 3 seeds" in text
     assert "frozen prediction on continuous N" in text and "protocol N* on the integer grid 1..32:" in text
     assert "Red line: the frozen prediction on continuous N" in text and "grey dashed: the post's slope" in text
+    # the per-run table names which predictive band each coverage column counts
+    assert "coverage (per env, 90% predictive band)" in text and "pooled share in light band" in text
 
 
 def test_summary_names_each_n_star_estimator_and_keeps_the_old_keys(finished):
