@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -386,6 +386,16 @@ class Scores:
         Sweep runs scored.
     budget : int
     base_rate : float
+    interval_95 : dict
+        Percentile bootstrap 95% intervals, name -> [lower, upper], of every
+        score above and of the differences ``brier_minus_base_rate``,
+        ``brier_minus_median_n``, ``log_loss_minus_base_rate`` and
+        ``log_loss_minus_median_n`` (negative: the frozen forecasts did
+        better). Resampled by seed (all runs of a seed share its environment
+        family, so they go together) when there are three seeds or more,
+        else by run; the base rate is recomputed in every replicate.
+    bootstrap : dict
+        ``{"unit": "seed" | "run", "units": int, "replicates": int}``.
     """
 
     brier: float
@@ -397,6 +407,17 @@ class Scores:
     n_events: int
     budget: int
     base_rate: float
+    interval_95: dict = field(default_factory=dict)
+    bootstrap: dict = field(default_factory=dict)
+
+    def verdict(self, baseline: str) -> str:
+        """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n")
+        on the Brier score: whether the 95% interval of the difference excludes 0."""
+        lo, hi = self.interval_95.get(f"brier_minus_{baseline}", (None, None))
+        if lo is None or hi is None:
+            diff = self.brier - getattr(self, f"brier_{baseline}")
+            return "beat" if diff < 0 else "lost to"
+        return "beat" if hi < 0 else "lost to" if lo > 0 else "did not differ from"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -433,7 +454,40 @@ def score(predictions: dict, outcomes: pd.DataFrame, budget: int, grid: dict[flo
     base = float(y.mean())
     medians = {round(p0, 12): float(np.median(ns)) for p0, ns in grid.items()}
     rule = np.array([1.0 if r.n_envs >= medians[round(r.p0, 12)] else 0.0 for r in rows.itertuples()])
+    seeds = rows.seed.to_numpy() if "seed" in rows else np.arange(len(y))
+    unit = "seed" if len(np.unique(seeds)) >= 3 else "run"
+    groups = seeds if unit == "seed" else np.arange(len(y))
+    intervals, replicates = _score_intervals(p, y, rule, groups, n_boot=SCORE_BOOTSTRAP)
     return Scores(brier=float(np.mean((p - y) ** 2)), brier_base_rate=float(np.mean((base - y) ** 2)),
                   log_loss=_log_loss(p, y), log_loss_base_rate=_log_loss(np.full_like(y, base), y),
                   brier_median_n=float(np.mean((rule - y) ** 2)), log_loss_median_n=_log_loss(rule, y),
-                  n_events=int(len(y)), budget=int(budget), base_rate=base)
+                  n_events=int(len(y)), budget=int(budget), base_rate=base, interval_95=intervals,
+                  bootstrap={"unit": unit, "units": int(len(np.unique(groups))), "replicates": replicates})
+
+
+SCORE_BOOTSTRAP = 2000  # replicates behind the scores' intervals
+
+
+def _all_scores(p: np.ndarray, y: np.ndarray, rule: np.ndarray) -> dict[str, float]:
+    base = float(y.mean())
+    out = {"brier": float(np.mean((p - y) ** 2)), "brier_base_rate": float(np.mean((base - y) ** 2)),
+           "brier_median_n": float(np.mean((rule - y) ** 2)), "log_loss": _log_loss(p, y),
+           "log_loss_base_rate": _log_loss(np.full_like(y, base), y), "log_loss_median_n": _log_loss(rule, y)}
+    for kind in ("brier", "log_loss"):
+        out[f"{kind}_minus_base_rate"] = out[kind] - out[f"{kind}_base_rate"]
+        out[f"{kind}_minus_median_n"] = out[kind] - out[f"{kind}_median_n"]
+    return out
+
+
+def _score_intervals(p, y, rule, groups, n_boot: int, seed: int = 0) -> tuple[dict, int]:
+    """Percentile bootstrap 95% intervals of every score and difference, resampling whole ``groups``."""
+    labels = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in labels]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(len(labels), size=len(labels))])
+        draws.append(_all_scores(p[idx], y[idx], rule[idx]))
+    table = pd.DataFrame(draws)
+    return ({k: [float(np.quantile(table[k], 0.025)), float(np.quantile(table[k], 0.975))] for k in table},
+            int(n_boot))

@@ -131,7 +131,10 @@ def n_star_law_figure(summary: dict, scaling: dict, frozen: dict, budget: int, p
                      f"(cut at {top} where draws lie above the searched N)")
     elif ok.any():
         for i in np.flatnonzero(ok):
-            lo, hi = (plo[i] if np.isfinite(plo[i]) else pn[i]), (phi[i] if np.isfinite(phi[i]) else top)
+            lo, hi = (plo[i] if np.isfinite(plo[i]) else pn[i]), (phi[i] if np.isfinite(phi[i]) else pn[i])
+            if not np.isfinite(phi[i]):  # open above the searched N: an arrow, not a capped bar
+                ax.annotate("", xy=(pp[i] * PRED_OFFSET, top), xytext=(pp[i] * PRED_OFFSET, pn[i]),
+                            arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5))
             ax.errorbar([pp[i] * PRED_OFFSET], [pn[i]], yerr=[[pn[i] - lo], [hi - pn[i]]], fmt="D", color="tab:red", ms=6,
                         capsize=3, label="frozen prediction (95% over parameter draws)" if i == np.flatnonzero(ok)[0]
                         else None)
@@ -321,17 +324,7 @@ def verdict(summary: dict) -> list[str]:
         lines.append(f"p0 = {key}: observed N* <b>{html.escape(head)}</b> ({html.escape(words.observed_basis(est))})"
                      f"{flag}; frozen prediction on continuous N <b>{html.escape(frozen_txt)}</b> (over parameter "
                      "draws, written before the sweep).")
-    s = summary["scores"]
-    better_base = s["brier"] < s["brier_base_rate"]
-    better_rule = s["brier"] < s["brier_median_n"]
-    lines.append(f"Frozen P(RS wins) forecasts over {s['n_events']} sweep runs: Brier <b>{s['brier']:.3f}</b> "
-                 f"(base rate {s['brier_base_rate']:.3f}, 'RS wins iff N ≥ median N' {s['brier_median_n']:.3f}); "
-                 f"log loss <b>{s['log_loss']:.3f}</b> (base rate {s['log_loss_base_rate']:.3f}, median-N rule "
-                 f"{s['log_loss_median_n']:.3f}). The ODE's forecasts "
-                 + ("beat" if better_base and better_rule else "<span class='bad'>did not beat</span>")
-                 + " both baselines on the Brier score"
-                 + ("" if better_base == better_rule else f" (better than the {'base rate' if better_base else 'median-N rule'} only)")
-                 + ".")
+    lines.append(score_sentence(summary["scores"]))
     reg = summary["preregistration"]
     ok = reg["sweep_logs_read_after"]
     lines.append(f"Predictions frozen at {html.escape(reg['written_at'])} (sha256 {reg['sha256'][:16]}…); "
@@ -365,13 +358,56 @@ def frozen_vs_outcome_table(summary: dict, outcomes: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def scores_table(summary: dict) -> pd.DataFrame:
+def _with_interval(s: dict, key: str) -> str:
+    """``0.282 [0.21, 0.35]``: a score with its bootstrap 95% interval (the value alone if none was computed)."""
+    iv = (s.get("interval_95") or {}).get(key)
+    return f"{s[key]:.3f}" if not iv else f"{s[key]:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
+
+
+def _difference(s: dict, kind: str, baseline: str) -> str:
+    key = f"{kind}_minus_{baseline}"
+    iv = (s.get("interval_95") or {}).get(key)
+    diff = s[kind] - s[f"{kind}_{baseline}"]
+    return f"{diff:+.3f}" if not iv else f"{diff:+.3f} [{iv[0]:+.3f}, {iv[1]:+.3f}]"
+
+
+def score_sentence(s: dict) -> str:
+    """The verdict's sentence on the frozen forecasts' scores, with bootstrap 95% intervals.
+
+    "Beat" / "lost to" a baseline only when the 95% interval of the Brier
+    difference excludes 0; otherwise "did not differ from" it.
+    """
+    boot = s.get("bootstrap") or {}
+    unit = (f"; 95% intervals: bootstrap over {boot['units']} {boot['unit']}{'s' if boot['units'] != 1 else ''}"
+            if boot else "")
+    text = (f"Frozen P(RS wins) forecasts over {s['n_events']} sweep run{'s' if s['n_events'] != 1 else ''}: "
+            f"Brier <b>{_with_interval(s, 'brier')}</b> (base rate {_with_interval(s, 'brier_base_rate')}, "
+            f"'RS wins iff N ≥ median N' {_with_interval(s, 'brier_median_n')}); log loss "
+            f"<b>{_with_interval(s, 'log_loss')}</b> (base rate {_with_interval(s, 'log_loss_base_rate')}, "
+            f"median-N rule {_with_interval(s, 'log_loss_median_n')}){unit}. ")
+    for baseline, name in (("base_rate", "the base rate"), ("median_n", "the median-N rule")):
+        iv = (s.get("interval_95") or {}).get(f"brier_minus_{baseline}")
+        diff = s["brier"] - s[f"brier_{baseline}"]
+        word = ("beat" if diff < 0 else "lost to") if not iv else \
+            ("beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from")
+        shown = "<span class='bad'>lost to</span>" if word == "lost to" else word
+        text += f"Against {name} the forecasts <b>{shown}</b> it (Brier difference {_difference(s, 'brier', baseline)}). "
+    return text.strip()
+
+
+def scores_table(summary: dict, kind: str = "brier") -> pd.DataFrame:
+    """Per budget, one score (``kind``: "brier" or "log_loss") with its bootstrap 95% interval for the
+    frozen forecasts and both baselines, and the frozen forecasts' difference to each baseline
+    (negative: the forecasts did better). One table per score keeps each within the page's width."""
+    name = {"brier": "Brier", "log_loss": "log loss"}[kind]
     rows = []
     for b, s in summary["scores"]["by_budget"].items():
-        rows.append({"budget": int(b), "runs": s["n_events"], "base rate": s["base_rate"],
-                     "Brier (frozen)": s["brier"], "Brier (base rate)": s["brier_base_rate"],
-                     "Brier (N ≥ median N)": s["brier_median_n"], "log loss (frozen)": s["log_loss"],
-                     "log loss (base rate)": s["log_loss_base_rate"], "log loss (N ≥ median N)": s["log_loss_median_n"]})
+        rows.append({"budget": int(b), "runs": s["n_events"],
+                     f"{name}: frozen": _with_interval(s, kind),
+                     "base rate": _with_interval(s, f"{kind}_base_rate"),
+                     "N ≥ median N": _with_interval(s, f"{kind}_median_n"),
+                     "frozen − base rate": _difference(s, kind, "base_rate"),
+                     "frozen − median-N": _difference(s, kind, "median_n")})
     return pd.DataFrame(rows)
 
 
@@ -452,6 +488,7 @@ def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcome
                             "Scores: Brier score and log loss (forecasts clipped to "
                             f"[{summary['scores']['log_loss_floor']}, {1 - summary['scores']['log_loss_floor']}] for "
                             "the log loss), lower is better; the base rate has seen the outcomes."],
-                tables=[(scores_table(summary), "scores per budget"),
+                tables=[(scores_table(summary, "brier"), "Brier score per budget, bootstrap 95% intervals"),
+                        (scores_table(summary, "log_loss"), "log loss per budget, bootstrap 95% intervals"),
                         (frozen_vs_outcome_table(summary, outcomes), "every sweep cell")]),
     ]

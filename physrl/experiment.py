@@ -437,4 +437,11 @@ def reanalyse(out_dir: str | Path) -> dict:
     max_steps = int(frozen["context"]["max_steps"])
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
     scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid())
-    return fitting.json_safe(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
+    summary = _scaling_summary(config, scaling, frozen, registration, budgets, max_steps)
+    final = outcomes[outcomes.budget == max_steps]
+    for key, entry in summary["observed_n_star"].items():  # as run_experiment records it, from the same outcomes
+        at = final[np.isclose(final.p0, float(key))]
+        entry["smallest_winning_n_per_seed"] = {
+            int(seed): (float(g.n_envs[g.win == 1].min()) if (g.win == 1).any() else None)
+            for seed, g in at.groupby("seed")}
+    return fitting.json_safe(summary)

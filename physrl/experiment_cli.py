@@ -38,9 +38,28 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
               + "; predicted (frozen) " + slope_words(scaling["predicted_slope"]) + "; the post's -1")
     s = summary.get("scores")
     if s:
-        print(f"frozen forecasts: Brier {s['brier']:.3f} (base rate {s['brier_base_rate']:.3f}, N >= median N "
-              f"{s['brier_median_n']:.3f}); log loss {s['log_loss']:.3f} (base rate {s['log_loss_base_rate']:.3f})")
+        print("frozen forecasts: " + score_words(s))
     return 0
+
+
+def score_words(s: dict) -> str:
+    """The CLI's line on the frozen forecasts: each Brier score and the log loss with its bootstrap 95%
+    interval, and the Brier difference to each baseline (``summary.json``'s ``scores``)."""
+    def one(key):
+        iv = (s.get("interval_95") or {}).get(key)
+        return f"{s[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
+    def diff(baseline):
+        iv = (s.get("interval_95") or {}).get(f"brier_minus_{baseline}")
+        d = s["brier"] - s[f"brier_{baseline}"]
+        return f"{d:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
+
+    boot = s.get("bootstrap") or {}
+    over = f", 95% over {boot['units']} {boot['unit']}s" if boot else ""
+    return (f"{s['n_events']} runs{over}: Brier {one('brier')} (base rate {one('brier_base_rate')}, "
+            f"N >= median N {one('brier_median_n')}); frozen minus base rate {diff('base_rate')}, minus median-N "
+            f"{diff('median_n')}; log loss {one('log_loss')} (base rate {one('log_loss_base_rate')}, "
+            f"median-N {one('log_loss_median_n')})")
 
 
 def slope_words(slope: dict) -> str:

@@ -139,3 +139,55 @@ def test_slope_interval_uses_the_same_p0_as_the_point_estimate():
     assert slope.p0_used == [0.05, 0.2] and slope.share_undefined == 0.0
     lo, hi = slope.interval_95
     assert lo <= slope.value <= hi
+
+
+def _seed_outcomes(wins_by_seed, n_values=(2, 4, 8)):
+    import pandas as pd
+
+    rows = [{"p0": 0.1, "n_envs": n, "seed": seed, "budget": 100, "win": w}
+            for seed, wins in enumerate(wins_by_seed) for n, w in zip(n_values, wins)]
+    return pd.DataFrame(rows)
+
+
+def test_score_intervals_resample_seeds_and_bracket_each_score():
+    from physrl import _preregistration
+
+    outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1)])
+    frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": q} for n, q in ((2, 0.2), (4, 0.6), (8, 0.9))]}
+    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
+    assert s.bootstrap == {"unit": "seed", "units": 4, "replicates": _preregistration.SCORE_BOOTSTRAP}
+    y = outcomes.win.to_numpy(float)
+    p = outcomes.n_envs.map({2: 0.2, 4: 0.6, 8: 0.9}).to_numpy()
+    assert s.brier == pytest.approx(np.mean((p - y) ** 2))
+    for key in ("brier", "brier_base_rate", "brier_median_n", "log_loss", "log_loss_base_rate"):
+        lo, hi = s.interval_95[key]
+        assert lo <= getattr(s, key) <= hi, key
+    lo, hi = s.interval_95["brier_minus_base_rate"]
+    assert lo <= s.brier - s.brier_base_rate <= hi
+    # whole seeds are resampled: seed 2 won every N, so a replicate drawing it four times has base rate 1
+    # and base-rate Brier 0; the interval's lower end reaches below the per-run resampling's
+    assert s.interval_95["brier_base_rate"][0] < s.brier_base_rate
+
+
+def test_a_perfect_forecast_beats_the_base_rate_with_an_interval_below_zero():
+    from physrl import _preregistration
+
+    wins = [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 1), (0, 1, 1)]
+    outcomes = _seed_outcomes(wins)
+    cells = []
+    frozen = {"cells": cells}
+    # a forecast that knows each cell's win share across seeds exactly (no forecast can do better per cell)
+    share = outcomes.groupby("n_envs").win.mean()
+    cells += [{"p0": 0.1, "n_envs": int(n), "budget": 100, "p_win": float(q)} for n, q in share.items()]
+    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
+    assert s.verdict("base_rate") == "beat" and s.interval_95["brier_minus_base_rate"][1] < 0
+
+
+def test_fewer_than_three_seeds_resample_runs():
+    from physrl import _preregistration
+
+    outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1)])
+    frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": 0.5} for n in (2, 4, 8)]}
+    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
+    assert s.bootstrap["unit"] == "run" and s.bootstrap["units"] == 6
+    assert s.brier == pytest.approx(0.25) and s.interval_95["brier"] == pytest.approx([0.25, 0.25])
