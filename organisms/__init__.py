@@ -13,8 +13,9 @@ entry points pull them in when they are first touched.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from physrl._lazy import lazy_exports
 
 #: public name -> the module that owns it (relative: a private module of this package)
 _EXPORTS = {
@@ -51,15 +52,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._train import check_setup, evaluate, saved_config, train
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    target = importlib.import_module(f".{module}", __name__) if module.startswith("_") else importlib.import_module(module)
-    value = getattr(target, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
