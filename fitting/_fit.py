@@ -613,18 +613,16 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
         for name, info in problem.info.items():
             if info.kind in rate_kinds and problem.params[name].vary:
                 out[name] = "one observed step: no dynamics to fit"
-    if not (obs["a_n"] > 0).any():
+    # a skill never observed: its initial value, its learnability / transfer, and its observation bounds
+    for count, skill, latent, reason in (("a_n", "a", "x", "no RS rollout: RS skill is never observed"),
+                                         ("b_n", "b", "y", "no non-RS rollout: local skill is never observed")):
+        if (obs[count] > 0).any():
+            continue
         for name, info in problem.info.items():
-            if problem.params[name].vary and (info.kind == "a0" or (info.kind in ("alpha", "c", "length_scale")
-                                                                     and info.latent == "x")
-                                              or (info.kind == "bound" and info.latent == "a")):
-                out.setdefault(name, "no RS rollout: RS skill is never observed")
-    if not (obs["b_n"] > 0).any():
-        for name, info in problem.info.items():
-            if problem.params[name].vary and (info.kind == "b0" or (info.kind in ("alpha", "c", "length_scale")
-                                                                     and info.latent == "y")
-                                              or (info.kind == "bound" and info.latent == "b")):
-                out.setdefault(name, "no non-RS rollout: local skill is never observed")
+            if problem.params[name].vary and (info.kind == f"{skill}0"
+                                              or (info.kind in ("alpha", "c", "length_scale") and info.latent == latent)
+                                              or (info.kind == "bound" and info.latent == skill)):
+                out.setdefault(name, reason)
     if problem.spec.lam and "lam" in problem.params and (not (obs["a_n"] > 0).any() or not (obs["b_n"] > 0).any()):
         out.setdefault("lam", "needs both RS and non-RS rollouts")
     return out
