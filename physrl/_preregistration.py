@@ -411,16 +411,36 @@ class Scores:
     bootstrap: dict = field(default_factory=dict)
 
     def verdict(self, baseline: str) -> str:
-        """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n")
-        on the Brier score: whether the 95% interval of the difference excludes 0."""
-        lo, hi = self.interval_95.get(f"brier_minus_{baseline}", (None, None))
-        if lo is None or hi is None:
-            diff = self.brier - getattr(self, f"brier_{baseline}")
-            return "beat" if diff < 0 else "lost to"
-        return "beat" if hi < 0 else "lost to" if lo > 0 else "did not differ from"
+        """:func:`brier_verdict` of these scores against ``baseline`` ("base_rate" or "median_n")."""
+        return brier_verdict(self.to_dict(), baseline)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def brier_verdict(scores: dict, baseline: str) -> str:
+    """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n") on
+    the Brier score, by whether the 95% interval of the difference excludes 0 (``scores``: a
+    :class:`Scores` as a dict, e.g. summary.json's; without an interval, by the sign alone)."""
+    iv = (scores.get("interval_95") or {}).get(f"brier_minus_{baseline}")
+    if not iv:
+        return "beat" if scores["brier"] < scores[f"brier_{baseline}"] else "lost to"
+    return "beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from"
+
+
+def score_with_interval(scores: dict, key: str) -> str:
+    """``0.282 [0.199, 0.358]``: one score of ``scores`` (a :class:`Scores` as a dict) with its bootstrap
+    95% interval, the value alone where none was computed."""
+    iv = (scores.get("interval_95") or {}).get(key)
+    return f"{scores[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
+
+def score_difference(scores: dict, kind: str, baseline: str) -> str:
+    """``+0.033 [-0.035, +0.109]``: the frozen forecasts' ``kind`` ("brier" or "log_loss") minus
+    ``baseline``'s ("base_rate" or "median_n"), with its interval; negative: the forecasts did better."""
+    iv = (scores.get("interval_95") or {}).get(f"{kind}_minus_{baseline}")
+    diff = scores[kind] - scores[f"{kind}_{baseline}"]
+    return f"{diff:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
@@ -458,10 +478,9 @@ def score(predictions: dict, outcomes: pd.DataFrame, budget: int, grid: dict[flo
     unit = "seed" if len(np.unique(seeds)) >= 3 else "run"
     groups = seeds if unit == "seed" else np.arange(len(y))
     intervals, replicates = _score_intervals(p, y, rule, groups, n_boot=SCORE_BOOTSTRAP)
-    return Scores(brier=float(np.mean((p - y) ** 2)), brier_base_rate=float(np.mean((base - y) ** 2)),
-                  log_loss=_log_loss(p, y), log_loss_base_rate=_log_loss(np.full_like(y, base), y),
-                  brier_median_n=float(np.mean((rule - y) ** 2)), log_loss_median_n=_log_loss(rule, y),
-                  n_events=int(len(y)), budget=int(budget), base_rate=base, interval_95=intervals,
+    point = {k: v for k, v in _all_scores(p, y, rule).items() if "_minus_" not in k}
+    return Scores(**point, n_events=int(len(y)), budget=int(budget), base_rate=float(y.mean()),
+                  interval_95=intervals,
                   bootstrap={"unit": unit, "units": int(len(np.unique(groups))), "replicates": replicates})
 
 

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 
 from physrl import _nstar_words as words  # noqa: E402
 from physrl import _scaling  # noqa: E402
+from physrl._preregistration import brier_verdict, score_difference, score_with_interval  # noqa: E402
 from physrl.report import Section, figure_to_data_uri  # noqa: E402
 
 
@@ -232,13 +233,9 @@ def _slope_sentence(name: str, s: dict) -> str:
 
 
 def _status_words(est: dict) -> str:
+    """The verdict's red flag for an observed N* that is a bound or undefined (``observed_basis`` words
+    every status; these three are also flagged)."""
     status, bracket = est["status"], est.get("bracket")
-    if status == "separated":
-        return f" (the seeds separate perfectly: every N ≤ {bracket[0]} lost, every N ≥ {bracket[1]} won)"
-    if status == "no_wins":
-        return f" (RS never won: N* > {bracket[0]}, the largest N swept)"
-    if status == "all_wins":
-        return f" (RS always won: N* ≤ {bracket[1]}, the smallest N swept)"
     if status == "below_grid":
         return (f" (<span class='bad'>RS already won in most seeds at the smallest N swept: N* < {bracket[1]}, "
                 "below the grid</span>)")
@@ -318,7 +315,7 @@ def verdict(summary: dict) -> list[str]:
     for key, est in summary["observed_n_star"].items():
         p = summary["predicted_n_star"].get(key, {})
         head = words.observed_headline(est, _n_range(summary, float(key)))
-        flag = _status_words(est) if est["status"] in ("below_grid", "above_grid", "no_increase") else ""
+        flag = _status_words(est)
         frozen_txt = ("not computed" if not p else
                       words.predicted_headline(p.get("n_star"), p.get("interval_95"), n_max=p.get("n_max"), level=95))
         lines.append(f"p0 = {key}: observed N* <b>{html.escape(head)}</b> ({html.escape(words.observed_basis(est))})"
@@ -358,19 +355,6 @@ def frozen_vs_outcome_table(summary: dict, outcomes: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _with_interval(s: dict, key: str) -> str:
-    """``0.282 [0.21, 0.35]``: a score with its bootstrap 95% interval (the value alone if none was computed)."""
-    iv = (s.get("interval_95") or {}).get(key)
-    return f"{s[key]:.3f}" if not iv else f"{s[key]:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
-
-
-def _difference(s: dict, kind: str, baseline: str) -> str:
-    key = f"{kind}_minus_{baseline}"
-    iv = (s.get("interval_95") or {}).get(key)
-    diff = s[kind] - s[f"{kind}_{baseline}"]
-    return f"{diff:+.3f}" if not iv else f"{diff:+.3f} [{iv[0]:+.3f}, {iv[1]:+.3f}]"
-
-
 def score_sentence(s: dict) -> str:
     """The verdict's sentence on the frozen forecasts' scores, with bootstrap 95% intervals.
 
@@ -380,18 +364,17 @@ def score_sentence(s: dict) -> str:
     boot = s.get("bootstrap") or {}
     unit = (f"; 95% intervals: bootstrap over {boot['units']} {boot['unit']}{'s' if boot['units'] != 1 else ''}"
             if boot else "")
+    one = score_with_interval
     text = (f"Frozen P(RS wins) forecasts over {s['n_events']} sweep run{'s' if s['n_events'] != 1 else ''}: "
-            f"Brier <b>{_with_interval(s, 'brier')}</b> (base rate {_with_interval(s, 'brier_base_rate')}, "
-            f"'RS wins iff N ≥ median N' {_with_interval(s, 'brier_median_n')}); log loss "
-            f"<b>{_with_interval(s, 'log_loss')}</b> (base rate {_with_interval(s, 'log_loss_base_rate')}, "
-            f"median-N rule {_with_interval(s, 'log_loss_median_n')}){unit}. ")
+            f"Brier <b>{one(s, 'brier')}</b> (base rate {one(s, 'brier_base_rate')}, "
+            f"'RS wins iff N ≥ median N' {one(s, 'brier_median_n')}); log loss "
+            f"<b>{one(s, 'log_loss')}</b> (base rate {one(s, 'log_loss_base_rate')}, "
+            f"median-N rule {one(s, 'log_loss_median_n')}){unit}. ")
     for baseline, name in (("base_rate", "the base rate"), ("median_n", "the median-N rule")):
-        iv = (s.get("interval_95") or {}).get(f"brier_minus_{baseline}")
-        diff = s["brier"] - s[f"brier_{baseline}"]
-        word = ("beat" if diff < 0 else "lost to") if not iv else \
-            ("beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from")
+        word = brier_verdict(s, baseline)
         shown = "<span class='bad'>lost to</span>" if word == "lost to" else word
-        text += f"Against {name} the forecasts <b>{shown}</b> it (Brier difference {_difference(s, 'brier', baseline)}). "
+        text += (f"Against {name} the forecasts <b>{shown}</b> it (Brier difference "
+                 f"{score_difference(s, 'brier', baseline)}). ")
     return text.strip()
 
 
@@ -403,11 +386,11 @@ def scores_table(summary: dict, kind: str = "brier") -> pd.DataFrame:
     rows = []
     for b, s in summary["scores"]["by_budget"].items():
         rows.append({"budget": int(b), "runs": s["n_events"],
-                     f"{name}: frozen": _with_interval(s, kind),
-                     "base rate": _with_interval(s, f"{kind}_base_rate"),
-                     "N ≥ median N": _with_interval(s, f"{kind}_median_n"),
-                     "frozen − base rate": _difference(s, kind, "base_rate"),
-                     "frozen − median-N": _difference(s, kind, "median_n")})
+                     f"{name}: frozen": score_with_interval(s, kind),
+                     "base rate": score_with_interval(s, f"{kind}_base_rate"),
+                     "N ≥ median N": score_with_interval(s, f"{kind}_median_n"),
+                     "frozen − base rate": score_difference(s, kind, "base_rate"),
+                     "frozen − median-N": score_difference(s, kind, "median_n")})
     return pd.DataFrame(rows)
 
 

@@ -45,21 +45,15 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
 def score_words(s: dict) -> str:
     """The CLI's line on the frozen forecasts: each Brier score and the log loss with its bootstrap 95%
     interval, and the Brier difference to each baseline (``summary.json``'s ``scores``)."""
-    def one(key):
-        iv = (s.get("interval_95") or {}).get(key)
-        return f"{s[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
-
-    def diff(baseline):
-        iv = (s.get("interval_95") or {}).get(f"brier_minus_{baseline}")
-        d = s["brier"] - s[f"brier_{baseline}"]
-        return f"{d:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
+    from physrl._preregistration import score_difference as minus
+    from physrl._preregistration import score_with_interval as one
 
     boot = s.get("bootstrap") or {}
     over = f", 95% over {boot['units']} {boot['unit']}s" if boot else ""
-    return (f"{s['n_events']} runs{over}: Brier {one('brier')} (base rate {one('brier_base_rate')}, "
-            f"N >= median N {one('brier_median_n')}); frozen minus base rate {diff('base_rate')}, minus median-N "
-            f"{diff('median_n')}; log loss {one('log_loss')} (base rate {one('log_loss_base_rate')}, "
-            f"median-N {one('log_loss_median_n')})")
+    return (f"{s['n_events']} runs{over}: Brier {one(s, 'brier')} (base rate {one(s, 'brier_base_rate')}, "
+            f"N >= median N {one(s, 'brier_median_n')}); frozen minus base rate {minus(s, 'brier', 'base_rate')}, "
+            f"minus median-N {minus(s, 'brier', 'median_n')}; log loss {one(s, 'log_loss')} (base rate "
+            f"{one(s, 'log_loss_base_rate')}, median-N {one(s, 'log_loss_median_n')})")
 
 
 def slope_words(slope: dict) -> str:
