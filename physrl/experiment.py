@@ -223,12 +223,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                        max_steps, t_train, time.perf_counter() - t0, folder_of)
     summary["seconds"]["calibration"] = t_cal
     summary["classifier_accuracy"] = _accuracy.pooled_accuracy(runs.values())
-    first_win = summary["observed_n_star"]
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
     summary["fit_matches_frozen"] = drift
-    for key, entry in summary["observed_n_star"].items():
-        entry["smallest_winning_n_per_seed"] = first_win.get(key, {}).get("per_seed")
+    _add_smallest_winning_n(summary, outcomes, max_steps)
     for key, entry in summary["predicted_n_star"].items():
         entry["protocol_grid"] = protocol_grid.get(key)
     sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
@@ -438,10 +436,16 @@ def reanalyse(out_dir: str | Path) -> dict:
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
     scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid())
     summary = _scaling_summary(config, scaling, frozen, registration, budgets, max_steps)
+    _add_smallest_winning_n(summary, outcomes, max_steps)
+    return fitting.json_safe(summary)
+
+
+def _add_smallest_winning_n(summary: dict, outcomes: pd.DataFrame, max_steps: int) -> None:
+    """Each ``observed_n_star[p0]`` gains ``smallest_winning_n_per_seed`` {seed: smallest swept N whose run
+    ended RS at ``max_steps``, or None}: one computation for a run and for :func:`reanalyse`."""
     final = outcomes[outcomes.budget == max_steps]
-    for key, entry in summary["observed_n_star"].items():  # as run_experiment records it, from the same outcomes
+    for key, entry in summary["observed_n_star"].items():
         at = final[np.isclose(final.p0, float(key))]
         entry["smallest_winning_n_per_seed"] = {
             int(seed): (float(g.n_envs[g.win == 1].min()) if (g.win == 1).any() else None)
             for seed, g in at.groupby("seed")}
-    return fitting.json_safe(summary)
