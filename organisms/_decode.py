@@ -55,6 +55,25 @@ def lean_supported(model) -> bool:
     return all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
 
 
+def layer_qkv(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope):
+    """Queries, keys and values of one Llama-style decoder layer, rotary positions applied.
+
+    ``x``: hidden states, shape (batch, tokens, hidden); ``cos``/``sin``: the
+    model's rotary embedding at the tokens' positions; ``rope``: the model
+    module's ``apply_rotary_pos_emb``. Returns three tensors of shape
+    (batch, heads, tokens, head_dim), computed with the layer's own modules
+    in the order of its forward (so the results are those of the forward).
+    """
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    shape = (*x.shape[:2], -1, attn.head_dim)
+    q = attn.q_proj(h).view(shape).transpose(1, 2)
+    k = attn.k_proj(h).view(shape).transpose(1, 2)
+    v = attn.v_proj(h).view(shape).transpose(1, 2)
+    q, k = rope(q, k, cos, sin)
+    return q, k, v
+
+
 class CachedDecoder:
     """Run a causal LM chunk by chunk over a batch, keeping a KV cache (see the module docstring).
 
@@ -114,12 +133,7 @@ class CachedDecoder:
             self._kv = [None] * len(inner.layers)
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            shape = (b, t, -1, attn.head_dim)
-            q = attn.q_proj(h).view(shape).transpose(1, 2)
-            k = attn.k_proj(h).view(shape).transpose(1, 2)
-            v = attn.v_proj(h).view(shape).transpose(1, 2)
-            q, k = rope(q, k, cos, sin)
+            q, k, v = layer_qkv(layer, x, cos, sin, rope)
             if self._kv[i] is not None:
                 k = torch.cat([self._kv[i][0], k], dim=-2)
                 v = torch.cat([self._kv[i][1], v], dim=-2)
