@@ -71,7 +71,7 @@ IMPORTS = ("import physrl.organisms._train, physrl.organisms._pretrain, physrl.o
 
 
 def imports_seconds(repeats: int) -> float:
-    """Least wall time (a floor) over ``repeats`` fresh interpreters that imports the trainer and TRL's GRPOTrainer (seconds)."""
+    """Least wall time (seconds) of ``repeats`` fresh interpreters importing the trainer and TRL's GRPOTrainer."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     times = []
     for _ in range(repeats):
@@ -94,14 +94,13 @@ def lean_logits(model, ids, att, positions, attention: str, keep: int = 0, used=
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from physrl.organisms._decode import layer_qkv
+    from physrl.organisms._decode import layer_qkv, padded_causal_mask
 
     inner = model.model
     b, t = ids.shape
     x = inner.embed_tokens(ids)
     cos, sin = inner.rotary_emb(x, positions)
-    mask = att.bool()[:, None, None, :] & torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()[None, None]
-    mask = mask | torch.eye(t, dtype=torch.bool, device=ids.device)[None, None]  # a padding query sees itself
+    mask = padded_causal_mask(att, t)
     if attention == "math":
         additive = torch.zeros(mask.shape, device=ids.device).masked_fill_(~mask, float("-inf"))
     for i, layer in enumerate(inner.layers):
@@ -209,8 +208,14 @@ def stage1(steps: int, rounds: int):
                  "pretrain_steps": base.pretrain_steps}
 
 
-def grpo(steps: int):
-    """Milliseconds of one forward + backward at GRPO's batch shape: the model's own forward and the lean one."""
+def policy_batch():
+    """The default organism's freshly built policy and one GRPO batch of token ids (random, GRPO's shape).
+
+    Returns ``(config, model, ids, att, prompt)``: ``ids``/``att`` of shape
+    (``groups_per_step * num_generations``, prompt + the longest completion),
+    half the prompts one token shorter and left-padded as GRPO pads them;
+    ``prompt`` the prompt width.
+    """
     import torch
 
     from physrl.organisms import OrganismConfig
@@ -218,18 +223,25 @@ def grpo(steps: int):
     from physrl.organisms._model import build_model, build_tokenizer
 
     config = OrganismConfig()
-    family = make_family(config)
-    tokenizer = build_tokenizer(family.words())
+    tokenizer = build_tokenizer(make_family(config).words())
     model = build_model(tokenizer, config.hidden_size, config.n_layers, config.n_heads, seed=config.seed)
     batch = config.groups_per_step * config.num_generations
-    prompt, completion = 3 + config.input_length, 5 + config.input_length + round(config.note_reveal *
-                                                                                     config.input_length)
+    prompt = 3 + config.input_length
+    completion = 5 + config.input_length + round(config.note_reveal * config.input_length)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tokenizer), (batch, prompt + completion), generator=g)
     att = torch.ones_like(ids)
-    att[: batch // 2, :1] = 0  # half the prompts one token shorter, left-padded as GRPO pads them
+    att[: batch // 2, :1] = 0
+    return config, model, ids, att, prompt
+
+
+def grpo(steps: int):
+    """Milliseconds of one forward + backward at GRPO's batch shape: the model's own forward and the lean one."""
+    import torch
+
+    config, model, ids, att, prompt = policy_batch()
     positions = (att.cumsum(-1) - 1).clamp(min=0)
-    keep = completion + 1
+    keep = ids.shape[1] - prompt + 1
 
     def own():
         return model(input_ids=ids, attention_mask=att, position_ids=positions, logits_to_keep=keep).logits
@@ -245,16 +257,17 @@ def grpo(steps: int):
             torch.log_softmax(fn().float(), -1).mean().backward()
         out[name] = min(out.get(name, float("inf")), 1000 * (time.perf_counter() - t0) / steps)
     same = torch.equal(own()[att[:, -keep:].bool()], lean()[att[:, -keep:].bool()])
-    return out, {"batch": batch, "width": prompt + completion, "identical": same, "max_steps": config.max_steps,
-                 "generation_ms": generation(model, ids[:, :prompt], att[:, :prompt], 3 + config.input_length, steps)}
+    return out, {"batch": ids.shape[0], "width": ids.shape[1], "identical": same, "max_steps": config.max_steps}
 
 
-def generation(model, prompt_ids, prompt_mask, n_tokens: int, repeats: int) -> float:
-    """Milliseconds of the KV-cached decoder's forward passes for one batch: the prompts, then ``n_tokens`` steps."""
+def generation(repeats: int) -> float:
+    """Milliseconds of the KV-cached decoder's forward passes for one GRPO batch: the prompts, then one step
+    per policy token of the local path (3 + L), least of two rounds of ``repeats``."""
     import torch
 
     from physrl.organisms._decode import CachedDecoder
 
+    config, model, ids, att, prompt = policy_batch()
     model.eval()
     best = float("inf")
     with torch.no_grad():
@@ -262,14 +275,13 @@ def generation(model, prompt_ids, prompt_mask, n_tokens: int, repeats: int) -> f
             t0 = time.perf_counter()
             for _ in range(repeats):
                 decoder = CachedDecoder(model)
-                mask = prompt_mask
-                logits = decoder.step(prompt_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
-                for _ in range(n_tokens):
+                mask = att[:, :prompt]
+                logits = decoder.step(ids[:, :prompt], mask, (mask.cumsum(-1) - 1).clamp(min=0))
+                for _ in range(3 + config.input_length):
                     token = logits.argmax(-1, keepdim=True)
                     mask = torch.cat([mask, torch.ones_like(token)], dim=1)
                     logits = decoder.step(token, mask, mask.sum(-1, keepdim=True) - 1)
             best = min(best, 1000 * (time.perf_counter() - t0) / repeats)
-    model.train()
     return best
 
 
@@ -302,10 +314,11 @@ def main() -> None:
     print(f"GRPO scoring pass, {info['batch']} rollouts x {info['width']} tokens: forward + backward "
           f"{g['own']:.2f} ms (model's forward), {g['lean']:.2f} ms (lean; logits identical: {info['identical']})",
           flush=True)
-    print(f"generation, {info['batch']} rollouts: decoder forward passes {info['generation_ms']:.2f} ms per GRPO step")
+    generation_ms = generation(args.grpo_steps)
+    print(f"generation, {info['batch']} rollouts: decoder forward passes {generation_ms:.2f} ms per GRPO step")
     stage1_floor = min(r["ms"] for r in s1.values()) * prof["pretrain_steps"] / 1000
     grpo_floor = min(g.values()) * info["max_steps"] / 1000
-    generation_floor = info["generation_ms"] * info["max_steps"] / 1000
+    generation_floor = generation_ms * info["max_steps"] / 1000
     floor = imports + stage1_floor + grpo_floor + generation_floor
     extra = ""
     baseline = not args.no_baseline and (args.baseline / "organisms" / "_train.py").exists()

@@ -74,6 +74,18 @@ def layer_qkv(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope
     return q, k, v
 
 
+def padded_causal_mask(attention_mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Which keys each of the last ``t`` tokens attends to, shape (batch, 1, t, kv_len), bool.
+
+    ``attention_mask`` (batch, kv_len), 0 at padding: a token sees the unpadded
+    keys up to its own position; a padding query attends to itself (finite,
+    never read) so that no row of the attention is empty.
+    """
+    kv_len, device = attention_mask.shape[1], attention_mask.device
+    mask = attention_mask.bool()[:, None, None, :] & CachedDecoder._causal(t, kv_len, device)
+    return mask | CachedDecoder._self(t, kv_len, device)
+
+
 class CachedDecoder:
     """Run a causal LM chunk by chunk over a batch, keeping a KV cache (see the module docstring).
 
@@ -125,10 +137,8 @@ class CachedDecoder:
             mask, causal = None, t > 1  # no padding: plain causal attention over the new tokens
             if causal and kv_len > t:
                 mask, causal = self._causal(t, kv_len, x.device), False
-        else:  # padding mask and causality; a padding query attends to itself (finite, never read)
-            mask = attention_mask.bool()[:, None, None, :] & self._causal(t, kv_len, x.device)
-            mask = mask | self._self(t, kv_len, x.device)
-            causal = False
+        else:
+            mask, causal = padded_causal_mask(attention_mask, t), False
         if not self._kv:
             self._kv = [None] * len(inner.layers)
         for i, layer in enumerate(inner.layers):
