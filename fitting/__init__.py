@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from physrl._lazy import lazy_exports
+from physrl._util.lazy import lazy_exports
 
 #: public name -> the module that owns it (relative: a private module of this package)
 _EXPORTS = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 from ._options import DEFAULT_TRUTH, TRANSFERS
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from physrl import _toml
+from physrl._util import toml as _toml
 
 from ._family import check_family_name
 

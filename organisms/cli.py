@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 from ._config import OrganismConfig, load_config
 

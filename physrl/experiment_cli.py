@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 if TYPE_CHECKING:  # the config and the runner (torch, pandas) are imported once the arguments are parsed
     from physrl.experiment_config import ExperimentConfig
@@ -143,7 +143,7 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
     if Path(name_or_path).is_file():  # (a folder named like a shipped config is not a config)
         return ExperimentConfig.from_file(name_or_path)
     if name_or_path in shipped_configs():
-        from physrl import _toml
+        from physrl._util import toml as _toml
 
         text = resources.files("physrl").joinpath("configs", f"{name_or_path}.toml").read_text()
         return ExperimentConfig.from_dict(_toml.loads(text))
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def demo_config() -> ExperimentConfig:
     """The shipped default experiment (``physrl/configs/demo.toml``)."""
-    from physrl import _toml
+    from physrl._util import toml as _toml
     from physrl.experiment_config import ExperimentConfig
 
     text = resources.files("physrl").joinpath("configs", DEMO_CONFIG).read_text()

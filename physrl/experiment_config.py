@@ -10,7 +10,7 @@ can be re-run from it and the seed.
 from __future__ import annotations
 
 import json
-from physrl import _toml
+from physrl._util import toml as _toml
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 

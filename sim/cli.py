@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 from ._options import ENGINES, METHODS
 
