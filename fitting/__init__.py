@@ -42,7 +42,7 @@ _EXPORTS = {
     "CriticalDiversity": "_protocol", "critical_diversity": "_protocol", "protocol_final_p": "_protocol",
     "identifiable_truth": "_synthesize", "synthesize": "_synthesize",
     "Prediction": "_predict", "PredictionMetrics": "_predict", "in_sample": "_predict", "predict": "_predict",
-    "sample_parameters": "_predict", "save_prediction": "_predict",
+    "save_prediction": "_predict", "sample_parameters": "_draws",
 }
 
 __all__ = list(_EXPORTS)
@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._problem import FitSpec, ParamInfo
     from ._protocol import CriticalDiversity, critical_diversity, protocol_final_p
     from ._synthesize import identifiable_truth, synthesize
-    from ._predict import Prediction, PredictionMetrics, in_sample, predict, sample_parameters, save_prediction
+    from ._predict import Prediction, PredictionMetrics, in_sample, predict, save_prediction
+    from ._draws import sample_parameters
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,6 +19,7 @@ import torch
 
 from physrl import sim
 from ._engine import BatchConfig, simulate, single_thread
+from ._draws import sample_parameters
 from ._fit import FitResult
 
 #: Euler substeps per optimizer step allowed for parameter draws
@@ -80,8 +81,6 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
     _check(fit)
     if not 0 < p0 < 1:
         raise ValueError(f"p0 must lie in (0, 1), got {p0}")
-    from ._predict import sample_parameters
-
     draws, names = sample_parameters(fit, n_draws, seed=seed)
     ns = np.asarray(n_values, dtype=float)
     if (ns < 1).any():
