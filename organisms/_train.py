@@ -47,7 +47,8 @@ from ._checkpoints import INCOMING, publish, resume_point, step_of
 from ._lock import LOCK_NAME, run_lock
 from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier
 from ._config import RESULT_NEUTRAL, OrganismConfig
-from ._family import TRUTH_COLUMN, EnvironmentFamily, make_family
+from ._family import TRUTH_COLUMN, EnvironmentFamily
+from .families import make_family
 from ._model import (build_model, build_tokenizer, load_model, n_parameters, pick_device, prepare_tokenizer,
                      use_mask_positions)
 from ._rollout import PHASE_CODE, decode, make_requests, sample_rollouts, stream_seed, word_codec
