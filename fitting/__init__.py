@@ -19,6 +19,8 @@ Reads only the log contract (```docs/rollouts.md```); never imports
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
 or pandas (``physrl fit --help`` starts in a fraction of a second).
+
+Room: fitting; may import: contract, sim and its own room.
 """
 
 from __future__ import annotations

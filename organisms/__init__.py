@@ -9,6 +9,14 @@ Names are imported on first use (PEP 562), so ``import physrl.organisms`` and
 the config / command-line modules load without torch, transformers or TRL
 (``physrl organisms --help`` starts in a fraction of a second); the training
 entry points pull them in when they are first touched.
+
+Inside: the environment protocol (``_family``, a leaf) and the built-in families that implement it
+(``families/``); the config (``_config``), stage 1 (``_pretrain`` and a family's own), rollout sampling
+(``_rollout``, ``_decode``, ``_tokens``), the classifiers (``_classify``), the models (``_model``) and the
+trainer (``_train``) with its checkpoints, lock and stage-1 cache. Runs are written through
+:mod:`physrl.contract` only.
+
+Room: organisms; may import: contract, sim, fitting and its own room.
 """
 
 from __future__ import annotations

@@ -31,8 +31,16 @@ Optional (defaults in brackets):
 * :meth:`~EnvironmentFamily.describe` / :meth:`~EnvironmentFamily.manifest` -
   what the run's manifest records about the environments and the family.
 
-The digit-map family (:class:`physrl.organisms.DigitMapFamily`) is one
-implementation; ``tests/test_organisms_environments.py`` holds another.
+The digit-map family (:class:`physrl.organisms.DigitMapFamily`,
+``organisms/families/digit_map/``) is one implementation;
+``tests/test_organisms_environments.py`` holds another. Resolving a config's
+``env_family`` to a class is :mod:`physrl.organisms.families`.
+
+A leaf of the organisms: this module imports none of their modules except the
+generic stage 1 that the default :meth:`EnvironmentFamily.pretrain` runs
+(:mod:`physrl.organisms._pretrain`, itself importing only leaves), so the
+config, stage 1, rollout sampling and the trainer depend on the protocol and
+never the other way round.
 """
 
 from __future__ import annotations

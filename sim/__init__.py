@@ -24,6 +24,10 @@ Public surface (re-exported from small private modules):
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.sim`` and ``physrl.sim.cli`` load without torch or numba
 (``physrl sim --help`` starts in a fraction of a second).
+
+The model alone: ``sim`` reads no logs and knows nothing of the fit, the organisms or the experiment.
+
+Room: sim; may import: contract and its own room.
 """
 
 from __future__ import annotations

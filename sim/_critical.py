@@ -16,7 +16,7 @@ Its users: :func:`critical_diversity` (any model family, via a builder
 ``N -> (model, y0)``), :func:`critical_diversity_homogeneous` (the exact
 α_eff reduction), the heterogeneous sweeps of ``sim._hetero``, the fit's
 N* prediction (``physrl.fitting``) and the experiment's protocol N*
-(``physrl._analysis``). The result carries a status per replica
+(``physrl.experiment.freeze``). The result carries a status per replica
 (:class:`SearchStatus`): an N* is never reported as ``inf``.
 
 "Train to saturation" (docs/model.md §2) does not depend on the time unit, so

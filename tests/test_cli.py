@@ -20,7 +20,7 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_experiment_names_a_shipped_config_and_says_which_exist(tmp_path, capsys, monkeypatch):
-    from physrl.experiment_cli import resolve_config, shipped_configs
+    from physrl.experiment.cli import resolve_config, shipped_configs
 
     assert {"demo", "scaling"} <= set(shipped_configs())
     cfg = resolve_config("scaling")
@@ -67,7 +67,7 @@ def _leaf_parsers():
     """Every parser that takes options, by its prog (subcommands' parsers included)."""
     import argparse
 
-    from physrl import experiment_cli
+    from physrl.experiment import cli as experiment_cli
     from physrl.fitting import cli as fitting_cli
     from physrl.organisms import cli as organisms_cli
     from physrl.sim import cli as sim_cli

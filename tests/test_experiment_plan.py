@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from physrl._runs import CALIBRATION, SWEEP, plan_runs, run_status
-from physrl.executors import Executor, ExecutorConfig
-from physrl.experiment_config import ExperimentConfig
+from physrl.experiment.runs import CALIBRATION, SWEEP, plan_runs, run_status
+from physrl.experiment.executors import Executor, ExecutorConfig
+from physrl.experiment.config import ExperimentConfig
 
 
 def test_plan_has_calibration_then_every_sweep_point_once():
@@ -112,7 +112,7 @@ def test_as_completed_yields_every_job_once_with_its_index(workers, tmp_path):
 def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_path):
     """A finished run whose saved config lacks a field counts as trained with that field's default."""
     from physrl import fitting
-    from physrl._runs import _config_mismatch
+    from physrl.experiment.runs import _config_mismatch
     from physrl.organisms import OrganismConfig
 
     run = fitting.synthesize(tmp_path / "r", n_envs=1, n_heldout=0, steps=2, eval_every=1, rollouts_per_env=8)
@@ -129,7 +129,7 @@ def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_pat
 ORPHAN_PARENT = r'''
 import sys, time
 from pathlib import Path
-from physrl.executors import Executor, ExecutorConfig
+from physrl.experiment.executors import Executor, ExecutorConfig
 
 def job(path):
     import os
@@ -183,7 +183,7 @@ def _alive(pid: int) -> bool:
 def test_report_tables_print_one_format_per_column_and_keep_numbers_on_one_line():
     import pandas as pd
 
-    from physrl.report import Section, column_decimals
+    from physrl.experiment.report import Section, column_decimals
 
     assert column_decimals([0.25, 0.1041, 1.159]) == 3  # scores: 0.250, 0.104, 1.159
     assert column_decimals([0.0373, 0.3756]) == 4

@@ -181,3 +181,28 @@ def test_every_package_says_what_it_holds_and_may_import(package):
     assert room == room_of(package)
     below = [r for r in ROOMS if LEVEL[r] < LEVEL[room]]
     assert allowed == (["nothing of the project but its own room"] if not below else below + ["its own room"]), allowed
+
+
+#: the experiment's modules in pipeline order (plan -> train -> fit & freeze -> analyse -> report, then the
+#: driver and its command line): a module imports only from modules before it, so data flows one way
+EXPERIMENT_ORDER = ("executors", "config", "runs", "words", "scaling", "freeze", "analysis", "report", "figures",
+                    "scaling_figures", "run", "cli")
+
+
+def test_the_experiment_flows_one_way_through_its_stages():
+    graph = import_graph()
+    stage = {f"physrl.experiment.{name}": i for i, name in enumerate(EXPERIMENT_ORDER)}
+    modules = {m for m in graph if m.startswith("physrl.experiment.")}
+    assert modules == set(stage), f"experiment modules not in EXPERIMENT_ORDER: {sorted(modules ^ set(stage))}"
+    backward = sorted(f"{m} imports {t}" for m in modules for t in graph[m]
+                      if t.startswith("physrl.experiment") and stage.get(t, len(stage)) >= stage[m])
+    assert not backward, "imports against the pipeline's order:\n" + "\n".join(backward)
+
+
+def test_the_family_protocol_reaches_only_leaves():
+    """organisms' environment protocol imports no config, family or trainer: only the generic stage 1 its default
+    ``pretrain`` runs, which itself imports only the organisms' leaves."""
+    graph = import_graph()
+    assert graph["physrl.organisms._family"] <= {"physrl.organisms._pretrain"}
+    assert graph["physrl.organisms._pretrain"] <= {"physrl.organisms._seeds", "physrl.organisms._tokens"}
+    assert not graph["physrl.organisms._seeds"] and not graph["physrl.organisms._tokens"]

@@ -14,7 +14,7 @@ from physrl._util import toml as _toml
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from physrl.executors import ExecutorConfig
+from .executors import ExecutorConfig
 from physrl.fitting import TRANSFERS
 
 
