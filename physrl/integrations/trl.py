@@ -399,7 +399,8 @@ class RolloutLogger:
         self.dropped_on_resume = self.writer.truncate(step if step > 0 else -1)
         if self.dropped_on_resume:
             warnings.warn(f"log_rollouts: training starts at step {step}; dropped {self.dropped_on_resume} rows "
-                          f"logged past it in {self.run_dir} (the trainer samples them again)", stacklevel=2)
+                          f"logged past it in {self.run_dir} (the trainer samples them again)", UserWarning,
+                          stacklevel=1)
         rows = read_rollouts(self.run_dir, keep_extra=False)
         self._eval_done = set(int(s) for s in rows.loc[rows["phase"] == "eval", "step"].unique()) if len(rows) else set()
         ns = dict(manifest.extra.get(NAMESPACE) or {})
@@ -499,8 +500,8 @@ def log_rollouts(trainer, run_dir: str | Path, *, env_column: str = "env_id", cl
     ValueError
         A dataset without ``env_column``; a reward model (``nn.Module``) among the reward functions;
         training on several processes; ``eval_every`` < 1 or a bad ``reward_range``; an unknown
-        classifier; a ``run_dir`` holding a run over other environments or weights. During training,
-        a reward outside ``reward_range`` raises ValueError (naming it).
+        classifier; a ``run_dir`` holding a run over other environments or weights, or labelled by another
+        classifier. During training, a reward outside ``reward_range`` raises ValueError (naming it).
     FileExistsError
         (at ``trainer.train()``) ``run_dir`` holds a finished run and the trainer starts at step 0.
 
@@ -542,9 +543,12 @@ def log_rollouts(trainer, run_dir: str | Path, *, env_column: str = "env_id", cl
         if saved != mine:
             raise ValueError(f"{run_dir} holds run {manifest.run_id} over environments {saved}, but this trainer's "
                              f"datasets give {mine}: log to a new run_dir")
+        labelled = {"name": labeller.name, "version": str(labeller.version)}
+        if manifest.classifier is not None and manifest.classifier != labelled:
+            raise ValueError(f"{run_dir} holds run {manifest.run_id} labelled by classifier {manifest.classifier}, "
+                             f"not {labelled}: one run is labelled by one classifier; log to a new run_dir")
         run_id = manifest.run_id
-        update_manifest(run_dir, classifier={"name": labeller.name, "version": str(labeller.version)},
-                        **{NAMESPACE: {**(manifest.extra.get(NAMESPACE) or {}), **namespace}})
+        update_manifest(run_dir, **{NAMESPACE: {**(manifest.extra.get(NAMESPACE) or {}), **namespace}})
     else:
         if (run_dir / "rollouts").exists() and any((run_dir / "rollouts").iterdir()):
             raise ValueError(f"{run_dir} holds rollouts but no manifest.json: not a run log_rollouts can continue")
