@@ -188,3 +188,54 @@ def test_bad_input_is_refused_by_name(example, reference, tmp_path):
     with pytest.raises(FileExistsError, match="holds the finished run .* starts at step 0"):
         _quiet_train(example, finished, steps=STEPS)
     assert read_rollouts(finished).equals(read_rollouts(reference[0]))
+
+
+def test_conversations_weighted_rewards_and_one_generation_per_two_steps(example, tmp_path):
+    """Chat prompts, two reward functions weighted 1 and 0.25 (TRL's sum in [0, 2], logged / 2), and
+    steps_per_generation = 4 with 2 accumulation steps: TRL samples at steps 0 and 2 only, 4 groups each."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from physrl.integrations.trl import log_rollouts
+
+    tok = example.make_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(example.WORDS), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=0, eos_token_id=1, bos_token_id=1))
+    chat = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    train = Dataset.from_dict({"prompt": [chat(f"{e} q {i}") for e in ("e0", "e1") for i in range(4)],
+                               "env_id": ["e0"] * 4 + ["e1"] * 4})
+
+    def answer(completions, env_id, **kw):
+        return example.answer_reward([c[0]["content"] for c in completions], env_id)
+
+    def length(completions, **kw):
+        return [len(c[0]["content"].split()) / 4 for c in completions]
+
+    args = GRPOConfig(output_dir=str(tmp_path / "ck"), max_steps=4, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=2, steps_per_generation=4, num_generations=4,
+                      max_completion_length=4, reward_weights=[1.0, 0.25], report_to="none", use_cpu=True,
+                      bf16=False, disable_tqdm=True, save_strategy="no", logging_steps=1, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = GRPOTrainer(model=model, reward_funcs=[answer, length], args=args, train_dataset=train,
+                              processing_class=tok)
+        log_rollouts(trainer, tmp_path / "run", reward_range=(0.0, 2.0), eval_every=100)
+        trainer.train()
+    rows = read_rollouts(tmp_path / "run", keep_extra=False)
+    assert rows.groupby(["phase", "step"]).size().to_dict() == {("train", 0): 16, ("train", 2): 16}
+    assert sorted(set(rows["group_id"])) == [0, 1, 2, 3] and (rows.groupby(["step", "group_id"]).size() == 4).all()
+    assert (rows["env_id"] == rows["prompt"].str.split().str[0]).all()
+    words = rows["completion"].str.split().str.len()
+    expected = [(a + 0.25 * n / 4) / 2 for a, n in zip(example.answer_reward(rows["completion"].tolist(),
+                                                                             rows["env_id"].tolist()), words)]
+    assert rows["reward"].tolist() == pytest.approx(expected, abs=1e-12)
+    logged = {h["step"]: h["reward"] for h in trainer.state.log_history if "reward" in h}
+    assert sorted(logged) == [1, 3]
+    for step, mean in logged.items():
+        assert math.isclose(2 * rows.loc[rows.step == step - 1, "reward"].mean(), mean, abs_tol=1e-6)
+    assert read_manifest(tmp_path / "run").extra["trl"]["reward_weights"] == [1.0, 0.25]

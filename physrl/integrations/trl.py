@@ -357,9 +357,10 @@ class RolloutLogger:
 
         trainer = self.trainer
         tok = trainer.processing_class
-        if isinstance(prompts[0], list):
-            ids = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts]
-            ids = [x["input_ids"] if isinstance(x, dict) else x for x in ids]
+        if isinstance(prompts[0], list):  # as TRL renders conversations (GRPOTrainer._tokenize_prompts)
+            ids = tok.apply_chat_template(conversation=prompts, chat_template=getattr(trainer, "chat_template", None),
+                                          add_generation_prompt=True, tokenize=True, return_dict=True,
+                                          **(getattr(trainer, "chat_template_kwargs", None) or {}))["input_ids"]
         else:
             ids = tok(text=prompts)["input_ids"]
         pad = tok.pad_token_id if tok.pad_token_id is not None else trainer.eos_token_ids[0]
