@@ -83,7 +83,7 @@ def test_rows_groups_env_ids_labels_and_manifest(example, reference):
     rs, rs_score = PatternClassifier(["grader", "reward", "score"], ["rule"]).classify(rows["completion"].tolist())
     assert rows["rs"].tolist() == rs and rows["rs_score"].tolist() == rs_score
     assert rows["reward"].tolist() == example.answer_reward(rows["completion"].tolist(), rows["env_id"].tolist())
-    assert 0 < rows["rs"].sum() < len(rows) and 0 < rows["reward"].sum() < len(rows)  # neither label nor reward constant
+    assert 0 < rows["rs"].sum() < len(rows) and 0 < rows["reward"].sum() < len(rows)  # neither is constant
     # the captured train rollouts are the ones TRL trained on: its logged mean reward of update s is theirs
     logged = {h["step"]: h["reward"] for h in trainer.state.log_history if "reward" in h}
     train = rows[rows.phase == "train"]
@@ -216,6 +216,12 @@ def test_conversations_weighted_rewards_and_one_generation_per_two_steps(example
     def length(completions, **kw):
         return [len(c[0]["content"].split()) / 4 for c in completions]
 
+    class SaysGrader:  # a classifier object whose classify takes no prompts
+        name, version = "says-grader", "2"
+
+        def classify(self, completions):
+            return ["grader" in c.split() for c in completions], [float("grader" in c.split()) for c in completions]
+
     args = GRPOConfig(output_dir=str(tmp_path / "ck"), max_steps=4, per_device_train_batch_size=4,
                       gradient_accumulation_steps=2, steps_per_generation=4, num_generations=4,
                       max_completion_length=4, reward_weights=[1.0, 0.25], report_to="none", use_cpu=True,
@@ -224,7 +230,7 @@ def test_conversations_weighted_rewards_and_one_generation_per_two_steps(example
         warnings.simplefilter("ignore", FutureWarning)
         trainer = GRPOTrainer(model=model, reward_funcs=[answer, length], args=args, train_dataset=train,
                               processing_class=tok)
-        log_rollouts(trainer, tmp_path / "run", reward_range=(0.0, 2.0), eval_every=100)
+        log_rollouts(trainer, tmp_path / "run", reward_range=(0.0, 2.0), eval_every=100, classifier=SaysGrader())
         trainer.train()
     rows = read_rollouts(tmp_path / "run", keep_extra=False)
     assert rows.groupby(["phase", "step"]).size().to_dict() == {("train", 0): 16, ("train", 2): 16}
@@ -238,4 +244,7 @@ def test_conversations_weighted_rewards_and_one_generation_per_two_steps(example
     assert sorted(logged) == [1, 3]
     for step, mean in logged.items():
         assert math.isclose(2 * rows.loc[rows.step == step - 1, "reward"].mean(), mean, abs_tol=1e-6)
-    assert read_manifest(tmp_path / "run").extra["trl"]["reward_weights"] == [1.0, 0.25]
+    assert rows["rs"].tolist() == ["grader" in c.split() for c in rows["completion"]] and rows["rs"].any()
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest.extra["trl"]["reward_weights"] == [1.0, 0.25]
+    assert manifest.classifier == {"name": "says-grader", "version": "2"}

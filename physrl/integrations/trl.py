@@ -130,7 +130,7 @@ def eval_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step, 0x65766C]).generate_state(1, np.uint64)[0] >> 1)
 
 
-# ---- the manifest's environments -------------------------------------------------------------------------------------
+# ---- the manifest's environments -------------------------------------------------------------------------------
 def _column(dataset, name: str, what: str) -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names is None:
@@ -176,7 +176,7 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "torch": torch.__version__}
 
 
-# ---- the recorder -----------------------------------------------------------------------------------------------------
+# ---- the recorder ----------------------------------------------------------------------------------------------
 class RolloutLogger:
     """What :func:`log_rollouts` attaches to a trainer: reward-function wrappers, a callback and the writer.
 
@@ -197,12 +197,13 @@ class RolloutLogger:
 
     def __init__(self, trainer, run_dir: Path, run_id: str, writer: ChunkWriter, classifier, env_column: str,
                  eval_dataset, eval_every: int, eval_generations: int, flush_every: int | None,
-                 reward_range: tuple[float, float], env_ids: list[str]):
+                 reward_range: tuple[float, float], env_ids: list[str], reward_funcs: list[Callable]):
         self.trainer, self.run_dir, self.run_id, self.writer = trainer, run_dir, run_id, writer
         self.classifier, self.env_column = classifier, env_column
         self.eval_dataset, self.eval_every, self.eval_generations = eval_dataset, eval_every, eval_generations
         self.flush_every, self.reward_range, self.env_ids = flush_every, reward_range, set(env_ids)
         self.dropped_on_resume = 0
+        self._originals = list(reward_funcs)  # the user's reward functions, unwrapped (the eval pass calls them)
         self._batch: dict[str, Any] | None = None  # the generation batch the wrappers are recording
         self._groups: dict[tuple[int, str], int] = {}  # (step, phase) -> groups logged
         self._eval_done: set[int] = set()
@@ -224,10 +225,7 @@ class RolloutLogger:
                 out = func(*args, **kwargs)
                 logger._record(index, out, kwargs)
                 return out
-        try:
-            functools.update_wrapper(wrapper, func)
-        except AttributeError:  # a callable object without __name__ / __doc__
-            wrapper.__name__ = type(func).__name__
+        functools.update_wrapper(wrapper, func)  # TRL named its reward functions already; this keeps __wrapped__
         wrapper.__wrapped_by_physrl__ = True
         return wrapper
 
@@ -262,7 +260,8 @@ class RolloutLogger:
         if n % g:
             raise ValueError(f"a generation batch of {n} completions is not whole GRPO groups of "
                              f"num_generations = {g} (several processes? log_rollouts runs in one)")
-        rewards = self._combine([batch["outputs"].get(i, [math.nan] * n) for i in range(len(self.trainer.reward_funcs))])
+        rewards = self._combine([batch["outputs"].get(i, [math.nan] * n)
+                                 for i in range(len(self.trainer.reward_funcs))])
         groups = [j // g for j in range(n)]
         self._add(batch["step"], "train", batch["prompts"], batch["completions"], batch["env_id"], groups, rewards)
 
@@ -299,13 +298,29 @@ class RolloutLogger:
         if unknown:
             raise ValueError(f"log_rollouts: rollouts of environments {unknown} that the manifest does not list "
                              f"({sorted(self.env_ids)}): the datasets changed after log_rollouts was called")
-        rs, rs_score = self.classifier.classify(completion_text, prompts=prompt_text)
+        rs, rs_score = self._classify(completion_text, prompt_text)
         first = self._groups.get((step, phase), 0)
         local = [groups[j] for j in keep]
         self._groups[(step, phase)] = first + (max(groups) + 1 if groups else 0)
         self.writer.add(step=step, phase=phase, env_id=envs, group_id=[first + k for k in local],
                         prompt=prompt_text, completion=completion_text, reward=scaled,
                         rs=[bool(x) for x in rs], rs_score=[float(x) for x in rs_score])
+
+    def _classify(self, completions: list[str], prompts: list[str]) -> tuple[list, list]:
+        """``classifier.classify``, given the prompts when its ``classify`` takes them (organisms/_classify.py)."""
+        try:
+            params = inspect.signature(self.classifier.classify).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+            params = {"prompts": None}
+        takes = "prompts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+                                           if p is not None)
+        out = (self.classifier.classify(completions, prompts=prompts) if takes
+               else self.classifier.classify(completions))
+        rs, rs_score = (list(x) for x in out)
+        if len(rs) != len(completions) or len(rs_score) != len(completions):
+            raise ValueError(f"classifier {self.classifier.name!r} returned {len(rs)} labels and {len(rs_score)} "
+                             f"scores for {len(completions)} completions")
+        return rs, rs_score
 
     # -- eval -------------------------------------------------------------------------------------------------------
     def evaluate(self, step: int) -> int:
@@ -403,7 +418,7 @@ class RolloutLogger:
                           f"logged past it in {self.run_dir} (the trainer samples them again)", UserWarning,
                           stacklevel=1)
         rows = read_rollouts(self.run_dir, keep_extra=False)
-        self._eval_done = set(int(s) for s in rows.loc[rows["phase"] == "eval", "step"].unique()) if len(rows) else set()
+        self._eval_done = {int(s) for s in rows.loc[rows["phase"] == "eval", "step"].unique()}
         ns = dict(manifest.extra.get(NAMESPACE) or {})
         resumed = int(ns.get("resumed", 0)) + (1 if step > 0 else 0)
         update_manifest(self.run_dir, status="running", error=None, steps=int(state.max_steps),
@@ -417,7 +432,7 @@ class RolloutLogger:
         ns["unscorable_not_logged"] = int(ns.get("unscorable_not_logged", 0)) + self._unscorable
         self._unscorable = 0
         update_manifest(self.run_dir, status="finished", finished=now(), rows_written=rows_on_disk(self.run_dir),
-                        steps=int(state.global_step), **{NAMESPACE: ns})
+                        **{NAMESPACE: ns})
 
     # -- the callback ---------------------------------------------------------------------------------------------
     def _make_callback(self):
@@ -567,9 +582,9 @@ def log_rollouts(trainer, run_dir: str | Path, *, env_column: str = "env_id", cl
         })
     logger = RolloutLogger(trainer, run_dir, run_id, ChunkWriter(run_dir, run_id), labeller, env_column,
                            eval_dataset, eval_every, eval_generations, flush_every, (lo, hi),
-                           [e["env_id"] for e in environments])
-    logger._originals = [getattr(f, "__wrapped__", f) if getattr(f, "__wrapped_by_physrl__", False) else f
-                         for f in trainer.reward_funcs]
+                           [e["env_id"] for e in environments],
+                           [f.__wrapped__ if getattr(f, "__wrapped_by_physrl__", False) else f
+                            for f in trainer.reward_funcs])
     trainer.reward_funcs[:] = [logger.wrap(i, f) for i, f in enumerate(logger._originals)]
     for cb in list(trainer.callback_handler.callbacks):
         if type(cb).__name__ == "PhysrlRolloutCallback":  # log_rollouts called twice on one trainer
