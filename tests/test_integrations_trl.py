@@ -248,3 +248,36 @@ def test_conversations_weighted_rewards_and_one_generation_per_two_steps(example
     manifest = read_manifest(tmp_path / "run")
     assert manifest.extra["trl"]["reward_weights"] == [1.0, 0.25]
     assert manifest.classifier == {"name": "says-grader", "version": "2"}
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_without_duplicating_or_losing_rows(example, reference, tmp_path):
+    """The interrupted-train() test with a real SIGKILL of the training process (no Python cleanup runs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (f"import importlib.util, os, signal, warnings\n"
+              f"from transformers import TrainerCallback\n"
+              f"spec = importlib.util.spec_from_file_location('ex', {str(EXAMPLE)!r})\n"
+              f"ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)\n"
+              f"class Kill(TrainerCallback):\n"
+              f"    def on_step_end(self, args, state, control, **kw):\n"
+              f"        if state.global_step == 4:\n"
+              f"            os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"warnings.simplefilter('ignore')\n"
+              f"ex.main({str(tmp_path / 'run')!r}, steps={STEPS}, callbacks=[Kill()])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    before = read_rollouts(run_dir, keep_extra=False)
+    assert sorted(before.loc[before.phase == "train", "step"].unique()) == [0, 1, 2]
+    with pytest.warns(UserWarning, match=r"starts at step 2; dropped 8 rows"):
+        _quiet_train(example, run_dir, steps=STEPS, resume=True)
+    cols = ["phase", "step", "env_id", "group_id", "prompt", "completion", "reward", "rs", "rs_score"]
+    key = ["phase", "step", "group_id"]
+    sort = lambda df: df.sort_values(key, kind="stable")[cols].reset_index(drop=True)  # noqa: E731
+    assert sort(read_rollouts(run_dir, keep_extra=False)).equals(sort(read_rollouts(reference[0], keep_extra=False)))
+    assert read_manifest(run_dir).status == "finished"
