@@ -310,10 +310,9 @@ class RolloutLogger:
         """``classifier.classify``, given the prompts when its ``classify`` takes them (organisms/_classify.py)."""
         try:
             params = inspect.signature(self.classifier.classify).parameters
+            takes = "prompts" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
         except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
-            params = {"prompts": None}
-        takes = "prompts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-                                           if p is not None)
+            takes = True
         out = (self.classifier.classify(completions, prompts=prompts) if takes
                else self.classifier.classify(completions))
         rs, rs_score = (list(x) for x in out)
