@@ -32,7 +32,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "contract": ("physrl", "physrl.contract", "physrl._util"),  # "physrl": the bare namespace __init__ only
     "sim": ("physrl.sim",),
     "fitting": ("physrl.fitting",),
-    "organisms": ("physrl.organisms",),
+    "organisms": ("physrl.organisms", "physrl.integrations"),  # integrations write logs, as organisms do
     "experiment": ("physrl.experiment",),
     "cli": ("physrl.cli", "physrl.__main__"),
 }
