@@ -10,6 +10,11 @@ continues. This is how GRPOTrainer's ``rollout_func`` is fed (TRL docs,
 GRPOTrainer ``rollout_func``: returns ``prompt_ids``, ``completion_ids``,
 ``logprobs``; extra keys such as ``env_mask`` and the columns used by reward
 functions are forwarded).
+
+:func:`measure_knobs` samples this way on every environment to measure the
+step-0 knobs p, a, b (docs/model.md section 6 estimators). Token ids and
+seeds come from the leaves :mod:`._tokens` and :mod:`._seeds` (re-exported
+here for the trainer).
 """
 
 from __future__ import annotations
