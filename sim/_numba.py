@@ -7,8 +7,10 @@ environment. The kernel steps the same vector field as the other engines: it
 compiles ``sim._model.observed_gradients`` (which calls ``reward_gradients``)
 and ``sim._couplings.homogeneous_transfer`` themselves (no copy of the model),
 and supports identity, homogeneous and
-dense (Gaussian-kernel) couplings with per-replica α, w, λ and c. Random
-Fourier features run on the torch engine.
+dense (Gaussian-kernel) couplings with per-replica α, w, λ, c and selection-law
+exponent γ (docs/model.md §9; an environment at γ = 1 takes the post's
+arithmetic, so the replicator's numbers do not move). Random Fourier features
+run on the torch engine.
 
 The compiled kernel is cached on disk by numba (``cache=True``), so only the
 first process on a machine pays the ~3 s compilation.
@@ -33,7 +35,7 @@ _gradients = numba.njit(error_model="numpy")(reward_gradients)
 # the compiled function (numba cannot call a plain Python function)
 _observed = numba.njit(error_model="numpy")(types.FunctionType(
     observed_gradients.__code__, {"reward_gradients": _gradients, "__builtins__": builtins},
-    "observed_gradients"))
+    "observed_gradients", observed_gradients.__defaults__))
 _homogeneous = numba.njit(error_model="numpy")(homogeneous_transfer)
 
 #: numba's on-disk cache checks only the source file of the cached function (this one); the
@@ -58,7 +60,8 @@ def _record(saved, r, k_eval, z, x, y, lam_r, i):
     saved[r, k_eval, 2, i] = _sigmoid(y)
 
 
-def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
+def _euler(state, alpha, w, lam, gamma, skills, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken,
+           converged):
     """Euler steps of R independent replicas, in place (see :func:`euler`)."""
     n_rep = state.shape[1]
     n_env = state.shape[2]
@@ -84,8 +87,17 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
                 p = _sigmoid(s[0, i])
                 a = _sigmoid(s[1, i] + lam_r * s[2, i])
                 b = _sigmoid(s[2, i])
-                # observed reward units (docs/model.md §7); bounds (0, 1) give reward_gradients exactly
-                gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i])
+                # observed reward units (docs/model.md §7); bounds (0, 1) give reward_gradients exactly;
+                # selection law (§9): γ = 1 is the replicator's own arithmetic
+                g_ri = gamma[r, i]
+                if g_ri == 1.0:
+                    gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i])
+                elif skills:
+                    gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i],
+                                           g_ri, g_ri)
+                else:
+                    gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i],
+                                           g_ri)
                 wi = w[r, i]
                 g[0, i] = gz * wi
                 g[1, i] = gx * wi
@@ -196,6 +208,9 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
         w.reshape(shape)[...] = _np(model.w)
     lam = np.empty(size)
     lam.reshape(rep + (1,) if rep else (1,))[...] = _np(model.lam)
+    gamma = np.empty((size, n))                # selection-law exponent (1: the replicator)
+    gamma.reshape(shape)[...] = _np(model.selection.gamma)
+    skills = bool(model.selection.skills) and not model.selection.is_replicator
     obs = np.empty((4, size, n))               # a_lo, a_hi − a_lo, b_lo, b_hi − b_lo
     if model.observation is None:
         obs[0], obs[1], obs[2], obs[3] = 0.0, 1.0, 0.0, 1.0
@@ -221,7 +236,7 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     saved = np.zeros((size, len(g), 3, n))   # per replica contiguous (cache-friendly writes)
     taken = np.zeros(size, dtype=np.int64)
     converged = np.zeros(size, dtype=np.bool_)
-    _euler(state, alpha, w, lam, obs, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
+    _euler(state, alpha, w, lam, gamma, skills, obs, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
            g, saved, taken, converged)
     final = state.reshape((3,) + shape)
     out_saved = None if grid is None else np.moveaxis(saved, 0, 2).reshape((len(g), 3) + shape)
