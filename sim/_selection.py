@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: selection laws by name (``physrl fit --selection``)
-SELECTIONS = ("replicator", "power")
+from ._options import SELECTIONS as SELECTIONS
 
 
 @dataclass(frozen=True)
