@@ -106,7 +106,8 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         (model time per optimizer step), shape (B, 1, 1); transfer values
         ``c_z, c_x, c_y`` (homogeneous, in [0, 1]) or ``length_scale_z, ...``
         (kernel, > 0), shape (B, R); optional ``lam`` (footnote-4 λ >= 0),
-        shape (B, 1, 1); optional observation bounds ``a_lo, a_hi, b_lo,
+        shape (B, 1, 1); optional ``gamma`` (selection-law exponent >= 0,
+        docs/model.md §9; absent: the replicator), shape (B, 1, 1); optional observation bounds ``a_lo, a_hi, b_lo,
         b_hi`` (reward units, shape (B, R, N)): the dynamics are then the
         gradient flow of the reward in observed units (docs/model.md §7).
         The returned a, b stay latent (σ(x), σ(y)).
@@ -143,6 +144,7 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     n = config.n_envs
     scale = phys["time_scale"]
     lam = phys.get("lam")
+    gamma = phys.get("gamma")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
     try:
@@ -155,7 +157,8 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         model = sim.ToyModel(*couplings, alpha_z=scale * phys["alpha_z"], alpha_x=scale * phys["alpha_x"],
                              alpha_y=scale * phys["alpha_y"],
                              w=torch.as_tensor(config.w, dtype=torch.float64),
-                             lam=0.0 if lam is None else lam, observation=observation)
+                             lam=0.0 if lam is None else lam, observation=observation,
+                             selection=sim.SelectionLaw() if gamma is None else sim.SelectionLaw(gamma))
     except ValueError as exc:  # lmfit can probe NaN: a wall the optimizer backs off from, as for a too-fast ODE
         raise UnstableStep(f"parameters outside the model's domain: {exc}") from exc
     rate = model.max_rate()
