@@ -364,18 +364,22 @@ def selection_law_slopes(gammas=SELECTION_GAMMAS, p0s=SELECTION_P0, *, n_grid_po
     return pd.DataFrame(rows), pd.DataFrame(fits)
 
 
-def selection_law_figure(cfg: FigureConfig, out: Path, gammas=SELECTION_GAMMAS) -> pd.DataFrame:
+def selection_law_figure(cfg: FigureConfig, out: Path, gammas=None) -> pd.DataFrame:
     """The slope of log N* on log p0 against the selection-law exponent γ, canonical case (docs/model.md §9).
 
     Left: N*(p0) for several γ (log-log). Right: the fitted slope against γ,
     with the frozen-gap prediction (:func:`frozen_gap_takeover`) and −γ.
+    ``gammas`` None: :data:`SELECTION_GAMMAS` (every other one with
+    ``cfg.quick``, which also takes every other prior and a coarser N grid).
     Writes ``selection-law.png`` and returns the points and slopes (one frame,
     slope columns repeated per point), which :func:`make_selection_figure`
     also writes as ``selection-law.csv``.
     """
     plt = _plt()
     p0s = SELECTION_P0[::2] if cfg.quick else SELECTION_P0
-    gammas = tuple(gammas[::2]) if cfg.quick else tuple(gammas)
+    if gammas is None:
+        gammas = SELECTION_GAMMAS[::2] if cfg.quick else SELECTION_GAMMAS
+    gammas = tuple(float(g) for g in gammas)
     points, slopes = selection_law_slopes(gammas, p0s, n_grid_points=81 if cfg.quick else 241,
                                           integration=cfg.integration, device=cfg.device, progress=cfg.progress)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2))
@@ -403,14 +407,14 @@ def selection_law_figure(cfg: FigureConfig, out: Path, gammas=SELECTION_GAMMAS) 
     return points.merge(slopes, on="gamma")
 
 
-def make_selection_figure(out, cfg: FigureConfig = FigureConfig(), gammas=SELECTION_GAMMAS) -> pd.DataFrame:
+def make_selection_figure(out, cfg: FigureConfig = FigureConfig(), gammas=None) -> pd.DataFrame:
     """:func:`selection_law_figure` into directory ``out``: selection-law.png, .csv and .json (config)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     df = selection_law_figure(cfg, out, gammas)
     df.to_csv(out / "selection-law.csv", index=False)
-    meta = {"figure": "selection-law", "config": asdict(cfg), "gammas": list(map(float, gammas)),
+    meta = {"figure": "selection-law", "config": asdict(cfg), "gammas": sorted(set(df["gamma"].tolist())),
             "seconds": round(time.time() - t0, 2)}
     (out / "selection-law.json").write_text(json.dumps(meta, indent=2, default=str))
     return df

@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the slope of log N* on log p0 against the selection-law exponent γ, canonical case "
                              "(docs/model.md §9)")
     sl.add_argument("--gamma", type=float, nargs="+", default=None,
-                    help="exponents γ >= 0 to compute (default: 0, 0.125, ..., 1, 1.25)")
+                    help="exponents γ >= 0 to compute (default: 0, 0.125, ..., 1, 1.25; every other one with "
+                         "--quick)")
     sl.add_argument("--quick", action="store_true",
                     help="every other p0 and γ on a coarser N grid, about a minute (default: off; the full figure "
                          "took 9.5 min on one shared core)")
@@ -187,11 +188,11 @@ def _critical(args) -> int:
 
 def _selection_law(args) -> int:
     from ._critical import IntegrationConfig
-    from ._figures import SELECTION_GAMMAS, SELECTION_T_MAX, FigureConfig, make_selection_figure
+    from ._figures import SELECTION_T_MAX, FigureConfig, make_selection_figure
     from ._selection import SelectionLaw
 
-    gammas = tuple(args.gamma) if args.gamma else SELECTION_GAMMAS
-    for g in gammas:
+    gammas = tuple(args.gamma) if args.gamma else None                   # None: the figure's default γ
+    for g in gammas or ():
         SelectionLaw(g)                                                  # ValueError names gamma
     # a longer horizon than N*'s default: RS needs ~I_γ(p0) / gap of z-time to take over, 2.5e4 at
     # p0 = 1e-4 and γ = 1 (docs/model.md §9)

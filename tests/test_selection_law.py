@@ -129,6 +129,21 @@ def test_cli_critical_diversity_takes_gamma(tmp_path, capsys):
     assert "gamma" in capsys.readouterr().err
 
 
+def test_cli_selection_law_measures_the_slope_against_gamma(tmp_path, capsys):
+    """`physrl sim selection-law`: slope of log N* on log p0 ≈ −1 at γ = 1 (the post) and ≈ −0.58 at γ = 1/2
+    (docs/model.md §9 measures −1.001 and −0.582 on the full grid)."""
+    import pandas as pd
+
+    assert physrl(["sim", "selection-law", "--quick", "--gamma", "0.5", "1", "--out", str(tmp_path),
+                   "--no-progress"]) == 0
+    slopes = pd.read_csv(tmp_path / "selection-law.csv").drop_duplicates("gamma").set_index("gamma")
+    assert slopes.loc[1.0, "slope"] == pytest.approx(-1.0, abs=0.03)
+    assert slopes.loc[0.5, "slope"] == pytest.approx(-0.58, abs=0.03)
+    assert slopes.loc[0.5, "frozen_gap_slope"] == pytest.approx(-0.51, abs=0.03)
+    assert (tmp_path / "selection-law.png").stat().st_size > 10_000
+    assert "γ = 0.5: slope of log N* on log p0" in capsys.readouterr().out
+
+
 def test_selection_law_validation_names_gamma():
     with pytest.raises(ValueError, match="gamma"):
         SelectionLaw(-0.1)
@@ -181,6 +196,9 @@ def test_fit_selection_power_holds_one_on_replicator_logs(tmp_path):
     assert res.converged and res.spec.selection == "power"
     lo, hi = res.interval("gamma")
     assert lo <= 1.0 <= hi and hi - lo < 1.5, (lo, hi)
+    # the protocol's end states (the fit's N* prediction) run under the fitted law
+    final = fitting.protocol_final_p(res, 0.08, [1, 4], 150, n_draws=3)
+    assert final.shape == (4, 2) and np.all((final > 0) & (final < 1))
 
 
 def test_gamma_is_not_identified_from_one_prior(tmp_path):
