@@ -94,7 +94,7 @@ def _coupling(kind: str, value: Tensor | None, config: BatchConfig, n: int):
 
 def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, substeps: int = 1,
              max_rate_dt: float = 1.0, max_substeps: int = MAX_SUBSTEPS,
-             engine: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+             engine: str = "auto", selection: str = "replicator") -> tuple[Tensor, Tensor, Tensor]:
     """Integrate B × R systems at once and report p, a, b at ``config.steps``.
 
     Parameters
@@ -124,6 +124,9 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         Euler engine of :func:`physrl.sim.euler`. ``"auto"`` takes numba for
         the fit's usual sizes (B·R·N up to ~1,000 numbers), torch for large
         batches and GPUs; every engine gives the same states to ~1e-12.
+    selection : {"replicator", "power", "power+skills"}
+        The selection law (docs/model.md §9) whose exponent is ``phys["gamma"]``
+        (``"replicator"``: γ = 1, ``gamma`` must be absent).
 
     Returns
     -------
@@ -158,7 +161,7 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
                              alpha_y=scale * phys["alpha_y"],
                              w=torch.as_tensor(config.w, dtype=torch.float64),
                              lam=0.0 if lam is None else lam, observation=observation,
-                             selection=sim.SelectionLaw() if gamma is None else sim.SelectionLaw(gamma))
+                             selection=sim.SelectionLaw.named(selection, 1.0 if gamma is None else gamma))
     except ValueError as exc:  # lmfit can probe NaN: a wall the optimizer backs off from, as for a too-fast ODE
         raise UnstableStep(f"parameters outside the model's domain: {exc}") from exc
     rate = model.max_rate()

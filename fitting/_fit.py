@@ -675,10 +675,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         there is not converged.
     progress : bool
         A tqdm bar on stderr (evaluations so far, best deviance).
-    selection : {"replicator", "power"}
+    selection : {"replicator", "power", "power+skills"}
         The selection law (docs/model.md §9): the post's replicator, or the
         power law with its exponent ``gamma`` fitted (in [0, 3]; reported as
-        not identified unless the runs span priors, ``fitting._selection``).
+        not identified unless the runs span priors, ``fitting._selection``),
+        on the RS log-odds only or on the skill terms too.
 
     Returns
     -------

@@ -123,10 +123,11 @@ class FitSpec:
         always (0, 1), or fitted (shared ``a_lo, a_hi, b_lo, b_hi``).
     step0 : {"prior", "fixed", "free"}
         How p0, a0, b0 relate to their step-0 measurement (module docstring).
-    selection : {"replicator", "power"}
+    selection : {"replicator", "power", "power+skills"}
         The selection law of the RS log-odds (docs/model.md §9): the post's
         p (1 − p) (a − b), or [p (1 − p)]^γ (a − b) with γ fitted (parameter
-        ``gamma``, identified only when the runs span priors).
+        ``gamma``, identified only when the runs span priors); ``power+skills``
+        raises the skill terms a (1 − a), b (1 − b) to the same γ.
     """
 
     transfer: str = "homogeneous"
@@ -451,7 +452,7 @@ class Problem:
     def predict_latent(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(p, σ(x), σ(y)), each (T, B, R, N), for a batch of θ_full."""
         return simulate(self.config, self.physical(theta_full), self.spec.transfer, self.spec.substeps,
-                        max_substeps=self.max_substeps)
+                        max_substeps=self.max_substeps, selection=self.spec.selection)
 
     def predict_states(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(p, a_obs, b_obs), each (T, B, R, N): what the logs measure (docs/model.md §7)."""
@@ -798,7 +799,7 @@ class _Layout:
         if spec.lam:
             self.index["lam"] = np.array([self._add("lam", 0.1, True, 0.0, 10.0,
                                                     ParamInfo("lam", "lam", domain="nonneg"))])
-        if spec.selection == "power":  # γ starts at the replicator's 1 (docs/model.md §9)
+        if spec.selection != "replicator":  # γ starts at the replicator's 1 (docs/model.md §9)
             self.index["gamma"] = np.array([self._add("gamma", 1.0, True, 0.0, 3.0,
                                                       ParamInfo("gamma", "gamma", domain="nonneg"))])
         if spec.observation == "fit":

@@ -113,7 +113,8 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
             phys[key] = torch.as_tensor(v).reshape(-1, 1, 1).expand(b, k, 1)
     config = BatchConfig(np.ones((k, 1)), np.ones((k, 1), bool), None, np.array([0, int(max_steps)]))
     with single_thread():
-        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS)
+        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS,
+                           selection=fit.spec.selection)
     return p[-1, :, :, 0].numpy()
 
 

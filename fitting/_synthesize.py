@@ -66,7 +66,7 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
                train_rollouts_per_env: int = 0, binary_rewards: bool = True,
                spacing: float = 1.0, run_id: str | None = None, substeps: int = 16,
                observation: dict[str, float] | None = None, dispersion: float = 1.0,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, gamma_skills: bool = False) -> Path:
     """Write a run directory (docs/rollouts.md) sampled from the ODE, and ``truth.json``.
 
     Environments sit at coordinates ``(i * spacing,)`` on a line; the first
@@ -121,6 +121,9 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     substeps : int
         Euler steps per optimizer step of the generating ODE.
     overwrite : bool
+    gamma_skills : bool
+        With ``gamma`` != 1: raise the skill terms to the same power
+        (the ``power+skills`` law of docs/model.md §9; default off).
 
     Returns
     -------
@@ -193,7 +196,8 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     if observation:
         phys.update({k: full(v) for k, v in bounds.items()})
     with single_thread():
-        p, a, b = (s[:, 0, 0].numpy() for s in simulate(config, phys, transfer, substeps))  # (T, N)
+        law = "replicator" if truth["gamma"] == 1.0 else "power+skills" if gamma_skills else "power"
+        p, a, b = (s[:, 0, 0].numpy() for s in simulate(config, phys, transfer, substeps, selection=law))  # (T, N)
     a = bounds["a_lo"] + (bounds["a_hi"] - bounds["a_lo"]) * a
     b = bounds["b_lo"] + (bounds["b_hi"] - bounds["b_lo"]) * b
 
@@ -239,7 +243,8 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     synth_config = {"n_envs": n_envs, "n_heldout": n_heldout, "seed": seed, "transfer": transfer,
                     "steps": steps, "eval_every": eval_every, "rollouts_per_env": rollouts_per_env,
                     "train_rollouts_per_env": train_rollouts_per_env, "binary_rewards": binary_rewards,
-                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"], "dispersion": dispersion}
+                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"], "dispersion": dispersion,
+                    "selection": law}
     manifest = {
         "run_id": run_id, "created": _now(), "finished": _now(), "status": "finished",
         "seed": seed, "p0": truth["p0"], "steps": steps,
@@ -253,7 +258,7 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     }
     out.mkdir(parents=True, exist_ok=True)
     write_run(out, rows, manifest)
-    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth, "observation": bounds,
+    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth, "observation": bounds, "selection": law,
                  "dispersion": dispersion,
                  "identifiable": identifiable_truth(truth, transfer),
                  "note": "identifiable: the fit's parametrisation (alpha_z = 1, time_scale in model time "

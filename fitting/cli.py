@@ -80,6 +80,9 @@ def _synth_parser() -> ArgumentParser:
                         "repeatable, written to the manifest (default: none, i.e. (0, 1))")
     p.add_argument("--dispersion", type=float, default=1.0,
                    help="overdispersion φ >= 1 of the counts; 1 is binomial (default: %(default)s)")
+    p.add_argument("--gamma-skills", action="store_true",
+                   help="with --param gamma=G: raise the skill terms a(1−a), b(1−b) to the power γ too (the "
+                        "power+skills selection law, docs/model.md §9) (default: off)")
     p.add_argument("--run-id", default=None, help="the run's id in the manifest and rows (default: synthetic-SEED)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out (default: refuse, exit 2)")
@@ -114,9 +117,10 @@ def _fit_parser() -> ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
     p.add_argument("--lam", action="store_true", help="also fit footnote-4 λ >= 0 (default: off, λ = 0)")
     p.add_argument("--selection", choices=SELECTIONS, default="replicator",
-                   help="selection law of the RS log-odds (docs/model.md §9): the post's replicator p(1−p)(a−b), or "
+                   help="selection law of the RS log-odds (docs/model.md §9): the post's replicator p(1−p)(a−b), "
                         "power [p(1−p)]^γ (a−b) with γ fitted (parameter gamma; identified only when the runs span "
-                        "priors) (default: %(default)s)")
+                        "priors; use with --step0 prior), or power+skills (the skill terms a(1−a), b(1−b) raised to "
+                        "γ too) (default: %(default)s)")
     p.add_argument("--phases", default="eval,train",
                    help="comma-separated rollout phases used as observations, of eval and train "
                         "(default: %(default)s)")
@@ -179,7 +183,7 @@ def _synthesize(argv: list[str]) -> int:
                      train_rollouts_per_env=args.train_rollouts_per_env,
                      binary_rewards=not args.continuous_rewards, spacing=args.spacing, run_id=args.run_id,
                      observation=_parse_bounds(args.observation), dispersion=args.dispersion,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, gamma_skills=args.gamma_skills)
     print(f"wrote {out} (manifest.json, rollouts/part-00000.parquet, truth.json)")
     return 0
 

@@ -8,9 +8,10 @@ compiles ``sim._model.observed_gradients`` (which calls ``reward_gradients``)
 and ``sim._couplings.homogeneous_transfer`` themselves (no copy of the model),
 and supports identity, homogeneous and
 dense (Gaussian-kernel) couplings with per-replica α, w, λ, c and selection-law
-exponent γ (docs/model.md §9; an environment at γ = 1 takes the post's
-arithmetic, so the replicator's numbers do not move). Random Fourier features
-run on the torch engine.
+exponent γ (docs/model.md §9). There is one kernel per law, compiled from the
+same loop: the replicator's never reads γ and runs the post's arithmetic (its
+numbers do not move), the power law's reads γ per replica and environment.
+Random Fourier features run on the torch engine.
 
 The compiled kernel is cached on disk by numba (``cache=True``), so only the
 first process on a machine pays the ~3 s compilation.

@@ -10,6 +10,6 @@ search methods in ``sim._critical`` (docs/model.md §3, "Numerics").
 ENGINES = ("auto", "numpy", "numba", "torch")
 #: critical-diversity search methods of :func:`physrl.sim.find_critical_diversity`
 METHODS = ("bisection", "grid", "scan")
-#: selection laws of the RS log-odds (docs/model.md §9): the post's replicator p (1 − p) (a − b), or the
-#: power law [p (1 − p)]^γ (a − b) (:class:`physrl.sim.SelectionLaw`)
-SELECTIONS = ("replicator", "power")
+#: selection laws of the RS log-odds (docs/model.md §9): the post's replicator p (1 − p) (a − b), the
+#: power law [p (1 − p)]^γ (a − b), or the power law on the skill terms too (:class:`physrl.sim.SelectionLaw`)
+SELECTIONS = ("replicator", "power", "power+skills")

@@ -73,8 +73,22 @@ class SelectionLaw:
 
     @property
     def name(self) -> str:
-        """``"replicator"`` or ``"power"``."""
-        return "replicator" if self.is_replicator else "power"
+        """``"replicator"``, ``"power"`` or ``"power+skills"`` (one of :data:`SELECTIONS`)."""
+        if self.is_replicator:
+            return "replicator"
+        return "power+skills" if self.skills else "power"
+
+    @classmethod
+    def named(cls, name: str, gamma=1.0) -> "SelectionLaw":
+        """The law called ``name`` (one of :data:`SELECTIONS`) with exponent ``gamma``.
+
+        ``"replicator"`` ignores ``gamma`` (γ = 1). Raises ValueError for an unknown name.
+        """
+        if name not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {name!r}")
+        if name == "replicator":
+            return cls()
+        return cls(gamma, skills=name == "power+skills")
 
     def to_dict(self) -> dict:
         """JSON-ready: name, γ (a number, or a list for a batch) and the skills flag."""
