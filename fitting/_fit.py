@@ -60,6 +60,7 @@ from physrl.contract import Run, load_runs
 from ._engine import single_thread
 from ._observations import observations
 from ._problem import WALL, FitSpec, ParamInfo, Problem, Step0
+from ._selection import gamma_identification
 
 NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
@@ -608,7 +609,7 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
     out = {}
     obs = obs[obs["phase"].isin(problem.spec.phases)]
     steps_per_run = obs.groupby("run_id")["step"].nunique()
-    rate_kinds = ("time_scale", "alpha", "c", "length_scale", "lam")
+    rate_kinds = ("time_scale", "alpha", "c", "length_scale", "lam", "gamma")
     if steps_per_run.max() < 2:
         for name, info in problem.info.items():
             if info.kind in rate_kinds and problem.params[name].vary:
@@ -632,7 +633,7 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
         step0: str = "fixed", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
         emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0, max_nfev: int | None = None,
-        progress: bool = False) -> FitResult:
+        progress: bool = False, selection: str = "replicator") -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
 
     Parameters
@@ -674,6 +675,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         there is not converged.
     progress : bool
         A tqdm bar on stderr (evaluations so far, best deviance).
+    selection : {"replicator", "power", "power+skills"}
+        The selection law (docs/model.md §9): the post's replicator, or the
+        power law with its exponent ``gamma`` fitted (in [0, 3]; reported as
+        not identified unless the runs span priors, ``fitting._selection``),
+        on the RS log-odds only or on the skill terms too.
 
     Returns
     -------
@@ -700,7 +706,8 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         raise ValueError(f"max_nfev must be >= 1, got {max_nfev}")
     with single_thread():
         return _fit(runs, FitSpec(transfer=transfer, priors=priors, learnabilities=learnabilities, lam=lam,
-                                  phases=tuple(phases), substeps=substeps, observation=observation, step0=step0),
+                                  phases=tuple(phases), substeps=substeps, observation=observation, step0=step0,
+                                  selection=selection),
                     dispersion=dispersion, n_starts=n_starts, profile=profile, emcee_steps=emcee_steps,
                     emcee_walkers=emcee_walkers, seed=seed, max_nfev=max_nfev or DEFAULT_MAX_NFEV,
                     progress=progress)
@@ -818,6 +825,7 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     jac = problem.jacobian(result.params)
     extra = _initial_state_uncertainty(problem, result.params, names, jac, unsupported)
     ident, cov = _identify(problem, result.params, names, jac, scale, extra)
+    ident = gamma_identification(problem, ident)   # γ needs runs that span priors (docs/model.md §9)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
                                  problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
                                  deviance, penalty, chi2, dof, phi,
@@ -893,6 +901,8 @@ def _plausible(problem: Problem, name: str) -> tuple[float, float, bool]:
         return max(par.min, par.value / 10), min(par.max, par.value * 10), True
     if info.kind == "lam":
         return 0.0, 2.0, False
+    if info.kind == "gamma":
+        return 0.0, 1.5, False
     return max(par.min, 0.02), min(par.max, 0.98), False
 
 
@@ -979,7 +989,8 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
     runs : list of Run or paths
     variants : dict name -> keyword arguments of :func:`fit`, optional
         Default: transfer none / homogeneous / kernel (kernel only when every
-        env has coordinates), each with footnote-4 λ off and on.
+        env has coordinates), each with footnote-4 λ off and on, and with the
+        power selection law (``<transfer>+power``, docs/model.md §9).
     **common
         Passed to every :func:`fit`.
 
@@ -998,6 +1009,7 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
         if all(e.coordinates is not None for r in runs for e in r.environments):
             transfers.append("kernel")
         variants = {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
+        variants.update({f"{t}+power": {"transfer": t, "lam": False, "selection": "power"} for t in transfers})
     rows = []
     for name, kws in variants.items():
         try:

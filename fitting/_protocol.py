@@ -105,12 +105,15 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
         phys[f"{lat}0"] = torch.as_tensor(col(f"{lat}0")).reshape(-1, 1, 1).expand(b, k, 1)
     if fit.spec.lam:
         phys["lam"] = torch.as_tensor(col("lam", 0.0)).reshape(-1, 1, 1)
+    if "gamma" in fit.params:  # the power selection law (docs/model.md §9)
+        phys["gamma"] = torch.as_tensor(col("gamma", 1.0)).reshape(-1, 1, 1)
     if fit.problem.has_observation_model:
         for key, v in _bounds(fit, draws, names).items():
             phys[key] = torch.as_tensor(v).reshape(-1, 1, 1).expand(b, k, 1)
     config = BatchConfig(np.ones((k, 1)), np.ones((k, 1), bool), None, np.array([0, int(max_steps)]))
     with single_thread():
-        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS)
+        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS,
+                           selection=fit.spec.selection)
     return p[-1, :, :, 0].numpy()
 
 
