@@ -15,6 +15,8 @@ Reads only the log contract (```docs/rollouts.md```); never imports
   (figures in ``fitting._figures``)
 - protocol: :func:`protocol_final_p`, :func:`critical_diversity`
 - leave-one-run-out: :func:`cross_validate`, :class:`CrossValidation`
+- early warning (a run's end state from its first steps): :func:`forecast`, :class:`Forecast`,
+  :class:`PopulationPrior`, :func:`fit_population`, :class:`RunFit`
 
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
@@ -32,6 +34,8 @@ _EXPORTS = {
     "CrossValidation": "_crossval", "cross_validate": "_crossval",
     "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
     "compare": "_fit", "fit": "_fit",
+    "Forecast": "_forecast", "PopulationPrior": "_forecast", "RunFit": "_forecast", "fit_population": "_forecast",
+    "forecast": "_forecast",
     "json_safe": "_json", "write_json": "_json", "write_text": "_json",
     "Environment": "physrl.contract", "LogValidationError": "physrl.contract", "Manifest": "physrl.contract",
     "MeasuredPrior": "physrl.contract", "Run": "physrl.contract", "jeffreys_interval": "physrl.contract",
@@ -50,6 +54,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._crossval import CrossValidation, cross_validate
     from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
+    from ._forecast import Forecast, PopulationPrior, RunFit, fit_population, forecast
     from ._json import json_safe, write_json, write_text
     from physrl.contract import (Environment, LogValidationError, Manifest, MeasuredPrior, Run, jeffreys_interval,
                                  load_runs, read_table)
