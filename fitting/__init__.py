@@ -34,8 +34,8 @@ _EXPORTS = {
     "CrossValidation": "_crossval", "cross_validate": "_crossval",
     "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
     "compare": "_fit", "fit": "_fit",
-    "Forecast": "_forecast", "PopulationPrior": "_forecast", "RunFit": "_forecast", "fit_population": "_forecast",
-    "forecast": "_forecast",
+    "Forecast": "_forecast", "forecast": "_forecast",
+    "PopulationPrior": "_population", "RunFit": "_population", "fit_population": "_population",
     "json_safe": "_json", "write_json": "_json", "write_text": "_json",
     "Environment": "physrl.contract", "LogValidationError": "physrl.contract", "Manifest": "physrl.contract",
     "MeasuredPrior": "physrl.contract", "Run": "physrl.contract", "jeffreys_interval": "physrl.contract",
@@ -54,7 +54,8 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._crossval import CrossValidation, cross_validate
     from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
-    from ._forecast import Forecast, PopulationPrior, RunFit, fit_population, forecast
+    from ._forecast import Forecast, forecast
+    from ._population import PopulationPrior, RunFit, fit_population
     from ._json import json_safe, write_json, write_text
     from physrl.contract import (Environment, LogValidationError, Manifest, MeasuredPrior, Run, jeffreys_interval,
                                  load_runs, read_table)

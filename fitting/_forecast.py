@@ -52,473 +52,32 @@ Baselines (same prefix, same outputs):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 from physrl.contract import Run, load_runs
 
+from ._endstate import budget_of, end_share, nominal_prior, prefix, share_curve, stage1_model  # noqa: F401
 from ._engine import BatchConfig, single_thread
+from ._forecast_baselines import EndForecast, _overdispersed, base_rate, persistence, sigmoid
 from ._json import write_json
 from ._observations import observations
-from ._problem import FitSpec, Problem, UnstableStep, _deviance_residuals
+from ._population import (DEFAULT_OPTIONS, PopulationPrior, RunFit, _from_scale, _options, _spec,  # noqa: F401
+                          _to_scale, fit_population, fit_run)
+from ._problem import Problem, UnstableStep, _deviance_residuals
 
 #: forecast.json's schema version
 SCHEMA = 1
-#: default model options (keyword arguments of fitting.fit / FitSpec) for one run on its own: transfer between
-#: identical environments only rescales the rates (docs/model.md §3), which a per-run fit cannot tell apart
-DEFAULT_OPTIONS = {"transfer": "none", "phases": ("eval",)}
 #: per optimizer step, the largest Euler rate a draw may have (sim's bound α |Σ C w| / 4): a draw faster than that
 #: moves its latents within a step, far below what eval passes every 20 steps resolve; it is held to the cap
 RATE_CAP = 32.0
-#: draws per importance-sampling round, rounds, resampled posterior draws
+#: importance-sampling draws, resampled posterior draws
 N_DRAWS, N_POSTERIOR = 512, 400
-#: log-loss clip of a probability (a forecast of exactly 0 or 1 would score infinity on a miss)
-PROB_CLIP = 1e-3
-
-
-# ---- the run: end state, prefix, what it is ---------------------------------------------------------------
-def _trained(run: Run) -> list[str]:
-    return [e.env_id for e in run.environments if e.w > 0] or list(run.env_ids)
-
-
-def share_curve(run: Run, phases=("eval",)) -> pd.DataFrame:
-    """RS share over the trained environments per eval step.
-
-    Returns
-    -------
-    DataFrame with columns ``step`` (optimizer steps), ``k`` (RS rollouts), ``n`` (rollouts), ``share`` (k/n);
-    eval rollouts (all phases when the run has none).
-    """
-    df = run.rollouts
-    rows = df[df["env_id"].isin(_trained(run)) & df["phase"].isin(phases)]
-    if rows.empty:
-        rows = df[df["env_id"].isin(_trained(run))]
-    g = rows.groupby("step")["rs"].agg(["sum", "size"]).reset_index()
-    out = pd.DataFrame({"step": g["step"].astype(int), "k": g["sum"].astype(int), "n": g["size"].astype(int)})
-    out["share"] = out["k"] / out["n"]
-    return out
-
-
-def end_share(run: Run, budget: int) -> tuple[int, float] | None:
-    """(eval step, RS share over the trained envs) at the last eval step ≤ ``budget``; None without one.
-
-    The scaling experiment's end state (physrl's ``share_at_budget``): RS wins when this share > threshold.
-    """
-    curve = share_curve(run)
-    curve = curve[curve["step"] <= budget]
-    if curve.empty:
-        return None
-    last = curve.iloc[-1]
-    return int(last["step"]), float(last["share"])
-
-
-def budget_of(run: Run) -> int | None:
-    """The run's budget in optimizer steps: the manifest's ``steps`` (None when it does not say)."""
-    return None if run.manifest is None or run.manifest.steps is None else int(run.manifest.steps)
-
-
-def nominal_prior(run: Run) -> float:
-    """The prior p0 the run was set up with (manifest ``p0``, else the producer's config ``p0``), else measured."""
-    m = run.manifest
-    if m is not None and m.p0 is not None:
-        return float(m.p0)
-    cfg = ((m.organisms or {}).get("config") or {}) if m is not None else {}
-    if isinstance(cfg.get("p0"), (int, float)):
-        return float(cfg["p0"])
-    return float(run.measured_prior(env_ids=_trained(run)).pooled.value)
-
-
-def stage1_model(run: Run) -> str:
-    """The run's stage-1 model (the unit of replication): the producer's stage-1 key, else the run id."""
-    m = run.manifest
-    key = (((m.organisms or {}).get("stage1") or {}).get("key")) if m is not None else None
-    return str(key) if key else run.run_id
-
-
-def prefix(run: Run, at: int) -> Run:
-    """The run as it was logged up to step ``at`` (rows with step ≤ at), untrained environments without rows dropped.
-
-    Raises
-    ------
-    ValueError
-        If no rollout was logged by step ``at``.
-    """
-    rows = run.rollouts[run.rollouts["step"] <= at]
-    if rows.empty:
-        raise ValueError(f"run {run.run_id} ({run.source}): no rollouts logged by step {at} "
-                         f"(first logged step {int(run.rollouts['step'].min())})")
-    seen = set(rows["env_id"].unique())
-    envs = [e for e in run.environments if e.w > 0 or e.env_id in seen]
-    return dataclasses.replace(run, rollouts=rows.reset_index(drop=True), environments=envs)
-
-
-def _trim(run: Run) -> Run:
-    seen = set(run.rollouts["env_id"].unique())
-    return dataclasses.replace(run, environments=[e for e in run.environments if e.w > 0 or e.env_id in seen])
-
-
-# ---- parameter scales -------------------------------------------------------------------------------------
-_DOMAIN_OF_KIND = {"time_scale": "scale", "alpha": "scale", "length_scale": "scale", "c": "unit", "lam": "nonneg",
-                   "bound": "unit"}
-#: prior sd on the transformed scale for a parameter a fit could not identify
-_BROAD_SD = {"scale": math.log(10.0), "prob": 2.0, "unit": 0.5, "nonneg": 1.0}
-
-
-def _to_scale(values: np.ndarray, domains: list[str]) -> np.ndarray:
-    out = np.array(values, dtype=float, copy=True)
-    for j, d in enumerate(domains):
-        if d == "scale":
-            out[..., j] = np.log(np.maximum(out[..., j], 1e-12))
-        elif d == "prob":
-            out[..., j] = special.logit(np.clip(out[..., j], 1e-9, 1 - 1e-9))
-    return out
-
-
-def _from_scale(values: np.ndarray, domains: list[str]) -> np.ndarray:
-    out = np.array(values, dtype=float, copy=True)
-    for j, d in enumerate(domains):
-        if d == "scale":
-            out[..., j] = np.exp(np.clip(out[..., j], -700, 700))
-        elif d == "prob":
-            out[..., j] = special.expit(out[..., j])
-    return out
-
-
-# ---- per-run fits and the population prior ----------------------------------------------------------------
-@dataclass
-class RunFit:
-    """One finished run fitted alone: what the population prior is made of.
-
-    Attributes
-    ----------
-    run_id, source : str
-    stage1 : str
-        Its stage-1 model (:func:`stage1_model`).
-    n_envs : int
-        Trained environments.
-    p0 : float
-        Nominal prior (:func:`nominal_prior`).
-    values : dict name -> float
-        Fitted rates and transfers (natural units), the initial state excluded.
-    domains : dict name -> str
-        ``"scale"`` (log), ``"prob"`` (logit), ``"unit"``/``"nonneg"`` (natural).
-    dispersion : dict
-        φ per component (p, a, b), Pearson χ²/dof.
-    converged : bool
-    budget : int or None
-    end : (int, float) or None
-        (step, share) at the budget (:func:`end_share`).
-    options : dict
-        Model options of the fit.
-    """
-
-    run_id: str
-    source: str
-    stage1: str
-    n_envs: int
-    p0: float
-    values: dict
-    domains: dict
-    dispersion: dict
-    converged: bool
-    budget: int | None
-    end: tuple | None
-    options: dict
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["end"] = None if self.end is None else list(self.end)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunFit":
-        d = dict(d)
-        d["end"] = None if d.get("end") is None else (int(d["end"][0]), float(d["end"][1]))
-        return cls(**d)
-
-
-def _spec(options: dict) -> FitSpec:
-    names = {f.name for f in dataclasses.fields(FitSpec)}
-    unknown = set(options) - names
-    if unknown:
-        raise ValueError(f"model options {sorted(unknown)} are not fit options ({sorted(names)})")
-    opts = {**options}
-    if "phases" in opts:
-        opts["phases"] = tuple(opts["phases"])
-    return FitSpec(**{**opts, "step0": "fixed"})
-
-
-def _options(options: dict | None) -> dict:
-    out = {**DEFAULT_OPTIONS, **(options or {})}
-    out["phases"] = list(out["phases"])
-    return out
-
-
-def fit_run(run: Run, *, options: dict | None = None, budget: int | None = None, n_starts: int = 2,
-            seed: int = 0) -> RunFit:
-    """Fit one finished run on its own (:func:`fitting.fit`, initial state at its step-0 measurement).
-
-    Parameters
-    ----------
-    run : Run
-    options : dict, optional
-        Model options (keyword arguments of :func:`fitting.fit`, e.g. ``transfer``, ``selection``);
-        default :data:`DEFAULT_OPTIONS`.
-    budget : int, optional
-        Steps fitted and read as the end state (default: the manifest's steps, else every step).
-    n_starts, seed : int
-        Of :func:`fitting.fit`.
-    """
-    from ._fit import fit
-
-    opts = _options(options)
-    budget = budget_of(run) if budget is None else budget
-    use = _trim(run) if budget is None else prefix(run, budget)
-    res = fit([use], **{**opts, "phases": tuple(opts["phases"])}, step0="fixed", n_starts=n_starts, seed=seed)
-    values, domains = {}, {}
-    for name, est in res.estimates.items():
-        if not est.vary or est.info is None or est.info.kind in ("p0", "a0", "b0"):
-            continue
-        values[name] = float(est.value)
-        domains[name] = est.info.domain
-    return RunFit(run.run_id, str(run.source), stage1_model(run), len([e for e in run.environments if e.w > 0]),
-                  nominal_prior(run), values, domains, dict(res.diagnostics.component_dispersion),
-                  bool(res.converged), budget, end_share(run, budget if budget is not None else 10**12), opts)
-
-
-def _cache_key(run: Run, options: dict, budget) -> str:
-    blob = json.dumps({"run": run.run_id, "rows": len(run.rollouts), "options": options, "budget": budget},
-                      sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def fit_population(runs, *, options: dict | None = None, cache_dir: str | Path | None = None,
-                   progress: bool = False) -> list[RunFit]:
-    """Fit each finished run on its own (:func:`fit_run`), reading and writing a per-run cache.
-
-    Parameters
-    ----------
-    runs : list of Run or paths
-    options : dict, optional
-        Model options (see :func:`fit_run`).
-    cache_dir : path, optional
-        One JSON per (run, row count, options, budget); a hit is read instead of refitted.
-    progress : bool
-        A tqdm bar on stderr.
-
-    Raises
-    ------
-    ValueError
-        If a run is not finished (a live run is not population).
-    """
-    if runs and not isinstance(runs[0], Run):
-        runs = load_runs(runs)
-    opts = _options(options)
-    cache = None if cache_dir is None else Path(cache_dir)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-    it = runs
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(runs, desc="population fits", unit="run")
-    out = []
-    for run in it:
-        if not run.finished:
-            raise ValueError(f"population run {run.run_id} ({run.source}) is not finished: only finished runs "
-                             "make a prior")
-        path = None if cache is None else cache / f"{_cache_key(run, opts, budget_of(run))}.json"
-        if path is not None and path.exists():
-            out.append(RunFit.from_dict(json.loads(path.read_text())))
-            continue
-        rf = fit_run(run, options=opts)
-        if path is not None:
-            write_json(path, rf.to_dict())
-        out.append(rf)
-    return out
-
-
-@dataclass
-class PopulationPrior:
-    """A normal prior on the rates and transfers (natural scales), plus what the population says about the end.
-
-    Attributes
-    ----------
-    names : list of str
-        Parameter names (the fit's, e.g. ``time_scale, alpha_x, alpha_y``).
-    domains : list of str
-        Their scales (``scale`` log, ``prob`` logit, ``unit``/``nonneg`` natural).
-    mean : ndarray, shape (P,)
-    cov : ndarray, shape (P, P)
-        On those scales.
-    dispersion : dict
-        φ per component (p, a, b) used to temper the prefix likelihood (≥ 1).
-    options : dict
-        Model options the parameters belong to.
-    source : str
-        ``"population"`` or the fit's path.
-    n_runs : float
-        Runs behind it (effective number under the kernel weights).
-    base_rate : dict or None
-        ``{"k", "n", "p", "cell", "end_shares"}``: population runs at the same prior and N (``cell`` True)
-        or kernel-weighted neighbours (False); ``p`` = (k + ½)/(n + 1).
-    """
-
-    names: list
-    domains: list
-    mean: np.ndarray
-    cov: np.ndarray
-    dispersion: dict
-    options: dict
-    source: str
-    n_runs: float
-    base_rate: dict | None = None
-
-    def to_dict(self) -> dict:
-        return {"names": list(self.names), "domains": list(self.domains), "mean": self.mean.tolist(),
-                "cov": self.cov.tolist(), "sd": np.sqrt(np.diag(self.cov)).tolist(), "dispersion": self.dispersion,
-                "options": self.options, "source": self.source, "n_runs": self.n_runs, "base_rate": self.base_rate}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PopulationPrior":
-        return cls(list(d["names"]), list(d["domains"]), np.asarray(d["mean"], float), np.asarray(d["cov"], float),
-                   dict(d["dispersion"]), dict(d["options"]), d["source"], float(d["n_runs"]), d.get("base_rate"))
-
-    @classmethod
-    def from_population(cls, fits: list[RunFit], n_envs: int, p0: float, *, threshold: float = 0.5,
-                        bandwidth: float = 0.5, exclude: set | None = None) -> "PopulationPrior":
-        """Kernel-weighted normal over per-run fits, centred on the target's (log N, log p0).
-
-        Weights exp(−d² / 2h²) with d the Euclidean distance in (log N, log p0) and h = ``bandwidth``;
-        covariance = weighted covariance + 0.01 I (a ridge). Dispersion: pooled over the runs (mean φ_c). Non-converged fits are used only when fewer than
-        five converged fits remain. ``exclude``: stage-1 models left out (leave-one-stage-1-model-out).
-
-        Raises
-        ------
-        ValueError
-            Fewer than three usable fits, or fits with different parameters or options.
-        """
-        exclude = exclude or set()
-        fits = [f for f in fits if f.stage1 not in exclude]
-        good = [f for f in fits if f.converged and all(np.isfinite(list(f.values.values())))]
-        if len(good) < 5:
-            good = [f for f in fits if all(np.isfinite(list(f.values.values())))]
-        if len(good) < 3:
-            raise ValueError(f"a population prior needs at least 3 fitted runs, got {len(good)}")
-        names = list(good[0].values)
-        if any(list(f.values) != names for f in good) or any(f.options != good[0].options for f in good):
-            raise ValueError("population fits have different parameters or model options: refit them together")
-        domains = [good[0].domains[n] for n in names]
-        x = _to_scale(np.array([[f.values[n] for n in names] for f in good]), domains)
-        d2 = np.array([(math.log(f.n_envs) - math.log(n_envs)) ** 2 + (math.log(f.p0) - math.log(p0)) ** 2
-                       for f in good])
-        w = np.exp(-d2 / (2 * bandwidth**2))
-        w = w / w.sum()
-        mean = w @ x
-        cov = (x - mean).T @ ((x - mean) * w[:, None]) / max(1 - (w**2).sum(), 1e-9) + 0.01 * np.eye(len(names))
-        # pooled quasi-likelihood dispersion: Σ χ² / Σ dof over the runs (equal dof: the mean of their φ)
-        disp = {c: float(max(1.0, np.nanmean([f.dispersion.get(c, np.nan) for f in good]))) for c in "pab"}
-        # base rate: same cell (prior and N), else kernel-weighted over every fit with an end state
-        ended = [f for f in fits if f.end is not None]
-        cell = [f for f in ended if f.n_envs == n_envs and abs(f.p0 - p0) <= 1e-9 * max(1.0, p0)]
-        if cell:
-            k = float(sum(f.end[1] > threshold for f in cell))
-            n = float(len(cell))
-            shares = sorted(f.end[1] for f in cell)
-        elif ended:
-            we = np.exp(-np.array([(math.log(f.n_envs) - math.log(n_envs)) ** 2 + (math.log(f.p0) - math.log(p0)) ** 2
-                                   for f in ended]) / (2 * bandwidth**2))
-            k = float(we @ np.array([f.end[1] > threshold for f in ended], float))
-            n = float(we.sum())
-            shares = [f.end[1] for f in ended]
-        base = None
-        if ended:
-            base = {"k": k, "n": n, "p": (k + 0.5) / (n + 1), "cell": bool(cell), "end_shares": list(shares)}
-        return cls(names, domains, mean, cov, disp, good[0].options, "population", float(1 / (w**2).sum()), base)
-
-    @classmethod
-    def from_fit(cls, fit_dir: str | Path) -> "PopulationPrior":
-        """The prior of a saved fit (``fit.json`` of ``physrl fit``): estimates ± standard errors (natural scales).
-
-        Unidentified parameters get a broad sd (a factor 10 for scales, 2 logits, 0.5 for values in [0, 1]);
-        the initial state is not taken (the target run's own step-0 measurement is). Model options: the fit's.
-
-        Raises
-        ------
-        ValueError
-            If the file is missing or not a fit.
-        """
-        path = Path(fit_dir)
-        path = path / "fit.json" if path.is_dir() else path
-        if not path.exists():
-            raise ValueError(f"{fit_dir}: no fit.json (a folder written by `physrl fit --out`)")
-        try:
-            doc = json.loads(path.read_text())
-            params, spec = doc["params"], doc["spec"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a fit.json of physrl fit ({exc})") from None
-        names, domains, mean, sd = [], [], [], []
-        for name, p in params.items():
-            kind = p.get("kind")
-            if not p.get("vary") or kind in ("p0", "a0", "b0"):
-                continue
-            dom = _DOMAIN_OF_KIND.get(kind, "unit")
-            v = float(p["value"])
-            se = p.get("stderr")
-            t = float(_to_scale(np.array([v]), [dom])[0])
-            if p.get("identified") and se is not None and math.isfinite(se):
-                s = {"scale": se / max(v, 1e-12), "prob": se / max(v * (1 - v), 1e-12)}.get(dom, se)
-            else:
-                s = _BROAD_SD[dom]
-            names.append(name)
-            domains.append(dom)
-            mean.append(t)
-            sd.append(max(s, 1e-3))
-        diag = doc.get("diagnostics", {}) or {}
-        disp = {c: float(max(1.0, (diag.get("component_dispersion") or {}).get(c) or 1.0)) for c in "pab"}
-        options = {k: v for k, v in spec.items() if k != "step0"}
-        return cls(names, domains, np.array(mean), np.diag(np.square(sd)), disp, options, str(path), math.nan, None)
-
-
-# ---- results ----------------------------------------------------------------------------------------------
-@dataclass
-class EndForecast:
-    """One method's forecast of the end state.
-
-    Attributes
-    ----------
-    method : str
-    share : float or None
-        Median forecast end share (probability in [0, 1]).
-    band : (float, float) or None
-        Predictive band of the measured end share at ``level``.
-    p_rs_wins : float or None
-        P(measured end share > threshold).
-    note : str
-    """
-
-    method: str
-    share: float | None
-    band: tuple | None
-    p_rs_wins: float | None
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "share": self.share, "band": None if self.band is None else list(self.band),
-                "p_rs_wins": self.p_rs_wins, "note": self.note}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EndForecast":
-        return cls(d["method"], d["share"], None if d["band"] is None else tuple(d["band"]), d["p_rs_wins"],
-                   d.get("note", ""))
 
 
 @dataclass
@@ -542,7 +101,7 @@ class Forecast:
         ``step, k, n, share`` lists (trained envs, eval).
     curve : dict
         ``step`` and the model's RS share ``median, lower, upper`` (parameter band) from ``at`` to the budget;
-        ``sigmoid`` (the baseline's point curve).
+        ``sigmoid`` (the baseline's point curve there) and ``sigmoid_step``/``sigmoid_full`` (from step 0).
     truth : dict or None
         ``step, share, rs_wins`` at the budget, when the run got there.
     prior : dict
@@ -605,6 +164,8 @@ class Forecast:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "forecast.json", self.to_dict())
         if figure:
+            from ._forecast_figure import plot_forecast
+
             plot_forecast(self, out / "forecast.png")
         return out / "forecast.json"
 
@@ -636,128 +197,6 @@ class Forecast:
         return "\n".join(lines)
 
 
-# ---- baselines --------------------------------------------------------------------------------------------
-def _beta_band(k: float, n: float, level: float) -> tuple[float, float]:
-    t = (1 - level) / 2
-    lo, hi = stats.beta.ppf([t, 1 - t], k + 0.5, n - k + 0.5)
-    return float(lo), float(hi)
-
-
-def persistence(curve: pd.DataFrame, threshold: float, level: float) -> EndForecast:
-    """The last prefix share, its Jeffreys Beta(k + ½, n − k + ½) as band and P(share > threshold)."""
-    last = curve.iloc[-1]
-    k, n = float(last["k"]), float(last["n"])
-    p_win = float(stats.beta.sf(threshold, k + 0.5, n - k + 0.5))
-    return EndForecast("persistence", float(last["share"]), _beta_band(k, n, level), p_win,
-                       f"share at step {int(last['step'])}")
-
-
-def base_rate(prior: PopulationPrior | None, threshold: float, level: float) -> EndForecast:
-    """The population's P(RS wins) at the target's prior and N, its end shares' quantiles as the band."""
-    if prior is None or prior.base_rate is None:
-        return EndForecast("base_rate", None, None, None, "no population given")
-    b = prior.base_rate
-    shares = np.asarray(b["end_shares"], float)
-    t = (1 - level) / 2
-    where = "same prior and N" if b["cell"] else "kernel-weighted neighbours (no run at this prior and N)"
-    return EndForecast("base_rate", float(np.median(shares)),
-                       (float(np.quantile(shares, t)), float(np.quantile(shares, 1 - t))), float(b["p"]),
-                       f"{b['k']:.3g} of {b['n']:.3g} population runs ended above {threshold:g} ({where})")
-
-
-def scalerl_curve(t, r0: float, a: float, b: float, t_mid: float) -> np.ndarray:
-    """ScaleRL's sigmoid (Khatri et al. 2025, eq. 1) in steps: R0 + (A − R0) / (1 + (t_mid / t)^B); R(0) = R0."""
-    t = np.asarray(t, float)
-    with np.errstate(divide="ignore", over="ignore"):
-        ratio = np.where(t > 0, (t_mid / np.maximum(t, 1e-300)) ** b, np.inf)
-    return r0 + (a - r0) / (1 + ratio)
-
-
-def fit_sigmoid(steps, k, n, r0: float, horizon: float, start=None) -> tuple[np.ndarray, float]:
-    """Fit (A, B, t_mid) of :func:`scalerl_curve` to counts k of n at ``steps`` > 0 (binomial deviance).
-
-    A in [0, 1], B in [0.1, 20], t_mid in [1, 100·horizon] (log scale). Nine starts (A × t_mid), the best by
-    deviance; one from ``start`` (A, B, t_mid) when given (the bootstrap's refits).
-
-    Returns
-    -------
-    (params (A, B, t_mid), deviance)
-    """
-    steps, k, n = (np.asarray(v, float) for v in (steps, k, n))
-    keep = steps > 0
-    steps, k, n = steps[keep], k[keep], n[keep]
-
-    def resid(theta):
-        a, b, lt = theta
-        mu = np.clip(scalerl_curve(steps, r0, a, b, math.exp(lt)), 1e-9, 1 - 1e-9)
-        dev = 2 * (special.xlogy(k, k / (n * mu)) + special.xlogy(n - k, (n - k) / (n * (1 - mu))))
-        return np.sign(k - n * mu) * np.sqrt(np.maximum(dev, 0))
-
-    lo, hi = [0.0, 0.1, 0.0], [1.0, 20.0, math.log(100 * horizon)]
-    last = float(steps.max()) if steps.size else horizon
-    starts = ([(a0, 2.0, tm) for a0 in (0.1, 0.5, 0.95) for tm in (0.5 * last, 2 * last, 8 * last)]
-              if start is None else [tuple(start)])
-    best = None
-    for a0, b0, tm in starts:
-        x0 = np.clip([a0, b0, math.log(max(tm, 1.0))], np.add(lo, 1e-6), np.subtract(hi, 1e-6))
-        r = optimize.least_squares(resid, x0, bounds=(lo, hi), method="trf")
-        if best is None or r.cost < best.cost:
-            best = r
-    a, b, lt = best.x
-    return np.array([a, b, math.exp(lt)]), float(2 * best.cost)
-
-
-def sigmoid(curve: pd.DataFrame, budget: int, threshold: float, level: float, *, phi: float = 1.0,
-            n_boot: int = 40, seed: int = 0) -> tuple[EndForecast, np.ndarray]:
-    """ScaleRL-style baseline: :func:`fit_sigmoid` on the prefix, extrapolated to ``budget``.
-
-    Band and probability: a parametric bootstrap (``n_boot`` replicates of the prefix counts drawn
-    beta-binomially around the fitted curve with dispersion max(Pearson χ²/dof, ``phi``, 1), refitted), each
-    replicate's end share with the end eval pass's sampling noise (same dispersion). Replicates are refitted from
-    the prefix's fit (one start each).
-
-    Returns
-    -------
-    (EndForecast, point curve at steps 0..budget)
-    """
-    rng = np.random.default_rng(seed)
-    steps, k, n = (curve[c].to_numpy(float) for c in ("step", "k", "n"))
-    r0 = float((k[0] + 0.5) / (n[0] + 1)) if steps[0] == 0 else 0.0
-    theta, _ = fit_sigmoid(steps, k, n, r0, budget)
-    mu = np.clip(scalerl_curve(steps, r0, *theta), 1e-9, 1 - 1e-9)
-    keep = steps > 0
-    dof = int(keep.sum()) - 3
-    pearson = float((((k - n * mu) ** 2) / (n * mu * (1 - mu)))[keep].sum())
-    disp = max(1.0, phi, pearson / dof if dof > 0 else 1.0)
-    n_end = float(n[-1])
-    ends = []
-    for _ in range(n_boot):
-        kb = _overdispersed(rng, n, mu, disp)
-        kb[~keep] = k[~keep]
-        th, _ = fit_sigmoid(steps, kb, n, r0, budget, start=theta)
-        end = float(np.clip(scalerl_curve([budget], r0, *th)[0], 1e-9, 1 - 1e-9))
-        ends.append(_overdispersed(rng, np.array([n_end]), np.array([end]), disp)[0] / n_end)
-    ends = np.asarray(ends)
-    t = (1 - level) / 2
-    point = float(scalerl_curve([budget], r0, *theta)[0])
-    grid = np.arange(0, budget + 1)
-    note = f"A = {theta[0]:.3f}, B = {theta[1]:.3g}, t_mid = {theta[2]:.4g} steps, dispersion {disp:.2f}"
-    # P(win): bootstrap share, shrunk by one pseudo-count each way so a finite bootstrap never says 0 or 1
-    p_win = float(((ends > threshold).sum() + 0.5) / (len(ends) + 1))
-    return (EndForecast("sigmoid", point, (float(np.quantile(ends, t)), float(np.quantile(ends, 1 - t))), p_win,
-                        note), scalerl_curve(grid, r0, *theta))
-
-
-def _overdispersed(rng, n: np.ndarray, mu: np.ndarray, phi: float) -> np.ndarray:
-    """Counts of n trials around probabilities mu with variance φ n μ (1 − μ) (beta-binomial), φ ≥ 1."""
-    n = np.asarray(n, float)
-    mu = np.clip(np.asarray(mu, float), 1e-9, 1 - 1e-9)
-    rho = np.clip((phi - 1) / np.maximum(n - 1, 1), 0, 0.999)
-    if np.all(rho <= 1e-9):
-        return rng.binomial(n.astype(int), mu).astype(float)
-    conc = (1 - rho) / np.maximum(rho, 1e-9)
-    p = rng.beta(mu * conc, (1 - mu) * conc)
-    return rng.binomial(n.astype(int), p).astype(float)
 
 
 # ---- the model's forecast ---------------------------------------------------------------------------------
@@ -982,13 +421,14 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
     grid = post.steps[fut]
     post_vals = draws[pick]
     baselines = {"sigmoid": sig, "persistence": persistence(curve, threshold, level),
-                 "base_rate": base_rate(prior, threshold, level)}
+                 "base_rate": base_rate(prior.base_rate, threshold, level)}
     return Forecast(
         run.run_id, str(run.source), int(at), int(budget), float(threshold), float(level), model, baselines, cross,
         {"step": curve["step"].tolist(), "k": curve["k"].tolist(), "n": curve["n"].tolist(),
          "share": curve["share"].tolist()},
         {"step": grid.tolist(), "lower": qs[0].tolist(), "median": qs[1].tolist(), "upper": qs[2].tolist(),
-         "sigmoid": sig_curve[grid].tolist()},
+         "sigmoid": sig_curve[grid].tolist(), "sigmoid_step": list(range(0, budget + 1, grid_every)),
+         "sigmoid_full": sig_curve[::grid_every].tolist()},
         truth, prior.to_dict(),
         {"names": post.names, "median": np.median(post_vals, 0).tolist(),
          "lower": np.quantile(post_vals, tail, 0).tolist(), "upper": np.quantile(post_vals, 1 - tail, 0).tolist(),
@@ -1057,56 +497,3 @@ def _importance(post: _Posterior, prior: PopulationPrior, rng, n_draws: int):
     w = np.where(finite, np.exp(logw - logw[finite].max()), 0.0)
     w /= w.sum()
     return _from_scale(x, dom), w, 1.0 / float((w**2).sum()), int((~finite).sum())
-
-
-# ---- figure -----------------------------------------------------------------------------------------------
-def plot_forecast(fc: Forecast, path: str | Path) -> None:
-    """The prefix, the model's band to the budget, the baselines' end forecasts and the truth when known (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.6))
-    pre = fc.prefix
-    lo, hi = _beta_band_arrays(pre["k"], pre["n"], 0.9)
-    ax.errorbar(pre["step"], pre["share"], yerr=[np.subtract(pre["share"], lo), np.subtract(hi, pre["share"])],
-                fmt="o", color="k", ms=4, lw=1, label=f"observed RS share (to step {fc.at}; 90% Jeffreys)")
-    c = fc.curve
-    ax.fill_between(c["step"], c["lower"], c["upper"], color="C0", alpha=0.25,
-                    label=f"ODE + population prior, {int(fc.level * 100)}% band of the share")
-    ax.plot(c["step"], c["median"], color="C0", lw=2, label="ODE median")
-    ax.plot(c["step"], c["sigmoid"], color="C1", lw=1.5, ls="--", label="ScaleRL sigmoid (point)")
-    ax.axvline(fc.at, color="grey", lw=1, ls=":")
-    ax.axhline(fc.threshold, color="grey", lw=0.8)
-    x_end = fc.budget
-    colours = {"ode": "C0", "sigmoid": "C1", "persistence": "C2", "base_rate": "C3"}
-    for i, (name, m) in enumerate(fc.methods.items()):
-        if m.share is None:
-            continue
-        x = x_end + (i + 1) * 0.025 * fc.budget
-        ax.errorbar([x], [m.share], yerr=[[m.share - m.band[0]], [m.band[1] - m.share]], fmt="s",
-                    color=colours.get(name, "k"), capsize=3, ms=5,
-                    label=f"{name} at budget: P(RS wins) = {m.p_rs_wins:.2f}")
-    if fc.truth is not None:
-        ax.plot([fc.truth["step"]], [fc.truth["share"]], marker="*", color="crimson", ms=14, ls="none",
-                label=f"truth at step {fc.truth['step']}: {fc.truth['share']:.2f}")
-    cr = fc.crossing
-    if cr.get("step") is not None and cr.get("band") is not None:
-        ax.errorbar([cr["step"]], [0.5], xerr=[[cr["step"] - cr["band"][0]], [cr["band"][1] - cr["step"]]],
-                    fmt="v", color="C4", capsize=3, label=f"passes 0.5 (P = {cr['p_cross']:.2f}), band")
-    ax.set_xlim(-0.02 * fc.budget, fc.budget * 1.13)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("RS share (trained envs, eval)")
-    ax.set_title(f"{fc.run_id}: forecast from step {fc.at} of {fc.budget}", fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _beta_band_arrays(k, n, level):
-    k, n = np.asarray(k, float), np.asarray(n, float)
-    t = (1 - level) / 2
-    return stats.beta.ppf(t, k + 0.5, n - k + 0.5), stats.beta.ppf(1 - t, k + 0.5, n - k + 0.5)

@@ -10,6 +10,7 @@ import pytest
 
 from physrl import fitting
 from physrl.fitting import _forecast as F
+from physrl.fitting import _forecast_baselines as B
 
 #: a run in which RS takes over between steps 30 and 60 of 200 (two trained envs, w = 1/2, no transfer)
 TRUTH = {"time_scale": 1.5, "a0": 0.6, "b0": 0.15, "alpha_y": 0.3}
@@ -28,7 +29,7 @@ def population(tmp_path_factory):
     root = tmp_path_factory.mktemp("population")
     dirs = [_synth(root / f"pop-{i}", 11 + i, params={**TRUTH, "time_scale": TRUTH["time_scale"] * f},
                    run_id=f"pop-{i}") for i, f in enumerate((0.8, 1.0, 1.2))]
-    return dirs, F.fit_population(dirs, cache_dir=root / "cache")
+    return dirs, fitting.fit_population(dirs, cache_dir=root / "cache")
 
 
 def test_forecast_from_first_quarter_covers_true_end_share(tmp_path, population):
@@ -37,7 +38,7 @@ def test_forecast_from_first_quarter_covers_true_end_share(tmp_path, population)
     # the noise-free end share: the same ODE measured with 4096 rollouts per env at step 200 (±0.006)
     exact = _synth(tmp_path / "exact", 2, rollouts_per_env=4096, eval_every=200, run_id="exact")
     true_end = F.end_share(fitting.load_runs([exact])[0], 200)[1]
-    fc = F.forecast(target, 50, population=fits, seed=0)
+    fc = fitting.forecast(target, 50, population=fits, seed=0)
     lo, hi = fc.model.band
     assert lo <= true_end <= hi, (fc.model, true_end)
     assert true_end > 0.9 and fc.model.p_rs_wins > 0.9          # RS wins, and the forecast says so
@@ -54,16 +55,16 @@ def test_sigmoid_baseline_recovers_an_exact_scalerl_curve():
     r0, a, b, t_mid, budget = 0.05, 0.9, 2.5, 80.0, 400
     steps = np.arange(0, 101, 10)
     n = np.full(steps.shape, 1e7)
-    k = n * F.scalerl_curve(steps, r0, a, b, t_mid)
-    theta, dev = F.fit_sigmoid(steps, k, n, r0, budget)
+    k = n * B.scalerl_curve(steps, r0, a, b, t_mid)
+    theta, dev = B.fit_sigmoid(steps, k, n, r0, budget)
     np.testing.assert_allclose(theta, [a, b, t_mid], rtol=2e-3)
     assert dev < 1e-3
     # extrapolated end share: the curve's own value at the budget
     import pandas as pd
 
     curve = pd.DataFrame({"step": steps, "k": k, "n": n, "share": k / n})
-    fc, point_curve = F.sigmoid(curve, budget, 0.5, 0.9, n_boot=10)
-    assert fc.share == pytest.approx(F.scalerl_curve([budget], r0, a, b, t_mid)[0], abs=1e-3)
+    fc, point_curve = B.sigmoid(curve, budget, 0.5, 0.9, n_boot=10)
+    assert fc.share == pytest.approx(B.scalerl_curve([budget], r0, a, b, t_mid)[0], abs=1e-3)
     assert fc.p_rs_wins > 0.9
     assert point_curve[budget] == pytest.approx(fc.share)
 
@@ -71,18 +72,18 @@ def test_sigmoid_baseline_recovers_an_exact_scalerl_curve():
 def test_forecast_json_round_trip(tmp_path, population):
     _, fits = population
     target = _synth(tmp_path / "target", 3, run_id="target")
-    fc = F.forecast(target, 40, population=fits, seed=1)
+    fc = fitting.forecast(target, 40, population=fits, seed=1)
     path = fc.save(tmp_path / "out")
     assert (tmp_path / "out" / "forecast.png").stat().st_size > 10_000
     doc = json.loads(path.read_text())
-    back = F.Forecast.from_dict(doc)
+    back = fitting.Forecast.from_dict(doc)
     assert json.loads(json.dumps(fitting.json_safe(back.to_dict()))) == doc
     assert back.model.p_rs_wins == fc.model.p_rs_wins and back.baselines["sigmoid"].band == fc.baselines["sigmoid"].band
     assert set(doc["baselines"]) == {"sigmoid", "persistence", "base_rate"}
     assert doc["truth"]["step"] == 200 and doc["at"] == 40 and doc["budget"] == 200
     doc["schema"] = 99
     with pytest.raises(ValueError, match="schema"):
-        F.Forecast.from_dict(doc)
+        fitting.Forecast.from_dict(doc)
 
 
 def test_cli_smoke(tmp_path, population, capsys):
@@ -110,10 +111,10 @@ def test_prior_from_a_saved_fit(tmp_path, population):
     dirs, _ = population
     res = fitting.fit(dirs, transfer="none", phases=("eval",), n_starts=1)
     res.save(tmp_path / "fit.json")
-    prior = F.PopulationPrior.from_fit(tmp_path)
+    prior = fitting.PopulationPrior.from_fit(tmp_path)
     assert prior.names == ["time_scale", "alpha_x", "alpha_y"] and prior.base_rate is None
     j = prior.names.index("time_scale")
     assert np.exp(prior.mean[j]) == pytest.approx(res.value("time_scale"))
     target = _synth(tmp_path / "target", 5, run_id="target")
-    fc = F.forecast(target, 50, prior=prior, seed=0)
+    fc = fitting.forecast(target, 50, prior=prior, seed=0)
     assert fc.baselines["base_rate"].p_rs_wins is None and fc.model.p_rs_wins > 0.5
