@@ -118,3 +118,15 @@ def test_prior_from_a_saved_fit(tmp_path, population):
     target = _synth(tmp_path / "target", 5, run_id="target")
     fc = fitting.forecast(target, 50, prior=prior, seed=0)
     assert fc.baselines["base_rate"].p_rs_wins is None and fc.model.p_rs_wins > 0.5
+
+
+def test_cli_watch_on_a_finished_run_forecasts_once_and_stops(tmp_path, population, capsys):
+    from physrl.cli import main
+
+    dirs, _ = population
+    target = _synth(tmp_path / "target", 6, run_id="target")
+    code = main(["forecast", str(target), "--at", "60", "--watch", "--interval", "0", "--population",
+                 *map(str, dirs), "--cache", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.count("forecast at step 60 of 200") == 1 and "is finished: stopped watching" in printed

@@ -11,8 +11,9 @@ stage-1 models (whole clusters resampled, 2000 replicates).
 Phases (each reads the previous one's files)::
 
     OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py fits       # per-run fits -> population_fits.json
-    OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py forecasts  # -> forecasts.csv (+ example figures)
-    OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py scores     # -> scores.json, scores.csv, scores.png
+    OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py forecasts  # -> forecasts.csv
+    OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py scores     # -> scores.json/.csv/.png, table.md
+    OMP_NUM_THREADS=1 python data/reference/forecast/evaluate.py examples   # physrl forecast -> examples/RUN/
 """
 
 from __future__ import annotations
@@ -78,8 +79,6 @@ def forecasts(only: int | None = None) -> None:
             t = time.process_time()
             fc = F.forecast(run, at, population=pop, exclude={s1}, threshold=THRESHOLD, level=LEVEL, seed=i)
             cpu = time.process_time() - t
-            if d.name in EXAMPLES and frac == 0.25:
-                fc.save(HERE / "examples" / d.name)
             row = {"run": d.name, "stage1": s1, "n_envs": sum(e.w > 0 for e in run.environments),
                    "p0": F.nominal_prior(run), "fraction": frac, "at": at, "truth_share": fc.truth["share"],
                    "truth_wins": int(fc.truth["rs_wins"]), "ess": fc.posterior["ess"],
@@ -94,6 +93,22 @@ def forecasts(only: int | None = None) -> None:
         print(f"{i + 1}/{len(runs)} {d.name}: {time.process_time() - t0:.0f} s CPU so far", flush=True)
         pd.DataFrame(rows).to_csv(out_csv, index=False)
     print(f"{len(rows)} forecasts, {time.process_time() - t0:.1f} s CPU")
+
+
+def examples() -> None:
+    """Per-run figures of the report, made by the command line: ``physrl forecast RUN --at 100 --population
+    <the sweep runs of the other stage-1 models> --out examples/RUN`` (per-run fits read from the cache)."""
+    from physrl.cli import main
+    from physrl.fitting import _forecast as F
+
+    dirs, runs = _runs()
+    keys = {d.name: F.stage1_model(r) for d, r in zip(dirs, runs)}
+    for name in EXAMPLES:
+        others = [str(d) for d in dirs if keys[d.name] != keys[name]]
+        code = main(["forecast", str(RUNS / name), "--at", "100", "--population", *others,
+                     "--cache", str(HERE / ".fit_cache"), "--out", str(HERE / "examples" / name)])
+        if code:
+            raise SystemExit(code)
 
 
 def _scores(df: pd.DataFrame) -> pd.DataFrame:
@@ -143,9 +158,23 @@ def scores() -> None:
         goal[metric] = {m: {"difference": e[f"ode_minus_{m}_{metric}"]["value"],
                             "interval_95": e[f"ode_minus_{m}_{metric}"]["interval_95"],
                             "beats": e[f"ode_minus_{m}_{metric}"]["interval_95"][1] < 0} for m in METHODS[1:]}
+    # sensitivity: stage-1 models of one seed share its environment family; resample seeds instead (6 clusters)
+    seeds = df["run"].str.extract(r"-s(\d+)$")[0].astype(int).to_numpy()
+    part = df[df["fraction"] == 0.25]
+    sc = _scores(part)
+    s_ids = sorted(set(seeds))
+    member = (seeds[df["fraction"].to_numpy() == 0.25][:, None] == np.array(s_ids)[None, :]).astype(float)
+    cnt = rng.multinomial(len(s_ids), np.full(len(s_ids), 1 / len(s_ids)), size=N_BOOT)
+    boots = pd.DataFrame((cnt @ (member.T @ sc.to_numpy())) / (cnt @ member.sum(0))[:, None], columns=sc.columns)
+    by_seed = {}
+    for metric in ("brier", "logloss"):
+        for m in METHODS[1:]:
+            lo, hi = np.quantile(boots[f"ode_{metric}"] - boots[f"{m}_{metric}"], [0.025, 0.975])
+            by_seed[f"ode_minus_{m}_{metric}"] = {"value": goal[metric][m]["difference"],
+                                                  "interval_95": [float(lo), float(hi)], "beats": bool(hi < 0)}
     doc = {"n_runs": int(df["run"].nunique()), "clusters": len(clusters), "fractions": sorted(df["fraction"].unique()), "bootstrap": N_BOOT,
            "threshold": THRESHOLD, "level": LEVEL, "log_loss_clip": CLIP, "scores": table,
-           "goal_at_0.25": goal, "cpu_seconds_forecasts": float(df["cpu_seconds"].sum()),
+           "goal_at_0.25": goal, "goal_at_0.25_by_seed": by_seed, "cpu_seconds_forecasts": float(df["cpu_seconds"].sum()),
            "cpu_seconds_per_forecast_median": float(df["cpu_seconds"].median()),
            "ess_median": float(df["ess"].median())}
     (HERE / "scores.json").write_text(json.dumps(doc, indent=1))
@@ -154,7 +183,7 @@ def scores() -> None:
     md = _markdown(table, df)
     (HERE / "table.md").write_text(md)
     print(md)
-    print(json.dumps(goal, indent=1))
+    print(json.dumps({"goal": goal, "by_seed": by_seed}, indent=1))
 
 
 def _markdown(table: dict, df: pd.DataFrame) -> str:
@@ -214,3 +243,5 @@ if __name__ == "__main__":
         forecasts(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     if phase in ("scores", "all"):
         scores()
+    if phase in ("examples", "all"):
+        examples()
