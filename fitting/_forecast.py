@@ -202,7 +202,8 @@ class Forecast:
 # ---- the model's forecast ---------------------------------------------------------------------------------
 def _rate_proxy(values: np.ndarray, names: list[str], spread: float) -> np.ndarray:
     """Per draw, time scale × largest learnability × ``spread`` / 4 (per optimizer step): sim's stability bound
-    (docs/model.md §8: α |Σ_j C_ij w_j| / 4) with |Σ_j C_ij w_j| ≤ ``spread`` (max w without transfer, Σ w with)."""
+    (docs/model.md §8: α |Σ_j C_ij w_j| / 4) with |Σ_j C_ij w_j| ≤ ``spread`` (max w without transfer, Σ w
+    with)."""
     ts = values[:, names.index("time_scale")] if "time_scale" in names else np.ones(len(values))
     alphas = [values[:, j] for j, n in enumerate(names) if n.startswith("alpha_")]
     top = np.max(np.column_stack([np.ones(len(values))] + alphas), axis=1)

@@ -263,7 +263,8 @@ class PopulationPrior:
         """Kernel-weighted normal over per-run fits, centred on the target's (log N, log p0).
 
         Weights exp(−d² / 2h²) with d the Euclidean distance in (log N, log p0) and h = ``bandwidth``;
-        covariance = weighted covariance + 0.01 I (a ridge). Dispersion: pooled over the runs (mean φ_c). Non-converged fits are used only when fewer than
+        covariance = weighted covariance + 0.01 I (a ridge). Dispersion: pooled over the runs (mean φ_c).
+        Non-converged fits are used only when fewer than
         five converged fits remain. ``exclude``: stage-1 models left out (leave-one-stage-1-model-out).
 
         Raises

@@ -9,7 +9,8 @@ Usage::
 Prints each method's end share, band and P(RS wins), and the step at which RS passes 0.5; ``--out`` gets
 ``forecast.json`` and ``forecast.png``. ``--watch`` re-forecasts a live run whenever a new chunk of rollouts
 lands (the latest logged step moves on), from its latest step, until the run reaches its budget or is no longer
-running. Bad input prints one line and exits with 2. The model and its baselines: ``physrl.fitting._forecast``.
+running. Bad input prints one line and exits with 2. The model and its baselines:
+``physrl.fitting.forecast`` (docs/forecast.md).
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def _options(args) -> dict | None:
 
 
 def _one(args, run, at, prior, population, options):
-    from physrl.fitting import _forecast as F
+    from physrl import fitting
 
-    fc = F.forecast(run, at, prior=prior, population=population, budget=args.budget, threshold=args.threshold,
+    fc = fitting.forecast(run, at, prior=prior, population=population, budget=args.budget, threshold=args.threshold,
                     level=args.level, options=options, cache_dir=args.cache, seed=args.seed)
     print(fc.summary(), flush=True)
     if args.out:
@@ -87,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         print("physrl forecast: error: --at STEP is required (or --watch)", file=sys.stderr)
         return 2
     from physrl.contract import LogValidationError, load_runs
-    from physrl.fitting import _forecast as F
+    from physrl import fitting
 
     try:
         options = _options(args)
-        prior = F.PopulationPrior.from_fit(args.prior) if args.prior else None
+        prior = fitting.PopulationPrior.from_fit(args.prior) if args.prior else None
         population = None
         if args.population:
             runs = load_runs(args.population)
-            population = F.fit_population(runs, options=options, cache_dir=args.cache, progress=True)
+            population = fitting.fit_population(runs, options=options, cache_dir=args.cache, progress=True)
         if not args.watch:
             _one(args, load_runs([args.run])[0], args.at, prior, population, options)
             return 0
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             run = load_runs([args.run])[0]
             step = int(run.rollouts["step"].max())
-            budget = args.budget or F.budget_of(run)
+            budget = args.budget or fitting.budget_of(run)
             at = step if args.at is None or (last is not None) else min(args.at, step)
             if budget is not None and at >= budget:
                 print(f"run {run.run_id} reached its budget ({budget} steps): nothing left to forecast")

@@ -130,3 +130,17 @@ def test_cli_watch_on_a_finished_run_forecasts_once_and_stops(tmp_path, populati
     printed = capsys.readouterr().out
     assert code == 0
     assert printed.count("forecast at step 60 of 200") == 1 and "is finished: stopped watching" in printed
+
+
+def test_end_state_is_the_scaling_experiments():
+    """fitting.end_share reads the same end share as the committed scaling analysis, for all 120 sweep runs."""
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference" / "scaling"
+    summary = json.loads((ref / "summary.json").read_text())
+    observed = {r["run_id"]: r["observed_final_p"] for r in summary["runs"]}
+    runs = fitting.load_runs(sorted(p for p in (ref / "runs").iterdir() if p.name.startswith("sweep-")))
+    assert len(runs) == 120
+    for run in runs:
+        step, share = fitting.end_share(run, fitting.budget_of(run))
+        assert step == 400 and share == pytest.approx(observed[run.source.name], abs=1e-12)

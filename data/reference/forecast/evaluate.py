@@ -42,7 +42,7 @@ def _runs():
 
 
 def fits() -> None:
-    from physrl.fitting import _forecast as F
+    from physrl import fitting as F
 
     dirs, runs = _runs()
     t0 = time.process_time()
@@ -56,14 +56,14 @@ def fits() -> None:
 
 
 def _population():
-    from physrl.fitting import _forecast as F
+    from physrl import fitting as F
 
     doc = json.loads((HERE / "population_fits.json").read_text())
     return [F.RunFit.from_dict(d) for d in doc["fits"]]
 
 
 def forecasts(only: int | None = None) -> None:
-    from physrl.fitting import _forecast as F
+    from physrl import fitting as F
 
     dirs, runs = _runs()
     pop = _population()
@@ -99,7 +99,7 @@ def examples() -> None:
     """Per-run figures of the report, made by the command line: ``physrl forecast RUN --at 100 --population
     <the sweep runs of the other stage-1 models> --out examples/RUN`` (per-run fits read from the cache)."""
     from physrl.cli import main
-    from physrl.fitting import _forecast as F
+    from physrl import fitting as F
 
     dirs, runs = _runs()
     keys = {d.name: F.stage1_model(r) for d, r in zip(dirs, runs)}
@@ -118,7 +118,8 @@ def _scores(df: pd.DataFrame) -> pd.DataFrame:
         p = np.clip(df[f"{m}_p"].to_numpy(float), CLIP, 1 - CLIP)
         out[f"{m}_brier"] = (p - y) ** 2
         out[f"{m}_logloss"] = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-        out[f"{m}_coverage"] = ((df[f"{m}_lo"] <= df["truth_share"]) & (df["truth_share"] <= df[f"{m}_hi"])).astype(float)
+        inside = (df[f"{m}_lo"] <= df["truth_share"]) & (df["truth_share"] <= df[f"{m}_hi"])
+        out[f"{m}_coverage"] = inside.astype(float)
     return out
 
 
@@ -174,7 +175,8 @@ def scores() -> None:
                                                   "interval_95": [float(lo), float(hi)], "beats": bool(hi < 0)}
     doc = {"n_runs": int(df["run"].nunique()), "clusters": len(clusters), "fractions": sorted(df["fraction"].unique()), "bootstrap": N_BOOT,
            "threshold": THRESHOLD, "level": LEVEL, "log_loss_clip": CLIP, "scores": table,
-           "goal_at_0.25": goal, "goal_at_0.25_by_seed": by_seed, "cpu_seconds_forecasts": float(df["cpu_seconds"].sum()),
+           "goal_at_0.25": goal, "goal_at_0.25_by_seed": by_seed,
+           "cpu_seconds_forecasts": float(df["cpu_seconds"].sum()),
            "cpu_seconds_per_forecast_median": float(df["cpu_seconds"].median()),
            "ess_median": float(df["ess"].median())}
     (HERE / "scores.json").write_text(json.dumps(doc, indent=1))
