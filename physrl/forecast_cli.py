@@ -33,20 +33,23 @@ def _parser() -> ArgumentParser:
                    help="optimizer steps seen: only rows with step <= AT are read (default with --watch: the "
                         "latest logged step; required otherwise)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prior", metavar="FIT_DIR", help="a `physrl fit --out` folder: its estimates are the prior")
+    src.add_argument("--prior", metavar="FIT_DIR", help="a `physrl fit --out` folder: its estimates are the prior (default: none; this or --population "
+                          "is required)")
     src.add_argument("--population", nargs="+", metavar="RUN_DIR",
-                     help="finished runs (other stage-1 models): each is fitted alone and their spread is the prior")
-    p.add_argument("--out", type=output_directory, help="folder for forecast.json and forecast.png")
+                     help="finished runs (other stage-1 models): each is fitted alone and their spread is the prior "
+                          "(default: none; this or --prior is required)")
+    p.add_argument("--out", type=output_directory, help="folder for forecast.json and forecast.png (default: none, the forecast is only printed)")
     p.add_argument("--budget", type=int, help="steps the run is configured for (default: its manifest's steps)")
     p.add_argument("--threshold", type=float, default=0.5, help="RS wins when the end share > this (default 0.5)")
     p.add_argument("--level", type=float, default=0.9, help="coverage of the bands (default 0.9)")
     p.add_argument("--transfer", choices=("none", "homogeneous", "kernel"),
                    help="model option passed to the fit (default: none with --population, the fit's with --prior)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other fit option passed through (e.g. selection=power); VALUE read as JSON if it parses")
+                   help="any other fit option passed through (e.g. selection=power); VALUE read as JSON if it parses "
+                        "(default: none)")
     p.add_argument("--cache", help="folder caching the population's per-run fits (default: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    p.add_argument("--watch", action="store_true", help="re-forecast a live run at every new chunk")
+    p.add_argument("--watch", action="store_true", help="re-forecast a live run at every new chunk (default: off)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between checks with --watch (default 10)")
     return p
 

@@ -35,7 +35,7 @@ def test_experiment_names_a_shipped_config_and_says_which_exist(tmp_path, capsys
 
 #: every command and subcommand whose --help a user may ask for
 HELPS = [["sim"], ["sim", "figure"], ["sim", "critical-diversity"], ["fit"], ["fit", "synthesize"],
-         ["organisms"], ["organisms", "train"], ["organisms", "calibrate"], ["experiment"], ["demo"]]
+         ["organisms"], ["organisms", "train"], ["organisms", "calibrate"], ["experiment"], ["demo"], ["forecast"]]
 HEAVY = ("torch", "numba", "lmfit")
 #: runs `physrl ARGS --help` in a fresh interpreter; prints the exit code, the help and which HEAVY got imported
 HELP_PROBE = f"""
@@ -67,7 +67,7 @@ def _leaf_parsers():
     """Every parser that takes options, by its prog (subcommands' parsers included)."""
     import argparse
 
-    from physrl import experiment_cli
+    from physrl import experiment_cli, forecast_cli
     from physrl.fitting import cli as fitting_cli
     from physrl.organisms import cli as organisms_cli
     from physrl.sim import cli as sim_cli
@@ -84,7 +84,7 @@ def _leaf_parsers():
             found[parser.prog] = parser
 
     for parser in (sim_cli._parser(), fitting_cli._fit_parser(), fitting_cli._synth_parser(), organisms_cli._parser(),
-                   experiment_cli._parser(), experiment_cli._demo_parser()):
+                   experiment_cli._parser(), experiment_cli._demo_parser(), forecast_cli._parser()):
         walk(parser)
     return found
 
