@@ -369,6 +369,9 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
         fits = population
         if fits and not isinstance(fits[0], RunFit):
             fits = fit_population(fits, options=options, cache_dir=cache_dir)
+        elif options is not None and any(f.options != _options(options) for f in fits):
+            raise ValueError(f"the population was fitted with options {fits[0].options}, not {_options(options)}: "
+                             "refit it with these options (fit_population) or leave options out")
         fits = [f for f in fits if f.run_id != run.run_id]
         prior = PopulationPrior.from_population(fits, sum(e.w > 0 for e in run.environments), nominal_prior(run),
                                                 threshold=threshold, exclude=exclude)

@@ -84,6 +84,8 @@ def test_forecast_json_round_trip(tmp_path, population):
     doc["schema"] = 99
     with pytest.raises(ValueError, match="schema"):
         fitting.Forecast.from_dict(doc)
+    with pytest.raises(ValueError, match="fitted with options"):  # a prior never silently mixes model variants
+        fitting.forecast(target, 40, population=fits, options={"transfer": "homogeneous"})
 
 
 def test_cli_smoke(tmp_path, population, capsys):
