@@ -15,6 +15,10 @@ Reads only the log contract (```docs/rollouts.md```); never imports
   (figures in ``fitting._figures``)
 - protocol: :func:`protocol_final_p`, :func:`critical_diversity`
 - leave-one-run-out: :func:`cross_validate`, :class:`CrossValidation`
+- early warning (a run's end state from its first steps, docs/forecast.md): :func:`forecast`,
+  :class:`Forecast`, :class:`EndForecast`, :class:`PopulationPrior`, :func:`fit_population`, :class:`RunFit`;
+  a run's RS share and end state: :func:`share_curve`, :func:`end_share`, :func:`budget_of`,
+  :func:`nominal_prior`, :func:`stage1_model`
 
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
@@ -34,6 +38,10 @@ _EXPORTS = {
     "CrossValidation": "_crossval", "cross_validate": "_crossval",
     "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
     "compare": "_fit", "fit": "_fit",
+    "Forecast": "_forecast", "forecast": "_forecast", "EndForecast": "_forecast_baselines",
+    "budget_of": "_endstate", "end_share": "_endstate", "nominal_prior": "_endstate", "share_curve": "_endstate",
+    "stage1_model": "_endstate",
+    "PopulationPrior": "_population", "RunFit": "_population", "fit_population": "_population",
     "json_safe": "_json", "write_json": "_json", "write_text": "_json",
     "Environment": "physrl.contract", "LogValidationError": "physrl.contract", "Manifest": "physrl.contract",
     "MeasuredPrior": "physrl.contract", "Run": "physrl.contract", "jeffreys_interval": "physrl.contract",
@@ -52,6 +60,10 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._crossval import CrossValidation, cross_validate
     from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
+    from ._endstate import budget_of, end_share, nominal_prior, share_curve, stage1_model
+    from ._forecast import Forecast, forecast
+    from ._forecast_baselines import EndForecast
+    from ._population import PopulationPrior, RunFit, fit_population
     from ._json import json_safe, write_json, write_text
     from physrl.contract import (Environment, LogValidationError, Manifest, MeasuredPrior, Run, jeffreys_interval,
                                  load_runs, read_table)
