@@ -15,6 +15,8 @@ Reads only the log contract (```docs/rollouts.md```); never imports
   (figures in ``fitting._figures``)
 - protocol: :func:`protocol_final_p`, :func:`critical_diversity`
 - leave-one-run-out: :func:`cross_validate`, :class:`CrossValidation`
+- takeoff (issue 19's selection law, measured): :func:`takeoff_rate`, :class:`TakeoffRate`,
+  :func:`trained_eval_counts`, :func:`selection_exponent`, :class:`SelectionExponent`
 
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
@@ -43,6 +45,8 @@ _EXPORTS = {
     "identifiable_truth": "_synthesize", "synthesize": "_synthesize",
     "Prediction": "_predict", "PredictionMetrics": "_predict", "in_sample": "_predict", "predict": "_predict",
     "sample_parameters": "_predict", "save_prediction": "_predict",
+    "SelectionExponent": "_takeoff", "TakeoffRate": "_takeoff", "selection_exponent": "_takeoff",
+    "takeoff_rate": "_takeoff", "trained_eval_counts": "_takeoff",
 }
 
 __all__ = list(_EXPORTS)
@@ -59,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._protocol import CriticalDiversity, critical_diversity, protocol_final_p
     from ._synthesize import identifiable_truth, synthesize
     from ._predict import Prediction, PredictionMetrics, in_sample, predict, sample_parameters, save_prediction
+    from ._takeoff import SelectionExponent, TakeoffRate, selection_exponent, takeoff_rate, trained_eval_counts
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
