@@ -61,7 +61,8 @@ class TakeoffRate:
         The eval steps used (the takeoff window).
     stop : str
         Why the window ended: ``"p passed 0.5"`` (the first point with p̂ ≥ p_stop is the window's last),
-        ``"local path won"`` (b̂ > â at the next point: that point and later ones are left out) or
+        ``"local path won"`` (b̂ above the run's pooled RS skill â at the next point: that point and later ones
+        are left out) or
         ``"end of run"``.
     p0_hat : float
         Measured RS share at step 0 on the trained environments (k / n).
@@ -117,13 +118,13 @@ def trained_eval_counts(run) -> pd.DataFrame:
 
 def _window(counts: pd.DataFrame, p_stop: float) -> tuple[pd.DataFrame, str]:
     """The takeoff window: rows from step 0 up to the first with p̂ ≥ p_stop (kept), or up to the last before the
-    local path wins (b̂ above the RS skill â pooled over the RS rollouts so far)."""
+    local path wins: b̂ above the run's RS skill â, the mean reward of all its RS eval rollouts (pooled over the
+    whole run: at p0 = 0.02 an eval point has one or two RS rollouts, too few to compare against)."""
     keep = 0
-    a_n = a_sum = 0.0
+    a_n, a_sum = counts["a_n"].sum(), counts["a_sum"].sum()
+    a_hat = a_sum / a_n if a_n > 0 else float("inf")
     for i, row in enumerate(counts.itertuples(index=False)):
-        a_n += row.a_n
-        a_sum += row.a_sum
-        if i > 0 and row.b_n > 0 and a_n > 0 and row.b_sum / row.b_n > a_sum / a_n:
+        if i > 0 and row.b_n > 0 and row.b_sum / row.b_n > a_hat:
             return counts.iloc[:keep], "local path won"
         keep = i + 1
         if row.n_rs / row.n >= p_stop:
