@@ -1,13 +1,15 @@
 """The takeoff of reward-seeking: early growth rate of logit p per run, and the selection exponent γ per arm.
 
-The selection law of issue 19 (docs/model.md, "Which gradient flow?"): in the early phase, while the skill gap
-a − b is about constant, the RS log-odds z = logit p of a trained environment grow at a rate
+The selection law of issue 19, dz/dt ∝ [p (1 − p)]^γ (a − b) for the RS log-odds z = logit p of a trained
+environment: γ = 1 is the post's replicator flow (docs/model.md), γ = 0 a growth that does not depend on p (what
+GRPO's std-scaled advantages and Adam's normalised steps would give). In the early phase, while p stays near p0
+and the skill gap a − b is about constant, z grows at a rate
 
-    dz/dt = r,    r ∝ [p0 (1 − p0)]^γ,
+    dz/dt ≈ r,    r ∝ [p0 (1 − p0)]^γ.
 
-where γ = 1 is the post's replicator flow dz/dt ∝ p(1 − p)(a − b) and γ = 0 a growth that does not depend on the
-prior (what GRPO's std-scaled advantages and Adam's normalised steps would give). Two pure functions measure it
-from logs; nothing here trains.
+The measured r is the slope over the takeoff window, an average over the p the window spans; for γ > 0 the growth
+speeds up as p rises, relatively more at small p0, which pulls the measured γ below the flow's. Two pure
+functions measure it from logs; nothing here trains.
 
 :func:`takeoff_rate`
     One run: the eval rows on its trained environments (pooled per eval step), the eval points of the takeoff
