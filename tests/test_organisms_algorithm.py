@@ -123,3 +123,24 @@ def test_default_run_records_trainers_adamw(tmp_path):
     record = read_manifest(run).organisms["optimizer"]
     assert record["class"] == "torch.optim.adamw.AdamW"
     assert (record["lr"], record["betas"], record["weight_decay"]) == (2e-4, [0.9, 0.999], 0.0)
+
+
+def test_knobs_from_the_command_line(tmp_path, capsys):
+    """Flags override the config file; a bad value exits 2 naming the field before anything is written."""
+    import json
+
+    from physrl.organisms.cli import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({k: v for k, v in FAST.items() if k != "progress"}))
+    assert main(["train", "--out", str(tmp_path / "bad"), "--optimizer", "sgd", "--momentum", "1.5"]) == 2
+    assert "'momentum' = 1.5" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    code = main(["train", "--out", str(tmp_path / "r"), "--config", str(config), "--max-steps", "2", "--no-progress",
+                 "--optimizer", "sgd", "--learning-rate", "0.1", "--momentum", "0.5", "--scale-rewards", "none",
+                 "--loss-type", "dr_grpo", "--stage1-cache", "off"])
+    assert code == 0
+    manifest = read_manifest(tmp_path / "r")
+    saved = manifest.organisms["config"]
+    assert (saved["optimizer"], saved["learning_rate"], saved["momentum"], saved["scale_rewards"],
+            saved["loss_type"]) == ("sgd", 0.1, 0.5, "none", "dr_grpo")
+    assert manifest.organisms["optimizer"]["momentum"] == 0.5
