@@ -53,7 +53,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 #: importance sampling (``dapo`` is TRL's default; ``luspo`` needs ``importance_sampling_level="sequence"``)
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
 #: learning-rate range per optimizer: SGD steps are the raw gradient times lr, so useful SGD rates are orders of
-#: magnitude above AdamW's (docs/organisms.md, "The RL algorithm")
+#: magnitude above AdamW's (docs/organisms.md, "The RL algorithm as a knob")
 LR_RANGE = {"adamw": 1.0, "sgd": 1000.0}
 
 
@@ -173,8 +173,8 @@ class OrganismConfig:
     p / local-skill race over ~60-80 steps (resolved by the eval grid); at 1e-3 it was decided within 25 steps and
     the N = 1 outcome flipped with the init (README). SGD needs a far larger rate (docs/organisms.md's table)."""
     optimizer: str = "adamw"
-    """The GRPO optimizer (docs/organisms.md, "The RL algorithm"): ``adamw`` (default; transformers' Trainer AdamW,
-    β = (0.9, 0.999), no weight decay: each parameter's step is divided by its running RMS) or ``sgd``
+    """The GRPO optimizer (docs/organisms.md, "The RL algorithm as a knob"): ``adamw`` (default; transformers'
+    Trainer AdamW, β = (0.9, 0.999), no weight decay: each parameter's step is divided by its running RMS) or ``sgd``
     (``torch.optim.SGD`` through the Trainer's ``optim="sgd"``: the step is lr times the raw gradient, the post's
     gradient flow). Learning rates differ by orders of magnitude between the two: see the measured table."""
     momentum: float = 0.0
