@@ -28,8 +28,8 @@ functions measure it from logs; nothing here trains.
     1997, §3.8): at the takeoff design's m = 4 (5 priors), 95% percentile intervals covered 85% (γ = 1) and
     ~90% (γ = 0.3) of synthetic truths in 40 arms each. The percentiles are therefore widened about γ̂ by
     sqrt(m / (m − 1)), m the mean number of stage-1 models per prior; widened, they covered 92.5% at both γ in
-    80 synthetic arms each (tests/test_fitting_takeoff.py's design). With one stage-1 model per prior the bootstrap has no spread to resample: the
-    interval is then degenerate and says nothing.
+    80 synthetic arms each (tests/test_fitting_takeoff.py's design). With one stage-1 model per prior the
+    bootstrap has no spread to resample: the interval is then degenerate and says nothing.
 """
 
 from __future__ import annotations
