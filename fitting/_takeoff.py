@@ -29,7 +29,7 @@ functions measure it from logs; nothing here trains.
     ~90% (γ = 0.3) of synthetic truths in 40 arms each. The percentiles are therefore widened about γ̂ by
     sqrt(m / (m − 1)), m the mean number of stage-1 models per prior; widened, they covered 92.5% at both γ in
     80 synthetic arms each (tests/test_fitting_takeoff.py's design). With one stage-1 model per prior the
-    bootstrap has no spread to resample: the interval is then degenerate and says nothing.
+    bootstrap has no spread to resample: the interval is then NaN, not a degenerate [γ̂, γ̂].
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ def selection_exponent(rates: pd.DataFrame, *, n_boot: int = 2000, level: float 
             draws.append(g)
     draws = np.asarray(draws)
     tail = (1 - level) / 2
-    if len(draws):
+    if len(draws) and max(len(models) for models in strata) > 1:
         # resampling m clusters shrinks the variance by (m - 1)/m: widen the percentiles about γ̂ by sqrt(m/(m - 1))
         m = np.mean([len(models) for models in strata])
         inflate = math.sqrt(m / (m - 1)) if m > 1 else 1.0

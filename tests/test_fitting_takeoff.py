@@ -141,6 +141,7 @@ def test_exact_power_law_rates_give_gamma_exactly():
     rates = pd.DataFrame({"p0": x, "stage1": range(5), "rate": 0.2 * (x * (1 - x)) ** 0.7, "stderr": 0.01})
     got = selection_exponent(rates, n_boot=100)
     assert got.gamma == pytest.approx(0.7, abs=1e-6) and got.scale == pytest.approx(0.2, rel=1e-5)
+    assert np.isnan(got.interval).all()  # one stage-1 model per prior: nothing to resample, no interval
 
 
 def test_bad_inputs_are_named():
