@@ -154,3 +154,25 @@ def test_bad_inputs_are_named():
         takeoff_rate(pd.DataFrame({"step": [0], "n": [1]}))
     with pytest.raises(ValueError, match="p_stop"):
         takeoff_rate(counts([0, 10], 0.1, 10), p_stop=1.5)
+
+
+def test_pilot_reference_reproduces_the_documented_exponents():
+    """data/reference/takeoff-pilot: the eval counts behind docs/organisms.md's pilot give its γ per arm."""
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "reference" / "takeoff-pilot" /
+                     "eval_counts.csv")
+    rows = []
+    for (opt, scale, p0, seed), g in df[df.design == "dense60"].groupby(["optimizer", "scale_rewards", "p0", "seed"]):
+        r = takeoff_rate(g)
+        rows.append({"arm": f"{opt} + {scale}", "p0": p0, "stage1": f"{p0}-{seed}", "rate": r.rate,
+                     "stderr": r.stderr})
+    rates = pd.DataFrame(rows)
+    documented = {"adamw + group": (0.16, -0.33, 0.57, 12), "sgd + none": (1.31, 0.59, 2.51, 12),
+                  "adamw + none": (0.24, -0.00, 0.48, 6), "sgd + group": (1.84, 1.07, 3.37, 6)}
+    for arm, (gamma, lo, hi, models) in documented.items():
+        got = selection_exponent(rates[rates.arm == arm], n_boot=2000, seed=0)
+        assert round(got.gamma, 2) == gamma, arm
+        assert got.n_stage1_models == models, arm
+        # the interval is a bootstrap quantile: its second decimal may move with numpy's generator or BLAS
+        assert got.interval == pytest.approx((lo, hi), abs=0.02), arm
