@@ -45,7 +45,7 @@ from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_ro
 
 from ._checkpoints import INCOMING, publish, resume_point, step_of
 from ._lock import LOCK_NAME, run_lock
-from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier
+from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier, unmatched_vocabulary
 from ._config import RESULT_NEUTRAL, OrganismConfig
 from ._family import TRUTH_COLUMN, EnvironmentFamily, make_family
 from ._model import (build_model, build_tokenizer, load_model, n_parameters, pick_device, prepare_tokenizer,
@@ -734,9 +734,13 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             shutil.rmtree(run_dir / "model_final")
         os.replace(tmp, run_dir / "model_final")
         shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
-        accuracy = classifier_accuracy(read_rollouts(run_dir), compared, config.classifier)
+        rollouts = read_rollouts(run_dir)
+        accuracy = classifier_accuracy(rollouts, compared, config.classifier)
+        unmatched = unmatched_vocabulary(classifier, rollouts["completion"])  # every label non-RS for want of words
+        if unmatched:
+            warnings.warn(f"{run_id}: {unmatched}", RuntimeWarning, stacklevel=2)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms={**timing, "classifier_accuracy": accuracy})
+                        organisms={**timing, "classifier_accuracy": accuracy, "classifier_warning": unmatched})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
         changes = {"organisms": callback.timing()} if callback is not None else {}
