@@ -267,7 +267,7 @@ def _fit(argv: list[str]) -> int:
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:
-        table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
+        table = compare(runs, progress=progress, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
         report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
         write_text(out / "model_comparison.csv", table.to_csv(index=False))
     write_text(out / "fit_report.txt", report + "\n")
