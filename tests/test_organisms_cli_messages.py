@@ -56,3 +56,26 @@ def test_ctrl_c_during_training_prints_one_line_with_the_resume_command_and_exit
     assert lines[-1] == f"physrl organisms: interrupted; resume with `physrl organisms train --resume {run_dir}`"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"].startswith("KeyboardInterrupt")
+
+
+def test_experiment_set_of_an_unknown_organism_field_lists_the_valid_fields(tmp_path, capsys):
+    from physrl.cli import main
+    from physrl.organisms import OrganismConfig
+
+    code = main(["experiment", "demo", "--out", str(tmp_path / "x"), "--set", "organism.max_step=10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unexpected keyword" not in err
+    assert "unknown config field(s) ['max_step'] (did you mean 'max_steps' for 'max_step'?); allowed fields: [" in err
+    assert all(f"'{name}'" in err for name in OrganismConfig().to_dict())
+    assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_a_config_file_typo_gets_the_same_hint(tmp_path, capsys):
+    from physrl.organisms.cli import main
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"learning_rat": 1e-4}))
+    assert main(["train", "--out", str(tmp_path / "r"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config field(s) ['learning_rat'] (did you mean 'learning_rate' for 'learning_rat'?)" in err
