@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ._config import OrganismConfig
+from ._progress import STAGE1_STEP
 from ._envs import ANS, CHANCE, ENV, EOS, GRADER, INPUT, MASKED, NOTE, PAD, RULE, THINK, DigitMapFamily as EnvFamily
 from ._rollout import decode, encode, make_requests, sample_rollouts, stream_seed, word_codec
 
@@ -188,6 +189,9 @@ class _Stage1Step:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
+        hook = STAGE1_STEP.get()  # the run's stage-1 bar and progress.json (organisms._progress)
+        if hook is not None:
+            hook()
         return float(loss.detach())
 
 

@@ -45,6 +45,7 @@ from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_ro
 
 from ._checkpoints import INCOMING, publish, resume_point, step_of
 from ._lock import LOCK_NAME, run_lock
+from ._progress import RunProgress, stage1_progress
 from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier, unmatched_vocabulary
 from ._config import RESULT_NEUTRAL, OrganismConfig
 from ._family import TRUTH_COLUMN, EnvironmentFamily, make_family
@@ -315,10 +316,7 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.t0 = time.time()
-            if config.progress:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=config.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+            self.bar = RunProgress(run_dir, "GRPO", config.max_steps, config.progress, state.global_step)
             if state.global_step % config.eval_every == 0:
                 self._eval(model, state.global_step)
             if self.tracker is not None and self.tracker.pending:
@@ -330,11 +328,10 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
                 self._eval(model, step)
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 writer.flush()  # before TRL writes checkpoint-<step>: chunks never run ahead of a checkpoint
-            if self.bar is not None:
-                self.bar.update(step - self.bar.n)
-                self.bar.set_postfix(reward=f"{recorder.last.get('reward', float('nan')):.2f}",
-                                     rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
-                                     eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
+            if self.bar is not None:  # the bar (config.progress) and progress.json
+                self.bar.update(step, reward=f"{recorder.last.get('reward', float('nan')):.2f}",
+                                rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
+                                eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
 
         def on_save(self, args, state, control, **kw):
             # the Trainer wrote checkpoint-<step> completely into the staging folder: rename it into place
@@ -505,7 +502,8 @@ def _stage1_model(config: OrganismConfig, family: EnvironmentFamily, run_dir: Pa
             return model, tokenizer, {"cache": "hit", "key": key, "entry": str(entry), "seconds": 0.0,
                                       "final_loss": meta.get("final_loss")}
         t0 = time.time()
-        losses = family.pretrain(model, tokenizer)
+        with stage1_progress(run_dir, config.pretrain_steps, config.progress):
+            losses = family.pretrain(model, tokenizer)
         seconds = time.time() - t0
         if losses is None:
             log(f"stage 1: none (the {family.name} family has no stage 1); GRPO starts from the built model")
