@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from physrl._ray_resources import check_ray_resources
-from physrl.executors import Executor, ExecutorConfig
+try:
+    from physrl.executors import Executor, ExecutorConfig
+except ImportError:  # the experiment's modules moved into the physrl.experiment package
+    from physrl.experiment.executors import Executor, ExecutorConfig
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'physrl[ray]')")
 
