@@ -37,7 +37,10 @@ def test_ctrl_c_during_training_prints_one_line_with_the_resume_command_and_exit
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "physrl", "organisms", "train", "--out", str(run_dir),
                              "--config", str(config), "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(tmp_path))
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(tmp_path),
+                            # as at a terminal: a test runner started in the background (`cmd &`) ignores SIGINT,
+                            # and its children would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-*")):
