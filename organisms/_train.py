@@ -25,6 +25,7 @@ gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -383,7 +384,11 @@ def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device, fami
 
     batch = config.groups_per_step * config.num_generations
     tracking = config.report_to != "none"
-    return GRPOConfig(
+    # transformers < 5 writes TensorBoard files to TrainingArguments.logging_dir (output_dir/runs/... by default),
+    # 5.x to TENSORBOARD_LOGGING_DIR (_tracking_environment): both point at RUN_DIR/tensorboard
+    old_tb = ({"logging_dir": str(run_dir / "tensorboard")} if "tensorboard" in config.report_to
+              and "logging_dir" in {f.name for f in dataclasses.fields(GRPOConfig)} else {})
+    return GRPOConfig(**old_tb,
         output_dir=str(run_dir / "checkpoints" / INCOMING), per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, num_generations=config.num_generations, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
