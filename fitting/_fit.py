@@ -66,6 +66,8 @@ NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
 #: residual evaluations per start (lmfit max_nfev) unless the caller says otherwise
 DEFAULT_MAX_NFEV = 300
+#: label suffix of the quasi-likelihood's weighted refit of the best start (a record beside the starts, not one)
+REFIT_LABEL = "+weighted"
 #: Latin-hypercube points screened for the starts
 N_SCREEN = 96
 
@@ -220,10 +222,13 @@ class FitDiagnostics:
     max_nfev : int
         Cap per start.
     starts : list of StartRecord
-        Best first.
+        Best first; with the quasi-likelihood, the weighted refit of the best
+        start comes first (label ``<start>+weighted``; not a start of its own,
+        see :attr:`n_starts`).
     n_at_best : int
         Starts whose optimum lies within max(φ, 1) of the best penalised
-        deviance (reached the same optimum up to noise).
+        deviance (reached the same optimum up to noise), at least 1 (the
+        start the refit came from).
     spread : dict name -> [min, max]
         Range of each varying parameter over those starts.
     deviance : float
@@ -268,9 +273,15 @@ class FitDiagnostics:
     nonfinite: int = 0
     seconds: float = 0.0
 
+    @property
+    def n_starts(self) -> int:
+        """Optimiser starts (``n_starts`` / ``--starts``), as the progress bar counts them: the weighted refit
+        of the best start is not one."""
+        return sum(not s.label.endswith(REFIT_LABEL) for s in self.starts)
+
     def to_dict(self) -> dict:
         return {"converged": self.converged, "status": self.status, "message": self.message, "nfev": self.nfev,
-                "jacobians": self.jacobians, "max_nfev": self.max_nfev, "n_starts": len(self.starts),
+                "jacobians": self.jacobians, "max_nfev": self.max_nfev, "n_starts": self.n_starts,
                 "n_at_best": self.n_at_best, "starts": [s.to_dict() for s in self.starts],
                 "spread": {k: [_num(a), _num(b)] for k, (a, b) in self.spread.items()},
                 "deviance": _num(self.deviance), "penalty": _num(self.penalty),
@@ -405,9 +416,11 @@ class FitResult:
     def summary_table(self) -> str:
         """A short plain-text table: status, φ, and each parameter with its 95% interval."""
         d = self.diagnostics
+        refit = ", then its weighted refit" if d.n_starts < len(d.starts) else ""
         lines = [f"fit {'converged' if d.converged else 'DID NOT CONVERGE (' + d.status + ')'}: "
                  f"{len(self.runs)} runs, {self.n_data} observations, {len(self.var_names)} varying parameters, "
-                 f"{d.nfev} evaluations over {len(d.starts)} starts ({d.n_at_best} reached the best), "
+                 f"{d.nfev} evaluations over {d.n_starts} start{'s' if d.n_starts != 1 else ''} "
+                 f"({d.n_at_best} reached the best{refit}), "
                  f"{self.seconds:.1f} s",
                  f"weighted deviance {d.deviance:.1f} (+ step-0 prior {d.penalty:.1f}); dispersion φ = "
                  f"{d.dispersion:.2f} (Pearson χ²/dof); per component "
@@ -793,7 +806,7 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
                    if getattr(refit, "aborted", False) else str(refit.message))
         dev = float(np.sum(problem.residual(refit.params) ** 2))
-        best = StartRecord(f"{best.label}+weighted", dev, converged, problem.counter.residual_calls - before,
+        best = StartRecord(f"{best.label}{REFIT_LABEL}", dev, converged, problem.counter.residual_calls - before,
                            message, {n: float(refit.params[n].value) for n in refit.var_names})
         # the other starts' deviances on the weighted scale, for the spread
         for r in records:
@@ -817,6 +830,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     if best not in at_best:
         at_best = [best] + at_best
     spread = {n: (min(r.values[n] for r in at_best), max(r.values[n] for r in at_best)) for n in names}
+    starts_only = [r for r in records if not r.label.endswith(REFIT_LABEL)]  # the refit is not a start
+    origin = best.label.removesuffix(REFIT_LABEL)  # the start the refit came from reached the best through it
+    worse = [r for r in starts_only if r.deviance - best.deviance > tol and r.label != origin]
+    n_at_best = len(starts_only) - len(worse)
     if np.any(np.abs(res_vec) >= WALL):  # the optimum sits where the ODE outran the Euler grid: no answer
         best.converged = False
         best.message = ("the best optimum lies where the ODE is too fast for the step-unit Euler grid "
@@ -827,7 +844,7 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     ident, cov = _identify(problem, result.params, names, jac, scale, extra)
     ident = gamma_identification(problem, ident)   # γ needs runs that span priors (docs/model.md §9)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
-                                 problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
+                                 problem.counter.jacobian_calls, max_nfev, records, n_at_best, spread,
                                  deviance, penalty, chi2, dof, phi,
                                  {c: 1.0 / w**2 for c, w in problem.weights.items()}, phi_c,
                                  problem.counter.rejected, problem.counter.nonfinite)
@@ -838,9 +855,9 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
                      "grid and were rejected (residual 1e6) during the search")
     if problem.counter.nonfinite:
         notes.append(f"{problem.counter.nonfinite} non-finite residuals were replaced by 1e6 during the search")
-    if len(records) > 1 and len(at_best) < len(records):
-        notes.append(f"{len(records) - len(at_best)} of {len(records)} starts ended at a worse optimum "
-                     f"(penalised deviance {', '.join(f'{r.deviance:.1f}' for r in records[len(at_best):])} "
+    if worse:
+        notes.append(f"{len(worse)} of {len(starts_only)} starts ended at a worse optimum "
+                     f"(penalised deviance {', '.join(f'{r.deviance:.1f}' for r in worse)} "
                      f"vs {best.deviance:.1f})")
     if np.isfinite(phi) and phi > 1.5:
         notes.append("dispersion φ = " + ", ".join(f"{c}: {v:.2f}" for c, v in phi_c.items())
@@ -981,7 +998,7 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
                         "note": "likelihood not scaled by the dispersion"}
 
 
-def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataFrame:
+def compare(runs, variants: dict[str, dict] | None = None, progress: bool = False, **common) -> pd.DataFrame:
     """Fit several model variants to the same runs and rank them by AIC/BIC.
 
     Parameters
@@ -991,6 +1008,9 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
         Default: transfer none / homogeneous / kernel (kernel only when every
         env has coordinates), each with footnote-4 λ off and on, and with the
         power selection law (``<transfer>+power``, docs/model.md §9).
+    progress : bool
+        A tqdm bar on stderr over the variants (each fit's own bar below it): the comparison refits the
+        runs once per variant, tens of seconds in all.
     **common
         Passed to every :func:`fit`.
 
@@ -1011,9 +1031,14 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
         variants = {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
         variants.update({f"{t}+power": {"transfer": t, "lam": False, "selection": "power"} for t in transfers})
     rows = []
-    for name, kws in variants.items():
+    from tqdm.auto import tqdm
+
+    bar = tqdm(variants.items(), desc="model comparison", unit="fit", file=sys.stderr, leave=False,
+               disable=not progress)
+    for name, kws in bar:
+        bar.set_postfix_str(name, refresh=True)
         try:
-            res = fit(runs, **{**common, **kws})
+            res = fit(runs, **{**common, "progress": progress, **kws})
         except ValueError as exc:
             rows.append({"variant": name, "k": None, "loglik": None, "aic": np.inf, "bic": np.inf,
                          "converged": False, "unidentified": "", "error": str(exc)})

@@ -212,6 +212,13 @@ def _ranking(table) -> str:
     return "\n".join(lines)
 
 
+def _folder(run) -> str:
+    """What a user calls a run: its folder's (or table file's) name, as the cross-validation table does; the
+    organism's run_id stays in the JSON outputs."""
+    source = Path(run.source)
+    return source.name if source.is_dir() else f"{source.name} ({run.run_id})"  # a table may hold several runs
+
+
 def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, summary_title: str) -> list[str]:
     """One figure per run (``<prefix>_NN.png``) and the observed-vs-model summary; returns the file names."""
     from ._figures import plot_predicted_vs_observed, plot_run
@@ -221,7 +228,7 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
         name = f"{prefix}_{k:02d}.png"
         plot_run(pred, {e.env_id: e.w for e in run.environments}, out / name, title(pred, run))
         names.append(name)
-    plot_predicted_vs_observed(preds, out / summary_name, summary_title)
+    plot_predicted_vs_observed(preds, out / summary_name, summary_title, labels=[_folder(r) for r in runs])
     # a reused --out folder: per-run figures of an earlier, larger fit (this scheme's names only) would
     # sit beside these as if they belonged to this fit
     for old in out.glob(f"{prefix}_[0-9][0-9].png"):
@@ -272,13 +279,14 @@ def _fit(argv: list[str]) -> int:
     # line, nothing else); also recorded in fit.json's notes
     for run in runs + targets:
         for warning in run.warnings:
-            print(f"physrl fit: warning: run {run.run_id}: {warning}", file=sys.stderr)
+            print(f"physrl fit: warning: run {_folder(run)}: {warning}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:
-        table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam", "selection")})
+        table = compare(runs, progress=progress,
+                        **{k: v for k, v in options.items() if k not in ("transfer", "lam", "selection")})
         report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
         write_text(out / "model_comparison.csv", table.to_csv(index=False))
     write_text(out / "fit_report.txt", report + "\n")
@@ -290,20 +298,20 @@ def _fit(argv: list[str]) -> int:
     if figures:
         fitted = [in_sample(result, i, n_samples=args.samples) for i in _progress(range(len(runs)), progress,
                                                                                     "in-sample curves")]
-        written += _plot_runs(fitted, runs, out, "fit", lambda p, r: f"fit, run {r.run_id} (p0 = {p.p0:.3g})",
+        written += _plot_runs(fitted, runs, out, "fit", lambda p, r: f"fit, run {_folder(r)} (p0 = {p.p0:.3g})",
                               "fit_vs_observed.png", "fitted runs: observed vs model")
     preds = []
     if targets:
         preds = [predict(result, run, n_samples=args.samples) for run in _progress(targets, progress, "predict")]
         doc = {"fit": str(out / "fit.json"), "converged": result.converged,
-               "predictions": [p.to_dict() for p in preds]}
+               "predictions": [{**p.to_dict(), "source": _folder(r)} for p, r in zip(preds, targets)]}
         write_json(out / "prediction.json", doc)
         written.append("prediction.json")
         if figures:
             written += _plot_runs(preds, targets, out, "predict",
-                                  lambda p, r: f"prediction, run {r.run_id} (p0 = {p.p0:.3g}, {p.p0_source})",
+                                  lambda p, r: f"prediction, run {_folder(r)} (p0 = {p.p0:.3g}, {p.p0_source})",
                                   "predicted_vs_observed.png", "held-out runs: observed vs predicted")
-    for p in preds:
+    for p, target in zip(preds, targets):
         m = p.metrics
         end = m.end_state
         rmse = "not scored" if m.rmse_p is None else f"{m.rmse_p:.3f}"
@@ -312,7 +320,7 @@ def _fit(argv: list[str]) -> int:
         n_star = f"; {m.n_star['text']}" if m.n_star else ""
         cov = m.coverage.get("all")
         held = "no scored eval points" if cov is None else f"{cov:.0%} of eval points"
-        print(f"\nprediction {p.run_id}: {p.level:.0%} predictive band holds {held}; "
+        print(f"\nprediction {_folder(target)}: {p.level:.0%} predictive band holds {held}; "
               f"RS share RMSE {rmse}; end state observed p={observed}, predicted p={end.predicted_mean_p:.3f}"
               f"{agree}{n_star}")
     if args.cross_validate:

@@ -86,6 +86,16 @@ class PatternClassifier:
         self._rs = re.compile(r"^(?:" + "|".join(map(re.escape, self.rs_patterns)) + r")$")
         self._local = re.compile(r"^(?:" + "|".join(map(re.escape, self.local_patterns)) + r")$")
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every word the classifier counts: the RS patterns, then the local ones."""
+        return self.rs_patterns + self.local_patterns
+
+    def matches_vocabulary(self, completions: list[str]) -> list[bool]:
+        """Per completion: does its reasoning span hold any RS or local pattern (else it is labelled non-RS
+        for want of any word the classifier knows, not on evidence)?"""
+        return [any(self._rs.match(w) or self._local.match(w) for w in reasoning_span(text)) for text in completions]
+
     def classify(self, completions: list[str], prompts: list[str] | None = None) -> tuple[list[bool], list[float]]:
         labels, scores = [], []
         for text in completions:
@@ -258,6 +268,38 @@ def make_classifier(name: str, rs_patterns: list[str], local_patterns: list[str]
         return JudgeClassifier(obj, name=getattr(obj, "name", name), version=getattr(obj, "version", "1"),
                                cache_dir=cache_dir)
     raise ValueError(f"config field 'classifier' = {name!r}: {obj!r} is neither a classifier nor a callable judge")
+
+
+def unmatched_vocabulary(classifier: Classifier, completions: Sequence[str]) -> str | None:
+    """The warning for a run none of whose completions the classifier's vocabulary matched, or None.
+
+    A pattern classifier labels a completion RS only from its words (``rs_patterns`` /
+    ``local_patterns`` in a ``think`` span); an environment family whose completions use other words gets
+    every rollout labelled non-RS, silently. Classifiers without a vocabulary (judges, import paths without
+    ``matches_vocabulary``) and runs without completions give None.
+
+    Parameters
+    ----------
+    classifier : Classifier
+        The run's labelling classifier.
+    completions : sequence of str
+        Every completion of the run (all phases).
+
+    Returns
+    -------
+    str or None
+        One sentence naming the count, the vocabulary and the remedy (docs/environments.md, "Classifier
+        vocabulary").
+    """
+    matches = getattr(classifier, "matches_vocabulary", None)
+    completions = list(completions)
+    if matches is None or not completions or any(matches(completions)):
+        return None
+    words = ", ".join(getattr(classifier, "vocabulary", [])) or "none"
+    return (f"none of the run's {len(completions)} completions matched the {classifier.name!r} classifier's "
+            f"vocabulary (a `think` span holding any of: {words}), so every rollout was labelled non-RS for want "
+            "of a known word; set rs_patterns / local_patterns to the words of this family's reasoning, or name "
+            "another classifier (docs/environments.md, 'Classifier vocabulary')")
 
 
 #: name -> factory(rs_patterns, local_patterns)

@@ -318,6 +318,21 @@ class OrganismConfig:
         return dataclasses.replace(self, **changes)
 
 
+def unknown_fields_message(data: dict[str, Any]) -> str | None:
+    """``unknown config field(s) ['max_step'] (did you mean 'max_steps'?); allowed fields: [...]`` for the keys of
+    ``data`` that are not :class:`OrganismConfig` fields, or None when every key is one."""
+    import difflib
+
+    known = sorted(f.name for f in dataclasses.fields(OrganismConfig))
+    unknown = sorted(set(data) - set(known))
+    if not unknown:
+        return None
+    close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+    hints = [f"{m[0]!r} for {u!r}" for u, m in close.items() if m]
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    return f"unknown config field(s) {unknown}{hint}; allowed fields: {known}"
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> OrganismConfig:
     """Build a config from an optional JSON or TOML file, then keyword overrides.
 
@@ -340,8 +355,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> OrganismCon
         if not isinstance(data, dict):
             raise ValueError(f"config file {path}: expected an object of config fields, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(OrganismConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = unknown_fields_message(data)
     if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; allowed fields: {sorted(known)}")
+        raise ValueError(unknown)
     return OrganismConfig(**data)

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from ._progress import STAGE1_STEP
 from ._seeds import stream_seed
 from ._tokens import encode, word_codec
 
@@ -48,6 +49,9 @@ class _Stage1Step:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
+        hook = STAGE1_STEP.get()  # the run's stage-1 bar and progress.json (organisms._progress)
+        if hook is not None:
+            hook()
         return float(loss.detach())
 
 

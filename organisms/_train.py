@@ -25,6 +25,7 @@ gradient, ``eval_prompts_per_env`` groups on every env, phase ``eval``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,8 @@ from physrl.contract import (ORGANISMS, ChunkWriter, now, read_manifest, read_ro
 
 from ._checkpoints import INCOMING, publish, resume_point, step_of
 from ._lock import LOCK_NAME, run_lock
-from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier
+from ._progress import RunProgress, stage1_progress
+from ._classify import CLASSIFIERS, Classifier, classifier_accuracy, make_classifier, unmatched_vocabulary
 from ._config import RESULT_NEUTRAL, OrganismConfig
 from ._family import TRUTH_COLUMN, EnvironmentFamily
 from .families import make_family
@@ -316,10 +318,7 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.t0 = time.time()
-            if config.progress:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=config.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+            self.bar = RunProgress(run_dir, "GRPO", config.max_steps, config.progress, state.global_step)
             if state.global_step % config.eval_every == 0:
                 self._eval(model, state.global_step)
             if self.tracker is not None and self.tracker.pending:
@@ -331,11 +330,10 @@ def _make_callback(config, family, tokenizer, classifier, writer, recorder, eval
                 self._eval(model, step)
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 writer.flush()  # before TRL writes checkpoint-<step>: chunks never run ahead of a checkpoint
-            if self.bar is not None:
-                self.bar.update(step - self.bar.n)
-                self.bar.set_postfix(reward=f"{recorder.last.get('reward', float('nan')):.2f}",
-                                     rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
-                                     eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
+            if self.bar is not None:  # the bar (config.progress) and progress.json
+                self.bar.update(step, reward=f"{recorder.last.get('reward', float('nan')):.2f}",
+                                rs=f"{recorder.last.get('rs_share', float('nan')):.2f}",
+                                eval_rs=f"{self.last_eval.get('rs_share_train', float('nan')):.2f}")
 
         def on_save(self, args, state, control, **kw):
             # the Trainer wrote checkpoint-<step> completely into the staging folder: rename it into place
@@ -387,7 +385,11 @@ def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device, fami
 
     batch = config.groups_per_step * config.num_generations
     tracking = config.report_to != "none"
-    return GRPOConfig(
+    # transformers < 5 writes TensorBoard files to TrainingArguments.logging_dir (output_dir/runs/... by default),
+    # 5.x to TENSORBOARD_LOGGING_DIR (_tracking_environment): both point at RUN_DIR/tensorboard
+    old_tb = ({"logging_dir": str(run_dir / "tensorboard")} if "tensorboard" in config.report_to
+              and "logging_dir" in {f.name for f in dataclasses.fields(GRPOConfig)} else {})
+    return GRPOConfig(**old_tb,
         output_dir=str(run_dir / "checkpoints" / INCOMING), per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, num_generations=config.num_generations, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -530,7 +532,8 @@ def _stage1_model(config: OrganismConfig, family: EnvironmentFamily, run_dir: Pa
             return model, tokenizer, {"cache": "hit", "key": key, "entry": str(entry), "seconds": 0.0,
                                       "final_loss": meta.get("final_loss")}
         t0 = time.time()
-        losses = family.pretrain(model, tokenizer)
+        with stage1_progress(run_dir, config.pretrain_steps, config.progress):
+            losses = family.pretrain(model, tokenizer)
         seconds = time.time() - t0
         if losses is None:
             log(f"stage 1: none (the {family.name} family has no stage 1); GRPO starts from the built model")
@@ -759,9 +762,13 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             shutil.rmtree(run_dir / "model_final")
         os.replace(tmp, run_dir / "model_final")
         shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
-        accuracy = classifier_accuracy(read_rollouts(run_dir), compared, config.classifier)
+        rollouts = read_rollouts(run_dir)
+        accuracy = classifier_accuracy(rollouts, compared, config.classifier)
+        unmatched = unmatched_vocabulary(classifier, rollouts["completion"])  # every label non-RS for want of words
+        if unmatched:
+            warnings.warn(f"{run_id}: {unmatched}", RuntimeWarning, stacklevel=2)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms={**timing, "classifier_accuracy": accuracy,
+                        organisms={**timing, "classifier_accuracy": accuracy, "classifier_warning": unmatched,
                                    "optimizer": optimizer_record(trainer.optimizer)})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written

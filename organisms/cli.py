@@ -159,6 +159,11 @@ def main(argv: list[str]) -> int:
                          "(--max-steps may extend it)")
         if args.resume is None and args.out is None:
             parser.error("train needs --out RUN_DIR or --resume RUN_DIR")
+    if args.command == "train" and args.resume is not None and not (args.resume / "manifest.json").is_file():
+        # said before the trainer (torch, TRL: seconds) is imported
+        print(f"physrl organisms: --resume {args.resume}: no such run (no {args.resume / 'manifest.json'}); "
+              "start a new run with --out", file=sys.stderr)
+        return 2
     try:
         if args.command == "train" and args.resume is not None:
             from ._train import saved_config
@@ -178,11 +183,19 @@ def main(argv: list[str]) -> int:
         from ._lock import RunInUse
         from ._train import ResumeMismatch, train
 
+        run_dir = args.resume or args.out
         try:
-            run_dir = train(config, args.resume or args.out, resume=args.resume is not None)
+            train(config, run_dir, resume=args.resume is not None)
         except (FileExistsError, ResumeMismatch, RunInUse) as exc:
             print(f"physrl organisms: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C: the manifest says 'failed' and the checkpoints stay; one line, not 68
+            if (Path(run_dir) / "manifest.json").is_file():
+                print(f"\nphysrl organisms: interrupted; resume with `physrl organisms train --resume {run_dir}`",
+                      file=sys.stderr)
+            else:
+                print("\nphysrl organisms: interrupted before the run started; nothing was written", file=sys.stderr)
+            return 130
         print(f"run written to {run_dir}")
         return 0
     from ._calibrate import calibrate

@@ -14,7 +14,14 @@ numbers do not move), the power law's reads γ per replica and environment.
 Random Fourier features run on the torch engine.
 
 The compiled kernel is cached on disk by numba (``cache=True``), so only the
-first process on a machine pays the ~3 s compilation.
+first process on a machine pays the ~3 s compilation. Numba caches next to
+this file or under ``~/.cache/numba``; on a read-only install with an
+unwritable HOME (a shared cluster module) it finds neither and refuses to
+compile at all ("cannot cache function '_sigmoid': no locator available",
+numba issues #4908, #5566). :func:`_njit_cached` then caches in a per-user
+folder of the temporary directory (``NUMBA_CACHE_DIR``, numba docs,
+"Environment variables"), and compiles without a cache if that is not
+writable either.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from __future__ import annotations
 import builtins
 import hashlib
 import inspect
+import logging
 import math
+import os
+import tempfile
 import types
 
 import numba
@@ -47,13 +57,61 @@ MODEL_HASH = hashlib.sha1("".join(inspect.getsource(f) for f in (
 
 KIND_IDENTITY, KIND_HOMOGENEOUS, KIND_DENSE = 0, 1, 2
 
+_log = logging.getLogger(__name__)
 
-@numba.njit(cache=True, error_model="numpy")
+
+def _private_cache_dir() -> str | None:
+    """A folder of the temporary directory for numba's cache, writable and owned by this user, or None.
+
+    ``$TMPDIR/physrl-numba-<uid>`` (reused across processes, so the compilation is
+    paid once); a fresh ``mkdtemp`` folder if that name is taken by another user.
+    """
+    try:
+        base = tempfile.gettempdir()
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        path = os.path.join(base, f"physrl-numba-{uid}")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if (hasattr(os, "getuid") and os.stat(path).st_uid != uid) or not os.access(path, os.W_OK | os.X_OK):
+            path = tempfile.mkdtemp(prefix="physrl-numba-")
+        return path
+    except OSError:
+        return None
+
+
+def _njit_cached(func):
+    """``numba.njit(cache=True, error_model="numpy")(func)``, falling back when numba has nowhere to cache.
+
+    Numba picks its cache folder when the decorator runs and raises
+    ``RuntimeError: cannot cache function ...: no locator available`` if neither
+    the package's ``__pycache__`` nor the user's cache folder is writable. Then
+    ``NUMBA_CACHE_DIR`` is pointed at :func:`_private_cache_dir` (for this process
+    and its children, unless already set) and, if that fails too, ``func`` is
+    compiled without an on-disk cache (every process pays the compilation).
+    """
+    try:
+        return numba.njit(cache=True, error_model="numpy")(func)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):
+            raise
+    fallback = None if numba.config.CACHE_DIR else _private_cache_dir()
+    if fallback is not None:
+        os.environ["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR = fallback
+        _log.info("numba cannot cache beside %s or in HOME; caching in %s", func.__code__.co_filename, fallback)
+        try:
+            return numba.njit(cache=True, error_model="numpy")(func)
+        except RuntimeError as exc:
+            if "no locator available" not in str(exc):
+                raise
+    _log.info("numba has no writable cache folder; %s is compiled in every process", func.__name__)
+    return numba.njit(error_model="numpy")(func)
+
+
+@_njit_cached
 def _sigmoid(v):
     return 1.0 / (1.0 + math.exp(-v))
 
 
-@numba.njit(cache=True, error_model="numpy")
+@_njit_cached
 def _record(saved, r, k_eval, z, x, y, lam_r, i):
     """Store the probabilities (p, a, b) = (σ(z), σ(x + λ y), σ(y)) of one env at a grid time."""
     saved[r, k_eval, 0, i] = _sigmoid(z)
@@ -159,11 +217,12 @@ def _euler(state, alpha, w, lam, gamma, skills, obs, kinds, c, mats, dt, n_steps
 
 def _kernel(power: bool):
     """The Euler kernel for the replicator (``power`` False: the post's arithmetic, γ never read) or the
-    power law (γ per replica and environment), compiled from the one loop above with POWER frozen."""
+    power law (γ per replica and environment), compiled from the one loop above with POWER frozen (cached on
+    disk where numba can write, :func:`_njit_cached`)."""
     name = f"_euler_{'power_' if power else ''}{MODEL_HASH}"
     f = types.FunctionType(_euler.__code__, {**globals(), "POWER": power}, name)
     f.__qualname__ = name
-    return numba.njit(cache=True, error_model="numpy")(f)
+    return _njit_cached(f)
 
 
 POWER = False

@@ -337,7 +337,8 @@ def test_fit_cli_prints_and_records_reader_warnings(run_dir, tmp_path, capsys):
                  "--transfer", "none"])
     err = capsys.readouterr().err
     assert code == 0
-    warnings = [line for line in err.splitlines() if line.startswith("physrl fit: warning: run synthetic-4: ")]
+    lines = [part.strip() for line in err.splitlines() for part in line.split("\r")]  # tqdm redraws with \r
+    warnings = [line for line in lines if "physrl fit: warning: run t.csv (synthetic-4): " in line]
     assert len(warnings) == 1 and "t.csv: no manifest" in warnings[0], err
     doc = json.loads((tmp_path / "fit" / "fit.json").read_text())
     assert any("warning: t.csv: no manifest" in note for note in doc["notes"])

@@ -185,7 +185,7 @@ def test_every_package_says_what_it_holds_and_may_import(package):
 
 #: the experiment's modules in pipeline order (plan -> train -> fit & freeze -> analyse -> report, then the
 #: driver and its command line): a module imports only from modules before it, so data flows one way
-EXPERIMENT_ORDER = ("executors", "config", "runs", "words", "scaling", "freeze", "analysis", "report", "figures",
+EXPERIMENT_ORDER = ("ray_resources", "executors", "config", "runs", "words", "scaling", "freeze", "analysis", "report", "figures",
                     "scaling_figures", "run", "cli")
 
 
@@ -204,5 +204,7 @@ def test_the_family_protocol_reaches_only_leaves():
     ``pretrain`` runs, which itself imports only the organisms' leaves."""
     graph = import_graph()
     assert graph["physrl.organisms._family"] <= {"physrl.organisms._pretrain"}
-    assert graph["physrl.organisms._pretrain"] <= {"physrl.organisms._seeds", "physrl.organisms._tokens"}
+    assert graph["physrl.organisms._pretrain"] <= {"physrl.organisms._seeds", "physrl.organisms._tokens",
+                                                   "physrl.organisms._progress"}
     assert not graph["physrl.organisms._seeds"] and not graph["physrl.organisms._tokens"]
+    assert all(m.startswith("physrl.contract") for m in graph["physrl.organisms._progress"])

@@ -179,6 +179,7 @@ def read_table(path: str | Path, *, keep_extra: bool = False) -> pd.DataFrame:
             arrow_types = {f.name: f.type for f in table.schema}
             df = table.to_pandas()
         elif suffix == ".csv":
+            _check_csv_delimiter(path)
             df = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
         else:
             df = pd.read_json(path, lines=True, dtype=False)
@@ -187,6 +188,19 @@ def read_table(path: str | Path, *, keep_extra: bool = False) -> pd.DataFrame:
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise LogValidationError(path, problem=f"cannot be read as {suffix[1:]}: {exc}") from None
     return _coerce(df, path, arrow_types, keep_extra)
+
+
+def _check_csv_delimiter(path: Path) -> None:
+    """A rollout CSV is comma-separated (docs/rollouts.md); one whose header is split by ``;`` or a tab (a
+    spreadsheet's export in many locales) is refused naming the delimiter, instead of pandas' 'Expected 3
+    fields in line 8, saw 4' or a single column named 'step;phase;...'."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    for sep, name in ((";", "semicolons (;)"), ("\t", "tabs")):
+        if header.count(sep) > header.count(","):
+            raise LogValidationError(path, problem=f"the header is separated by {name}, not commas: a rollout CSV "
+                                                   "is comma-separated (docs/rollouts.md); save it with ',' (pandas: "
+                                                   f"pd.read_csv(path, sep={sep!r}).to_csv(path, index=False))")
 
 
 def _check_no_batch_in_two_chunks(parts: list[Path], frames: list[pd.DataFrame]) -> None:

@@ -255,6 +255,12 @@ def _make_run(manifest: Manifest | None, manifest_path: Path | None, rollouts: p
 def _read_run_dir(path: Path) -> Run:
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
+        inner = sorted(p.parent for p in path.glob("runs/*/manifest.json"))
+        if inner:  # an experiment folder (physrl experiment / demo): its runs are one level down
+            raise LogValidationError(path, field="manifest.json",
+                                     problem=f"this is an experiment folder, not a run: its {len(inner)} runs are "
+                                             f"in {path / 'runs'}/ (e.g. `physrl fit {path / 'runs'}/*`, or name "
+                                             f"some: {inner[0]})")
         raise LogValidationError(path, field="manifest.json",
                                  problem="a run directory holds manifest.json (docs/rollouts.md) and this one "
                                          "has none: it says which environments were trained (w)")

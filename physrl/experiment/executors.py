@@ -145,6 +145,8 @@ class Executor:
                                    "(or `pip install physrl[ray]`)") from err
             if not ray.is_initialized():
                 ray.init(address=config.ray_address, ignore_reinit_error=True)
+            from physrl.experiment.ray_resources import check_ray_resources  # a job no node can run would hang (ray #45909)
+            check_ray_resources(vars(config), ray.cluster_resources(), config.ray_address)
             self._ray = ray
 
     def submit(self, fn: Callable, *args) -> Any:

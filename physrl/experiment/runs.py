@@ -141,8 +141,10 @@ def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
                 from physrl.organisms import check_setup
 
                 check_setup(resolved)
-        except TypeError as err:  # unknown field
-            raise ValueError(f"[organism]: {err}") from err
+        except TypeError as err:  # unknown field: name it and the valid ones, as a config file's typo does
+            from physrl.organisms._config import unknown_fields_message
+
+            raise ValueError(f"[organism]: {unknown_fields_message(config.organism) or err}") from err
         except ValueError as err:
             raise ValueError(f"[organism] (run {r.run_id}): {err}") from err
         out[r.run_id] = resolved.to_dict()
