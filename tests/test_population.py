@@ -1,0 +1,248 @@
+"""Population training: each member's GRPO update is the one TRL's GRPOTrainer computes for it alone.
+
+For a fixed batch of completions and rewards per member (handed to TRL through ``rollout_func``, so TRL computes
+its own advantages, loss, clipping and AdamW step on the member's model), the population trainer's gradient and
+optimizer step of every member must equal TRL's (relative error <= 1e-5, over two steps, so AdamW's moments are
+used), at K = 1 and K = 8, and changing one member's data must leave every other member's update unchanged.
+"""
+
+import copy
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from physrl.organisms import OrganismConfig, build_model, build_tokenizer, make_family, use_mask_positions
+from physrl.organisms._population import MemberBatch, PopulationGRPO, group_advantages
+from physrl.organisms._stacked import StackedLlama
+
+FAMILY = make_family(OrganismConfig(n_envs=2, n_heldout=0))
+GROUPS, GENERATIONS = 2, 4
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(FAMILY.words())
+
+
+def _member_model(tokenizer, seed):
+    model = build_model(tokenizer, hidden_size=32, n_layers=2, n_heads=4, seed=seed)
+    use_mask_positions(model)
+    return model
+
+
+def _batch(tokenizer, seed, lengths_seed=None) -> MemberBatch:
+    """A fixed GRPO batch: prompts of 3-7 tokens, completions of 1-9 with some environment tokens, rewards with
+    ties (a group whose rewards are all equal has std 0)."""
+    rng = np.random.default_rng(seed)
+    lrng = np.random.default_rng(seed if lengths_seed is None else lengths_seed)
+    vocab = len(tokenizer)
+    prompts, completions, env_masks, rewards = [], [], [], []
+    for g in range(GROUPS):
+        prompt = rng.integers(3, vocab, lrng.integers(3, 8)).tolist()
+        for _ in range(GENERATIONS):
+            n = int(lrng.integers(1, 10))
+            completions.append(rng.integers(3, vocab, n).tolist() + [tokenizer.eos_token_id])
+            mask = [1] * (n + 1)
+            if n > 3:
+                mask[1:3] = [0, 0]  # tokens the environment inserted: no loss
+            env_masks.append(mask)
+            prompts.append(prompt)
+        group_rewards = rng.choice([0.0, 0.25, 0.5, 1.0], GENERATIONS) if g == 0 else np.full(GENERATIONS, 0.5)
+        rewards += group_rewards.tolist()
+    return MemberBatch(prompt_ids=prompts, completion_ids=completions, rewards=rewards, env_mask=env_masks)
+
+
+def _args(tmp_path, loss_type="dapo", scale_rewards="group", max_grad_norm=1.0):
+    from trl import GRPOConfig
+
+    return GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=GROUPS * GENERATIONS,
+                      gradient_accumulation_steps=1, num_generations=GENERATIONS, max_steps=STEPS,
+                      learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                      beta=0.0, temperature=0.7, max_completion_length=16, use_cpu=True, bf16=False, fp16=False,
+                      save_strategy="no", report_to="none", logging_steps=10 ** 9, disable_tqdm=True, seed=0,
+                      loss_type=loss_type, scale_rewards=scale_rewards, max_grad_norm=max_grad_norm,
+                      log_completions=False)
+
+
+def _trl_alone(model, tokenizer, batch: MemberBatch, args):
+    """TRL's GRPOTrainer on ``model`` with ``batch`` every step: (clipped gradients, parameters after) per step."""
+    import warnings
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    def rollout_func(prompts, trainer):
+        return {"prompt_ids": batch.prompt_ids, "completion_ids": batch.completion_ids,
+                "logprobs": [[0.0] * len(c) for c in batch.completion_ids], "env_mask": batch.env_mask}
+
+    def reward(completions, **_):
+        return list(batch.rewards)
+
+    record = {"grads": [], "params": []}
+
+    class Capture(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            record["grads"].append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            record["params"].append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    dataset = Dataset.from_dict({"prompt": ["placeholder"] * 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                              processing_class=tokenizer, rollout_func=rollout_func, callbacks=[Capture()])
+        trainer.train()
+    return record
+
+
+def _rel(a: dict, b: dict) -> float:
+    """||a - b|| / ||b|| over all parameters."""
+    num = sum(float((a[n] - b[n]).double().pow(2).sum()) for n in b)
+    den = sum(float(b[n].double().pow(2).sum()) for n in b)
+    return (num / den) ** 0.5
+
+
+def _population_steps(models, batches, args, tokenizer, restart_from=None):
+    """Per step and member: parameters before the step, raw and clipped gradients, parameters after, and the
+    gradient norms (K,) per step.
+
+    ``restart_from[i][s]``: parameters member i is set to after step s (its optimizer state kept), so that every
+    step starts from TRL's weights and rounding differences do not compound over steps.
+    """
+    stacked = StackedLlama(models)
+    grpo = PopulationGRPO(stacked, args, tokenizer)
+    out = {"start": [], "raw": [], "grads": [], "params": [], "norms": []}
+    members = lambda tensors: [{n: t[k].detach().clone() for n, t in tensors.items()}  # noqa: E731
+                               for k in range(stacked.k)]
+    for s in range(STEPS):
+        out["start"].append(members(stacked.params))
+        grpo.backward(batches)
+        out["raw"].append(members({n: p.grad for n, p in stacked.params.items()}))
+        out["norms"].append(grpo.clip_gradients())
+        out["grads"].append(members({n: p.grad for n, p in stacked.params.items()}))
+        grpo.optimizer.step()
+        grpo.scheduler.step()
+        grpo.optimizer.zero_grad(set_to_none=True)
+        out["params"].append(members(stacked.params))
+        if restart_from is not None:
+            with torch.no_grad():
+                for name, p in stacked.params.items():
+                    for k in range(stacked.k):
+                        p[k].copy_(restart_from[k][s][name])
+    return out
+
+
+def _solo_optimizer_steps(init_model, record, i, args):
+    """Member i's steps redone alone with torch's AdamW and clip_grad_norm_ (as transformers' Trainer applies
+    them to one model), fed the population's own raw gradients from the population's own weights: the
+    parameters after each step."""
+    model = copy.deepcopy(init_model)
+    params = dict(model.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                            eps=args.adam_epsilon, weight_decay=args.weight_decay, fused=True)
+    after = []
+    for s in range(STEPS):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(record["start"][s][i][n])
+                p.grad = record["raw"][s][i][n].clone()
+        torch.nn.utils.clip_grad_norm_(params.values(), args.max_grad_norm)
+        opt.step()
+        after.append({n: p.detach().clone() for n, p in params.items()})
+    return after
+
+
+@pytest.mark.parametrize("k, loss_type, scale_rewards, max_grad_norm", [
+    (1, "dapo", "group", 1.0), (8, "dapo", "group", 1.0), (2, "grpo", "batch", 1.0), (2, "dr_grpo", "none", 0.01)])
+def test_each_member_steps_as_trl_alone(tmp_path, tokenizer, k, loss_type, scale_rewards, max_grad_norm):
+    """Gradient: the population's = TRL's, from the same weights. Optimizer step: the population's = AdamW and
+    clip_grad_norm_ applied to that member alone. End to end (TRL's gradient and step against the population's)
+    the first AdamW step maps the gradients' float rounding (~2e-7) at elements with |g| near AdamW's eps (1e-8)
+    into ~1e-5 of the update; TRL against itself with the batch shuffled otherwise shows ~2e-6."""
+    args = _args(tmp_path, loss_type, scale_rewards, max_grad_norm)
+    inits = [_member_model(tokenizer, seed=10 + i) for i in range(k)]
+    batches = [_batch(tokenizer, seed=100 + i) for i in range(k)]
+    refs = [_trl_alone(copy.deepcopy(m), tokenizer, b, args) for m, b in zip(inits, batches)]
+    assert all(len(r["grads"]) == STEPS for r in refs)
+    pop = _population_steps([copy.deepcopy(m) for m in inits], batches, args, tokenizer,
+                            restart_from=[r["params"] for r in refs])
+    worst = {"gradient": 0.0, "optimizer step": 0.0, "end-to-end step": 0.0}
+    clipped = 0
+    for i in range(k):
+        solo = _solo_optimizer_steps(inits[i], pop, i, args)
+        for s in range(STEPS):
+            start = pop["start"][s][i]
+            step = lambda after: {n: after[n] - start[n] for n in start}  # noqa: E731
+            worst["gradient"] = max(worst["gradient"], _rel(pop["grads"][s][i], refs[i]["grads"][s]))
+            worst["optimizer step"] = max(worst["optimizer step"], _rel(step(pop["params"][s][i]), step(solo[s])))
+            worst["end-to-end step"] = max(worst["end-to-end step"],
+                                           _rel(step(pop["params"][s][i]), step(refs[i]["params"][s])))
+            clipped += int(float(pop["norms"][s][i]) > args.max_grad_norm)
+    print(f"K={k} {loss_type}/{scale_rewards}: worst relative error "
+          + ", ".join(f"{name} {v:.1e}" for name, v in worst.items()) + f"; {clipped} of {k * STEPS} clipped")
+    assert worst["gradient"] <= 1e-5 and worst["optimizer step"] <= 1e-5
+    assert worst["end-to-end step"] <= 1e-4
+    assert clipped > 0  # per-member clipping was exercised
+
+
+def test_changing_one_members_data_leaves_the_others_unchanged(tmp_path, tokenizer):
+    args = _args(tmp_path)
+    inits = [_member_model(tokenizer, seed=20 + i) for i in range(3)]
+    batches = [_batch(tokenizer, seed=200 + i) for i in range(3)]
+    other = list(batches)
+    other[2] = _batch(tokenizer, seed=999, lengths_seed=7)  # new tokens, rewards and lengths for member 2
+    assert max(map(len, other[2].completion_ids)) != max(map(len, batches[2].completion_ids)) or \
+        max(map(len, other[2].prompt_ids)) != max(map(len, batches[2].prompt_ids))
+    one = _population_steps([copy.deepcopy(m) for m in inits], batches, args, tokenizer)
+    two = _population_steps([copy.deepcopy(m) for m in inits], other, args, tokenizer)
+    g1, p1, g2, p2 = one["grads"], one["params"], two["grads"], two["params"]
+    worst = 0.0
+    for s in range(STEPS):
+        for i in (0, 1):
+            for n in g1[s][i]:
+                scale = max(float(g1[s][i][n].abs().max()), 1e-30)
+                worst = max(worst, float((g1[s][i][n] - g2[s][i][n]).abs().max()) / scale)
+                step = p1[s][i][n] - (p1[s - 1][i][n] if s else inits[i].state_dict()[n])
+                worst = max(worst, float((p1[s][i][n] - p2[s][i][n]).abs().max()) / max(float(step.abs().max()), 1e-30))
+    changed = max(float((g1[0][2][n] - g2[0][2][n]).abs().max()) for n in g1[0][2])
+    print(f"members 0, 1: largest relative change {worst:.1e} when member 2's data changed "
+          f"(member 2's own gradient moved by {changed:.1e})")
+    assert changed > 1e-4  # the change is real
+    assert worst <= 1e-7
+
+
+def test_member_models_are_views_of_the_stacked_weights(tmp_path, tokenizer):
+    models = [_member_model(tokenizer, seed=30 + i) for i in range(2)]
+    stacked = StackedLlama(models)
+    grpo = PopulationGRPO(stacked, _args(tmp_path), tokenizer)
+    member = stacked.member(1)
+    assert member.lm_head.weight is member.model.embed_tokens.weight  # the tie survives
+    grpo.step([_batch(tokenizer, 1), _batch(tokenizer, 2)])
+    for name, p in member.named_parameters():
+        assert torch.equal(p, stacked.params[name][1])
+    assert not torch.equal(stacked.params["model.norm.weight"][1], models[1].model.norm.weight)  # it moved
+
+
+def test_group_advantages_match_trl_formula():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2])
+    a = group_advantages(r, 4, "group")
+    first = (r[:4] - r[:4].mean()) / (r[:4].std() + 1e-4)
+    assert torch.allclose(a[:4], first) and torch.equal(a[4:], torch.zeros(4))
+    assert torch.allclose(group_advantages(r, 4, "none")[:4], r[:4] - r[:4].mean())
+    assert torch.allclose(group_advantages(r, 4, "batch")[:4], first * (r[:4].std() + 1e-4) / (r.std() + 1e-4))
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(r, 4, "global")
+
+
+def test_refuses_what_would_couple_members(tmp_path, tokenizer):
+    stacked = StackedLlama([_member_model(tokenizer, seed=1)])
+    with pytest.raises(ValueError, match="element-wise"):
+        PopulationGRPO(stacked, types.SimpleNamespace(**{**vars(_args(tmp_path)), "optim": "adafactor"}), tokenizer)
+    with pytest.raises(ValueError, match="another architecture"):
+        StackedLlama([_member_model(tokenizer, seed=1), build_model(tokenizer, hidden_size=16, n_layers=2,
+                                                                     n_heads=4)])
