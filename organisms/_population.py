@@ -45,7 +45,13 @@ members share because they step in lockstep.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -292,3 +298,274 @@ class PopulationGRPO:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+
+# ---- whole runs: one run directory per member ----------------------------------------------------------------------
+#: GRPOConfig fields that may differ between members (everything else is one population's shared settings)
+_PER_MEMBER_ARGS = ("output_dir", "seed", "data_seed", "run_name", "logging_dir")
+
+
+def _shared_args(configs, run_dirs, device, families):
+    """The members' GRPOConfigs (``organisms._train._grpo_args``); they must agree except seeds and paths."""
+    from ._train import _grpo_args
+
+    args = [_grpo_args(c, Path(d), device, f) for c, d, f in zip(configs, run_dirs, families)]
+    first = {k: v for k, v in args[0].to_dict().items() if k not in _PER_MEMBER_ARGS}
+    for i, a in enumerate(args[1:], start=1):
+        other = {k: v for k, v in a.to_dict().items() if k not in _PER_MEMBER_ARGS}
+        differ = sorted(k for k in first if first[k] != other.get(k))
+        if differ:
+            raise ValueError(f"population member {i} ({run_dirs[i]}) differs from member 0 in GRPO settings {differ}; "
+                             "members of one population share the step budget, batch shape, loss and optimizer")
+    return args[0]
+
+
+class _Member:
+    """One member's run: its config, family, classifier, writer, recorder, model view and run directory."""
+
+    def __init__(self, index, config, run_dir, family, classifier, compared, writer, recorder, tokenizer):
+        self.index, self.config, self.run_dir, self.family = index, config, run_dir, family
+        self.classifier, self.compared, self.writer, self.recorder = classifier, compared, writer, recorder
+        self.tokenizer = tokenizer
+        self.model = None
+        self.rollout_func = None
+        self.error: str | None = None
+        self.eval_seconds = 0.0
+        self.last_eval: dict = {}
+        self.batch: MemberBatch | None = None
+
+    def evaluate(self, step: int) -> None:
+        from ._train import evaluate
+
+        t0 = time.perf_counter()
+        self.last_eval = evaluate(self.model, self.tokenizer, self.config, self.family, self.classifier, step,
+                                  self.writer)
+        self.eval_seconds += time.perf_counter() - t0
+
+    def rollouts(self, step: int) -> MemberBatch:
+        """The member's GRPO batch of ``step``, sampled, rewarded and logged as a solo run's rollout_func and
+        reward function do it (same seeds, same rows given the same weights)."""
+        from ._rollout import decode
+
+        n = self.config.groups_per_step * self.config.num_generations
+        stub = SimpleNamespace(state=SimpleNamespace(global_step=step), model=self.model,
+                               accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+        out = self.rollout_func([None] * n, stub)
+        completions = decode(self.tokenizer, out["completion_ids"])
+        rewards = self.recorder(None, completions, out["env_id"], out["group_id"], out["prompt_text"],
+                                trainer_state=SimpleNamespace(global_step=step),
+                                **{name: out[name] for name in self.family.columns})
+        return MemberBatch(out["prompt_ids"], out["completion_ids"], [float(r) for r in rewards], out["env_mask"])
+
+
+def _idle_batch(batch: MemberBatch) -> MemberBatch:
+    """A failed member's stand-in batch: another member's shape, equal rewards (advantages 0, gradient 0)."""
+    return MemberBatch(batch.prompt_ids, batch.completion_ids, [0.0] * len(batch.rewards), batch.env_mask)
+
+
+def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = False, population_id: str | None = None,
+                     log=print) -> list[Path]:
+    """Train K organisms in lockstep, one run directory each (the population trainer; module docstring).
+
+    Parameters
+    ----------
+    configs : sequence of OrganismConfig, length K
+        The members' configs. They may differ in everything a member owns (seed, p0, a0, b0, N, held-out envs,
+        the family's settings) but must share the model architecture (the vocabulary too: e.g. a fixed
+        ``family_size``), the device and every GRPO setting (``max_steps``, ``groups_per_step``,
+        ``num_generations``, learning rate, loss, optimizer, temperature). Saved with ``trainer = "population"``.
+    run_dirs : sequence of paths, length K
+        One new (absent or empty) run directory per member, written under the log contract (docs/rollouts.md)
+        exactly as :func:`organisms.train` writes a run, plus the manifest record ``organisms.trainer``
+        ``{"name": "population", "population": id, "size": K, "member": k, "members": [run ids]}``.
+    resume : bool
+        Not implemented for populations yet (raises ``NotImplementedError``): rerun the population.
+    population_id : str, optional
+        Name of the population (default ``population-<date>-<time>-<hex>``).
+    log : callable
+        One-line progress messages (default ``print``); the progress bar (when any member's ``progress`` is on)
+        counts member-steps, K per optimizer step.
+
+    Returns
+    -------
+    list of Path
+        The members' run directories, in order.
+
+    Raises
+    ------
+    ValueError
+        Unequal lengths, a repeated run directory, members that cannot share a population (naming the member and
+        the fields), or a config the population trainer does not implement.
+    FileExistsError
+        A run directory that is not empty.
+    RunInUse
+        Another process trains one of the run directories.
+    RuntimeError
+        Every member failed (each member that fails is marked ``failed`` in its manifest, with its error, and the
+        others train on).
+    """
+    from ._lock import run_lock
+
+    if resume:
+        raise NotImplementedError("resuming a population is not implemented yet; rerun it (train_population with "
+                                  "new run directories)")
+    configs = [c.replace(trainer="population") for c in configs]
+    run_dirs = [Path(d) for d in run_dirs]
+    if len(configs) != len(run_dirs) or not configs:
+        raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run directories; give one run directory per "
+                         "member (at least one)")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ValueError("two members share a run directory; each member writes its own")
+    for d in run_dirs:
+        if d.exists() and (not d.is_dir() or any(p.name != ".train.lock" for p in d.iterdir())):
+            raise FileExistsError(f"{d} is not an empty directory; population members start new runs")
+    if len({c.device for c in configs}) > 1 or len({c.num_threads for c in configs}) > 1:
+        raise ValueError("members of one population share 'device' and 'num_threads'")
+    created = [not d.exists() for d in run_dirs]
+    try:
+        with contextlib.ExitStack() as stack:
+            for d in run_dirs:
+                d.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_lock(d))
+            from ._train import _quiet_libraries
+
+            stack.enter_context(_quiet_libraries())
+            return _train_population(configs, run_dirs, population_id, log)
+    finally:
+        for d, new in zip(run_dirs, created):
+            if new and d.exists() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
+    from physrl.contract import now, read_rollouts, rows_on_disk, update_manifest, write_manifest
+
+    from ._classify import classifier_accuracy
+    from ._model import n_parameters, pick_device
+    from ._train import (RolloutRecorder, RolloutWriter, _labelling_and_compared, _prepare_model, check_setup,
+                         make_rollout_func, new_manifest, new_run_id)
+
+    cpu0, wall0 = time.process_time(), time.time()
+    if configs[0].num_threads:
+        torch.set_num_threads(configs[0].num_threads)
+    device = pick_device(configs[0].device)
+    k_members = len(configs)
+    population_id = population_id or f"population-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    families = [check_setup(c) for c in configs]
+    args = _shared_args(configs, run_dirs, device, families)
+    run_ids = [new_run_id() for _ in configs]
+    members: list[_Member] = []
+    for k, (config, run_dir, family) in enumerate(zip(configs, run_dirs, families)):
+        classifier, compared = _labelling_and_compared(config, run_dir)
+        writer = RolloutWriter(run_dir, run_ids[k], family)
+        record = {"name": "population", "population": population_id, "size": k_members, "member": k,
+                  "members": run_ids}
+        write_manifest(run_dir, new_manifest(config, family, classifier, device, run_ids[k], trainer=record))
+        members.append(_Member(k, config, run_dir, family, classifier, compared, writer,
+                               RolloutRecorder(writer, classifier, family), None))
+    try:
+        models = []
+        for m in members:
+            log(f"member {m.index} ({m.run_dir}):")
+            model, tokenizer, stage1, tokenizer_record = _prepare_model(m.config, m.family, m.run_dir, device, log)
+            m.tokenizer = tokenizer
+            mc = model.config
+            update_manifest(m.run_dir, organisms={"stage1": stage1, **({"tokenizer": tokenizer_record}
+                                                                       if tokenizer_record else {})},
+                            model={"architecture": type(model).__name__, "n_parameters": n_parameters(model),
+                                   "model_type": getattr(mc, "model_type", None),
+                                   "hidden_size": getattr(mc, "hidden_size", None),
+                                   "n_layers": getattr(mc, "num_hidden_layers", None),
+                                   "vocab_size": getattr(mc, "vocab_size", None),
+                                   "source": m.config.model_dir or "built-in"})
+            models.append(model)
+        if len({m.tokenizer.pad_token_id for m in members}) > 1:
+            raise ValueError("population members' tokenizers differ in their pad token; members share a vocabulary")
+        stacked = StackedLlama(models)
+        del models
+        grpo = PopulationGRPO(stacked, args, members[0].tokenizer)
+        for m in members:
+            m.model = stacked.member(m.index)
+            m.rollout_func = make_rollout_func(m.config, m.family, m.tokenizer)
+    except BaseException as exc:
+        for m in members:
+            update_manifest(m.run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+
+    def fail(m: _Member, exc: BaseException) -> None:
+        m.error = f"{type(exc).__name__}: {exc}"
+        update_manifest(m.run_dir, status="failed", finished=now(), error=m.error)
+        log(f"member {m.index} ({m.run_dir}) failed: {m.error}; the others train on")
+
+    def alive():
+        return [m for m in members if m.error is None]
+
+    max_steps = args.max_steps
+    bar = None
+    if any(c.progress for c in configs):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=k_members * max_steps, desc=f"population of {k_members}", unit="member-step")
+    t_grpo = time.time()
+    try:
+        for m in members:
+            try:
+                m.evaluate(0)
+            except Exception as exc:  # noqa: BLE001 - a member fails alone
+                fail(m, exc)
+        for step in range(max_steps):
+            if not alive():
+                break
+            for m in alive():
+                try:
+                    m.batch = m.rollouts(step)
+                except Exception as exc:  # noqa: BLE001
+                    fail(m, exc)
+            if not alive():
+                break
+            template = alive()[0].batch
+            grpo.step([m.batch if m.error is None else _idle_batch(template) for m in members])
+            done = step + 1
+            for m in alive():
+                try:
+                    if done % m.config.eval_every == 0 or done == max_steps:
+                        m.evaluate(done)
+                    if done % m.config.checkpoint_every == 0 or done == max_steps:
+                        m.writer.flush()
+                except Exception as exc:  # noqa: BLE001
+                    fail(m, exc)
+            if bar is not None:
+                bar.update(k_members)
+                live = alive()
+                bar.set_postfix(rs=f"{np.nanmean([m.recorder.last.get('rs_share', np.nan) for m in live]):.2f}"
+                                if live else "-", failed=len(members) - len(live))
+    except BaseException as exc:
+        for m in alive():
+            update_manifest(m.run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    grpo_seconds = time.time() - t_grpo
+    cpu = time.process_time() - cpu0
+    for m in alive():
+        try:
+            m.writer.flush()
+            tmp = m.run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
+            m.model.save_pretrained(tmp)
+            m.tokenizer.save_pretrained(tmp)
+            os.replace(tmp, m.run_dir / "model_final")
+            accuracy = classifier_accuracy(read_rollouts(m.run_dir), m.compared, m.config.classifier)
+            update_manifest(m.run_dir, status="finished", finished=now(), rows_written=rows_on_disk(m.run_dir),
+                            organisms={"grpo_seconds": round(grpo_seconds, 2), "eval_seconds": round(m.eval_seconds, 2),
+                                       "cpu_seconds": round(cpu / k_members, 2),
+                                       "population_seconds": {"wall": round(time.time() - wall0, 2),
+                                                              "cpu": round(cpu, 2)},
+                                       "classifier_accuracy": accuracy})
+        except Exception as exc:  # noqa: BLE001
+            fail(m, exc)
+    failed = [m for m in members if m.error is not None]
+    if failed and len(failed) == len(members):
+        raise RuntimeError(f"every member of {population_id} failed: " +
+                           "; ".join(f"{m.run_dir}: {m.error}" for m in failed))
+    return list(run_dirs)

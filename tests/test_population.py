@@ -246,3 +246,50 @@ def test_refuses_what_would_couple_members(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="another architecture"):
         StackedLlama([_member_model(tokenizer, seed=1), build_model(tokenizer, hidden_size=16, n_layers=2,
                                                                      n_heads=4)])
+
+
+# ---- whole runs ---------------------------------------------------------------------------------------------------
+RUN = dict(n_envs=2, family_size=3, pretrain_steps=30, max_steps=4, eval_every=2, checkpoint_every=2,
+           groups_per_step=2, num_generations=4, eval_prompts_per_env=1, progress=False, hidden_size=32)
+
+
+def test_population_members_write_runs_whose_step0_rows_equal_solo_runs(tmp_path):
+    """Before the first update a member's rollouts are a solo run's, row for row (same stage-1 model, same seeds):
+    the step-0 eval pass and the first train batch. Each member's run is a contract run with its manifest naming
+    the trainer and the population; a member differs from its solo run only by float rounding after that."""
+    from physrl.contract import load_runs, read_manifest, read_rollouts
+    from physrl.organisms import train, train_population
+
+    configs = [OrganismConfig(seed=0, **RUN), OrganismConfig(seed=1, **{**RUN, "n_envs": 3})]
+    runs = tmp_path / "runs"
+    solo = [train(c, runs / f"solo{i}", log=lambda *_: None) for i, c in enumerate(configs)]
+    members = train_population(configs, [runs / "m0", runs / "m1"], log=lambda *_: None)
+    ids = [read_manifest(d).run_id for d in members]
+    for i, (s, m) in enumerate(zip(solo, members)):
+        manifest = read_manifest(m)
+        assert manifest.status == "finished"
+        assert manifest.organisms["trainer"] == {"name": "population", "population": manifest.organisms["trainer"][
+            "population"], "size": 2, "member": i, "members": ids}
+        assert manifest.organisms["config"]["trainer"] == "population"
+        assert manifest.organisms["stage1"]["cache"] == "hit"  # the solo run's stage-1 model
+        a, b = read_rollouts(s), read_rollouts(m)
+        assert len(a) == len(b) and sorted(a.step.unique()) == sorted(b.step.unique())
+        cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
+        first = lambda df: df[df.step == 0][cols].reset_index(drop=True)  # noqa: E731
+        assert first(a).equals(first(b)), f"member {i}: step-0 rows differ from the solo run's"
+        assert (a.phase == "eval").sum() == (b.phase == "eval").sum()
+    assert [r.run_id for r in load_runs(members)] == ids
+
+
+def test_population_refuses_members_that_cannot_share(tmp_path):
+    from physrl.organisms import train_population
+
+    with pytest.raises(ValueError, match="GRPO settings.*max_steps"):
+        train_population([OrganismConfig(**RUN), OrganismConfig(**{**RUN, "max_steps": 5})],
+                         [tmp_path / "a", tmp_path / "b"], log=lambda *_: None)
+    with pytest.raises(ValueError, match="share a run directory"):
+        train_population([OrganismConfig(**RUN)] * 2, [tmp_path / "a", tmp_path / "a"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(FileExistsError):
+        train_population([OrganismConfig(**RUN)], [tmp_path / "full"])
