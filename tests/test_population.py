@@ -293,3 +293,32 @@ def test_population_refuses_members_that_cannot_share(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(FileExistsError):
         train_population([OrganismConfig(**RUN)], [tmp_path / "full"])
+
+
+def test_a_member_that_fails_fails_alone(tmp_path, monkeypatch):
+    from physrl.contract import read_manifest, read_rollouts
+    from physrl.organisms import _population, train_population
+
+    real = _population._Member.rollouts
+
+    def rollouts(self, step):
+        if self.index == 1 and step == 1:
+            raise RuntimeError("environment crashed")
+        return real(self, step)
+
+    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    configs = [OrganismConfig(seed=0, **RUN)] * 3  # one stage-1 model (cache hits)
+    dirs = train_population(configs, [tmp_path / f"m{i}" for i in range(3)], log=lambda *_: None)
+    status = [read_manifest(d).status for d in dirs]
+    assert status == ["finished", "failed", "finished"]
+    assert read_manifest(dirs[1]).error == "RuntimeError: environment crashed"
+    assert sorted(read_rollouts(dirs[0]).step.unique()) == [0, 1, 2, 3, 4]
+
+
+def test_trainer_field_routes_train_to_a_population_of_one(tmp_path):
+    from physrl.organisms import train
+
+    with pytest.raises(ValueError, match="'trainer'"):
+        OrganismConfig(trainer="jax")
+    with pytest.raises(NotImplementedError, match="resuming a population"):
+        train(OrganismConfig(trainer="population", **RUN), tmp_path / "r", resume=True)
