@@ -46,7 +46,9 @@ members share because they step in lockstep.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -379,7 +381,12 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
         exactly as :func:`organisms.train` writes a run, plus the manifest record ``organisms.trainer``
         ``{"name": "population", "population": id, "size": K, "member": k, "members": [run ids]}``.
     resume : bool
-        Not implemented for populations yet (raises ``NotImplementedError``): rerun the population.
+        Continue the population in ``run_dirs`` (all K members, in their order) from the newest step at which
+        every member has a complete checkpoint (``RUN/checkpoints/checkpoint-<step>``: the member's weights,
+        its slice of the optimizer state, the schedule, written aside and renamed into place; a kill at any
+        moment leaves the previous one whole). Rows past it are dropped and sampled again, so the resumed
+        members log the rows of an uninterrupted population. ``configs`` must equal the saved ones except
+        ``progress``, ``report_to``, ``judge_cache``, ``compare_classifiers`` and ``stage1_cache``.
     population_id : str, optional
         Name of the population (default ``population-<date>-<time>-<hex>``).
     log : callable
@@ -397,7 +404,12 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
         Unequal lengths, a repeated run directory, members that cannot share a population (naming the member and
         the fields), or a config the population trainer does not implement.
     FileExistsError
-        A run directory that is not empty.
+        A run directory that is not empty (without ``resume``).
+    FileNotFoundError
+        ``resume`` and a run directory without a manifest.
+    ResumeMismatch
+        ``resume`` with configs that differ from the saved ones, or run directories that are not the members of
+        one population in order.
     RunInUse
         Another process trains one of the run directories.
     RuntimeError
@@ -406,9 +418,6 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
     """
     from ._lock import run_lock
 
-    if resume:
-        raise NotImplementedError("resuming a population is not implemented yet; rerun it (train_population with "
-                                  "new run directories)")
     configs = [c.replace(trainer="population") for c in configs]
     run_dirs = [Path(d) for d in run_dirs]
     if len(configs) != len(run_dirs) or not configs:
@@ -417,8 +426,10 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
     if len({d.resolve() for d in run_dirs}) != len(run_dirs):
         raise ValueError("two members share a run directory; each member writes its own")
     for d in run_dirs:
-        if d.exists() and (not d.is_dir() or any(p.name != ".train.lock" for p in d.iterdir())):
-            raise FileExistsError(f"{d} is not an empty directory; population members start new runs")
+        if resume and not (d / "manifest.json").is_file():
+            raise FileNotFoundError(f"resume: {d} holds no run (no manifest.json)")
+        if not resume and d.exists() and (not d.is_dir() or any(p.name != ".train.lock" for p in d.iterdir())):
+            raise FileExistsError(f"{d} is not an empty directory; pass resume=True to continue its population")
     if len({c.device for c in configs}) > 1 or len({c.num_threads for c in configs}) > 1:
         raise ValueError("members of one population share 'device' and 'num_threads'")
     created = [not d.exists() for d in run_dirs]
@@ -430,18 +441,18 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
             from ._train import _quiet_libraries
 
             stack.enter_context(_quiet_libraries())
-            return _train_population(configs, run_dirs, population_id, log)
+            return _train_population(configs, run_dirs, population_id, log, resume)
     finally:
         for d, new in zip(run_dirs, created):
             if new and d.exists() and not any(d.iterdir()):
                 d.rmdir()
 
 
-def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
-    from physrl.contract import now, read_rollouts, rows_on_disk, update_manifest, write_manifest
+def _train_population(configs, run_dirs, population_id, log, resume: bool = False) -> list[Path]:
+    from physrl.contract import now, read_manifest, read_rollouts, rows_on_disk, update_manifest, write_manifest
 
     from ._classify import classifier_accuracy
-    from ._model import n_parameters, pick_device
+    from ._model import load_model, n_parameters, pick_device, use_mask_positions
     from ._train import (RolloutRecorder, RolloutWriter, _labelling_and_compared, _prepare_model, check_setup,
                          make_rollout_func, new_manifest, new_run_id)
 
@@ -453,22 +464,44 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
     population_id = population_id or f"population-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     families = [check_setup(c) for c in configs]
     args = _shared_args(configs, run_dirs, device, families)
-    run_ids = [new_run_id() for _ in configs]
     members: list[_Member] = []
+    if resume:
+        run_ids, population_id = _check_resume(configs, run_dirs)
+        if all(read_manifest(d).status == "finished" for d in run_dirs):
+            log(f"{population_id} already finished its {configs[0].max_steps} steps; nothing to resume")
+            return list(run_dirs)
+    else:
+        run_ids = [new_run_id() for _ in configs]
     for k, (config, run_dir, family) in enumerate(zip(configs, run_dirs, families)):
         classifier, compared = _labelling_and_compared(config, run_dir)
         writer = RolloutWriter(run_dir, run_ids[k], family)
-        record = {"name": "population", "population": population_id, "size": k_members, "member": k,
-                  "members": run_ids}
-        write_manifest(run_dir, new_manifest(config, family, classifier, device, run_ids[k], trainer=record))
+        if not resume:
+            record = {"name": "population", "population": population_id, "size": k_members, "member": k,
+                      "members": run_ids}
+            write_manifest(run_dir, new_manifest(config, family, classifier, device, run_ids[k], trainer=record))
         members.append(_Member(k, config, run_dir, family, classifier, compared, writer,
                                RolloutRecorder(writer, classifier, family), None))
+    start, checkpoints = 0, [None] * k_members
+    if resume:
+        start, checkpoints = _common_checkpoint(run_dirs, log)
+        for m in members:
+            dropped = m.writer.truncate(start if checkpoints[0] is not None else -1)
+            for tmp in m.run_dir.glob(".*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            before = read_manifest(m.run_dir).organisms or {}
+            update_manifest(m.run_dir, status="running", error=None,
+                            organisms={"resumed": before.get("resumed", 0) + 1})
+            log(f"resume member {m.index} ({m.run_dir}) from step {start}; dropped {dropped} rows past it")
     try:
         models = []
         for m in members:
             log(f"member {m.index} ({m.run_dir}):")
             model, tokenizer, stage1, tokenizer_record = _prepare_model(m.config, m.family, m.run_dir, device, log)
             m.tokenizer = tokenizer
+            if checkpoints[m.index] is not None:  # the member's weights at the common checkpoint
+                model, _ = load_model(checkpoints[m.index], device)
+                use_mask_positions(model)
+                stage1 = (read_manifest(m.run_dir).organisms or {}).get("stage1")
             mc = model.config
             update_manifest(m.run_dir, organisms={"stage1": stage1, **({"tokenizer": tokenizer_record}
                                                                        if tokenizer_record else {})},
@@ -484,6 +517,8 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
         stacked = StackedLlama(models)
         del models
         grpo = PopulationGRPO(stacked, args, members[0].tokenizer)
+        if checkpoints[0] is not None:
+            _load_optimizer(grpo, checkpoints)
         for m in members:
             m.model = stacked.member(m.index)
             m.rollout_func = make_rollout_func(m.config, m.family, m.tokenizer)
@@ -507,13 +542,15 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
 
         bar = tqdm(total=k_members * max_steps, desc=f"population of {k_members}", unit="member-step")
     t_grpo = time.time()
+    if bar is not None:
+        bar.update(k_members * start)
     try:
-        for m in members:
+        for m in members if start == 0 else []:
             try:
                 m.evaluate(0)
             except Exception as exc:  # noqa: BLE001 - a member fails alone
                 fail(m, exc)
-        for step in range(max_steps):
+        for step in range(start, max_steps):
             if not alive():
                 break
             for m in alive():
@@ -530,10 +567,15 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
                 try:
                     if done % m.config.eval_every == 0 or done == max_steps:
                         m.evaluate(done)
-                    if done % m.config.checkpoint_every == 0 or done == max_steps:
-                        m.writer.flush()
                 except Exception as exc:  # noqa: BLE001
                     fail(m, exc)
+            if done % args.save_steps == 0 or done == max_steps:
+                for m in alive():
+                    try:
+                        m.writer.flush()  # rows up to the checkpoint, then the checkpoint: never ahead of it
+                        _save_checkpoint(grpo, m, done)
+                    except Exception as exc:  # noqa: BLE001
+                        fail(m, exc)
             if bar is not None:
                 bar.update(k_members)
                 live = alive()
@@ -554,11 +596,15 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
             tmp = m.run_dir / f".model_final.{uuid.uuid4().hex}.tmp"
             m.model.save_pretrained(tmp)
             m.tokenizer.save_pretrained(tmp)
+            if (m.run_dir / "model_final").exists():  # from a segment killed after it was written
+                shutil.rmtree(m.run_dir / "model_final")
             os.replace(tmp, m.run_dir / "model_final")
             accuracy = classifier_accuracy(read_rollouts(m.run_dir), m.compared, m.config.classifier)
+            before = read_manifest(m.run_dir).organisms or {}
             update_manifest(m.run_dir, status="finished", finished=now(), rows_written=rows_on_disk(m.run_dir),
-                            organisms={"grpo_seconds": round(grpo_seconds, 2), "eval_seconds": round(m.eval_seconds, 2),
-                                       "cpu_seconds": round(cpu / k_members, 2),
+                            organisms={"grpo_seconds": round(before.get("grpo_seconds", 0.0) + grpo_seconds, 2),
+                                       "eval_seconds": round(before.get("eval_seconds", 0.0) + m.eval_seconds, 2),
+                                       "cpu_seconds": round(before.get("cpu_seconds", 0.0) + cpu / k_members, 2),
                                        "population_seconds": {"wall": round(time.time() - wall0, 2),
                                                               "cpu": round(cpu, 2)},
                                        "classifier_accuracy": accuracy})
@@ -569,3 +615,95 @@ def _train_population(configs, run_dirs, population_id, log) -> list[Path]:
         raise RuntimeError(f"every member of {population_id} failed: " +
                            "; ".join(f"{m.run_dir}: {m.error}" for m in failed))
     return list(run_dirs)
+
+
+# ---- checkpoints: one per member, at the same steps ----------------------------------------------------------------
+def _member_optimizer_state(grpo: PopulationGRPO, k: int) -> dict:
+    """Member k's slice of the optimizer state, keyed by parameter name (tensors of the stacked shape sliced)."""
+    out = {}
+    for name, p in grpo.stacked.params.items():
+        state = grpo.optimizer.state.get(p, {})
+        out[name] = {key: (v[k].clone() if torch.is_tensor(v) and v.shape == p.shape else v)
+                     for key, v in state.items()}
+    return out
+
+
+def _save_checkpoint(grpo: PopulationGRPO, m: _Member, step: int) -> None:
+    """``RUN/checkpoints/checkpoint-<step>``: the files :func:`organisms._checkpoints.problem` checks, written into
+    ``checkpoints/.incoming`` and renamed into place (:func:`organisms._checkpoints.publish`)."""
+    from ._checkpoints import INCOMING, publish
+
+    staged = m.run_dir / "checkpoints" / INCOMING / f"checkpoint-{step}"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    m.model.save_pretrained(staged)
+    m.tokenizer.save_pretrained(staged)
+    torch.save({"state": _member_optimizer_state(grpo, m.index)}, staged / "optimizer.pt")
+    torch.save(grpo.scheduler.state_dict(), staged / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state()}, staged / "rng_state.pth")
+    (staged / "trainer_state.json").write_text(json.dumps({"global_step": step, "trainer": "population"}))
+    publish(staged, m.run_dir / "checkpoints")
+
+
+def _common_checkpoint(run_dirs, log) -> tuple[int, list]:
+    """The newest step at which every member has a complete checkpoint, and each member's checkpoint there
+    (``(0, [None, ...])`` when some member has none: the population restarts from its stage-1 models)."""
+    from ._checkpoints import problem, resume_point, step_of
+
+    newest = [resume_point(d / "checkpoints", log) for d in run_dirs]
+    if any(p is None for p in newest):
+        return 0, [None] * len(run_dirs)
+    step = min(step_of(p) for p in newest)
+    points = [Path(d) / "checkpoints" / f"checkpoint-{step}" for d in run_dirs]
+    for point in points:  # members that published a newer one still keep this one (KEEP = 2)
+        why = problem(point) if point.is_dir() else "absent"
+        if why is not None:
+            raise RuntimeError(f"resume: {point} is not a complete checkpoint ({why}); the members cannot resume "
+                               "at a common step")
+    return step, points
+
+
+def _load_optimizer(grpo: PopulationGRPO, checkpoints) -> None:
+    """Stack the members' saved optimizer slices into the population's optimizer; the schedule from member 0."""
+    saved = [torch.load(Path(c) / "optimizer.pt", map_location=grpo.stacked.device, weights_only=True)["state"]
+             for c in checkpoints]
+    for name, p in grpo.stacked.params.items():
+        if not saved[0].get(name):
+            continue
+        grpo.optimizer.state[p] = {key: (torch.stack([s[name][key] for s in saved]).to(p.dtype)
+                                         if torch.is_tensor(v) and v.dim() == p.dim() - 1 and v.shape == p.shape[1:]
+                                         else v)
+                                   for key, v in saved[0][name].items()}
+    grpo.scheduler.load_state_dict(torch.load(Path(checkpoints[0]) / "scheduler.pt", weights_only=False))
+
+
+def _check_resume(configs, run_dirs) -> tuple[list[str], str]:
+    """The members' run ids and the population's id, after checking that ``run_dirs`` are one population's
+    members in order and that ``configs`` equal the saved ones (but for fields that change no rollout)."""
+    from physrl.contract import read_manifest
+
+    from ._config import OrganismConfig
+    from ._train import _RESULT_NEUTRAL, ResumeMismatch
+
+    manifests = [read_manifest(d) for d in run_dirs]
+    records = [(m.organisms or {}).get("trainer") or {} for m in manifests]
+    ids = [m.run_id for m in manifests]
+    population = records[0].get("population")
+    for k, (d, record) in enumerate(zip(run_dirs, records)):
+        if record.get("name") != "population" or record.get("population") != population or \
+                record.get("member") != k or record.get("members") != ids:
+            raise ResumeMismatch(f"resume: {d} is not member {k} of the population {population} "
+                                 f"(its record: {record or 'a TRL run'}); give all {len(records[0].get('members', []))} "
+                                 "members' run directories in their order")
+    defaults = OrganismConfig().to_dict()
+    for d, config, manifest in zip(run_dirs, configs, manifests):
+        saved = (manifest.organisms or {}).get("config", {})
+        mine = config.to_dict()
+        differ = sorted(k for k in mine if k not in _RESULT_NEUTRAL and k != "max_steps"
+                        and saved.get(k, defaults[k]) != mine[k])
+        if saved.get("max_steps") != config.max_steps:
+            differ.append("max_steps")
+        if differ:
+            raise ResumeMismatch(f"resume {d}: the config differs from the saved one in {differ}")
+    return ids, population

@@ -315,10 +315,46 @@ def test_a_member_that_fails_fails_alone(tmp_path, monkeypatch):
     assert sorted(read_rollouts(dirs[0]).step.unique()) == [0, 1, 2, 3, 4]
 
 
-def test_trainer_field_routes_train_to_a_population_of_one(tmp_path):
+def test_trainer_field_routes_train_to_the_population_trainer(tmp_path):
     from physrl.organisms import train
 
     with pytest.raises(ValueError, match="'trainer'"):
         OrganismConfig(trainer="jax")
-    with pytest.raises(NotImplementedError, match="resuming a population"):
+    with pytest.raises(FileNotFoundError, match="holds no run"):
         train(OrganismConfig(trainer="population", **RUN), tmp_path / "r", resume=True)
+
+
+def test_an_interrupted_population_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Interrupted after checkpoint-2 with step-2 rows buffered (and, for member 0, written by a flush that the
+    crash left ahead of nothing), the resumed population's rows equal an uninterrupted population's, row for row:
+    weights, optimizer moments and schedule come back exactly."""
+    from physrl.contract import read_manifest, read_rollouts
+    from physrl.organisms import _population, train_population
+    from physrl.organisms._train import ResumeMismatch
+
+    configs = [OrganismConfig(seed=0, **RUN), OrganismConfig(seed=1, **{**RUN, "n_envs": 3})]
+    whole = train_population(configs, [tmp_path / "whole0", tmp_path / "whole1"], log=lambda *_: None)
+    real = _population._Member.rollouts
+
+    def rollouts(self, step):
+        if step == 3 and self.index == 1:
+            raise KeyboardInterrupt  # kills the whole population (not a member failure)
+        return real(self, step)
+
+    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    dirs = [tmp_path / "cut0", tmp_path / "cut1"]
+    with pytest.raises(KeyboardInterrupt):
+        train_population(configs, dirs, log=lambda *_: None)
+    assert [read_manifest(d).status for d in dirs] == ["failed", "failed"]
+    monkeypatch.setattr(_population._Member, "rollouts", real)
+    with pytest.raises(ResumeMismatch, match="member 0"):
+        train_population(configs, dirs[::-1], resume=True, log=lambda *_: None)
+    lines = []
+    train_population(configs, dirs, resume=True, log=lines.append)
+    assert any("from step 2" in line for line in lines)
+    cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
+    for a, b in zip(whole, dirs):
+        assert read_manifest(b).status == "finished" and read_manifest(b).organisms["resumed"] == 1
+        x = read_rollouts(a)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
+        y = read_rollouts(b)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
+        assert x.equals(y)
