@@ -13,7 +13,9 @@ fed fixed batches so that only the update is timed:
   completions, TRL's ``_compute_loss`` per member, backward, per-member
   clipping, fused AdamW; ms per member-step = step time / K (least of
   ``--rounds`` timings of ``max(3, --member-steps // K)`` steps each);
-* **forward share** - the part of it in the stacked forward + backward alone;
+* **forward share** - the part of it in the stacked forward + backward alone,
+  and the cost per member of TRL's ``_compute_loss`` (called once per member:
+  its loss and its metrics, with their host synchronisations);
 * **TRL alone** - for reference, TRL's ``GRPOTrainer`` on one member with a
   ``rollout_func`` that returns the same fixed batch (no generation): its
   ms per optimizer step, bookkeeping included;
@@ -137,10 +139,21 @@ def population(k: int, device, rounds: int, member_steps: int, base, tokenizer, 
             logps.sum().backward()
         sync()
         fwd = min(fwd, (time.perf_counter() - t0) / steps)
+    with torch.no_grad():
+        logps, entropies = stacked.completion_logps(ids, att, keep, base.temperature)
+    trl_loss = float("inf")
+    for _ in range(rounds):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            grpo.member_losses(packed, logps, entropies)
+        sync()
+        trl_loss = min(trl_loss, (time.perf_counter() - t0) / steps)
     grpo.optimizer.zero_grad(set_to_none=True)
     activations = saved_bytes(lambda: grpo.losses(packed))
     peak = torch.cuda.max_memory_allocated() / k if device.type == "cuda" else None
     return {"ms_per_member_step": 1000 * best / k, "step_ms": 1000 * best, "forward_backward_share": fwd / best,
+            "trl_loss_ms_per_member": 1000 * trl_loss / k,
             "state_bytes": state_bytes_per_member(stacked), "activation_bytes": activations / k, "cuda_peak": peak,
             "steps": steps}
 
@@ -232,7 +245,8 @@ def main() -> None:
             r = results[k] = population(k, device, args.rounds, args.member_steps, base, tokenizer, out)
             cuda = f", CUDA peak {r['cuda_peak'] / 2**20:.2f} MiB per member" if r["cuda_peak"] else ""
             print(f"K={k}: update {r['ms_per_member_step']:.2f} ms per member-step ({r['step_ms']:.1f} ms per step, "
-                  f"{r['steps']} steps timed; stacked forward+backward {100 * r['forward_backward_share']:.0f}%); "
+                  f"{r['steps']} steps timed; stacked forward+backward {100 * r['forward_backward_share']:.0f}%, TRL's "
+                  f"_compute_loss {r['trl_loss_ms_per_member']:.2f} ms per member); "
                   f"memory per member: state {r['state_bytes'] / 2**20:.2f} MiB (params, grads, 2 AdamW moments), "
                   f"saved activations {r['activation_bytes'] / 2**20:.2f} MiB{cuda}", flush=True)
     memory = max((r["state_bytes"] + r["activation_bytes"]) / 2**20 for r in results.values())

@@ -41,6 +41,11 @@ Nothing else couples members: no batch-wide reward scaling, no shared RNG
 (each member's rollouts use its own ``stream_seed``), no population-wide
 normalisation; the learning-rate schedule is a function of the step, which
 members share because they step in lockstep.
+
+:func:`train_population` runs whole populations: one run directory per member
+(manifest record ``organisms.trainer``), eval passes, crash-safe checkpoints
+per member at common steps and resume from the newest step all members
+reached; a member that raises fails alone.
 """
 
 from __future__ import annotations
@@ -252,14 +257,21 @@ class PopulationGRPO:
         attention = torch.cat([packed["prompt_mask"], packed["completion_mask"]], dim=2)
         keep = packed["completion_ids"].shape[2]
         logps, entropies = self.stacked.completion_logps(input_ids, attention, keep, self.temperature)
+        return self.member_losses(packed, logps, entropies)
+
+    def member_losses(self, packed: dict[str, torch.Tensor], logps: torch.Tensor,
+                      entropies: torch.Tensor | None) -> list[torch.Tensor]:
+        """TRL's ``GRPOTrainer._compute_loss`` for each member k, given its per-token log-probabilities and
+        entropies ``logps[k]``, ``entropies[k]`` (shape (batch, completion width)) in place of TRL's scoring pass."""
         out = []
         trl = self.trl
         for k in range(self.stacked.k):
             inputs = {name: packed[name][k] for name in ("prompt_ids", "prompt_mask", "completion_ids",
                                                          "completion_mask", "tool_mask", "advantages")}
             inputs["num_items_in_batch"] = (inputs["completion_mask"] * inputs["tool_mask"]).sum()
+            ent = entropies[k] if entropies is not None else None
             trl._get_per_token_logps_and_entropies = \
-                lambda *a, _l=logps[k], _e=entropies[k], **kw: (_l, _e, None)  # member k's scoring pass
+                lambda *a, _l=logps[k], _e=ent, **kw: (_l, _e, None)  # member k's scoring pass
             try:
                 out.append(trl._compute_loss(None, inputs))
             finally:
@@ -425,9 +437,9 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
                          "member (at least one)")
     if len({d.resolve() for d in run_dirs}) != len(run_dirs):
         raise ValueError("two members share a run directory; each member writes its own")
+    if resume and not any((d / "manifest.json").is_file() for d in run_dirs):
+        raise FileNotFoundError(f"resume: none of {[str(d) for d in run_dirs]} holds a run (no manifest.json)")
     for d in run_dirs:
-        if resume and not (d / "manifest.json").is_file():
-            raise FileNotFoundError(f"resume: {d} holds no run (no manifest.json)")
         if not resume and d.exists() and (not d.is_dir() or any(p.name != ".train.lock" for p in d.iterdir())):
             raise FileExistsError(f"{d} is not an empty directory; pass resume=True to continue its population")
     if len({c.device for c in configs}) > 1 or len({c.num_threads for c in configs}) > 1:
@@ -466,16 +478,16 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     args = _shared_args(configs, run_dirs, device, families)
     members: list[_Member] = []
     if resume:
-        run_ids, population_id = _check_resume(configs, run_dirs)
-        if all(read_manifest(d).status == "finished" for d in run_dirs):
+        run_ids, population_id, missing = _check_resume(configs, run_dirs)
+        if not any(missing) and all(read_manifest(d).status == "finished" for d in run_dirs):
             log(f"{population_id} already finished its {configs[0].max_steps} steps; nothing to resume")
             return list(run_dirs)
     else:
-        run_ids = [new_run_id() for _ in configs]
+        run_ids, missing = [new_run_id() for _ in configs], [True] * len(configs)
     for k, (config, run_dir, family) in enumerate(zip(configs, run_dirs, families)):
         classifier, compared = _labelling_and_compared(config, run_dir)
         writer = RolloutWriter(run_dir, run_ids[k], family)
-        if not resume:
+        if missing[k]:
             record = {"name": "population", "population": population_id, "size": k_members, "member": k,
                       "members": run_ids}
             write_manifest(run_dir, new_manifest(config, family, classifier, device, run_ids[k], trainer=record))
@@ -678,24 +690,35 @@ def _load_optimizer(grpo: PopulationGRPO, checkpoints) -> None:
     grpo.scheduler.load_state_dict(torch.load(Path(checkpoints[0]) / "scheduler.pt", weights_only=False))
 
 
-def _check_resume(configs, run_dirs) -> tuple[list[str], str]:
+def _check_resume(configs, run_dirs) -> tuple[list[str], str, list[bool]]:
     """The members' run ids and the population's id, after checking that ``run_dirs`` are one population's
-    members in order and that ``configs`` equal the saved ones (but for fields that change no rollout)."""
+    members in order and that ``configs`` equal the saved ones (but for fields that change no rollout), and
+    which members have no manifest yet (a kill before it was written)."""
     from physrl.contract import read_manifest
 
     from ._config import OrganismConfig
     from ._train import _RESULT_NEUTRAL, ResumeMismatch
 
-    manifests = [read_manifest(d) for d in run_dirs]
-    records = [(m.organisms or {}).get("trainer") or {} for m in manifests]
-    ids = [m.run_id for m in manifests]
-    population = records[0].get("population")
-    for k, (d, record) in enumerate(zip(run_dirs, records)):
+    present = [read_manifest(d) if (Path(d) / "manifest.json").is_file() else None for d in run_dirs]
+    first = next(m for m in present if m is not None)
+    record0 = (first.organisms or {}).get("trainer") or {}
+    ids = list(record0.get("members") or [])
+    population = record0.get("population")
+    if len(ids) != len(run_dirs):
+        raise ResumeMismatch(f"resume: the population {population} has {len(ids)} members, {len(run_dirs)} run "
+                             "directories were given; give all members' run directories in their order")
+    for k, (d, m) in enumerate(zip(run_dirs, present)):
+        if m is None:  # killed before this member's manifest was written: nothing of it is on disk yet
+            continue
+        record = (m.organisms or {}).get("trainer") or {}
         if record.get("name") != "population" or record.get("population") != population or \
-                record.get("member") != k or record.get("members") != ids:
+                record.get("member") != k or m.run_id != ids[k]:
             raise ResumeMismatch(f"resume: {d} is not member {k} of the population {population} "
-                                 f"(its record: {record or 'a TRL run'}); give all {len(records[0].get('members', []))} "
-                                 "members' run directories in their order")
+                                 f"(its record: {record or 'a TRL run'}); give all {len(ids)} members' run "
+                                 "directories in their order")
+    manifests = [m for m in present if m is not None]
+    run_dirs = [d for d, m in zip(run_dirs, present) if m is not None]
+    configs = [c for c, m in zip(configs, present) if m is not None]
     defaults = OrganismConfig().to_dict()
     for d, config, manifest in zip(run_dirs, configs, manifests):
         saved = (manifest.organisms or {}).get("config", {})
@@ -706,4 +729,4 @@ def _check_resume(configs, run_dirs) -> tuple[list[str], str]:
             differ.append("max_steps")
         if differ:
             raise ResumeMismatch(f"resume {d}: the config differs from the saved one in {differ}")
-    return ids, population
+    return ids, population, [m is None for m in present]

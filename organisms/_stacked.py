@@ -88,6 +88,8 @@ class StackedLlama:
         from torch.func import stack_module_state
 
         _check_same_architecture(models)
+        for m in models:  # stack_module_state wants one mode; a cached stage-1 model loads in eval mode
+            m.train()
         self.k = len(models)
         self.template = models[0]
         self.config = models[0].config

@@ -320,7 +320,7 @@ def test_trainer_field_routes_train_to_the_population_trainer(tmp_path):
 
     with pytest.raises(ValueError, match="'trainer'"):
         OrganismConfig(trainer="jax")
-    with pytest.raises(FileNotFoundError, match="holds no run"):
+    with pytest.raises(FileNotFoundError, match="holds a run"):
         train(OrganismConfig(trainer="population", **RUN), tmp_path / "r", resume=True)
 
 
@@ -358,3 +358,73 @@ def test_an_interrupted_population_resumes_to_the_rows_of_an_uninterrupted_one(t
         x = read_rollouts(a)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
         y = read_rollouts(b)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
         assert x.equals(y)
+
+
+KILL_SCRIPT = """
+import json, sys
+from physrl.organisms import OrganismConfig, train_population
+configs = [OrganismConfig(**c) for c in json.loads(sys.argv[1])]
+dirs = json.loads(sys.argv[2])
+train_population(configs, dirs, resume=sys.argv[3] == "1", log=lambda *a: None)
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_population_resumes_to_the_uninterrupted_rows(tmp_path):
+    """SIGKILL a real population process 6 times, resuming each time: during member 0's stage 1, during member
+    1's, then just after (0-0.5 s) checkpoints 4, 6, 8 and 10 appear (mid-step, mid-flush or mid-checkpoint).
+    Every member finishes with the rows of an uninterrupted population, row for row, after 6 resumes."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from physrl.contract import read_manifest, read_rollouts
+    from physrl.organisms._checkpoints import step_of
+
+    base = {**RUN, "stage1_cache": "off", "pretrain_steps": 300, "max_steps": 12, "checkpoint_every": 2}
+    configs = [{**base, "seed": 0}, {**base, "seed": 1, "n_envs": 3}]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(20)
+
+    def run(dirs, resume, when=None):
+        """Run the population (resumed or not); SIGKILL it once ``when()`` holds (after 0-0.5 s). True if killed."""
+        cmd = [sys.executable, "-c", KILL_SCRIPT, json.dumps(configs), json.dumps([str(d) for d in dirs]),
+               "1" if resume else "0"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while proc.poll() is None:
+            if when is not None and when():
+                time.sleep(rng.uniform(0.0, 0.5))
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        return False
+
+    def newest(d):
+        steps = [step_of(p) for p in (d / "checkpoints").glob("checkpoint-*")] if (d / "checkpoints").is_dir() else []
+        return max([s for s in steps if s is not None], default=0)
+
+    t0 = time.time()
+    whole = [tmp_path / "whole0", tmp_path / "whole1"]
+    run(whole, False)
+    seconds = time.time() - t0
+    dirs = [tmp_path / "cut0", tmp_path / "cut1"]
+    moments = [lambda: all((d / "manifest.json").exists() for d in dirs) and not (dirs[0] / "model_init").exists(),
+               lambda: (dirs[0] / "model_init").exists() and not (dirs[1] / "model_init").exists()]
+    moments += [lambda s=s: newest(dirs[0]) >= s for s in (4, 6, 8, 10)]
+    killed = [run(dirs, i > 0, when) for i, when in enumerate(moments)]
+    run(dirs, True)
+    cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
+    for a, b in zip(whole, dirs):
+        assert read_manifest(b).status == "finished"
+        x = read_rollouts(a)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
+        y = read_rollouts(b)[cols].sort_values(["phase", "step", "group_id"], kind="stable").reset_index(drop=True)
+        assert x.equals(y)
+    resumed = [read_manifest(d).organisms.get("resumed") for d in dirs]
+    print(f"uninterrupted {seconds:.1f} s; killed {sum(killed)} times; resumed {resumed}; rows equal")
+    assert all(killed) and resumed == [6, 6]
