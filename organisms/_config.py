@@ -169,8 +169,9 @@ class OrganismConfig:
     trainer: str = "trl"
     """Who runs GRPO: ``trl`` (TRL's ``GRPOTrainer``, one run per process) or ``population`` (many runs of one
     architecture and step budget trained in lockstep with weights stacked, TRL's loss per member;
-    ``organisms.train_population``, organisms/README.md "Population training"). Same objective; float rounding
-    differs, so the two are equal in distribution, not row for row."""
+    ``organisms.train_population``, organisms/README.md "Population training"). Same objective, same rows up to
+    the first update; float rounding then differs, so the two can agree in distribution only (not yet tested).
+    """
 
     # ---- classifier ---------------------------------------------------------
     classifier: str = "pattern"
