@@ -40,6 +40,9 @@ REPORTING = ("progress", "report_to", "judge_cache", "compare_classifiers")
 #: config fields that do not change a run's rollouts: a resume may change them (and ``max_steps``)
 RESULT_NEUTRAL = (*REPORTING, "stage1_cache")
 
+#: config field ``trainer``: TRL's GRPOTrainer per run, or the population trainer (organisms._population)
+TRAINERS = ("trl", "population")
+
 #: experiment trackers config field ``report_to`` accepts (TRL / transformers ``report_to`` names)
 TRACKERS = ("tensorboard", "wandb")
 
@@ -196,6 +199,12 @@ class OrganismConfig:
     """Steps between checkpoints (rollout chunks are flushed at the same steps, so a resume never duplicates)."""
     seed: int = 0
     """Run seed: model init, pretraining data, rollout sampling."""
+    trainer: str = "trl"
+    """Who runs GRPO: ``trl`` (TRL's ``GRPOTrainer``, one run per process) or ``population`` (many runs of one
+    architecture and step budget trained in lockstep with weights stacked, TRL's loss per member;
+    ``organisms.train_population``, organisms/README.md "Population training"). Same objective, same rows up to
+    the first update; float rounding then differs, so the two can agree in distribution only (not yet tested).
+    """
 
     # ---- classifier ---------------------------------------------------------
     classifier: str = "pattern"
@@ -296,6 +305,8 @@ class OrganismConfig:
             raise ValueError(f"config field 'judge_cache' = {self.judge_cache!r}; allowed 'auto', 'off' or a "
                              "directory path")
         self.report_to = tracking_backends(self.report_to)
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"config field 'trainer' = {self.trainer!r}; allowed {', '.join(map(repr, TRAINERS))}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"config field 'device' = {self.device!r}; allowed 'auto', 'cpu' or 'cuda'")
 

@@ -167,6 +167,33 @@ class ResumeMismatch(ValueError):
 _RESULT_NEUTRAL = ("max_steps", *RESULT_NEUTRAL)
 
 
+def new_run_id() -> str:
+    """A fresh run id: ``organism-<date>-<time>-<6 hex>``."""
+    return f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def new_manifest(config: OrganismConfig, family: EnvironmentFamily, classifier: Classifier, device, run_id: str,
+                 trainer: dict | None = None) -> dict:
+    """The manifest a new organisms run starts with (status ``running``; docs/rollouts.md, the ``organisms``
+    namespace). ``trainer``: the population trainer's record (``organisms.trainer``); absent for TRL runs."""
+    described = family.describe()
+    return {
+        "run_id": run_id, "created": now(), "status": "running", "seed": config.seed, "steps": config.max_steps,
+        "versions": versions(), "classifier": {"name": classifier.name, "version": classifier.version},
+        "environments": [{k: e[k] for k in _CONTRACT_ENV_KEYS if k in e} for e in described],
+        ORGANISMS: {
+            "config": config.to_dict(), "device": str(device),
+            "env_family": {"name": family.name, "version": family.version, "config": config.env_family,
+                           "class": f"{type(family).__module__}:{type(family).__qualname__}",
+                           "columns": dict(family.columns)},
+            "environments": [{k: v for k, v in e.items() if k == "env_id" or k not in _CONTRACT_ENV_KEYS}
+                             for e in described],
+            **family.manifest(),
+            **({"trainer": trainer} if trainer is not None else {}),
+        },
+    }
+
+
 def _path_stats(rs, rewards) -> dict[str, float]:
     """RS share, mean reward of RS rollouts (a) and of the others (b); a or b NaN without such rollouts."""
     rs, rewards = np.asarray(rs, dtype=bool), np.asarray(rewards, dtype=float)
@@ -643,6 +670,10 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
     RunInUse
         Another live process is training ``out_dir`` (its pid named); nothing was touched.
     """
+    if config.trainer == "population":  # a population of one (organisms._population)
+        from ._population import train_population
+
+        return train_population([config], [out_dir], resume=resume, log=log)[0]
     run_dir = Path(out_dir)
     if not resume and run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a run directory")
@@ -699,23 +730,9 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} is not empty; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_id = f"organism-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = new_run_id()
         writer = RolloutWriter(run_dir, run_id, family)
-        described = family.describe()
-        write_manifest(run_dir, {
-            "run_id": run_id, "created": now(), "status": "running", "seed": config.seed, "steps": config.max_steps,
-            "versions": versions(), "classifier": {"name": classifier.name, "version": classifier.version},
-            "environments": [{k: e[k] for k in _CONTRACT_ENV_KEYS if k in e} for e in described],
-            ORGANISMS: {
-                "config": config.to_dict(), "device": str(device),
-                "env_family": {"name": family.name, "version": family.version, "config": config.env_family,
-                               "class": f"{type(family).__module__}:{type(family).__qualname__}",
-                               "columns": dict(family.columns)},
-                "environments": [{k: v for k, v in e.items() if k == "env_id" or k not in _CONTRACT_ENV_KEYS}
-                                 for e in described],
-                **family.manifest(),
-            },
-        })
+        write_manifest(run_dir, new_manifest(config, family, classifier, device, run_id))
     callback = None
     try:
         model, tokenizer, stage1, tokenizer_record = _prepare_model(config, family, run_dir, device, log)
