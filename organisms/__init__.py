@@ -41,7 +41,7 @@ _EXPORTS = {
     "measure_knobs": "_rollout", "pretrain": "physrl.organisms.families.digit_map.stage1",
     "supervised_pretrain": "_pretrain", "WordCodec": "_tokens", "RunInUse": "_lock", "run_lock": "_lock",
     "Stage1Cache": "_stage1", "stage1_ingredients": "_stage1", "stage1_key": "_stage1",
-    "check_setup": "_train", "evaluate": "_train", "saved_config": "_train", "train": "_train",
+    "check_setup": "_train", "evaluate": "_train", "saved_config": "_train", "train": "_trainers",
     "train_population": "_population", "StackedLlama": "_stacked",
 }
 
@@ -62,7 +62,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._rollout import measure_knobs
     from ._tokens import WordCodec
     from ._stage1 import Stage1Cache, stage1_ingredients, stage1_key
-    from ._train import check_setup, evaluate, saved_config, train
+    from ._train import check_setup, evaluate, saved_config
+    from ._trainers import train
     from ._population import train_population
     from ._stacked import StackedLlama
 

@@ -50,7 +50,7 @@ def run_pair(config: OrganismConfig, out_dir: Path, n_values=(1, 8)) -> dict[str
     Each summary carries ``attrs["seconds"]``: the run's wall time (NaN if it was already finished on disk),
     and ``attrs["organisms"]``: the manifest's ``organisms`` record (stage-1 cache use, CPU and eval seconds).
     """
-    from ._train import train
+    from ._trainers import train
 
     result: dict[str, Any] = {}
     for n in n_values:

@@ -670,10 +670,9 @@ def train(config: OrganismConfig, out_dir: str | Path, resume: bool = False, *,
     RunInUse
         Another live process is training ``out_dir`` (its pid named); nothing was touched.
     """
-    if config.trainer == "population":  # a population of one (organisms._population)
-        from ._population import train_population
-
-        return train_population([config], [out_dir], resume=resume, log=log)[0]
+    if config.trainer == "population":
+        raise ValueError("config.trainer = 'population' is trained by organisms.train (organisms._trainers), "
+                         "which routes it to organisms._population; this is the TRL trainer")
     run_dir = Path(out_dir)
     if not resume and run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a run directory")

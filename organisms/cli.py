@@ -181,7 +181,8 @@ def main(argv: list[str]) -> int:
         return 2
     if args.command == "train":
         from ._lock import RunInUse
-        from ._train import ResumeMismatch, train
+        from ._train import ResumeMismatch
+        from ._trainers import train
 
         run_dir = args.resume or args.out
         try:
