@@ -30,7 +30,8 @@ import pandas as pd
 
 from physrl import fitting
 
-from . import analysis as _analysis, figures as _figures, freeze as _freeze, scaling as _scaling
+from . import analysis as _analysis, figures as _figures, freeze as _freeze, replication as _replication
+from . import scaling as _scaling
 from . import scaling_figures as _scaling_figures, words as _words
 from .config import ExperimentConfig
 from .report import write_report
@@ -217,7 +218,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     _say(progress, f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over seeds")
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
-    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid)
+    calibration = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold, role=CALIBRATION)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid, calibration)
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -264,25 +266,44 @@ def _load(dirs: dict, ids: list[str]) -> list:
 
 
 def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: list[int], max_steps: int,
-                      grid: dict) -> dict:
-    """Per budget: win table, observed N*(p0), observed and predicted slopes, scores."""
+                      grid: dict, calibration: pd.DataFrame | None = None) -> dict:
+    """Per budget: win table, observed N*(p0), observed and predicted slopes, scores, the random-intercept
+    model of the stage-1 models (``calibration``: the calibration runs' outcomes, for the prospective
+    baseline)."""
     by_budget = {}
     for b in budgets:
         estimates, reps, p0s, seeds = _scaling.n_star_by_p0(outcomes, b, n_boot=config.bootstrap,
                                                             seed=min(config.seeds))
-        observed_slope = _scaling.slope_with_interval(p0s, [e.n_star for e in estimates], reps,
-                                                      "percentile bootstrap over seeds (resampled jointly "
-                                                      "over p0)")
+        at = outcomes[outcomes.budget == b]
+        edges = [(float(at.n_envs[np.isclose(at.p0, p)].min()), float(at.n_envs[np.isclose(at.p0, p)].max()))
+                 for p in p0s]
+        observed_slope = _scaling.slope_with_interval(
+            p0s, [e.n_star for e in estimates], reps,
+            "percentile bootstrap over stage-1 models (resampled within each p0); every replicate enters, an N* "
+            "beyond the swept grid censored at the grid's edge", edges=edges)
+        try:
+            mixed = _replication.random_intercept_logit(outcomes, b, seed=min(config.seeds))
+        except ValueError as err:  # fewer than three stage-1 models: said, not fatal
+            mixed = {"error": str(err)}
         by_budget[b] = {"estimates": estimates, "observed_slope": observed_slope,
                         "predicted_slope": frozen["slope"][str(b)],
                         "win_table": _scaling.win_table(outcomes, b),
-                        "scores": _analysis.score(frozen, outcomes, b, grid),
+                        "scores": _analysis.score(frozen, outcomes, b, grid, calibration=calibration),
+                        "random_intercept": mixed,
                         "p0": p0s, "seeds": seeds}
     return {"by_budget": by_budget, "primary": max_steps}
 
 
 def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets, max_steps) -> dict:
     primary = scaling["by_budget"][max_steps]
+
+    def mixed_dict(m):
+        return m.to_dict() if hasattr(m, "to_dict") else m
+
+    def outcomes_clusters(sc, b):
+        m = sc["by_budget"][b]["random_intercept"]
+        return m.n_clusters if hasattr(m, "n_clusters") else sc["by_budget"][b]["scores"].bootstrap["units"]
+
     frozen_n_star = {(round(c["p0"], 12), c["budget"]): c for c in frozen["n_star"]}
 
     def slope_entry(b):
@@ -336,6 +357,11 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         "scores": {**primary["scores"].to_dict(),
                    "by_budget": {str(b): scaling["by_budget"][b]["scores"].to_dict() for b in budgets},
                    "log_loss_floor": _analysis.LOG_LOSS_FLOOR},
+        "replication": {"unit": _replication.CLUSTER, "source": _replication.CLUSTER_SOURCE,
+                        "clusters": int(outcomes_clusters(scaling, max_steps)),
+                        "random_intercept": mixed_dict(primary["random_intercept"]),
+                        "by_budget": {str(b): mixed_dict(scaling["by_budget"][b]["random_intercept"])
+                                      for b in budgets}},
         "cells": cells,
         "fit_converged_for_predictions": frozen["fit"]["converged"],
     }
@@ -437,7 +463,15 @@ def reanalyse(out_dir: str | Path) -> dict:
     budgets = [int(b) for b in frozen["context"]["budgets"]]
     max_steps = int(frozen["context"]["max_steps"])
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
-    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid())
+    # the calibration runs, where the folder has them, give the prospective calibration-logistic baseline
+    cal_plan = {r.run_id: r for r in plan_runs(config, CALIBRATION)}
+    calibration = None
+    if cal_plan and all((out / "runs" / k / "manifest.json").exists() for k in cal_plan):
+        cal_dirs = {k: out / "runs" / k for k in cal_plan}
+        cal_runs = dict(zip(cal_plan, _load(cal_dirs, list(cal_plan))))
+        calibration = _scaling.outcomes_table(fitting.observations(list(cal_runs.values())), cal_runs, cal_plan,
+                                              budgets, config.threshold, role=CALIBRATION)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid(), calibration)
     summary = _scaling_summary(config, scaling, frozen, registration, budgets, max_steps)
     _add_smallest_winning_n(summary, outcomes, max_steps)
     return fitting.json_safe(summary)
