@@ -12,9 +12,12 @@ vs observed critical diversity (docs/model.md §3, §6).
    (:mod:`physrl.experiment.freeze`);
 4. trains the sweep runs, then predicts each of them (``fitting.predict``),
    measures P(RS wins | N, p0), the observed N*(p0) and the slope of log N*
-   on log p0 with bootstrap intervals over seeds at every step budget
-   (:mod:`physrl.experiment.scaling`), and scores the frozen predictions
-   (:mod:`physrl.experiment.analysis`);
+   on log p0 with bootstrap intervals over stage-1 models at every step
+   budget (:mod:`physrl.experiment.scaling`), the stage-1 models' share of
+   the outcome variance (:mod:`physrl.experiment.replication`), and scores
+   the frozen predictions against hindsight and prospective baselines
+   (:mod:`physrl.experiment.analysis`); the frozen forecast's agreement and
+   the per-run prediction's agreement are reported under distinct names;
 5. writes ``DIR/report.html`` (self-contained) and ``DIR/summary.json``.
 """
 
@@ -190,8 +193,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     for k in _progress(sweep_ids, progress, "predicting sweep runs"):
         r, run = plan[k], runs[k]
         last, final_p = _analysis.final_rs_share(obs, run)
-        pred = fitting.predict(fit_result, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
-                               n_samples=100, seed=r.seed, level=0.9, threshold=config.threshold)
+        # the run's own stage-1 model starts where it was measured at step 0: p0, a0 and b0 with their
+        # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact
+        pred = fitting.predict(fit_result, run, n_star=False, n_samples=100, seed=r.seed, level=0.9,
+                               threshold=config.threshold, start="measured")
         predictions[k] = pred
         m = pred.metrics
         rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}
@@ -230,6 +235,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     summary["classifier_accuracy"] = _analysis.pooled_accuracy(runs.values())
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
+    summary["agreement"]["per_run_prediction"] = _per_run_agreement(points)
     summary["fit_matches_frozen"] = drift
     _add_smallest_winning_n(summary, outcomes, max_steps)
     for key, entry in summary["predicted_n_star"].items():
@@ -357,6 +363,7 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         "scores": {**primary["scores"].to_dict(),
                    "by_budget": {str(b): scaling["by_budget"][b]["scores"].to_dict() for b in budgets},
                    "log_loss_floor": _analysis.LOG_LOSS_FLOOR},
+        "agreement": {"frozen_forecast": _frozen_agreement(primary["scores"])},
         "replication": {"unit": _replication.CLUSTER, "source": _replication.CLUSTER_SOURCE,
                         "clusters": int(outcomes_clusters(scaling, max_steps)),
                         "random_intercept": mixed_dict(primary["random_intercept"]),
@@ -365,6 +372,23 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         "cells": cells,
         "fit_converged_for_predictions": frozen["fit"]["converged"],
     }
+
+
+def _frozen_agreement(scores) -> dict:
+    """summary.json's ``agreement.frozen_forecast``: the frozen forecast's calls against the outcomes."""
+    return {"name": _words.FROZEN_AGREEMENT, "basis": _words.FROZEN_AGREEMENT_BASIS,
+            "agree": scores.frozen_agreement_count, "of": scores.n_events, "share": scores.frozen_agreement,
+            "interval_95": scores.interval_95.get("frozen_agreement"), "unit": scores.bootstrap.get("unit"),
+            "budget": scores.budget}
+
+
+def _per_run_agreement(points) -> dict:
+    """summary.json's ``agreement.per_run_prediction``: each sweep run's own after-the-fact prediction's end state
+    against the outcome (``runs[].end_state_agrees``)."""
+    judged = [p for p in points if p.end_state_agrees is not None]
+    return {"name": _words.PER_RUN_AGREEMENT, "basis": _words.PER_RUN_AGREEMENT_BASIS,
+            "agree": int(sum(bool(p.end_state_agrees) for p in judged)), "of": len(judged),
+            "share": (sum(bool(p.end_state_agrees) for p in judged) / len(judged)) if judged else None}
 
 
 def _only(runs: dict, path: Path) -> str:
