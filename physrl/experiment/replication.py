@@ -21,6 +21,7 @@ exchangeable working correlation and robust (sandwich) standard errors
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -228,13 +229,18 @@ def random_intercept_logit(outcomes: pd.DataFrame, budget: int, *, n_boot: int =
     reps = np.array(reps)
     gee_out: dict = {}
     try:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # separation in a bootstrap-free GEE shows as a non-finite SE below
             gee = sm.GEE(y, X, groups=pd.factorize(labels)[0], family=sm.families.Binomial(),
                          cov_struct=sm.cov_struct.Exchangeable()).fit()
-        gee_out = {"fixed": {n: {"value": float(v), "se": float(s)} for n, v, s in zip(names, gee.params, gee.bse)},
+            se = np.asarray(gee.bse, float)
+        gee_out = {"fixed": {n: {"value": float(v), "se": float(s) if np.isfinite(s) else None}
+                             for n, v, s in zip(names, gee.params, se)},
                    "working_correlation": float(gee.cov_struct.dep_params),
                    "method": "statsmodels GEE, binomial, exchangeable working correlation within a stage-1 "
                              "model, robust (sandwich) standard errors"}
+        if not np.isfinite(se).all():
+            gee_out["note"] = "a robust standard error is not finite (outcomes separated at some p0): null"
     except (ValueError, np.linalg.LinAlgError) as err:  # reported, not fatal: the mixed model is the headline
         gee_out = {"error": str(err)}
     return RandomInterceptFit(
