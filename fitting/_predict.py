@@ -255,8 +255,31 @@ def _predictive_band(binomial, trials_or_se, mu, level, phi, rng):
     return out_lo, out_hi
 
 
+def _measured_start(target: Problem, n_samples: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """The target's own a0 / b0 (latent σ(x0), σ(y0)) from its step-0 measurement: column -> values, shape
+    (n_samples + 1,), the measurement itself first, then draws from its Jeffreys distribution.
+
+    Each measured mean reward m over n rollouts with standard error se is drawn from Beta(m·n' + ½,
+    (1 − m)·n' + ½), n' = m(1 − m)/se² (n' = n for 0/1 rewards: the Jeffreys posterior), and mapped to latent
+    units through the run's observation bounds, clipped into (PROB_MIN, PROB_MAX).
+    """
+    out = {}
+    for name, s0 in target.step0.items():
+        info = target.info[name]
+        if info.kind not in ("a0", "b0"):
+            continue
+        lat = info.kind[0]
+        lo = float(np.mean(target.bounds[f"{lat}_lo"]))
+        hi = float(np.mean(target.bounds[f"{lat}_hi"]))
+        m = float(np.clip(s0.value, 1e-6, 1 - 1e-6))
+        n_eff = m * (1 - m) / s0.scale ** 2 if s0.scale > 0 else s0.n
+        obs = np.concatenate([[s0.value], rng.beta(m * n_eff + 0.5, (1 - m) * n_eff + 0.5, size=n_samples)])
+        out[target.names.index(name)] = np.clip((obs - lo) / (hi - lo), PROB_MIN, PROB_MAX)
+    return out
+
+
 def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 200, level: float = 0.95,
-            seed: int = 0, n_star: bool = True, threshold: float = 0.5) -> Prediction:
+            seed: int = 0, n_star: bool = True, threshold: float = 0.5, start: str = "fit") -> Prediction:
     """Simulate the fitted parameters on another run's configuration and compare with its logs.
 
     Parameters
@@ -280,6 +303,12 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
         shared priors and learnabilities) under the target's protocol.
     threshold : float
         RS "wins" when the mean p over trained envs exceeds it.
+    start : {"fit", "measured"}
+        Where the target's a0, b0 come from: the fit's values ("fit"), or the
+        target's own step-0 measurement, drawn from its Jeffreys distribution
+        into every band and P(RS wins) ("measured": the target's stage-1
+        model starts where it was measured, with that measurement's noise).
+        p0 is the target's measurement, drawn likewise, unless ``p0`` is given.
 
     Returns
     -------
@@ -294,11 +323,13 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
         If the target needs a parameter the fit does not have (e.g. kernel
         transfer and the target has no coordinates), or has no p0.
     """
+    if start not in ("fit", "measured"):
+        raise ValueError(f"start must be 'fit' or 'measured', got {start!r}")
     with single_thread():
-        return _predict(fit, run, p0, n_samples, level, seed, n_star, threshold)
+        return _predict(fit, run, p0, n_samples, level, seed, n_star, threshold, start)
 
 
-def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Prediction:
+def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold, start="fit") -> Prediction:
     if not isinstance(run, Run):
         run = load_runs([run])[0]
     rng = np.random.default_rng(seed)
@@ -313,6 +344,9 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
     if p0_dist is not None:
         p0_draws[1:] = special.expit(p0_dist[0] + p0_dist[1] * rng.standard_normal(n_samples))
     theta = _map_to_target(fit, target, draws, names, np.clip(p0_draws, PROB_MIN, PROB_MAX))
+    measured_start = _measured_start(target, n_samples, rng) if start == "measured" else {}
+    for col, values in measured_start.items():
+        theta[:, col] = values[: theta.shape[0]]
     p, a, b = (s.numpy()[:, :, 0, :] for s in target.predict_states(theta))  # (T, S+1, N)
     n_env = len(run.environments)
     states = {"p": p[..., :n_env], "a": a[..., :n_env], "b": b[..., :n_env]}
@@ -322,6 +356,11 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold) -> Pr
     upper = {k: np.quantile(v[:, 1:], 1 - tail, axis=1) for k, v in states.items()}
     phi_used = fit.diagnostics.dispersion_used
     notes = [f"p0 = {p0_value:.4g}: {p0_source}"]
+    if measured_start:
+        notes.append("a0, b0: the run's own step-0 measurement ("
+                     + ", ".join(f"{n} {target.step0[n].value:.3g} over {int(target.step0[n].n)} rollouts"
+                                 for n in (target.names[c] for c in measured_start))
+                     + "), drawn from its Jeffreys distribution into every band and P(RS wins)")
     if any(v > 1 for v in phi_used.values()):
         notes.append("the fit's dispersion φ (Pearson χ²/dof per component) = "
                      + ", ".join(f"{c}: {v:.2f}" for c, v in fit.diagnostics.component_dispersion.items())

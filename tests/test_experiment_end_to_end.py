@@ -121,9 +121,14 @@ def _check_one_p0_words(out, summary):
     assert f"held at the Jeffreys mean (k + ½)/(n + 1) = ({k} + ½)/({n} + 1) of its step-0 count {k}/{n}" in text
     assert math.isclose(params["p0_r0"]["value"], (k + 0.5) / (n + 1), rel_tol=1e-9)
     # per-run notes say where p0 came from; the figures say which band coverage counts
+    # (issue 18: predict measures the run's step-0 share itself and draws it, with a0 and b0, from its Jeffreys
+    # distribution; before, the share was passed in as an exact p0)
     for r in summary["runs"]:
-        assert r["notes"][0].startswith("p0 = ") and "the run's measured eval RS share at step 0" in r["notes"][0]
+        assert r["notes"][0].startswith("p0 = ") and "measured RS share at step 0" in r["notes"][0]
+        assert "own step-0 measurement" in r["notes"][1]
         assert "from argument" not in " ".join(r["notes"])
+    assert "frozen forecast's agreement:" in text and "per-run prediction's agreement:" in text
+    assert summary["agreement"]["per_run_prediction"]["of"] == len(summary["runs"])
     assert "light band: the 90% predictive band" in text and "pooled share in light band" in text
     assert "inside their own 90% predictive band" in text
     assert {r["param"] for r in summary["step0"]} >= {"p0_r0", "p0_r1"}

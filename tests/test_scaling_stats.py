@@ -155,7 +155,9 @@ def test_score_intervals_resample_seeds_and_bracket_each_score():
     outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1)])
     frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": q} for n, q in ((2, 0.2), (4, 0.6), (8, 0.9))]}
     s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
-    assert s.bootstrap == {"unit": "seed", "units": 4, "replicates": _preregistration.SCORE_BOOTSTRAP}
+    # the unit is the stage-1 model (one per (p0, seed) when the outcomes carry no stage-1 key)
+    assert s.bootstrap == {"unit": "stage-1 model", "units": 4, "replicates": _preregistration.SCORE_BOOTSTRAP,
+                           "strata": "p0"}
     y = outcomes.win.to_numpy(float)
     p = outcomes.n_envs.map({2: 0.2, 4: 0.6, 8: 0.9}).to_numpy()
     assert s.brier == pytest.approx(np.mean((p - y) ** 2))

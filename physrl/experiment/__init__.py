@@ -6,16 +6,18 @@
    Slurm via submitit, or Ray), skipping finished runs and resuming the others;
 3. **fit & freeze**: :mod:`.freeze` fits the ODE on the calibration runs and freezes its predictions for
    every sweep cell before any sweep run is trained (hash-checked on every rerun);
-4. **analyse**: :mod:`.scaling` (the scaling law's statistics: Firth N*, slope of log N* on log p0, win
-   table, with bootstrap intervals over seeds) and :mod:`.analysis` (observed N*, the frozen forecasts'
-   proper scores, the RS classifiers' accuracy);
+4. **analyse**: :mod:`.replication` (the unit of replication, the stage-1 model: cluster bootstrap
+   resamples, P(RS wins) with a random intercept per stage-1 model and its ICC), :mod:`.scaling` (the
+   scaling law's statistics: Firth N*, slope of log N* on log p0, win table, with bootstrap intervals over
+   stage-1 models) and :mod:`.analysis` (observed N*, the frozen forecasts' proper scores against hindsight
+   and prospective baselines, the RS classifiers' accuracy);
 5. **report**: :mod:`.words` (every N* and score in words, one estimator named per number),
    :mod:`.figures` and :mod:`.scaling_figures` (matplotlib figures and report sections) and
    :mod:`.report` (the self-contained HTML file).
 
 :mod:`.run` drives the stages in that order (:func:`run_experiment`, :func:`reanalyse`) and :mod:`.cli` is
 ``physrl experiment`` / ``physrl demo``. A stage module imports only from the stages before it
-(``tests/test_house.py`` checks the order: executors, config, runs, words, scaling, freeze, analysis,
+(``tests/test_house.py`` checks the order: executors, config, runs, words, replication, scaling, freeze, analysis,
 report, figures, scaling_figures, run, cli). A new analysis is a module of this room between
 :mod:`.analysis` and the report.
 

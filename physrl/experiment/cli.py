@@ -39,7 +39,24 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
     s = summary.get("scores")
     if s:
         print("frozen forecasts: " + score_words(s))
+    for line in agreement_lines(summary):
+        print(line)
     return 0
+
+
+def agreement_lines(summary: dict) -> list[str]:
+    """The CLI's two verdicts, each under its own name (the frozen forecast's first), and the unit of
+    replication with its latent ICC."""
+    from . import words
+
+    agreement = summary.get("agreement") or {}
+    lines = [words.agreement_text(agreement[k]) + f" ({agreement[k]['basis']})"
+             for k in ("frozen_forecast", "per_run_prediction") if agreement.get(k)]
+    rep = summary.get("replication")
+    if rep:
+        lines.append(f"unit of replication: {rep['unit']} ({rep['clusters']}); "
+                     + words.icc_text(rep.get("random_intercept")))
+    return lines
 
 
 def score_words(s: dict) -> str:
@@ -48,12 +65,16 @@ def score_words(s: dict) -> str:
     from .words import score_difference as minus
     from .words import score_with_interval as one
 
+    from .words import BASELINE_NAMES
+
     boot = s.get("bootstrap") or {}
     over = f", 95% over {boot['units']} {boot['unit']}s" if boot else ""
-    return (f"{s['n_events']} runs{over}: Brier {one(s, 'brier')} (base rate {one(s, 'brier_base_rate')}, "
-            f"N >= median N {one(s, 'brier_median_n')}); frozen minus base rate {minus(s, 'brier', 'base_rate')}, "
-            f"minus median-N {minus(s, 'brier', 'median_n')}; log loss {one(s, 'log_loss')} (base rate "
-            f"{one(s, 'log_loss_base_rate')}, median-N {one(s, 'log_loss_median_n')})")
+    names = [b for b in BASELINE_NAMES if s.get(f"brier_{b}") is not None]
+    return (f"{s['n_events']} runs{over}: Brier {one(s, 'brier')} ("
+            + ", ".join(f"{BASELINE_NAMES[b]} {one(s, f'brier_{b}')}" for b in names) + "); frozen minus "
+            + ", ".join(f"{BASELINE_NAMES[b].split(' (')[0]} {minus(s, 'brier', b)}" for b in names)
+            + f"; log loss {one(s, 'log_loss')} ("
+            + ", ".join(f"{BASELINE_NAMES[b]} {one(s, f'log_loss_{b}')}" for b in names) + ")")
 
 
 def slope_words(slope: dict) -> str:

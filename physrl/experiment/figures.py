@@ -198,14 +198,20 @@ def _verdict(summary: dict) -> list[str]:
     runs = summary["runs"]
     agree = [r for r in runs if r["end_state_agrees"] is not None]
     n_ok = sum(bool(r["end_state_agrees"]) for r in agree)
-    if agree:
-        lines.append(f"End state (does RS win, final share > {summary['threshold']:g}): the ODE got "
-                     f"<b>{n_ok} of {len(agree)}</b> sweep runs right.")
+    frozen = (summary.get("agreement") or {}).get("frozen_forecast")
+    if agree or frozen:
+        # two verdicts, two names (issue 18): the frozen forecast's calls, written before the sweep, first; the
+        # per-run prediction starts from each run's own measured step 0 after the fact and never stands for it
+        lines.append(f"End state (does RS win, final share > {summary['threshold']:g}): "
+                     f"<b>{html.escape(words.agreement_text(frozen or {'name': words.FROZEN_AGREEMENT}))}</b> "
+                     f"({html.escape(words.FROZEN_AGREEMENT_BASIS)}); "
+                     f"{html.escape(words.PER_RUN_AGREEMENT)}: <b>{n_ok} of {len(agree)}</b> "
+                     f"({html.escape(words.PER_RUN_AGREEMENT_BASIS)}).")
         wrong = [r["run_id"] for r in agree if not r["end_state_agrees"]]
         if wrong:
             shown = ", ".join(html.escape(w) for w in wrong[:8])
             more = f" and {len(wrong) - 8} more (summary.json, runs)" if len(wrong) > 8 else ""
-            lines.append("<span class='bad'>Wrong end state:</span> " + shown + more)
+            lines.append("<span class='bad'>Wrong end state of the per-run prediction:</span> " + shown + more)
     cov = [r["coverage"] for r in runs if r["coverage"] is not None]
     if cov:
         lines.append(f"Share of the RS share's eval points (one per environment and step) inside their own 90% "
@@ -357,7 +363,7 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
                                 "predicted final p": p.predicted_final_p, "RMSE p": p.rmse.get("p"),
                                 f"coverage (per env, {level:.0%} predictive band)": p.coverage,
                                 "pooled share in light band": _pooled_coverage(predictions.get(p.run_id)),
-                                "end state agrees": p.end_state_agrees}
+                                "per-run prediction's end state agrees": p.end_state_agrees}
                                for p in points]), "per-run prediction errors")]))
     sections.append(Section(
         "The fit's N* curve over a wider range of p0",

@@ -12,9 +12,12 @@ vs observed critical diversity (docs/model.md §3, §6).
    (:mod:`physrl.experiment.freeze`);
 4. trains the sweep runs, then predicts each of them (``fitting.predict``),
    measures P(RS wins | N, p0), the observed N*(p0) and the slope of log N*
-   on log p0 with bootstrap intervals over seeds at every step budget
-   (:mod:`physrl.experiment.scaling`), and scores the frozen predictions
-   (:mod:`physrl.experiment.analysis`);
+   on log p0 with bootstrap intervals over stage-1 models at every step
+   budget (:mod:`physrl.experiment.scaling`), the stage-1 models' share of
+   the outcome variance (:mod:`physrl.experiment.replication`), and scores
+   the frozen predictions against hindsight and prospective baselines
+   (:mod:`physrl.experiment.analysis`); the frozen forecast's agreement and
+   the per-run prediction's agreement are reported under distinct names;
 5. writes ``DIR/report.html`` (self-contained) and ``DIR/summary.json``.
 """
 
@@ -30,7 +33,8 @@ import pandas as pd
 
 from physrl import fitting
 
-from . import analysis as _analysis, figures as _figures, freeze as _freeze, scaling as _scaling
+from . import analysis as _analysis, figures as _figures, freeze as _freeze, replication as _replication
+from . import scaling as _scaling
 from . import scaling_figures as _scaling_figures, words as _words
 from .config import ExperimentConfig
 from .report import write_report
@@ -189,8 +193,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     for k in _progress(sweep_ids, progress, "predicting sweep runs"):
         r, run = plan[k], runs[k]
         last, final_p = _analysis.final_rs_share(obs, run)
-        pred = fitting.predict(fit_result, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
-                               n_samples=100, seed=r.seed, level=0.9, threshold=config.threshold)
+        # the run's own stage-1 model starts where it was measured at step 0: p0, a0 and b0 with their
+        # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact
+        pred = fitting.predict(fit_result, run, n_star=False, n_samples=100, seed=r.seed, level=0.9,
+                               threshold=config.threshold, start="measured")
         predictions[k] = pred
         m = pred.metrics
         rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}
@@ -217,7 +223,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     _say(progress, f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over seeds")
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
-    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid)
+    calibration = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold, role=CALIBRATION)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid, calibration)
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -228,6 +235,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     summary["classifier_accuracy"] = _analysis.pooled_accuracy(runs.values())
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
+    summary["agreement"]["per_run_prediction"] = _per_run_agreement(points)
     summary["fit_matches_frozen"] = drift
     _add_smallest_winning_n(summary, outcomes, max_steps)
     for key, entry in summary["predicted_n_star"].items():
@@ -264,25 +272,44 @@ def _load(dirs: dict, ids: list[str]) -> list:
 
 
 def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: list[int], max_steps: int,
-                      grid: dict) -> dict:
-    """Per budget: win table, observed N*(p0), observed and predicted slopes, scores."""
+                      grid: dict, calibration: pd.DataFrame | None = None) -> dict:
+    """Per budget: win table, observed N*(p0), observed and predicted slopes, scores, the random-intercept
+    model of the stage-1 models (``calibration``: the calibration runs' outcomes, for the prospective
+    baseline)."""
     by_budget = {}
     for b in budgets:
         estimates, reps, p0s, seeds = _scaling.n_star_by_p0(outcomes, b, n_boot=config.bootstrap,
                                                             seed=min(config.seeds))
-        observed_slope = _scaling.slope_with_interval(p0s, [e.n_star for e in estimates], reps,
-                                                      "percentile bootstrap over seeds (resampled jointly "
-                                                      "over p0)")
+        at = outcomes[outcomes.budget == b]
+        edges = [(float(at.n_envs[np.isclose(at.p0, p)].min()), float(at.n_envs[np.isclose(at.p0, p)].max()))
+                 for p in p0s]
+        observed_slope = _scaling.slope_with_interval(
+            p0s, [e.n_star for e in estimates], reps,
+            "percentile bootstrap over stage-1 models (resampled within each p0); every replicate enters, an N* "
+            "beyond the swept grid censored at the grid's edge", edges=edges)
+        try:
+            mixed = _replication.random_intercept_logit(outcomes, b, seed=min(config.seeds))
+        except ValueError as err:  # fewer than three stage-1 models: said, not fatal
+            mixed = {"error": str(err)}
         by_budget[b] = {"estimates": estimates, "observed_slope": observed_slope,
                         "predicted_slope": frozen["slope"][str(b)],
                         "win_table": _scaling.win_table(outcomes, b),
-                        "scores": _analysis.score(frozen, outcomes, b, grid),
+                        "scores": _analysis.score(frozen, outcomes, b, grid, calibration=calibration),
+                        "random_intercept": mixed,
                         "p0": p0s, "seeds": seeds}
     return {"by_budget": by_budget, "primary": max_steps}
 
 
 def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets, max_steps) -> dict:
     primary = scaling["by_budget"][max_steps]
+
+    def mixed_dict(m):
+        return m.to_dict() if hasattr(m, "to_dict") else m
+
+    def outcomes_clusters(sc, b):
+        m = sc["by_budget"][b]["random_intercept"]
+        return m.n_clusters if hasattr(m, "n_clusters") else sc["by_budget"][b]["scores"].bootstrap["units"]
+
     frozen_n_star = {(round(c["p0"], 12), c["budget"]): c for c in frozen["n_star"]}
 
     def slope_entry(b):
@@ -336,9 +363,32 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         "scores": {**primary["scores"].to_dict(),
                    "by_budget": {str(b): scaling["by_budget"][b]["scores"].to_dict() for b in budgets},
                    "log_loss_floor": _analysis.LOG_LOSS_FLOOR},
+        "agreement": {"frozen_forecast": _frozen_agreement(primary["scores"])},
+        "replication": {"unit": _replication.CLUSTER, "source": _replication.CLUSTER_SOURCE,
+                        "clusters": int(outcomes_clusters(scaling, max_steps)),
+                        "random_intercept": mixed_dict(primary["random_intercept"]),
+                        "by_budget": {str(b): mixed_dict(scaling["by_budget"][b]["random_intercept"])
+                                      for b in budgets}},
         "cells": cells,
         "fit_converged_for_predictions": frozen["fit"]["converged"],
     }
+
+
+def _frozen_agreement(scores) -> dict:
+    """summary.json's ``agreement.frozen_forecast``: the frozen forecast's calls against the outcomes."""
+    return {"name": _words.FROZEN_AGREEMENT, "basis": _words.FROZEN_AGREEMENT_BASIS,
+            "agree": scores.frozen_agreement_count, "of": scores.n_events, "share": scores.frozen_agreement,
+            "interval_95": scores.interval_95.get("frozen_agreement"), "unit": scores.bootstrap.get("unit"),
+            "budget": scores.budget}
+
+
+def _per_run_agreement(points) -> dict:
+    """summary.json's ``agreement.per_run_prediction``: each sweep run's own after-the-fact prediction's end state
+    against the outcome (``runs[].end_state_agrees``)."""
+    judged = [p for p in points if p.end_state_agrees is not None]
+    return {"name": _words.PER_RUN_AGREEMENT, "basis": _words.PER_RUN_AGREEMENT_BASIS,
+            "agree": int(sum(bool(p.end_state_agrees) for p in judged)), "of": len(judged),
+            "share": (sum(bool(p.end_state_agrees) for p in judged) / len(judged)) if judged else None}
 
 
 def _only(runs: dict, path: Path) -> str:
@@ -437,7 +487,15 @@ def reanalyse(out_dir: str | Path) -> dict:
     budgets = [int(b) for b in frozen["context"]["budgets"]]
     max_steps = int(frozen["context"]["max_steps"])
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
-    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid())
+    # the calibration runs, where the folder has them, give the prospective calibration-logistic baseline
+    cal_plan = {r.run_id: r for r in plan_runs(config, CALIBRATION)}
+    calibration = None
+    if cal_plan and all((out / "runs" / k / "manifest.json").exists() for k in cal_plan):
+        cal_dirs = {k: out / "runs" / k for k in cal_plan}
+        cal_runs = dict(zip(cal_plan, _load(cal_dirs, list(cal_plan))))
+        calibration = _scaling.outcomes_table(fitting.observations(list(cal_runs.values())), cal_runs, cal_plan,
+                                              budgets, config.threshold, role=CALIBRATION)
+    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, config.sweep_grid(), calibration)
     summary = _scaling_summary(config, scaling, frozen, registration, budgets, max_steps)
     _add_smallest_winning_n(summary, outcomes, max_steps)
     return fitting.json_safe(summary)

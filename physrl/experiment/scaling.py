@@ -1,22 +1,27 @@
-"""Observed critical diversity N*(p0) and the scaling law, estimated from seeds.
+"""Observed critical diversity N*(p0) and the scaling law, estimated over stage-1 models.
 
 The statistics of the scaling experiment (docs/model.md §3, §4: N* falls with
 the prior p0 along a straight log-log line, slope about −1):
 
 - each sweep run is one Bernoulli outcome, *RS wins* (its RS share on the
   trained environments, read at a step budget, exceeds the threshold);
-- P(RS wins | N, p0) per cell, with a Jeffreys interval over its seeds;
+- P(RS wins | N, p0) per cell, with a Jeffreys interval over its runs (one per stage-1 model);
 - N*(p0) is the 50% point of a logistic regression of win/loss on log N,
   fitted per p0 with Firth's penalised likelihood (finite even when the seeds
   separate perfectly, where maximum likelihood diverges; Firth 1993,
   Biometrika 80:27; Heinze & Schemper 2002, Stat. Med. 21:2409). When the
   data separate perfectly the bracket (largest N that lost, smallest N that
   won] is reported beside it;
-- its interval is a percentile bootstrap over seeds (a seed is the unit: all
-  N of a seed share one environment family and one pretrained model);
+- its interval is a percentile bootstrap over stage-1 models, the unit of
+  replication (every N of one (p0, seed) starts from one pretrained stage-1
+  model, so its runs are resampled together; :mod:`physrl.experiment.replication`);
+  a replicate whose logistic does not rise with N is censored at the grid's
+  edge its win share points to (share < ½: N* above the grid; else below);
 - the scaling law is the least-squares slope of log N* on log p0, its
-  interval the same bootstrap with seeds resampled jointly over p0 (the
-  seeds of different p0 share their environment family).
+  interval the same bootstrap (each p0's stage-1 models resampled
+  independently). Every replicate enters: a replicate N* beyond the swept
+  grid is censored at the grid's edge (the largest or smallest N of that
+  p0), and the share of replicates so censored is reported.
 
 Everything here reads only outcome tables; nothing trains or fits the ODE.
 """
@@ -31,6 +36,8 @@ import pandas as pd
 from scipy.special import expit
 
 from physrl.fitting import jeffreys_interval
+
+from .replication import CLUSTER, cluster_labels, stage1_key
 
 #: the post's canonical slope of log N* against log p0 (docs/model.md §4)
 CANONICAL_SLOPE = -1.0
@@ -140,9 +147,9 @@ class NStarEstimate:
         exp(−β₀/β₁) of the Firth logistic fit; None when it is not defined
         (see ``status``).
     interval_95 : list of (float or None)
-        Percentile bootstrap over seeds; 0 / None mark an end beyond the swept
-        grid (N* below the smallest / above the largest N), null both when not
-        computed.
+        Percentile bootstrap over stage-1 models; 0 / None mark an end beyond
+        the swept grid (N* below the smallest / above the largest N), null both
+        when not computed.
     n_seeds : int
     bracket : list
         [largest N that ever lost, smallest N that ever won] when the data
@@ -157,8 +164,11 @@ class NStarEstimate:
         ``no_increase`` (β₁ ≤ 0: winning does not become likelier with N, no
         N* defined).
     bootstrap : dict
-        ``replicates``, ``share_above_grid``, ``share_below_grid``,
-        ``share_undefined``.
+        ``replicates``, ``unit`` (the stage-1 model), ``clusters`` (stage-1
+        models at this p0), ``share_above_grid``, ``share_below_grid`` (every
+        replicate beyond the grid, censored ones included), ``share_undefined``
+        (replicates whose logistic did not rise with N, censored at the edge
+        their win share points to).
     """
 
     p0: float
@@ -211,11 +221,6 @@ def quantile_interval(values: np.ndarray, level: float = 0.95) -> list:
     return [None if not np.isfinite(v) else float(v) for v in (lo, hi)]
 
 
-def _resample_seeds(seeds: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, S) indices into ``seeds`` drawn with replacement."""
-    return rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-
-
 def at_budget(outcomes: pd.DataFrame, budget: int) -> pd.DataFrame:
     """The outcome rows read at ``budget`` optimizer steps.
 
@@ -230,20 +235,36 @@ def at_budget(outcomes: pd.DataFrame, budget: int) -> pd.DataFrame:
     return rows
 
 
+def _replicate_n_star(log_n: np.ndarray, wins: np.ndarray) -> tuple[float, bool]:
+    """(N* of one bootstrap replicate, whether it was undefined): inf above the grid, 0 below it.
+
+    A replicate whose logistic does not rise with N has no 50% point; it is
+    censored at the edge its win share points to (RS won in fewer than half of
+    its runs: N* above the grid, inf; else below it, 0), so that it enters
+    every interval instead of being dropped.
+    """
+    value, status, _, _ = _n_star_point(log_n, wins)
+    if status == "no_increase":
+        return (math.inf if wins.mean() < 0.5 else 0.0), True
+    return value, False
+
+
 def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[list[NStarEstimate], np.ndarray, list[float], list[int]]:
-    """Observed N*(p0) with bootstrap intervals over seeds, at one step budget.
+    """Observed N*(p0) with bootstrap intervals over stage-1 models, at one step budget.
 
     Parameters
     ----------
     outcomes : DataFrame
         One row per sweep run with columns ``p0, n_envs, seed, budget, win``
-        (win: bool or 0/1).
+        (win: bool or 0/1) and, optionally, ``cluster`` (the run's stage-1
+        model; without it each (p0, seed) is one, see
+        :func:`physrl.experiment.replication.cluster_labels`).
     budget : int
         Rows with this ``budget`` are used.
     n_boot : int
-        Bootstrap replicates (seeds resampled with replacement, the same
-        resample for every p0).
+        Bootstrap replicates: each p0's stage-1 models resampled with
+        replacement, independently across p0 (different p0 never share one).
     seed : int
         Seed of the bootstrap.
     level : float
@@ -253,20 +274,23 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
     -------
     (estimates, replicates, p0s, seeds)
         ``replicates`` has shape (n_boot, len(p0s)): the bootstrap N* values
-        (inf: no replicate win, 0: all won, nan: undefined), reused for the
-        slope's interval.
+        (inf: above the grid, 0: below it; a replicate without a 50% point is
+        censored at one of them), reused for the slope's interval.
 
     Raises
     ------
     ValueError
         If no row has this budget.
     """
-    rows = at_budget(outcomes, budget)
+    rows = at_budget(outcomes, budget).reset_index(drop=True)
+    rows = rows.assign(cluster=cluster_labels(rows))
     p0s = sorted(rows.p0.unique().tolist())
-    seeds = np.array(sorted(rows.seed.unique().tolist()))
+    seeds = np.array(sorted(rows.seed.unique().tolist())) if "seed" in rows else np.zeros(0, int)
     rng = np.random.default_rng(seed)
-    draws = _resample_seeds(seeds, n_boot, rng) if len(seeds) > 1 else np.zeros((0, 1), int)
-    replicates = np.full((draws.shape[0], len(p0s)), math.nan)
+    n_clusters = {p: rows[rows.p0 == p].cluster.nunique() for p in p0s}
+    do_boot = max(n_clusters.values()) > 1
+    replicates = np.full((n_boot if do_boot else 0, len(p0s)), math.nan)
+    undefined = np.zeros(replicates.shape, bool)
     estimates = []
     for j, p0 in enumerate(p0s):
         at = rows[rows.p0 == p0]
@@ -281,26 +305,27 @@ def n_star_by_p0(outcomes: pd.DataFrame, budget: int, *, n_boot: int = 2000, see
             bracket = [0, int(at.n_envs.min())]
         elif status == "above_grid":
             bracket = [int(at.n_envs.max()), None]
-        by_seed = {s: (np.log(g.n_envs.to_numpy(float)), g.win.to_numpy(float)) for s, g in at.groupby("seed")}
-        memo: dict[tuple, float] = {}  # a resample is a multiset of seeds: few distinct ones, each fitted once
-        for b, idx in enumerate(draws):
-            key = tuple(sorted(int(i) for i in idx))
+        clusters = sorted(at.cluster.unique().tolist())
+        by_cluster = {c: (np.log(g.n_envs.to_numpy(float)), g.win.to_numpy(float)) for c, g in at.groupby("cluster")}
+        memo: dict[tuple, tuple[float, bool]] = {}  # a resample is a multiset of clusters: each fitted once
+        for b in range(replicates.shape[0]):
+            key = tuple(sorted(int(i) for i in rng.integers(len(clusters), size=len(clusters))))
             if key not in memo:
-                parts = [by_seed[s] for s in seeds[list(key)] if s in by_seed]
-                memo[key] = (_n_star_point(np.concatenate([p[0] for p in parts]),
-                                           np.concatenate([p[1] for p in parts]))[0] if parts else math.nan)
-            replicates[b, j] = memo[key]
+                parts = [by_cluster[clusters[i]] for i in key]
+                memo[key] = _replicate_n_star(np.concatenate([p[0] for p in parts]),
+                                              np.concatenate([p[1] for p in parts]))
+            replicates[b, j], undefined[b, j] = memo[key]
         reps = replicates[:, j]
         interval = quantile_interval(reps, level) if reps.size else [None, None]
         estimates.append(NStarEstimate(
             p0=float(p0), budget=int(budget),
             n_star=float(n_star) if np.isfinite(n_star) and n_star > 0 else None,
-            interval_95=interval, n_seeds=int(at.seed.nunique()), bracket=bracket, slope=slope,
-            status=status, intercept=intercept,
-            bootstrap={"replicates": int(reps.size),
+            interval_95=interval, n_seeds=int(at.seed.nunique()) if "seed" in at else len(clusters),
+            bracket=bracket, slope=slope, status=status, intercept=intercept,
+            bootstrap={"replicates": int(reps.size), "unit": CLUSTER, "clusters": len(clusters),
                        "share_above_grid": float(np.mean(np.isinf(reps))) if reps.size else None,
                        "share_below_grid": float(np.mean(reps == 0)) if reps.size else None,
-                       "share_undefined": float(np.mean(np.isnan(reps))) if reps.size else None}))
+                       "share_undefined": float(np.mean(undefined[:, j])) if reps.size else None}))
     return estimates, replicates, [float(p) for p in p0s], [int(s) for s in seeds]
 
 
@@ -323,13 +348,17 @@ class SlopeEstimate:
     value : float or None
         From the point estimates (None when fewer than two p0 have a finite N*).
     interval_95 : list
-        Percentile interval over replicates (bootstrap over seeds for the
-        observed slope, parameter draws for the predicted one).
+        Percentile interval over replicates (bootstrap over stage-1 models for
+        the observed slope, parameter draws for the predicted one).
     replicates : int
     share_undefined : float or None
-        Share of replicates with a p0 whose N* was not finite (no slope).
+        Share of replicates with no slope (a p0 whose N* was not finite and,
+        without ``edges``, could not be censored).
     p0_used : list of float
     method : str
+    share_censored : float or None
+        Share of replicates with an N* beyond the grid at one of ``p0_used``,
+        entered at the grid's edge (None when no edges were given).
     """
 
     value: float | None
@@ -338,13 +367,14 @@ class SlopeEstimate:
     share_undefined: float | None
     p0_used: list
     method: str
+    share_censored: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, method: str,
-                        level: float = 0.95) -> SlopeEstimate:
+                        level: float = 0.95, edges=None) -> SlopeEstimate:
     """Slope of log N* on log p0 and its percentile interval over replicates.
 
     Parameters
@@ -353,17 +383,29 @@ def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, metho
     point_n_stars : sequence, length P
         Point estimates (None / nan / inf: not finite).
     replicate_n_stars : ndarray, shape (B, P)
-        N* per replicate; only the p0 with a finite point estimate enter (the
-        same set as the point slope), and a replicate with a non-finite N* at
-        one of them has no slope.
+        N* per replicate (inf: above the grid, 0: below it); only the p0 with a
+        finite point estimate enter (the same set as the point slope).
     method : str
         Describes the replicates (stored).
+    edges : sequence of (float, float), length P, optional
+        Smallest and largest N swept per p0. Given, every replicate enters: an
+        N* above the grid is censored at the largest N, one below it at the
+        smallest (``share_censored`` says how many replicates were); only NaN
+        replicates have no slope. Without it, a replicate with a non-finite N*
+        at one of the p0 has no slope and is left out.
     """
     point = np.array([math.nan if v is None else v for v in point_n_stars], float)
     value = log_log_slope(p0s, point)
     used = np.isfinite(point) & (point > 0)  # replicates use the same p0 as the point estimate
     reps = np.asarray(replicate_n_stars, float)
     reps = reps[:, used] if reps.ndim == 2 and reps.shape[0] else reps.reshape(0, int(used.sum()))
+    censored = np.zeros(reps.shape[0], bool)
+    if edges is not None and reps.size:
+        lo_edge = np.array([e[0] for e in edges], float)[used]
+        hi_edge = np.array([e[1] for e in edges], float)[used]
+        below, above = reps <= 0, np.isinf(reps)
+        censored = (below | above).any(axis=1)
+        reps = np.where(above, hi_edge[None, :], np.where(below, lo_edge[None, :], reps))
     slopes = np.full(reps.shape[0], math.nan)
     defined = (np.all(np.isfinite(reps) & (reps > 0), axis=1) if reps.size and used.sum() >= 2
                else np.zeros(reps.shape[0], bool))
@@ -378,11 +420,13 @@ def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, metho
         replicates=int(reps.shape[0]),
         share_undefined=float(np.mean(~defined)) if reps.shape[0] else None,
         p0_used=[float(p) for p, v in zip(p0s, point) if np.isfinite(v) and v > 0],
-        method=method)
+        method=method,
+        share_censored=(float(np.mean(censored & defined)) if edges is not None and reps.shape[0] else None))
 
 
 def win_table(outcomes: pd.DataFrame, budget: int, level: float = 0.95) -> pd.DataFrame:
-    """P(RS wins | N, p0) per cell at one budget, with a Jeffreys interval over seeds.
+    """P(RS wins | N, p0) per cell at one budget, with a Jeffreys interval over its runs (one per
+    stage-1 model in a cell, so a cell's runs are independent).
 
     Returns
     -------
@@ -430,17 +474,22 @@ def share_at_budget(obs: pd.DataFrame, run, budget: int) -> tuple[int, float]:
     return last, float(at.n_rs.sum() / at.n.sum())
 
 
-def outcomes_table(obs: pd.DataFrame, runs: dict, plan: dict, budgets, threshold: float) -> pd.DataFrame:
-    """One row per (sweep run, budget): ``run_id, p0, n_envs, seed, budget, step, final_p, win``.
+def outcomes_table(obs: pd.DataFrame, runs: dict, plan: dict, budgets, threshold: float, *,
+                   role: str = "sweep") -> pd.DataFrame:
+    """One row per (run of ``role``, budget): ``run_id, p0, n_envs, seed, budget, step, final_p, win, cluster``.
 
     ``plan`` maps run_id -> PlannedRun (role, n_envs, p0, seed); ``runs`` run_id -> fitting.Run.
+    ``role`` is "sweep" (every run that is not calibration) or "calibration". ``cluster`` is the run's
+    stage-1 model (:func:`physrl.experiment.replication.stage1_key`; ``p0=…/seed=…`` where the manifest
+    has no key).
     """
     rows = []
     for k, r in plan.items():
-        if r.role == "calibration":
+        if (r.role == "calibration") != (role == "calibration"):
             continue
+        key = stage1_key(runs[k]) or f"p0={r.p0:g}/seed={int(r.seed)}"
         for b in budgets:
             step, share = share_at_budget(obs, runs[k], b)
             rows.append({"run_id": k, "p0": r.p0, "n_envs": r.n_envs, "seed": r.seed, "budget": int(b),
-                         "step": step, "final_p": share, "win": int(share > threshold)})
+                         "step": step, "final_p": share, "win": int(share > threshold), "cluster": key})
     return pd.DataFrame(rows)

@@ -229,6 +229,10 @@ def _slope_sentence(name: str, s: dict) -> str:
     iv = "interval not computed" if lo is None else f"95% interval [{_fmt(lo)}, {_fmt(hi)}]"
     und = s.get("share_undefined")
     extra = f"; {und:.0%} of replicates had no slope" if und else ""
+    cens = s.get("share_censored")
+    if cens is not None:
+        extra += (f"; every replicate enters, {cens:.0%} with an N* beyond the grid censored at its edge"
+                  if cens else "; every replicate enters, none censored")
     return f"{name} slope <b>{_fmt(s['value'])}</b> ({iv}{extra})"
 
 
@@ -256,6 +260,13 @@ def verdict(summary: dict) -> list[str]:
              f"{'seed' if len(sc['calibration_seeds']) == 1 else 'seeds'} "
              f"{', '.join(str(x) for x in sc['calibration_seeds'])}"
              f"{', reused in the sweep' if sc['calibration_seeds_reused_in_sweep'] else ''})."]
+    rep = summary.get("replication")
+    if rep:
+        lines.append(f"The unit of replication is the <b>{html.escape(rep['unit'])}</b> ({rep['clusters']} of them: "
+                     "every N of one (p0, seed) starts from one pretrained model, named by its key in each run's "
+                     "manifest); every interval below resamples whole stage-1 models within each p0. How much of "
+                     "winning they carry, from P(RS wins | N, p0) with a random intercept per stage-1 model: "
+                     f"{html.escape(words.icc_text(rep.get('random_intercept')))}.")
     lo, hi = obs["interval_95"]
     one_p0 = len(sc["p0"]) < 2
     if one_p0:  # a design choice (the demo), not a failure of the law
@@ -273,6 +284,9 @@ def verdict(summary: dict) -> list[str]:
         lines.append(f"<span class='bad'>N* lies outside the swept grid at p0 = "
                      f"{', '.join(f'{p:g}' for p in censored)}</span>: the observed slope uses only "
                      f"{', '.join(f'{p:g}' for p in obs['p0_used'])}.")
+    if not one_p0 and (obs.get("share_censored") or 0) > 0.2:
+        lines.append(f"<span class='bad'>{obs['share_censored']:.0%} of the bootstrap replicates had an N* beyond "
+                     "the grid</span>, entered at the grid's edge: the interval's ends there are bounds.")
     if not one_p0 and (obs.get("share_undefined") or 0) > 0.2:
         lines.append(f"<span class='bad'>{obs['share_undefined']:.0%} of the bootstrap replicates had no slope</span> "
                      "(a p0 whose resampled N* fell outside the grid or was undefined); the interval is over the "
@@ -322,6 +336,7 @@ def verdict(summary: dict) -> list[str]:
                      f"{flag}; frozen prediction on continuous N <b>{html.escape(frozen_txt)}</b> (over parameter "
                      "draws, written before the sweep).")
     lines.append(score_sentence(summary["scores"]))
+    lines.append("Two verdicts, two names: " + html.escape(words.agreement_pair(summary.get("agreement"))) + ".")
     reg = summary["preregistration"]
     ok = reg["sweep_logs_read_after"]
     lines.append(f"Predictions frozen at {html.escape(reg['written_at'])} (sha256 {reg['sha256'][:16]}…); "
@@ -359,38 +374,45 @@ def score_sentence(s: dict) -> str:
     """The verdict's sentence on the frozen forecasts' scores, with bootstrap 95% intervals.
 
     "Beat" / "lost to" a baseline only when the 95% interval of the Brier
-    difference excludes 0; otherwise "did not differ from" it.
+    difference excludes 0; otherwise "did not differ from" it. Every baseline
+    is named with when it was available: the base rate in hindsight only, the
+    others prospectively.
     """
     boot = s.get("bootstrap") or {}
     unit = (f"; 95% intervals: bootstrap over {boot['units']} {boot['unit']}{'s' if boot['units'] != 1 else ''}"
-            if boot else "")
+            f"{' within each p0' if boot.get('strata') else ''}" if boot else "")
     one = score_with_interval
+    names = [b for b in words.BASELINE_NAMES if s.get(f"brier_{b}") is not None]
     text = (f"Frozen P(RS wins) forecasts over {s['n_events']} sweep run{'s' if s['n_events'] != 1 else ''}: "
-            f"Brier <b>{one(s, 'brier')}</b> (base rate {one(s, 'brier_base_rate')}, "
-            f"'RS wins iff N ≥ median N' {one(s, 'brier_median_n')}); log loss "
-            f"<b>{one(s, 'log_loss')}</b> (base rate {one(s, 'log_loss_base_rate')}, "
-            f"median-N rule {one(s, 'log_loss_median_n')}){unit}. ")
-    for baseline, name in (("base_rate", "the base rate"), ("median_n", "the median-N rule")):
+            f"Brier <b>{one(s, 'brier')}</b> ("
+            + ", ".join(f"{words.BASELINE_NAMES[b]} {one(s, f'brier_{b}')}" for b in names)
+            + f"); log loss <b>{one(s, 'log_loss')}</b> ("
+            + ", ".join(f"{words.BASELINE_NAMES[b]} {one(s, f'log_loss_{b}')}" for b in names)
+            + f"){unit}. The base rate is the sweep's own win share, known only in hindsight; the prospective "
+              "baselines were available before the sweep (the design; the calibration runs alone). ")
+    for baseline in names:
         word = brier_verdict(s, baseline)
         shown = "<span class='bad'>lost to</span>" if word == "lost to" else word
-        text += (f"Against {name} the forecasts <b>{shown}</b> it (Brier difference "
+        text += (f"Against the {words.BASELINE_NAMES[baseline]} the forecasts <b>{shown}</b> it (Brier difference "
                  f"{score_difference(s, 'brier', baseline)}). ")
     return text.strip()
 
 
 def scores_table(summary: dict, kind: str = "brier") -> pd.DataFrame:
     """Per budget, one score (``kind``: "brier" or "log_loss") with its bootstrap 95% interval for the
-    frozen forecasts and both baselines, and the frozen forecasts' difference to each baseline
-    (negative: the forecasts did better). One table per score keeps each within the page's width."""
+    frozen forecasts and every baseline (named hindsight or prospective), and the frozen forecasts' difference to
+    each (negative: the forecasts did better). One table per score keeps each within the page's width."""
     name = {"brier": "Brier", "log_loss": "log loss"}[kind]
     rows = []
     for b, s in summary["scores"]["by_budget"].items():
-        rows.append({"budget": int(b), "runs": s["n_events"],
-                     f"{name}: frozen": score_with_interval(s, kind),
-                     "base rate": score_with_interval(s, f"{kind}_base_rate"),
-                     "N ≥ median N": score_with_interval(s, f"{kind}_median_n"),
-                     "frozen − base rate": score_difference(s, kind, "base_rate"),
-                     "frozen − median-N": score_difference(s, kind, "median_n")})
+        row = {"budget": int(b), "runs": s["n_events"], f"{name}: frozen": score_with_interval(s, kind)}
+        for base in words.BASELINE_NAMES:
+            if s.get(f"{kind}_{base}") is not None:
+                row[words.BASELINE_NAMES[base]] = score_with_interval(s, f"{kind}_{base}")
+        for base in words.BASELINE_NAMES:
+            if s.get(f"{kind}_{base}") is not None:
+                row[f"frozen − {words.BASELINE_NAMES[base].split(' (')[0]}"] = score_difference(s, kind, base)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -452,7 +474,7 @@ def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcome
                             f"threshold {config.threshold:g} (Jeffreys 95% interval over seeds). Black curve: a "
                             "logistic regression of win/loss on log N (Firth's penalised likelihood, finite under "
                             "separation); the dotted line is its 50% point N*, the grey span its percentile "
-                            "bootstrap 95% interval over seeds. Where the seeds separate perfectly (every N up to "
+                            "bootstrap 95% interval over stage-1 models. Where the seeds separate perfectly (every N up to "
                             "some N lost, every larger N won) the data say only that N* lies between the largest N "
                             "that lost and the smallest that won: that bracket is drawn as a black bar at 50% and "
                             "quoted as the observed N*. Red: the frozen prediction of the calibration fit, written "
@@ -470,8 +492,13 @@ def scaling_sections(config, summary: dict, scaling: dict, frozen: dict, outcome
                             "runs and their fit and before any sweep run was trained; a rerun verifies this hash. "
                             "Scores: Brier score and log loss (forecasts clipped to "
                             f"[{summary['scores']['log_loss_floor']}, {1 - summary['scores']['log_loss_floor']}] for "
-                            "the log loss), lower is better; the base rate has seen the outcomes."],
-                tables=[(scores_table(summary, "brier"), "Brier score per budget, bootstrap 95% intervals"),
-                        (scores_table(summary, "log_loss"), "log loss per budget, bootstrap 95% intervals"),
+                            "the log loss), lower is better. The base rate has seen the outcomes (hindsight); the "
+                            "median-N rule, the constant 0.5 and the logistic in log N fitted to the calibration runs "
+                            "alone were available before the sweep (prospective). Intervals: bootstrap over stage-1 "
+                            "models within each p0."],
+                tables=[(scores_table(summary, "brier"), "Brier score per budget, bootstrap 95% intervals over "
+                                                         "stage-1 models"),
+                        (scores_table(summary, "log_loss"), "log loss per budget, bootstrap 95% intervals over "
+                                                            "stage-1 models"),
                         (frozen_vs_outcome_table(summary, outcomes), "every sweep cell")]),
     ]

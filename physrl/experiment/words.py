@@ -5,7 +5,7 @@ every report line and CLI line names the one it shows:
 
 - **observed, logistic 50% point**: where a Firth-penalised logistic
   regression of win/loss on log N crosses 50% (:mod:`physrl.experiment.scaling`), with
-  a percentile bootstrap over seeds. On one seed, or when the seeds separate
+  a percentile bootstrap over stage-1 models (the unit of replication). On one seed, or when the seeds separate
   perfectly (every N up to some N lost, every larger N won), the data say only
   that N* lies in the bracket (largest N that lost, smallest N that won]; the
   penalised point inside it is set by the penalty, not by the data, so the
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-OBSERVED_LOGISTIC = "logistic 50% point on log N (Firth), bootstrap 95% over seeds"
+OBSERVED_LOGISTIC = "logistic 50% point on log N (Firth), bootstrap 95% over stage-1 models"
 OBSERVED_GRID = "smallest swept N whose run ended RS, per seed"
 PREDICTED_FROZEN = ("frozen before the sweep: first crossing on continuous N (log-interpolated), "
                     "95% over parameter draws")
@@ -162,7 +162,7 @@ def observed_basis(entry: dict) -> str:
         return f"{who}: winning did not become likelier with N, no 50% point"
     if seeds <= 1:
         return "logistic 50% point on log N (Firth), one seed, outcomes not monotone in N: no interval"
-    return f"logistic 50% point on log N (Firth), {who}, bootstrap 95% over seeds"
+    return f"logistic 50% point on log N (Firth), {who}, bootstrap 95% over stage-1 models (one per seed)"
 
 
 def smallest_winning(per_seed: dict | None, n_max: int | None = None) -> str:
@@ -186,10 +186,13 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 # ---- the frozen forecasts' scores in words --------------------------------------------------------------------
 def brier_verdict(scores: dict, baseline: str) -> str:
-    """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n") on
+    """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate", "median_n", "half"
+    or "calibration") on
     the Brier score, by whether the 95% interval of the difference excludes 0 (``scores``: a
     :class:`Scores` as a dict, e.g. summary.json's; without an interval, by the sign alone)."""
     iv = (scores.get("interval_95") or {}).get(f"brier_minus_{baseline}")
+    if scores.get(f"brier_{baseline}") is None:
+        return "was not scored against"
     if not iv:
         return "beat" if scores["brier"] < scores[f"brier_{baseline}"] else "lost to"
     return "beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from"
@@ -199,6 +202,8 @@ def score_with_interval(scores: dict, key: str) -> str:
     """``0.282 [0.199, 0.358]``: one score of ``scores`` (a :class:`Scores` as a dict) with its bootstrap
     95% interval, the value alone where none was computed."""
     iv = (scores.get("interval_95") or {}).get(key)
+    if scores.get(key) is None:
+        return "–"
     return f"{scores[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
 
 
@@ -206,5 +211,54 @@ def score_difference(scores: dict, kind: str, baseline: str) -> str:
     """``+0.033 [-0.035, +0.109]``: the frozen forecasts' ``kind`` ("brier" or "log_loss") minus
     ``baseline``'s ("base_rate" or "median_n"), with its interval; negative: the forecasts did better."""
     iv = (scores.get("interval_95") or {}).get(f"{kind}_minus_{baseline}")
+    if scores.get(f"{kind}_{baseline}") is None:
+        return "–"
     diff = scores[kind] - scores[f"{kind}_{baseline}"]
     return f"{diff:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
+
+
+# ---- two verdicts, two names; baselines by when they were available; the unit of replication -----------------
+FROZEN_AGREEMENT = "frozen forecast's agreement"
+FROZEN_AGREEMENT_BASIS = ("each sweep run's end state called from the frozen P(RS wins) > ½, written before any "
+                          "sweep run was trained")
+PER_RUN_AGREEMENT = "per-run prediction's agreement"
+PER_RUN_AGREEMENT_BASIS = ("after the fact: the calibration fit run from each sweep run's own measured step 0 "
+                           "(not a forecast; it never stands for the frozen one)")
+
+#: short names of the scores' baselines, with when a forecaster could have had them
+BASELINE_NAMES = {"base_rate": "base rate (hindsight)", "median_n": "N ≥ median N (prospective)",
+                  "half": "constant 0.5 (prospective)", "calibration": "calibration logistic (prospective)"}
+
+
+def agreement_text(entry: dict | None) -> str:
+    """``frozen forecast's agreement: 75 of 120 (62%, 95% [50%, 73%] over stage-1 models)`` from one
+    ``summary.json`` ``agreement`` entry (``name``, ``agree``, ``of``, optional ``interval_95``, ``unit``);
+    "not computed" when absent."""
+    if not entry or not entry.get("of"):
+        return f"{(entry or {}).get('name', 'agreement')}: not computed"
+    iv = entry.get("interval_95")
+    unit = entry.get("unit")
+    extra = (f", 95% [{iv[0]:.0%}, {iv[1]:.0%}]" + (f" over {unit}s" if unit else "")) if iv else ""
+    return f"{entry['name']}: {entry['agree']} of {entry['of']} ({entry['agree'] / entry['of']:.0%}{extra})"
+
+
+def agreement_pair(agreement: dict | None) -> str:
+    """The two verdicts side by side, each under its own name (frozen first), with what each one is."""
+    agreement = agreement or {}
+    frozen, per_run = agreement.get("frozen_forecast"), agreement.get("per_run_prediction")
+    parts = [agreement_text(frozen or {"name": FROZEN_AGREEMENT}) + f" — {FROZEN_AGREEMENT_BASIS}"]
+    if per_run:
+        parts.append(agreement_text(per_run) + f" — {PER_RUN_AGREEMENT_BASIS}")
+    return "; ".join(parts)
+
+
+def icc_text(mixed: dict | None) -> str:
+    """``latent ICC 0.46, 95% [0.10, 0.65] (cluster bootstrap over 18 stage-1 models)``; why not, when absent."""
+    if not mixed:
+        return "latent ICC: not computed"
+    if mixed.get("error"):
+        return f"latent ICC: not computed ({mixed['error']})"
+    lo, hi = mixed.get("icc_interval_95") or (None, None)
+    iv = f", 95% [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
+    return (f"latent ICC {mixed['icc']:.2f}{iv} (cluster bootstrap over {mixed['n_clusters']} stage-1 models; "
+            f"random-intercept SD {mixed['sd_intercept']:.2f} on the logit scale)")
