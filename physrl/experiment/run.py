@@ -31,7 +31,7 @@ import pandas as pd
 from physrl import fitting
 
 from . import analysis as _analysis, figures as _figures, freeze as _freeze, scaling as _scaling
-from . import scaling_figures as _scaling_figures, words as _words
+from . import headline as _headline, scaling_figures as _scaling_figures, words as _words
 from .config import ExperimentConfig
 from .report import write_report
 from .runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
@@ -240,7 +240,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
                  preamble=f"{len(plan)} organism runs ({len(cal_ids)} calibration, {len(sweep_ids)} sweep), "
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "
                           f"Config: experiment.json; logs: runs/; fit: fit/; frozen predictions: "
-                          f"{_freeze.PREDICTIONS_FILE}.")
+                          f"{_freeze.PREDICTIONS_FILE}.",
+                 lead=_headline.first_screen(summary, outcomes, figs))
     summary["seconds"]["total"] = time.perf_counter() - t0
     fitting.write_json(out / "summary.json", summary)  # atomic: a kill mid-write keeps the previous summary whole
     return fitting.json_safe(summary)
