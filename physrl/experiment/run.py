@@ -114,9 +114,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     out_dir : path
         Everything goes here: ``runs/<run_id>/`` (rollout logs, docs/rollouts.md),
         ``fit/`` (fit.json, fit_report.txt), ``figures/``, ``report.html``,
-        ``summary.json``, ``experiment.json`` (the resolved config).
+        ``summary.json``, ``experiment.json`` (the resolved config), ``logs/progress/<run_id>.json``
+        (each organism run's GRPO step while it trains).
     progress : bool
-        Progress bars.
+        Progress bars on stderr: one per stage, its clock redrawn every second; while organisms train, a
+        second bar with each running run's step.
 
     Raises
     ------
@@ -145,13 +147,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     # 1-2. calibration runs, then the fit on them alone
     dirs = train_all(config, out, progress=progress, role=CALIBRATION)
-    cal_runs = {k: r for k, r in zip(cal_ids, _load(dirs, cal_ids))}
+    with stage(f"reading the logs of {len(cal_ids)} calibration runs", 1, enabled=progress, unit="read") as bar:
+        cal_runs = {k: r for k, r in zip(cal_ids, _load(dirs, cal_ids))}
+        bar.update(1)
     t_cal = time.perf_counter() - t0
     fit_dir = out / "fit"
     fit_dir.mkdir(exist_ok=True)
-    _say(progress, f"fitting the ODE on {len(cal_ids)} calibration runs")
-    fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
-                             max_nfev=config.fit_max_nfev, progress=progress)
+    # the fit's own bar counts evaluations once its problem is built; this one keeps time from the start
+    with stage(f"fitting the ODE on {len(cal_ids)} calibration runs", 1, enabled=progress, unit="fit") as bar:
+        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
+                                 max_nfev=config.fit_max_nfev, progress=progress)
+        bar.update(1)
     fit_result.save(fit_dir / "fit.json")
     fitting.write_text(fit_dir / "fit_report.txt", fit_result.report())
 
@@ -185,10 +191,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     dirs.update(train_all(config, out, progress=progress, role=SWEEP))
     registration = _freeze.check_read_after(registration, [dirs[k] for k in sweep_ids])
     t_train = time.perf_counter() - t0
-    _say(progress, f"reading the logs of {len(sweep_ids)} sweep runs")
-    runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
-    runs = {k: runs[k] for k in plan}
-    obs = fitting.observations(list(runs.values()))
+    with stage(f"reading the logs of {len(sweep_ids)} sweep runs", 1, enabled=progress, unit="read") as bar:
+        runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
+        runs = {k: runs[k] for k in plan}
+        obs = fitting.observations(list(runs.values()))
+        bar.update(1)
 
     points, predictions = [], {}
     with stage("predicting sweep runs", len(sweep_ids), enabled=progress, unit="run") as bar:

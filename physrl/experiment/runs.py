@@ -188,6 +188,8 @@ class StepMonitor:
             steps += step
             running.append(f"{k} {rec.get('phase', '')} {step}/{self.max_steps[k]}".replace("  ", " "))
         shown = running[:4] + ([f"+{len(running) - 4} more"] if len(running) > 4 else [])
+        if not shown and len(self.finished) < len(self.run_dirs):
+            shown = ["workers starting (each imports torch and transformers first)"]
         self.bar.n = steps
         self.bar.set_postfix_str("; ".join(shown), refresh=False)
         self.bar.refresh()
