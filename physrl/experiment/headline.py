@@ -174,9 +174,10 @@ def final_share_figure(summary: dict, outcomes: pd.DataFrame, path: Path) -> tup
         ax.plot(ns, [c["final_p_predicted"] for c in cs], "-", color="tab:red", lw=1.5,
                 label="frozen prediction: the fit's final share")
         mine = at[np.isclose(at.p0, p0)]
-        for n, g in mine.groupby("n_envs"):  # spread a cell's seeds sideways so that equal shares stay visible
+        gap = float(np.diff(np.log(ns)).min()) if len(ns) > 1 else 0.5  # closest swept N, log scale
+        for n, g in mine.groupby("n_envs"):  # a cell's seeds side by side, within a third of that gap
             k = len(g)
-            offsets = np.exp(0.06 * (np.arange(k) - (k - 1) / 2)) if k > 1 else np.ones(1)
+            offsets = np.exp(gap / 3 * (np.arange(k) / max(k - 1, 1) - 0.5)) if k > 1 else np.ones(1)
             won = g.win.to_numpy(bool)
             ax.scatter(n * offsets[won], g.final_p.to_numpy(float)[won], s=28, color="black", zorder=3,
                        label="a run RS won")
