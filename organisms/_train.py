@@ -534,6 +534,36 @@ def _tracking_environment(config: OrganismConfig, run_dir: Path):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _wandb_run(config: OrganismConfig, run_id: str):
+    """This run's own W&B run, started before training and finished after it (exit code 1 on an exception).
+
+    TRL's ``WandbCallback`` starts a W&B run only when ``wandb.run`` is None and never finishes it, and
+    wandb reads ``WANDB_DIR`` once per process: a second run trained in the same process (an experiment's
+    pool worker) logged into the first one's W&B run, in the first one's folder, and an offline run file
+    was complete only at the process's exit. Started here with the run's own ``dir`` (``WANDB_DIR``, set
+    by :func:`_tracking_environment`), name and mode; the callback then logs into it ("run may have been
+    created manually", transformers' ``WandbCallback.setup``). Must run inside :func:`_tracking_environment`.
+    """
+    if "wandb" not in config.report_to.split(","):
+        yield
+        return
+    import wandb
+
+    started = None
+    if wandb.run is None:
+        started = wandb.init(dir=os.environ["WANDB_DIR"], project=os.environ["WANDB_PROJECT"],
+                             mode=os.environ["WANDB_MODE"], name=run_id)
+    try:
+        yield
+    except BaseException:
+        if started is not None:
+            started.finish(exit_code=1)
+        raise
+    if started is not None:
+        started.finish(exit_code=0)
+
+
 def _stage1_model(config: OrganismConfig, family: EnvironmentFamily, run_dir: Path, device, log=print):
     """The stage-1 model for ``config``: from the stage-1 cache when an entry matches, else trained (and cached).
 
@@ -768,7 +798,8 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
             trainer.callback_handler.callbacks.insert(0, callback.tracker)
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
-        with _tracking_environment(config, run_dir), _quiet_tied_head_on_resume(model):
+        with _tracking_environment(config, run_dir), _quiet_tied_head_on_resume(model), \
+                _wandb_run(config, run_id):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         timing = callback.timing()
         tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"

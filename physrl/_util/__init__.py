@@ -1,5 +1,6 @@
 """Ground-floor helpers every room shares, none of them science: lazy package exports (:mod:`.lazy`), TOML on
-every Python (:mod:`.toml`) and the one command-line behaviour of every ``physrl`` command (:mod:`.command_line`).
+every Python (:mod:`.toml`), the one command-line behaviour of every ``physrl`` command (:mod:`.command_line`) and
+progress bars that keep moving through a long call (:mod:`.progress`).
 
 Each module here imports nothing of physrl, so ``sim``, ``fitting`` and ``organisms`` can use them without
 reaching up into the experiment or the CLI. Owned by the ground floor, beside the log contract.

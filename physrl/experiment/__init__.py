@@ -12,13 +12,14 @@
    stage-1 models) and :mod:`.analysis` (observed N*, the frozen forecasts' proper scores against hindsight
    and prospective baselines, the RS classifiers' accuracy);
 5. **report**: :mod:`.words` (every N* and score in words, one estimator named per number),
-   :mod:`.figures` and :mod:`.scaling_figures` (matplotlib figures and report sections) and
-   :mod:`.report` (the self-contained HTML file).
+   :mod:`.figures` and :mod:`.scaling_figures` (matplotlib figures and report sections),
+   :mod:`.headline` (the report's first screen: three plain answers and one figure) and :mod:`.report`
+   (the self-contained HTML file).
 
 :mod:`.run` drives the stages in that order (:func:`run_experiment`, :func:`reanalyse`) and :mod:`.cli` is
 ``physrl experiment`` / ``physrl demo``. A stage module imports only from the stages before it
-(``tests/test_house.py`` checks the order: executors, config, runs, words, replication, scaling, freeze, analysis,
-report, figures, scaling_figures, run, cli). A new analysis is a module of this room between
+(``tests/test_house.py`` checks the order: ray_resources, executors, config, runs, words, replication, scaling,
+freeze, analysis, report, figures, scaling_figures, headline, run, cli). A new analysis is a module of this room between
 :mod:`.analysis` and the report.
 
 Names are imported on first use (PEP 562, as in ``physrl.fitting``), so ``physrl experiment --help`` starts

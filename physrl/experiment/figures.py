@@ -24,12 +24,16 @@ def _trained_share(obs: pd.DataFrame, run) -> pd.DataFrame:
     return pd.DataFrame({"step": g.index, "p": g.n_rs / g.n, "n": g.n}).reset_index(drop=True)
 
 
+SHARE_COLOURS = 0.72  # the largest N takes plasma at 0.72 (orange-red, contrast 2.5:1 on white; viridis ended at 1.3:1)
+
+
 def rs_share_figure(obs, runs, plan, path: Path) -> str:
-    """RS share over optimizer steps, one line per N, one panel per p0 (sweep runs)."""
+    """RS share over optimizer steps, one line per N (colour: plasma from dark blue at the smallest N to
+    orange at the largest, every line darker than a pale yellow on white), one panel per p0 (sweep runs)."""
     sweep = [k for k, r in plan.items() if r.role != "calibration"]
     p0s = sorted({plan[k].p0 for k in sweep})
     ns = sorted({plan[k].n_envs for k in sweep})
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("plasma")  # dark blue (N small) to orange (N large); viridis ended in a yellow
     fig, axes = plt.subplots(1, len(p0s), figsize=(4.6 * len(p0s), 3.6), squeeze=False, sharey=True)
     for ax, p0 in zip(axes[0], p0s):
         labelled = set()
@@ -38,8 +42,8 @@ def rs_share_figure(obs, runs, plan, path: Path) -> str:
             if r.p0 != p0:
                 continue
             share = _trained_share(obs, runs[k])
-            color = cmap(ns.index(r.n_envs) / max(1, len(ns) - 1))
-            ax.plot(share.step, share.p, "-o", ms=2.5, lw=1, color=color, alpha=0.85,
+            color = cmap(SHARE_COLOURS * ns.index(r.n_envs) / max(1, len(ns) - 1))
+            ax.plot(share.step, share.p, "-o", ms=2.5, lw=1.2, color=color, alpha=0.85,
                     label=None if r.n_envs in labelled else f"N = {r.n_envs}")  # one entry per N, seeds alike
             labelled.add(r.n_envs)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")

@@ -38,6 +38,7 @@ import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -96,7 +97,7 @@ def _dispersion(fit_result) -> float:
 
 def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], threshold: float, *,
                   eval_rollouts_per_env: int, n_star_max: int, n_draws: int = 200, seed: int = 0,
-                  level: float = 0.95) -> dict:
+                  level: float = 0.95, done: Callable[[int], object] | None = None) -> dict:
     """Every sweep cell's frozen prediction, N*(p0) and the scaling slope.
 
     Parameters
@@ -118,6 +119,9 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
         Parameter draws D.
     seed : int
     level : float
+    done : callable(int), optional
+        Called with 1 after each of the ``2 × len(budgets) × len(grid)`` calls of the fit under the
+        protocol (per budget and p0: the N* search, then the cells), e.g. a progress bar's ``update``.
 
     Returns
     -------
@@ -146,12 +150,16 @@ def predict_sweep(fit_result, grid: dict[float, list[int]], budgets: list[int], 
                                                                  seed=seed),
                 batch_shape=(n_draws + 1,), method="grid", n_grid=n_search, threshold=threshold).ranked()
             per_p0[p0] = draws
+            if done is not None:
+                done(1)
             n_stars.append({"p0": p0, "budget": budget,
                             "n_star": float(draws[0]) if np.isfinite(draws[0]) else None,
                             "interval_95": quantile_interval(draws[1:], level),
                             "share_above_n_max": float(np.mean(~np.isfinite(draws[1:]))),
                             "n_max": n_star_max})
             at_cells = protocol_final_p(fit_result, p0, ns, budget, n_draws=n_draws, seed=seed)  # (D+1, len(ns))
+            if done is not None:
+                done(1)
             for j, n in enumerate(ns):
                 trials = max(1.0, n * eval_rollouts_per_env / phi)
                 observed = rng.binomial(int(round(trials)), np.clip(at_cells[1:, j], 0, 1)) / round(trials)

@@ -23,6 +23,8 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px s
 text-align:right} th{background:#f0f0f0} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;box-sizing:border-box;border:1px solid #ddd;margin:.4em 0} figure{margin:1em 0} .verdict{background:#f7f7e8;border-left:4px solid #b8a000;
 padding:.2em 1em} .verdict p{margin:.5em 0} .ok{color:#1a7f37} .bad{color:#b42318} .note{color:#666;font-size:.9em}
+.first ul{list-style:none;padding:0;margin:.8em 0;font-size:1.15em} .first li{margin:.45em 0}
+div.first + figure img{max-width:760px}
 """
 
 
@@ -54,10 +56,13 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (data uri, caption)
     tables: list[tuple[pd.DataFrame, str]] = field(default_factory=list)  # (table, caption)
     css_class: str = ""
+    items: list[str] = field(default_factory=list)  # a list (HTML items) before the paragraphs
+    heading: bool = True  # False: the title is not shown (the report's first screen)
 
     def html(self) -> str:
-        parts = [f"<h2>{html.escape(self.title)}</h2>"]
-        paragraphs = "".join(f"<p>{p}</p>" for p in self.paragraphs)
+        parts = [f"<h2>{html.escape(self.title)}</h2>"] if self.heading else []
+        paragraphs = ("".join(f"<ul>{''.join(f'<li>{i}</li>' for i in self.items)}</ul>") if self.items else "")
+        paragraphs += "".join(f"<p>{p}</p>" for p in self.paragraphs)
         parts.append(f"<div class='{self.css_class}'>{paragraphs}</div>" if self.css_class else paragraphs)
         for i, (df, caption) in enumerate(self.tables):
             parts.append(f"<p class='note'>{html.escape(caption)}</p>" if caption else "")
@@ -120,12 +125,17 @@ def _column_style(df: pd.DataFrame, table_id: str) -> str:
     return f"<style>{''.join(rules)}</style>" if rules else ""
 
 
-def write_report(path: Path, title: str, sections: list[Section], preamble: str = "") -> Path:
-    """Write a self-contained HTML report to ``path`` (atomically) and return the path."""
+def write_report(path: Path, title: str, sections: list[Section], preamble: str = "",
+                 lead: Section | None = None) -> Path:
+    """Write a self-contained HTML report to ``path`` (atomically) and return the path.
+
+    ``lead`` (the experiment's first screen, :mod:`physrl.experiment.headline`) comes right under the
+    title, before the ``preamble`` note and the ``sections``.
+    """
     body = "\n".join(s.html() for s in sections)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-           f"<p class='note'>{preamble}</p>{body}</body></html>")
+           f"{lead.html() if lead is not None else ''}<p class='note'>{preamble}</p>{body}</body></html>")
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(doc, encoding="utf-8")

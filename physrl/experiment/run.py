@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting
+from physrl._util.progress import stage
 
 from . import analysis as _analysis, figures as _figures, freeze as _freeze, replication as _replication
 from . import scaling as _scaling
-from . import scaling_figures as _scaling_figures, words as _words
+from . import headline as _headline, scaling_figures as _scaling_figures, words as _words
 from .config import ExperimentConfig
 from .report import write_report
 from .runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
@@ -117,9 +118,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     out_dir : path
         Everything goes here: ``runs/<run_id>/`` (rollout logs, docs/rollouts.md),
         ``fit/`` (fit.json, fit_report.txt), ``figures/``, ``report.html``,
-        ``summary.json``, ``experiment.json`` (the resolved config).
+        ``summary.json``, ``experiment.json`` (the resolved config), ``logs/progress/<run_id>.json``
+        (each organism run's GRPO step while it trains).
     progress : bool
-        Progress bars.
+        Progress bars on stderr: one per stage, its clock redrawn every second; while organisms train, a
+        second bar with each running run's step.
 
     Raises
     ------
@@ -148,13 +151,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
 
     # 1-2. calibration runs, then the fit on them alone
     dirs = train_all(config, out, progress=progress, role=CALIBRATION)
-    cal_runs = {k: r for k, r in zip(cal_ids, _load(dirs, cal_ids))}
+    with stage(f"reading the logs of {len(cal_ids)} calibration runs", 1, enabled=progress, unit="read") as bar:
+        cal_runs = {k: r for k, r in zip(cal_ids, _load(dirs, cal_ids))}
+        bar.update(1)
     t_cal = time.perf_counter() - t0
     fit_dir = out / "fit"
     fit_dir.mkdir(exist_ok=True)
-    _say(progress, f"fitting the ODE on {len(cal_ids)} calibration runs")
-    fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
-                             max_nfev=config.fit_max_nfev, progress=progress)
+    # the fit's own bar counts evaluations once its problem is built; this one keeps time from the start
+    with stage(f"fitting the ODE on {len(cal_ids)} calibration runs", 1, enabled=progress, unit="fit") as bar:
+        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
+                                 max_nfev=config.fit_max_nfev, progress=progress)
+        bar.update(1)
     fit_result.save(fit_dir / "fit.json")
     fitting.write_text(fit_dir / "fit_report.txt", fit_result.report())
 
@@ -170,10 +177,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     else:
         _say(progress, "freezing predictions for every sweep cell before the sweep is trained")
         sweep_cfg = resolved[sweep_ids[0]]
-        payload = _freeze.predict_sweep(
-            fit_result, grid, budgets, config.threshold,
-            eval_rollouts_per_env=int(sweep_cfg["eval_prompts_per_env"]) * int(sweep_cfg["num_generations"]),
-            n_star_max=config.n_star_max, n_draws=config.prediction_draws, seed=min(config.calibration_seed_list()))
+        with stage("freezing predictions (N* search and cells per budget and p0)", 2 * len(budgets) * len(grid),
+                   enabled=progress, unit="call") as bar:
+            payload = _freeze.predict_sweep(
+                fit_result, grid, budgets, config.threshold,
+                eval_rollouts_per_env=int(sweep_cfg["eval_prompts_per_env"]) * int(sweep_cfg["num_generations"]),
+                n_star_max=config.n_star_max, n_draws=config.prediction_draws,
+                seed=min(config.calibration_seed_list()), done=bar.update)
         payload["context"] = {"calibration_runs": cal_ids, "grid": {f"{p:g}": ns for p, ns in grid.items()},
                               "seeds": config.seeds, "budgets": budgets, "max_steps": max_steps,
                               "fit_parameters": {n: e.value for n, e in fit_result.estimates.items()}}
@@ -185,26 +195,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     dirs.update(train_all(config, out, progress=progress, role=SWEEP))
     registration = _freeze.check_read_after(registration, [dirs[k] for k in sweep_ids])
     t_train = time.perf_counter() - t0
-    runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
-    runs = {k: runs[k] for k in plan}
-    obs = fitting.observations(list(runs.values()))
+    with stage(f"reading the logs of {len(sweep_ids)} sweep runs", 1, enabled=progress, unit="read") as bar:
+        runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
+        runs = {k: runs[k] for k in plan}
+        obs = fitting.observations(list(runs.values()))
+        bar.update(1)
 
     points, predictions = [], {}
-    for k in _progress(sweep_ids, progress, "predicting sweep runs"):
-        r, run = plan[k], runs[k]
-        last, final_p = _analysis.final_rs_share(obs, run)
-        # the run's own stage-1 model starts where it was measured at step 0: p0, a0 and b0 with their
-        # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact
-        pred = fitting.predict(fit_result, run, n_star=False, n_samples=100, seed=r.seed, level=0.9,
-                               threshold=config.threshold, start="measured")
-        predictions[k] = pred
-        m = pred.metrics
-        rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}
-        rmse["p_trained"] = m.rmse_p  # RS share over the trained envs' eval points
-        predicted_p = m.end_state.predicted_mean_p
-        agrees = None if predicted_p is None else (final_p > config.threshold) == (predicted_p > config.threshold)
-        points.append(_analysis.SweepPoint(k, r.n_envs, r.p0, r.seed, final_p, predicted_p,
-                                           rmse, m.coverage.get("p"), agrees))
+    with stage("predicting sweep runs", len(sweep_ids), enabled=progress, unit="run") as bar:
+        for k in sweep_ids:
+            points.append(_predict_one(config, fit_result, obs, plan[k], runs[k], k, predictions))
+            bar.update(1)
 
     observed = _analysis.observed_n_star(points, config.threshold)
     # rounded so that a grid point equal to a configured p0 up to float noise appears once
@@ -215,16 +216,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         n_star_note = f"fit did not converge ({fit_result.diagnostics.message}): no N* is claimed"
     else:
         try:
-            predicted = _freeze.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
-                                                   config.threshold, seed=min(config.seeds))
+            with stage(f"the fit's protocol N* curve over {len(p0_grid)} priors", len(p0_grid), enabled=progress,
+                       unit="p0") as bar:
+                rows = []
+                for p0 in p0_grid:  # one prior at a time (each independent, same seed): the same table
+                    rows.append(_freeze.predicted_n_star(fit_result, [p0], max_steps, config.n_star_max,
+                                                         config.threshold, seed=min(config.seeds)))
+                    bar.update(1)
+            predicted = pd.concat(rows, ignore_index=True)
             n_star_note = ""
         except ValueError as err:
             n_star_note = str(err)
 
-    _say(progress, f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over seeds")
     outcomes = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
     calibration = _scaling.outcomes_table(obs, runs, plan, budgets, config.threshold, role=CALIBRATION)
-    scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid, calibration)
+    with stage(f"observed N*: logistic fits and {config.bootstrap} bootstrap replicates over stage-1 models, "
+               "per budget", len(budgets), enabled=progress, unit="budget") as bar:
+        scaling = _scaling_analysis(config, outcomes, frozen, budgets, max_steps, grid, calibration,
+                                    done=bar.update)
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -240,15 +249,22 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     _add_smallest_winning_n(summary, outcomes, max_steps)
     for key, entry in summary["predicted_n_star"].items():
         entry["protocol_grid"] = protocol_grid.get(key)
-    sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
-    sections += _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
-                                         predictions, summary, figs)
-    sections += _figures.accuracy_section(summary["classifier_accuracy"])
+    with stage("writing the report (figures and tables)", 4, enabled=progress, unit="part") as bar:
+        lead = _headline.first_screen(summary, outcomes, figs)
+        bar.update(1)
+        sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
+        bar.update(1)
+        sections += _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
+                                             predictions, summary, figs)
+        bar.update(1)
+        sections += _figures.accuracy_section(summary["classifier_accuracy"])
+        bar.update(1)
     write_report(out / "report.html", f"physrl diversity experiment: {config.name}", sections,
                  preamble=f"{len(plan)} organism runs ({len(cal_ids)} calibration, {len(sweep_ids)} sweep), "
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "
                           f"Config: experiment.json; logs: runs/; fit: fit/; frozen predictions: "
-                          f"{_freeze.PREDICTIONS_FILE}.")
+                          f"{_freeze.PREDICTIONS_FILE}.",
+                 lead=lead)
     summary["seconds"]["total"] = time.perf_counter() - t0
     fitting.write_json(out / "summary.json", summary)  # atomic: a kill mid-write keeps the previous summary whole
     return fitting.json_safe(summary)
@@ -259,10 +275,20 @@ def _say(progress: bool, message: str) -> None:
         print(f"[physrl] {message}", file=sys.stderr, flush=True)
 
 
-def _progress(items, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="run", disable=not progress)
+def _predict_one(config, fit_result, obs, r, run, k: str, predictions: dict):
+    """Predict one sweep run with the fitted ODE (stored in ``predictions[k]``); returns its SweepPoint."""
+    last, final_p = _analysis.final_rs_share(obs, run)
+    # the run's own stage-1 model starts where it was measured at step 0: p0, a0 and b0 with their
+    # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact
+    pred = fitting.predict(fit_result, run, n_star=False, n_samples=100, seed=r.seed, level=0.9,
+                           threshold=config.threshold, start="measured")
+    predictions[k] = pred
+    m = pred.metrics
+    rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}
+    rmse["p_trained"] = m.rmse_p  # RS share over the trained envs' eval points
+    predicted_p = m.end_state.predicted_mean_p
+    agrees = None if predicted_p is None else (final_p > config.threshold) == (predicted_p > config.threshold)
+    return _analysis.SweepPoint(k, r.n_envs, r.p0, r.seed, final_p, predicted_p, rmse, m.coverage.get("p"), agrees)
 
 
 def _load(dirs: dict, ids: list[str]) -> list:
@@ -272,10 +298,10 @@ def _load(dirs: dict, ids: list[str]) -> list:
 
 
 def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: list[int], max_steps: int,
-                      grid: dict, calibration: pd.DataFrame | None = None) -> dict:
+                      grid: dict, calibration: pd.DataFrame | None = None, done=None) -> dict:
     """Per budget: win table, observed N*(p0), observed and predicted slopes, scores, the random-intercept
     model of the stage-1 models (``calibration``: the calibration runs' outcomes, for the prospective
-    baseline)."""
+    baseline); ``done(1)`` after each budget (e.g. a progress bar's ``update``)."""
     by_budget = {}
     for b in budgets:
         estimates, reps, p0s, seeds = _scaling.n_star_by_p0(outcomes, b, n_boot=config.bootstrap,
@@ -297,6 +323,8 @@ def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: lis
                         "scores": _analysis.score(frozen, outcomes, b, grid, calibration=calibration),
                         "random_intercept": mixed,
                         "p0": p0s, "seeds": seeds}
+        if done is not None:
+            done(1)
     return {"by_budget": by_budget, "primary": max_steps}
 
 

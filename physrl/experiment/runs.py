@@ -9,7 +9,10 @@ says ``finished`` and resumes the others from their last checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+import time
 from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
@@ -100,6 +103,108 @@ def run_status(run_dir: Path) -> str:
     return "finished" if status == "finished" else "unfinished"
 
 
+# ---- each running organism's step, for the parent's progress display -------------------------------------------
+def progress_file(run_dir: str | Path) -> Path:
+    """Where a run being trained reports its step: ``OUT/logs/progress/<run folder>.json`` beside ``OUT/runs/``.
+
+    A file on the experiment's folder works alike for the local pool, Slurm (submitit) and Ray workers, which
+    share no memory with the parent but write the run folder on the same filesystem; it stays out of the run
+    folder, which holds only the log contract's files.
+    """
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent / "logs" / "progress" / f"{run_dir.name}.json"
+
+
+def write_progress(run_dir: str | Path, step: int, max_steps: int, phase: str) -> None:
+    """Record that the run in ``run_dir`` is at optimizer ``step`` of ``max_steps`` in ``phase`` ("stage 1",
+    "GRPO", "finished"); atomic (a reader never sees half a file); never raises (progress is a courtesy)."""
+    path = progress_file(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"step": int(step), "max_steps": int(max_steps), "phase": phase,
+                                   "time": time.time()}))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def read_progress(run_dir: str | Path) -> dict | None:
+    """The last :func:`write_progress` record of ``run_dir`` ({step, max_steps, phase, time}), or None."""
+    try:
+        return json.loads(progress_file(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _progress_callback(run_dir: str | Path, max_steps: int):
+    """A ``transformers.TrainerCallback`` that writes the run's step at the start of training and after every
+    optimizer step (:func:`write_progress`)."""
+    from transformers import TrainerCallback
+
+    class ReportStep(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            write_progress(run_dir, state.global_step, max_steps, "GRPO")
+
+        def on_step_end(self, args, state, control, **kw):
+            write_progress(run_dir, state.global_step, max_steps, "GRPO")
+
+    return ReportStep()
+
+
+class StepMonitor:
+    """A second bar under the runs' bar: the GRPO steps of the runs being trained, with each running run's
+    step in its postfix (``sweep-N8-p0.1-h0-s0 120/400``), read every ``interval`` seconds from the files of
+    :func:`write_progress` by a daemon thread."""
+
+    def __init__(self, run_dirs: dict[str, Path], max_steps: dict[str, int], *, enabled: bool = True,
+                 interval: float = 1.0, desc: str = "GRPO steps"):
+        from tqdm.auto import tqdm
+
+        self.run_dirs, self.max_steps, self.interval = run_dirs, max_steps, interval
+        self.finished: set[str] = set()
+        self.bar = tqdm(total=sum(max_steps.values()), desc=desc, unit="step", disable=not enabled, position=1,
+                        leave=False, dynamic_ncols=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="physrl organism steps", daemon=True)
+        if enabled:
+            self._thread.start()
+
+    def done(self, run_id: str) -> None:
+        """Count a run as trained to its end (whatever its file said last)."""
+        self.finished.add(run_id)
+        self.update()
+
+    def update(self) -> None:
+        steps, running = 0, []
+        for k, d in self.run_dirs.items():
+            if k in self.finished:
+                steps += self.max_steps[k]
+                continue
+            rec = read_progress(d)
+            if rec is None:
+                continue
+            step = min(int(rec.get("step", 0)), self.max_steps[k])
+            steps += step
+            running.append(f"{k} {rec.get('phase', '')} {step}/{self.max_steps[k]}".replace("  ", " "))
+        shown = running[:4] + ([f"+{len(running) - 4} more"] if len(running) > 4 else [])
+        if not shown and len(self.finished) < len(self.run_dirs):
+            shown = ["workers starting (each imports torch and transformers first)"]
+        self.bar.n = steps
+        self.bar.set_postfix_str("; ".join(shown), refresh=False)
+        self.bar.refresh()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.update()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.bar.close()
+
+
 def train_one(organism: dict, run_dir: str, resume: bool) -> str:
     """Train one organism (runs in a worker process); returns the run directory.
 
@@ -119,7 +224,10 @@ def train_one(organism: dict, run_dir: str, resume: bool) -> str:
             stale = path.with_name(path.name + ".stale")
             shutil.rmtree(stale, ignore_errors=True)
             path.rename(stale)
-    train(config, path, resume=resume, log=lambda *a, **k: None)
+    write_progress(path, 0, config.max_steps, "stage 1")
+    train(config, path, resume=resume, log=lambda *a, **k: None,
+          recorder_hook=lambda recorder, trainer: trainer.add_callback(_progress_callback(path, config.max_steps)))
+    write_progress(path, config.max_steps, config.max_steps, "finished")
     return str(path)
 
 
@@ -216,20 +324,34 @@ def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True,
             resume = run_status(dirs[r.run_id]) == "unfinished"
             handles.append((r, executor.submit(train_one, organism, str(dirs[r.run_id]), resume)))
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"{role or 'organism'} runs",
-                   unit="run", disable=not progress)
-        for i, handle in executor.as_completed([h for _, h in handles]):
-            r = handles[i][0]
-            try:
-                executor.result(handle)
-            except Exception as err:  # noqa: BLE001 - report every failed run together
-                failures.append(f"{r.run_id}: {type(err).__name__}: {err}")
-            bar.set_postfix_str(f"last {r.run_id}", refresh=False)
-            bar.update(1)
-        bar.close()
+                   unit="run", disable=not progress, position=0)
+        steps = StepMonitor({r.run_id: dirs[r.run_id] for r in todo},
+                            {r.run_id: int({**config.organism, **r.organism_overrides()}.get(
+                                "max_steps", _default_max_steps())) for r in todo},
+                            enabled=progress and bool(todo), desc=f"{role or 'organism'} GRPO steps")
+        try:
+            for i, handle in executor.as_completed([h for _, h in handles]):
+                r = handles[i][0]
+                try:
+                    executor.result(handle)
+                except Exception as err:  # noqa: BLE001 - report every failed run together
+                    failures.append(f"{r.run_id}: {type(err).__name__}: {err}")
+                steps.done(r.run_id)
+                bar.set_postfix_str(f"last {r.run_id}", refresh=False)
+                bar.update(1)
+        finally:
+            steps.close()
+            bar.close()
     if failures:
         raise RuntimeError("organism runs failed (rerun the same command to resume them):\n  "
                            + "\n  ".join(failures))
     return dirs
+
+
+def _default_max_steps() -> int:
+    from physrl.organisms import OrganismConfig
+
+    return OrganismConfig.max_steps
 
 
 def plan_table(config: ExperimentConfig) -> list[dict]:

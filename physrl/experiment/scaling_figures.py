@@ -46,7 +46,9 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
     """Rows: step budgets; columns: p0. Observed P(RS wins) per N (Jeffreys 95%), the Firth
     logistic fit, its N* with the bootstrap interval, and the frozen predicted P(RS wins)."""
     p0s = scaling["by_budget"][budgets[-1]]["p0"]
-    fig, axes = plt.subplots(len(budgets), len(p0s), figsize=(3.9 * len(p0s), 2.9 * len(budgets)),
+    legend_in = 0.55 if len(p0s) == 1 else 0.35  # the legend's band below the panels (two rows or one), inches
+    height = 2.9 * len(budgets) + legend_in
+    fig, axes = plt.subplots(len(budgets), len(p0s), figsize=(max(3.9 * len(p0s), 4.6), height),
                              squeeze=False, sharey=True)
     for i, b in enumerate(budgets):
         part = scaling["by_budget"][b]
@@ -86,8 +88,13 @@ def win_probability_figure(scaling: dict, frozen: dict, budgets: list[int], path
                 ax.set_xlabel("diversity N (trained environments)")
             if j == 0:
                 ax.set_ylabel("P(RS wins)")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    legend = {}  # every panel's entries once (the bracket is drawn only where seeds separate)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 2 if len(p0s) == 1 else 4),
+               fontsize=8, frameon=False)  # below the panels: inside, it covered the error bars
     return figure_to_data_uri(fig, path)
 
 
