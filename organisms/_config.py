@@ -58,6 +58,9 @@ LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
 #: learning-rate range per optimizer: SGD steps are the raw gradient times lr, so useful SGD rates are orders of
 #: magnitude above AdamW's (docs/organisms.md, "The RL algorithm as a knob")
 LR_RANGE = {"adamw": 1.0, "sgd": 1000.0}
+#: smallest SGD learning rate accepted: AdamW's default 2e-4 kept by mistake leaves an SGD run flat (a new user's
+#: 60-step run: RS share 0.09 -> 0.07, reward 0.324 -> 0.326); measured useful SGD rates are 0.03-0.3
+SGD_MIN_LR = 1e-3
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...], why: str = "") -> None:
@@ -275,6 +278,11 @@ class OrganismConfig:
         if self.momentum and self.optimizer != "sgd":
             raise ValueError(f"config field 'momentum' = {self.momentum!r} applies to optimizer 'sgd' only; "
                              f"optimizer is {self.optimizer!r} (leave momentum at 0)")
+        if self.optimizer == "sgd" and self.learning_rate < SGD_MIN_LR:
+            raise ValueError(f"config field 'learning_rate' = {self.learning_rate!r} with optimizer 'sgd' is an "
+                             f"AdamW-sized rate (AdamW's default is 2e-4): SGD steps are lr times the raw gradient, "
+                             f"and below {SGD_MIN_LR} RS and local skill barely move in a run (docs/organisms.md, "
+                             "'SGD learning rate, measured': 0.1 was chosen); set learning_rate, e.g. 0.1")
         _check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         _check_choice("loss_type", self.loss_type, LOSS_TYPES,
                       " ('luspo' needs sequence-level importance sampling, which organisms do not use)"

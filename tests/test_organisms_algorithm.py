@@ -22,6 +22,8 @@ from physrl.organisms._train import ResumeMismatch
     ({"loss_type": "ppo"}, "'loss_type' = 'ppo'; allowed 'dapo'"),
     ({"loss_type": "luspo"}, "needs sequence-level importance sampling"),
     ({"momentum": 0.9}, "applies to optimizer 'sgd' only"),
+    ({"optimizer": "sgd"}, "'learning_rate' = 0.0002 with optimizer 'sgd' is an AdamW-sized rate"),
+    ({"optimizer": "sgd", "learning_rate": 5e-4}, "set learning_rate, e.g. 0.1"),
     ({"optimizer": "sgd", "momentum": 1.0}, "'momentum' = 1.0 is out of range; allowed [0.0, 1.0)"),
     ({"optimizer": "sgd", "momentum": -0.1}, "allowed [0.0, 1.0)"),
     ({"learning_rate": 5.0}, "'learning_rate' = 5.0 is out of range; allowed (0.0, 1.0]"),
