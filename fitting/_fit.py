@@ -59,7 +59,7 @@ from physrl.contract import Run, load_runs
 
 from ._engine import single_thread
 from ._observations import observations
-from ._problem import WALL, FitSpec, ParamInfo, Problem, Step0
+from ._problem import JACOBIAN_MAX_SUBSTEPS, WALL, FitSpec, Measurement, ParamInfo, Problem, Step0
 
 NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
@@ -100,6 +100,9 @@ class ParameterEstimate:
         The parameter's allowed range.
     profile : dict or None
         Profile-likelihood interval when requested.
+    measurement : Measurement or None
+        For an initial-state parameter held at its step-0 measurement: that measurement's distribution,
+        which gives its stderr and interval (issue 18: never a zero-width interval).
     """
 
     name: str
@@ -113,6 +116,7 @@ class ParameterEstimate:
     info: ParamInfo | None = None
     bounds: tuple[float, float] = (-np.inf, np.inf)
     profile: dict | None = None
+    measurement: Measurement | None = None
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         """Wald interval on the natural scale; always contains ``value``.
@@ -120,8 +124,11 @@ class ParameterEstimate:
         Logit scale for probabilities, log scale for positive scales, natural
         (clipped to the bounds) otherwise. At a bound the interval is
         one-sided, from the bound. Returns (nan, nan) if not identified and
-        (value, value) if fixed.
+        (value, value) if fixed; a parameter held at its step-0 measurement
+        gets the measurement's interval (:class:`Measurement`).
         """
+        if not self.vary and self.measurement is not None:
+            return self.measurement.interval(level)
         if not self.vary:
             return (self.value, self.value) if self.identified else (math.nan, math.nan)
         if not self.identified or self.stderr is None or not np.isfinite(self.stderr):
@@ -209,7 +216,9 @@ class FitDiagnostics:
     converged : bool
         The best start's optimizer reported convergence (not stopped by
         ``max_nfev`` or a failure).
-    status : {"converged", "max_nfev", "failed"}
+    status : {"converged", "max_nfev", "walled", "failed"}
+        ``walled``: the optimum, or a Jacobian the optimizer stopped on, lay where the ODE is too fast for
+        the step-unit Euler grid (:meth:`Problem.jacobian`).
     message : str
     nfev : int
         Residual evaluations over all starts (the screen's batched
@@ -244,6 +253,8 @@ class FitDiagnostics:
     rejected, nonfinite : int
         Trial vectors too fast for the Euler grid; non-finite residuals
         replaced by a wall.
+    jacobian_fallbacks, jacobian_walled : int
+        Jacobians a walled probe pushed to backward steps or a raised substep cap; Jacobians walled even so.
     seconds : float
     """
 
@@ -265,6 +276,8 @@ class FitDiagnostics:
     component_dispersion: dict
     rejected: int = 0
     nonfinite: int = 0
+    jacobian_fallbacks: int = 0
+    jacobian_walled: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -276,8 +289,9 @@ class FitDiagnostics:
                 "pearson_chi2": _num(self.pearson_chi2), "dof": self.dof, "dispersion": _num(self.dispersion),
                 "dispersion_used": {k: _num(v) for k, v in self.dispersion_used.items()},
                 "component_dispersion": {k: _num(v) for k, v in self.component_dispersion.items()},
-                "rejected": self.rejected,
-                "nonfinite": self.nonfinite, "seconds": self.seconds}
+                "rejected": self.rejected, "nonfinite": self.nonfinite,
+                "jacobian_fallbacks": self.jacobian_fallbacks, "jacobian_walled": self.jacobian_walled,
+                "seconds": self.seconds}
 
 
 def _num(x):
@@ -401,6 +415,29 @@ class FitResult:
                          "meaning": info.meaning(prob.run_ids)})
         return pd.DataFrame(rows)
 
+    @property
+    def dynamic(self) -> list[str]:
+        """The dynamic parameters the fit was asked for (time scale, learnabilities, transfers, λ), fixed
+        time unit α_z excluded: what a converged fit is expected to have identified."""
+        kinds = ("time_scale", "alpha", "c", "length_scale", "lam")
+        return [n for n, e in self.estimates.items() if e.info is not None and e.info.kind in kinds
+                and (e.vary or not e.identified)]
+
+    def identification_warning(self) -> str:
+        """A summary-level warning when the headline would mislead, else "".
+
+        Issue 18: a fit that "converged" while most of its dynamic parameters were not identified (more than
+        half of :attr:`dynamic`) has found an optimum, not the dynamics; it says which.
+        """
+        dyn = self.dynamic
+        missing = [n for n in dyn if not self.estimates[n].identified]
+        if not dyn or 2 * len(missing) <= len(dyn):
+            return ""
+        head = "converged, but" if self.converged else "and"
+        return (f"{head} {len(missing)} of {len(dyn)} dynamic parameters are NOT IDENTIFIED "
+                f"({', '.join(missing)}): these data do not determine the dynamics; do not read rates, "
+                "transfers or predictions from this fit")
+
     def summary_table(self) -> str:
         """A short plain-text table: status, φ, and each parameter with its 95% interval."""
         d = self.diagnostics
@@ -411,8 +448,11 @@ class FitResult:
                  f"weighted deviance {d.deviance:.1f} (+ step-0 prior {d.penalty:.1f}); dispersion φ = "
                  f"{d.dispersion:.2f} (Pearson χ²/dof); per component "
                  + ", ".join(f"{c} {v:.2f}" for c, v in d.component_dispersion.items())
-                 + " (residuals weighted by 1/√max(φ, 1))", "",
-                 f"{'parameter':<16} {'value':>10}  {'95% interval':<24} note"]
+                 + " (residuals weighted by 1/√max(φ, 1))"]
+        warning = self.identification_warning()
+        if warning:
+            lines.append(f"WARNING: {warning}")
+        lines += ["", f"{'parameter':<16} {'value':>10}  {'95% interval':<24} note"]
         for name, est in self.estimates.items():
             if not est.identified:
                 note = f"NOT IDENTIFIED: {est.reason}"
@@ -423,6 +463,9 @@ class FitResult:
                 what = est.meaning or est.reason or ""
                 note = what if "fixed" in what else (f"fixed: {what}" if what else "fixed")
                 interval = "-"
+                if est.measurement is not None:
+                    lo, hi = est.interval(0.95)
+                    interval = f"[{lo:.4g}, {hi:.4g}]"
             else:
                 lo, hi = est.interval(0.95)
                 interval = f"[{lo:.4g}, {hi:.4g}]"
@@ -472,6 +515,7 @@ class FitResult:
                             "vary": est.vary, "at_bound": est.at_bound, "reason": est.reason or None,
                             "meaning": est.meaning, "interval95": [_num(lo95), _num(hi95)],
                             "interval90": [_num(lo90), _num(hi90)], "profile": est.profile,
+                            "measurement": None if est.measurement is None else est.measurement.to_dict(),
                             "kind": info.kind if info else None, "latent": info.latent if info else None,
                             "run": info.run if info else None, "env": info.env if info else None}
         initial = self.initial_state()
@@ -492,7 +536,8 @@ class FitResult:
             "n_varying": len(self.var_names), "deviance": _num(d.deviance), "dispersion": _num(d.dispersion),
             "converged": d.converged, "status": d.status, "message": d.message, "nfev": d.nfev,
             "seconds": self.seconds, "diagnostics": d.to_dict(),
-            "unidentified": self.unidentified, "notes": self.notes, "emcee": self.emcee,
+            "unidentified": self.unidentified, "warning": self.identification_warning() or None,
+            "notes": self.notes, "emcee": self.emcee,
         }
 
     def save(self, path: str | Path) -> None:
@@ -502,22 +547,18 @@ class FitResult:
         write_json(path, self.to_dict())
 
 
-def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
-                               skip) -> np.ndarray | None:
+def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters,
+                               gradient: dict[str, np.ndarray] | None) -> np.ndarray | None:
     """Covariance the varying parameters inherit from an initial state held at its measurement.
 
     With p0, a0, b0 fixed at their step-0 measurement ŝ (``step0="fixed"``)
     the estimate θ̂(ŝ) moves with ŝ: dθ̂/dŝ = −(JᵀJ)⁺ Jᵀ J_s, so Var θ̂ gains
     G Σ_s Gᵀ with Σ_s the measurement's variance (two-step estimator; Murphy
-    & Topel 1985). None when no initial state is fixed.
+    & Topel 1985), ``gradient`` from :func:`_held_gradient`. None when no initial state is fixed.
     """
-    fixed = [n for n in problem.step0 if not params[n].vary and n not in skip]
-    if not fixed or not names:
+    if gradient is None:
         return None
-    probe = params.copy()
-    for n, par in probe.items():
-        par.vary = n in fixed
-    j_s = problem.jacobian(probe)
+    fixed, g = list(gradient), np.column_stack(list(gradient.values()))
     var = np.empty(len(fixed))
     theta = problem.full(params)
     ob = problem.observation_arrays(theta)
@@ -530,8 +571,26 @@ def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names
             cols = problem.index[f"{s0.quantity}0"] == problem.names.index(n)
             span = float((ob[f"{s0.quantity}_hi"] - ob[f"{s0.quantity}_lo"])[0][cols & problem.config.valid].mean())
             var[k] = (s0.scale / span) ** 2
-    g = np.linalg.pinv(jac.T @ jac, rcond=NULL_EIGEN_RTOL, hermitian=True) @ (jac.T @ j_s)
     return (g * var) @ g.T
+
+
+def _held_gradient(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
+                   skip) -> dict[str, np.ndarray] | None:
+    """dθ̂/dŝ: how the varying parameters' optimum moves with each held step-0 value ŝ, or None.
+
+    Linearised at the optimum, dθ̂/dŝ = −(JᵀJ)⁺ Jᵀ J_s (Murphy & Topel 1985). Returns held name -> column
+    over ``names`` (parameter units of the held value). Read by the covariance and by emcee, which moves
+    its chain along it for draws of ŝ from the measurement (issue 18).
+    """
+    fixed = [n for n in problem.step0 if not params[n].vary and n not in skip]
+    if not fixed or not names:
+        return None
+    probe = params.copy()
+    for n, par in probe.items():
+        par.vary = n in fixed
+    j_s = problem.jacobian(probe)
+    g = -np.linalg.pinv(jac.T @ jac, rcond=NULL_EIGEN_RTOL, hermitian=True) @ (jac.T @ j_s)
+    return {n: g[:, k] for k, n in enumerate(fixed)}
 
 
 def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
@@ -754,12 +813,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         if bar is not None:
             bar.set_description(f"fit start {k + 1}/{len(starts)}")
         mini = lmfit.Minimizer(problem.residual, params, Dfun=problem.jacobian, nan_policy="raise")
-        before = problem.counter.residual_calls
+        before, walled = problem.counter.residual_calls, problem.counter.jacobian_walled
         res = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
         used = problem.counter.residual_calls - before
-        converged = bool(res.success) and not getattr(res, "aborted", False)
-        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
-                   if getattr(res, "aborted", False) else str(res.message))
+        converged, message = _outcome(res, max_nfev, problem.counter.jacobian_walled - walled)
         dev = float(np.sum(problem.residual(res.params) ** 2))
         records.append(StartRecord(label, dev, converged, used, message,
                                    {n: float(res.params[n].value) for n in res.var_names}))
@@ -780,11 +837,9 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         problem.weights = {c: 1.0 / math.sqrt(max(v, 1.0)) if np.isfinite(v) else 1.0 for c, v in phi_c.items()}
         problem._memo = None
         mini = lmfit.Minimizer(problem.residual, result.params.copy(), Dfun=problem.jacobian, nan_policy="raise")
-        before = problem.counter.residual_calls
+        before, walled = problem.counter.residual_calls, problem.counter.jacobian_walled
         refit = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
-        converged = bool(refit.success) and not getattr(refit, "aborted", False)
-        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
-                   if getattr(refit, "aborted", False) else str(refit.message))
+        converged, message = _outcome(refit, max_nfev, problem.counter.jacobian_walled - walled)
         dev = float(np.sum(problem.residual(refit.params) ** 2))
         best = StartRecord(f"{best.label}+weighted", dev, converged, problem.counter.residual_calls - before,
                            message, {n: float(refit.params[n].value) for n in refit.var_names})
@@ -814,15 +869,28 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         best.converged = False
         best.message = ("the best optimum lies where the ODE is too fast for the step-unit Euler grid "
                         "(residuals walled); " + best.message)
-    status = "converged" if best.converged else ("max_nfev" if "max_nfev" in best.message else "failed")
     jac = problem.jacobian(result.params)
-    extra = _initial_state_uncertainty(problem, result.params, names, jac, unsupported)
+    if problem.last_jacobian == "walled":  # identification and the convergence test would read a zero matrix
+        best.converged = False
+        best.message = (f"the Jacobian at the optimum is walled: a probe is too fast for the Euler grid even at "
+                        f"{JACOBIAN_MAX_SUBSTEPS} substeps per optimizer step, so neither convergence nor "
+                        "identification can be read from it; " + best.message)
+    elif problem.last_jacobian != "forward":
+        notes.append(f"the optimum lies against the stability wall of the fit's Euler grid (a forward probe is "
+                     f"past its {problem.max_substeps} substeps per optimizer step): it is the best point short "
+                     f"of that wall, not an interior maximum; its Jacobian used "
+                     f"{_SCHEME_WORDS[problem.last_jacobian]}")
+    status = ("converged" if best.converged else "walled" if "walled" in best.message
+              else "max_nfev" if "max_nfev" in best.message else "failed")
+    held_gradient = _held_gradient(problem, result.params, names, jac, unsupported)
+    extra = _initial_state_uncertainty(problem, result.params, held_gradient)
     ident, cov = _identify(problem, result.params, names, jac, scale, extra)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
                                  problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
                                  deviance, penalty, chi2, dof, phi,
                                  {c: 1.0 / w**2 for c, w in problem.weights.items()}, phi_c,
-                                 problem.counter.rejected, problem.counter.nonfinite)
+                                 problem.counter.rejected, problem.counter.nonfinite,
+                                 problem.counter.jacobian_fallbacks, problem.counter.jacobian_walled)
     if not best.converged:
         notes.append(f"the best start did not converge: {best.message}; the numbers below are not an answer")
     if problem.counter.rejected:
@@ -853,11 +921,12 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
                                                 f"held fixed: {unsupported[name]}", False, meaning, info,
                                                 (par.min, par.max))
         else:
+            held = problem.measurement(name, theta) if info.kind in ("p0", "a0", "b0") else None
             why = ("time unit (alpha_z and time_scale are degenerate in step units)" if info.kind == "alpha"
-                   else "fixed at its step-0 measurement" if info.kind in ("p0", "a0", "b0") else "fixed")
-            estimates[name] = ParameterEstimate(name, float(par.value), None, True, False, "", False,
-                                                ", ".join(x for x in (meaning, why) if x), info,
-                                                (par.min, par.max))
+                   else "fixed at its step-0 measurement (interval: the measurement's)" if held else "fixed")
+            estimates[name] = ParameterEstimate(name, float(par.value), None if held is None else held.sd, True,
+                                                False, "", False, ", ".join(x for x in (meaning, why) if x), info,
+                                                (par.min, par.max), measurement=held)
     unidentified = [n for n, e in estimates.items() if not e.identified]
     if unidentified:
         notes.append(f"not identified by these data: {', '.join(unidentified)}")
@@ -875,9 +944,27 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     if profile:
         _profile(minimizer, fit_result, profile)
     if emcee_steps:
-        _emcee(minimizer, fit_result, emcee_steps, emcee_walkers, seed)
+        _emcee(minimizer, fit_result, emcee_steps, emcee_walkers, seed, held_gradient)
     fit_result.seconds = diagnostics.seconds = time.perf_counter() - t0
     return fit_result
+
+
+_SCHEME_WORDS = {"backward": "backward differences", "raised cap": f"a cap raised to {JACOBIAN_MAX_SUBSTEPS} substeps"}
+
+
+def _outcome(res, max_nfev: int, walled: int) -> tuple[bool, str]:
+    """(converged, message) of one least-squares run that met ``walled`` walled Jacobians.
+
+    A walled Jacobian is all zeros, so its gradient passes every tolerance: an optimizer that met one
+    stopped on it (issue 18), and its "success" is not a convergence.
+    """
+    if getattr(res, "aborted", False):
+        return False, "stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
+    if walled:
+        return False, (f"{walled} Jacobian(s) walled (a probe too fast for the Euler grid even at "
+                       f"{JACOBIAN_MAX_SUBSTEPS} substeps): the optimizer's stop rests on a zero gradient; "
+                       f"it said: {res.message}")
+    return bool(res.success), str(res.message)
 
 
 def _plausible(problem: Problem, name: str) -> tuple[float, float, bool]:
@@ -948,7 +1035,16 @@ def _profile(minimizer: lmfit.Minimizer, fit_result: FitResult, which) -> None:
                                               "best": float(vals.get(0.0, fit_result.value(name)))}
 
 
-def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walkers, seed: int) -> None:
+def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walkers, seed: int,
+           held_gradient: dict[str, np.ndarray] | None = None) -> None:
+    """lmfit's emcee over the identified varying parameters, carrying the held step-0 values' noise.
+
+    Parameters held at their step-0 measurement ŝ (``step0="fixed"``) are drawn from that measurement
+    (:class:`Measurement`), one draw per chain sample, and every varying parameter's sample moves along
+    ``held_gradient`` (dθ̂/dŝ, :func:`_held_gradient`) by the draw's distance from ŝ: the chain is the
+    posterior given ŝ, shifted as the optimum would move with it (a linearised two-step posterior; issue 18).
+    Without this the held values had no interval and the others were conditioned on a noisy ŝ.
+    """
     try:
         import emcee  # noqa: F401
     except ImportError as exc:
@@ -960,15 +1056,42 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
     walkers = walkers or max(2 * nvar + 2, 16)
     out = minimizer.emcee(params=params, steps=steps, nwalkers=walkers,
                           burn=steps // 4, is_weighted=True, seed=seed, progress=False)
+    chains = {name: out.flatchain[name].to_numpy().copy() for name in out.var_names}
+    held = _held_draws(fit_result, held_gradient, chains, np.random.default_rng(seed))
     summary = {}
-    for name in out.var_names:
-        chain = out.flatchain[name].to_numpy()
+    for name, chain in {**chains, **held}.items():
         q = np.quantile(chain, [0.025, 0.05, 0.5, 0.95, 0.975])
         summary[name] = {"median": float(q[2]), "interval90": [float(q[1]), float(q[3])],
                          "interval95": [float(q[0]), float(q[4])]}
+    note = "likelihood not scaled by the dispersion"
+    if held:
+        note += ("; parameters held at their step-0 measurement (" + ", ".join(held) + ") drawn from it, the "
+                 "others moved along dθ̂/dŝ by each draw (linearised two-step posterior)")
     fit_result.emcee = {"steps": steps, "walkers": int(walkers), "burn": steps // 4,
                         "acceptance": float(np.mean(out.acceptance_fraction)), "params": summary,
-                        "note": "likelihood not scaled by the dispersion"}
+                        "note": note}
+
+
+def _held_draws(fit_result: FitResult, held_gradient, chains: dict[str, np.ndarray],
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draws of each held step-0 value from its measurement, one per chain sample; shifts ``chains`` in place."""
+    out = {}
+    if not held_gradient or not chains:
+        return out
+    size = len(next(iter(chains.values())))
+    for name, column in held_gradient.items():
+        est = fit_result.estimates[name]
+        if est.measurement is None:
+            continue
+        draws = est.measurement.draw(rng, size)
+        out[name] = draws
+        for j, var in enumerate(fit_result.var_names):
+            if var in chains:
+                chains[var] += column[j] * (draws - est.value)
+    for var, chain in chains.items():  # stay inside the parameters' bounds
+        par = fit_result.params[var]
+        np.clip(chain, par.min, par.max, out=chain)
+    return out
 
 
 def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataFrame:
