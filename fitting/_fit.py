@@ -522,7 +522,8 @@ class FitResult:
         d = self.diagnostics
         return {
             "spec": self.spec.to_dict(),
-            "runs": [{"run_id": r.run_id, "source": str(r.source), "finished": r.finished, "notes": r.notes,
+            "runs": [{"run_id": r.run_id, "source": str(r.source), "path": str(Path(r.source).resolve()),
+                      "finished": r.finished, "notes": r.notes,
                       "environments": [{"env_id": e.env_id, "w": e.w, "coordinates": e.coordinates}
                                        for e in r.environments]} for r in self.runs],
             "parametrisation": "alpha_z = 1 fixes the model time unit; time_scale = model time per optimizer "
@@ -538,6 +539,9 @@ class FitResult:
             "seconds": self.seconds, "diagnostics": d.to_dict(),
             "unidentified": self.unidentified, "warning": self.identification_warning() or None,
             "notes": self.notes, "emcee": self.emcee,
+            "covariance": {"names": list(self.var_names), "matrix": self.covariance.tolist(),
+                           "note": "over the varying parameters, dispersion-scaled, held step-0 noise included "
+                                   "(what predictions draw from; FitResult.load reads it back)"},
         }
 
     def save(self, path: str | Path) -> None:
@@ -545,6 +549,18 @@ class FitResult:
         from ._json import write_json
 
         write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, runs=None) -> "FitResult":
+        """A fit saved by :meth:`save` (``fit.json`` or its folder), to predict with it without refitting.
+
+        The layout is rebuilt from the fitted runs' logs (their recorded paths, or ``runs``); values,
+        flags, covariance and dispersion are read from the file, so :func:`fitting.predict` gives the same
+        numbers as with the fit that wrote it. See :func:`fitting._load.load_fit` for the errors raised.
+        """
+        from ._load import load_fit
+
+        return load_fit(path, runs)
 
 
 def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters,
