@@ -31,7 +31,7 @@ from physrl._lazy import lazy_exports
 _EXPORTS = {
     "CrossValidation": "_crossval", "cross_validate": "_crossval",
     "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
-    "compare": "_fit", "fit": "_fit",
+    "compare": "_compare", "fit": "_fit",
     "json_safe": "_json", "write_json": "_json", "write_text": "_json",
     "Environment": "physrl.contract", "LogValidationError": "physrl.contract", "Manifest": "physrl.contract",
     "MeasuredPrior": "physrl.contract", "Run": "physrl.contract", "jeffreys_interval": "physrl.contract",
@@ -49,7 +49,8 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._crossval import CrossValidation, cross_validate
-    from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
+    from ._compare import compare
+    from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, fit
     from ._json import json_safe, write_json, write_text
     from physrl.contract import (Environment, LogValidationError, Manifest, MeasuredPrior, Run, jeffreys_interval,
                                  load_runs, read_table)

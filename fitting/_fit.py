@@ -705,9 +705,9 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
 
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
-        step0: str = "fixed", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
-        emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0, max_nfev: int | None = None,
-        progress: bool = False) -> FitResult:
+        step0: str = "fixed", dispersion: str | dict = "quasi", n_starts: int = 4,
+        profile: bool | list[str] = False, emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0,
+        max_nfev: int | None = None, progress: bool = False, start: dict[str, float] | None = None) -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
 
     Parameters
@@ -731,8 +731,10 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     step0 : {"fixed", "prior", "free"}
         p0, a0, b0 fixed at their step-0 measurement (default), with a
         prior centred on it, or free.
-    dispersion : {"quasi", "none"}
-        Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not.
+    dispersion : {"quasi", "none"} or dict
+        Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not; or a dict component
+        (``"p"``, ``"a"``, ``"b"``) -> φ_c >= 1 held fixed (from another fit: :func:`fitting.compare` puts
+        every variant on the largest model's φ), residuals weighted by 1/√φ_c from the first start.
     n_starts : int
         Optimisations from the measured start and the best Latin-hypercube
         points (>= 1).
@@ -749,6 +751,9 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         there is not converged.
     progress : bool
         A tqdm bar on stderr (evaluations so far, best deviance).
+    start : dict name -> value, optional
+        One more start (labelled "given"), e.g. a nested model's optimum; names the fit does not vary are
+        ignored.
 
     Returns
     -------
@@ -767,8 +772,12 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     ImportError
         ``emcee_steps > 0`` without emcee installed.
     """
-    if dispersion not in ("quasi", "none"):
-        raise ValueError(f"dispersion must be 'quasi' or 'none', got {dispersion!r}")
+    if isinstance(dispersion, dict):
+        bad = {c: v for c, v in dispersion.items() if c not in ("p", "a", "b") or not np.isfinite(v) or v < 1}
+        if bad:
+            raise ValueError(f"a fixed dispersion maps p, a, b to finite φ >= 1, got {bad}")
+    elif dispersion not in ("quasi", "none"):
+        raise ValueError(f"dispersion must be 'quasi', 'none' or a dict of φ per component, got {dispersion!r}")
     if n_starts < 1:
         raise ValueError(f"n_starts must be >= 1, got {n_starts}")
     if max_nfev is not None and max_nfev < 1:
@@ -778,11 +787,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
                                   phases=tuple(phases), substeps=substeps, observation=observation, step0=step0),
                     dispersion=dispersion, n_starts=n_starts, profile=profile, emcee_steps=emcee_steps,
                     emcee_walkers=emcee_walkers, seed=seed, max_nfev=max_nfev or DEFAULT_MAX_NFEV,
-                    progress=progress)
+                    progress=progress, start=start)
 
 
 def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emcee_walkers, seed, max_nfev,
-         progress) -> FitResult:
+         progress, start=None) -> FitResult:
     t0 = time.perf_counter()
     if not runs:
         raise ValueError("no runs to fit")
@@ -819,7 +828,11 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
 
         problem.on_evaluation = show
 
+    if isinstance(dispersion, dict):  # held fixed (compare: the largest model's φ for every variant)
+        problem.weights = {c: 1.0 / math.sqrt(dispersion.get(c, 1.0)) for c in problem.weights}
     starts = _starting_points(problem, n_starts, seed)
+    if start:
+        starts.append(("given", {n: v for n, v in start.items() if n in problem.params and problem.params[n].vary}))
     records, results = [], []
     minimizer = None
     for k, (label, values) in enumerate(starts):
@@ -922,7 +935,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         notes.append("dispersion φ = " + ", ".join(f"{c}: {v:.2f}" for c, v in phi_c.items())
                      + ": the data vary more than binomial noise"
                      + ("; each component is weighted by 1/√max(φ, 1), so standard errors and predictive bands "
-                        "carry it" if dispersion == "quasi" else "; NOT accounted for (dispersion='none')"))
+                        "carry it" if dispersion == "quasi" else
+                        "; NOT accounted for (dispersion='none')" if dispersion == "none" else
+                        "; residuals weighted by the φ given (" + ", ".join(f"{c}: {v:.2f}" for c, v in
+                                                                            dispersion.items()) + ")"))
     estimates = {}
     for name, par in result.params.items():
         info = problem.info[name]
@@ -1108,47 +1124,3 @@ def _held_draws(fit_result: FitResult, held_gradient, chains: dict[str, np.ndarr
         par = fit_result.params[var]
         np.clip(chain, par.min, par.max, out=chain)
     return out
-
-
-def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataFrame:
-    """Fit several model variants to the same runs and rank them by AIC/BIC.
-
-    Parameters
-    ----------
-    runs : list of Run or paths
-    variants : dict name -> keyword arguments of :func:`fit`, optional
-        Default: transfer none / homogeneous / kernel (kernel only when every
-        env has coordinates), each with footnote-4 λ off and on.
-    **common
-        Passed to every :func:`fit`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per variant: ``variant, k, loglik, aic, bic, delta_aic,
-        delta_bic, converged, unidentified``, sorted by AIC. A variant the
-        data cannot carry (a ValueError such as too few observations) keeps
-        its message in ``error``.
-    """
-    if runs and not isinstance(runs[0], Run):
-        runs = load_runs(runs)
-    if variants is None:
-        transfers = ["none", "homogeneous"]
-        if all(e.coordinates is not None for r in runs for e in r.environments):
-            transfers.append("kernel")
-        variants = {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
-    rows = []
-    for name, kws in variants.items():
-        try:
-            res = fit(runs, **{**common, **kws})
-        except ValueError as exc:
-            rows.append({"variant": name, "k": None, "loglik": None, "aic": np.inf, "bic": np.inf,
-                         "converged": False, "unidentified": "", "error": str(exc)})
-            continue
-        rows.append({"variant": name, "k": len(res.var_names), "loglik": res.loglik, "aic": res.aic,
-                     "bic": res.bic, "converged": res.converged, "unidentified": ",".join(res.unidentified),
-                     "error": ""})
-    table = pd.DataFrame(rows).sort_values("aic", kind="stable").reset_index(drop=True)
-    table["delta_aic"] = table["aic"] - table["aic"].min()
-    table["delta_bic"] = table["bic"] - table["bic"].min()
-    return table

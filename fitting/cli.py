@@ -124,7 +124,8 @@ def _fit_parser() -> ArgumentParser:
                    help="runs to predict with the fit, not fitted (default: none)")
     p.add_argument("--compare", action="store_true",
                    help="also fit transfer none / homogeneous / kernel (kernel when every env has coordinates), each "
-                        "with λ off and on, and rank them by AIC/BIC: printed and in model_comparison.csv "
+                        "with λ off and on, and rank them by QAIC (one dispersion φ from the largest model for "
+                        "every variant; AIC with --dispersion none): printed and in model_comparison.csv "
                         "(default: off)")
     p.add_argument("--profile", action="store_true", help="profile-likelihood intervals, slow (default: off)")
     p.add_argument("--emcee-steps", type=int, default=0,
@@ -184,26 +185,37 @@ def _synthesize(argv: list[str]) -> int:
 
 
 def _ranking(table) -> str:
-    """The model comparison as printed: one line per variant, lowest AIC first.
+    """The model comparison as printed: a label saying what the criterion is, then one line per variant,
+    lowest first.
 
-    ``table`` is :func:`physrl.fitting.compare`'s frame (columns variant, k, aic, bic, delta_aic, delta_bic,
-    converged, unidentified, error). A variant that could not be fitted shows its error instead of numbers.
+    ``table`` is :func:`physrl.fitting.compare`'s frame (columns variant, k, K, qaic, qbic, delta_qaic,
+    delta_qbic, converged, unidentified, nested_refit, error, criterion, dispersion). A variant that could
+    not be fitted shows its error instead of numbers.
     """
     import math
 
     def num(v):
         return "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
 
-    lines = ["model comparison (AIC/BIC of the full likelihood, lowest AIC first; Δ against the best):",
-             f"{'model':<17} {'k':>3} {'AIC':>10} {'BIC':>10} {'ΔAIC':>8} {'ΔBIC':>8}  converged"]
+    crit = str(table["criterion"].iloc[0]) if len(table) else "QAIC"
+    bic = "QBIC" if crit == "QAIC" else "BIC"
+    how = ("Σ_c D_c/φ_c + 2K, one dispersion φ per component from the largest model for every variant "
+           "(Burnham & Anderson 2002); K = k + the φ estimated" if crit == "QAIC" else
+           "deviance + 2k, no dispersion (φ = 1)")
+    lines = [f"model comparison by {crit} = {how}; φ used: {table['dispersion'].iloc[0] if len(table) else '-'}; "
+             f"lowest first, Δ against the best (only differences mean anything):",
+             f"{'model':<17} {'k':>3} {crit:>10} {bic:>10} {'Δ' + crit:>8} {'Δ' + bic:>8}  converged"]
     for row in table.itertuples():
-        note = f"error: {row.error}" if row.error else (
-            f"not identified: {row.unidentified}" if row.unidentified else "")
+        notes = [f"error: {row.error}"] if row.error else []
+        if not row.error and row.unidentified:
+            notes.append(f"not identified: {row.unidentified}")
+        if not row.error and row.nested_refit:
+            notes.append(f"refitted from the {row.nested_refit} optimum (its first maximum was below it)")
         k = "-" if row.k is None or row.k != row.k else str(int(row.k))
         fitted = not row.error
-        lines.append(f"{row.variant:<17} {k:>3} {num(row.aic):>10} {num(row.bic):>10} "
-                     f"{num(row.delta_aic) if fitted else '-':>8} {num(row.delta_bic) if fitted else '-':>8}  "
-                     f"{'yes' if row.converged else 'NO':<9} {note}".rstrip())
+        lines.append(f"{row.variant:<17} {k:>3} {num(row.qaic):>10} {num(row.qbic):>10} "
+                     f"{num(row.delta_qaic) if fitted else '-':>8} {num(row.delta_qbic) if fitted else '-':>8}  "
+                     f"{'yes' if row.converged else 'NO':<9} {'; '.join(notes)}".rstrip())
     return "\n".join(lines)
 
 
@@ -261,7 +273,8 @@ def _fit(argv: list[str]) -> int:
     from physrl.contract import load_runs
 
     from ._crossval import cross_validate
-    from ._fit import compare, fit
+    from ._compare import compare
+    from ._fit import fit
     from ._json import write_json, write_text
     from ._predict import in_sample
     from ._problem import FitSpec, check_step_range
@@ -311,7 +324,7 @@ def _fit(argv: list[str]) -> int:
     report = result.report()
     if args.compare:
         table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
-        report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
+        report += "\n\n[[Model comparison]]\n" + _ranking(table) + "\n\n" + table.to_string(index=False)
         write_text(out / "model_comparison.csv", table.to_csv(index=False))
     write_text(out / "fit_report.txt", report + "\n")
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
