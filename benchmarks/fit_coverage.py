@@ -33,16 +33,21 @@ DESIGNS = {
     "small": ((0.05, 0.1, 0.2, 0.4), (4, 4, 3, 3), 6, 64),
     # many runs with few step-0 rollouts each, like fit_speed's 20 x 16 (where fixed was biased) but smaller
     "many": (tuple(float(p) for p in np.geomspace(0.05, 0.5, 10)), (2, 4, 6, 7) * 2 + (2, 4), 8, 32),
+    # benchmarks/fit_speed.py's design: 20 runs x 16 envs (4, 8, 12, 14 trained), 64 eval rollouts
+    "speed": (tuple(float(p) for p in np.geomspace(0.05, 0.5, 20)), (4, 8, 12, 14) * 5, 16, 64),
 }
+#: optimizer steps and eval spacing per design (fit_speed's: 40 eval points to step 195)
+SCHEDULE = {"small": (120, 10), "many": (120, 10), "speed": (195, 5)}
 
 
 def design(root: Path, seed: int, dispersion: float = 1.0, which: str = "small") -> tuple[list, dict[str, float]]:
     """The runs of synthetic set ``seed`` of design ``which`` and the true values by fitted parameter name."""
     priors, trained, n_envs, rollouts = DESIGNS[which]
+    steps, every = SCHEDULE[which]
     paths = []
     for i, (p0, n) in enumerate(zip(priors, trained)):
         paths.append(fitting.synthesize(root / f"s{seed}-r{i}", seed=1000 * seed + i, n_envs=n,
-                                        n_heldout=n_envs - n, steps=120, eval_every=10, rollouts_per_env=rollouts,
+                                        n_heldout=n_envs - n, steps=steps, eval_every=every, rollouts_per_env=rollouts,
                                         params={"p0": p0}, dispersion=dispersion, overwrite=True))
     truth = fitting.identifiable_truth(dict(fitting.DEFAULT_TRUTH), "homogeneous")
     truth.pop("p0")
@@ -66,7 +71,8 @@ def _rows(res, truth: dict, seed: int, mode: str, seconds: float, emcee: bool = 
     return rows
 
 
-def run(sets: int, out: Path, emcee_steps: int, dispersion: float, which: str = "small") -> None:
+def run(sets: int, out: Path, emcee_steps: int, dispersion: float, which: str = "small",
+        modes=MODES) -> None:
     done = set(pd.read_csv(out)["set"]) if out.exists() else set()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(sets):
@@ -74,7 +80,7 @@ def run(sets: int, out: Path, emcee_steps: int, dispersion: float, which: str = 
                 continue
             runs, truth = design(Path(tmp), seed, dispersion, which)
             rows = []
-            for mode in MODES:
+            for mode in modes:
                 t = time.perf_counter()
                 res = fitting.fit(runs, step0=mode, emcee_steps=emcee_steps if mode == "fixed" else 0, seed=seed)
                 seconds = time.perf_counter() - t
@@ -120,13 +126,15 @@ def main(argv=None) -> int:
     ap.add_argument("--emcee-steps", type=int, default=0, help="also score the fixed fit's emcee intervals")
     ap.add_argument("--dispersion", type=float, default=1.0, help="overdispersion φ of the synthetic counts")
     ap.add_argument("--design", choices=sorted(DESIGNS), default="small",
-                    help="small: 4 runs x 6 envs x 64 rollouts; many: 10 runs x 8 envs x 32 rollouts")
+                    help="small: 4 runs x 6 envs x 64 rollouts; many: 10 runs x 8 envs x 32 rollouts; "
+                         "speed: fit_speed's 20 runs x 16 envs x 64 rollouts, 40 eval points")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated --step0 modes to score")
     ap.add_argument("--table", type=Path, default=None, help="print the table of a finished CSV and exit")
     args = ap.parse_args(argv)
     if args.table is not None:
         print(table(args.table))
         return 0
-    run(args.sets, args.out, args.emcee_steps, args.dispersion, args.design)
+    run(args.sets, args.out, args.emcee_steps, args.dispersion, args.design, tuple(args.modes.split(",")))
     print(table(args.out))
     return 0
 
