@@ -66,7 +66,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-IMPORTS = ("import physrl.organisms._train, physrl.organisms._pretrain, physrl.organisms._decode\n"
+IMPORTS = ("import physrl.organisms._train, physrl.organisms.families.digit_map.stage1, physrl.organisms._decode\n"
            "from trl import GRPOTrainer, GRPOConfig\n")
 
 
@@ -155,10 +155,10 @@ def stage1(steps: int, rounds: int):
     from torch.profiler import ProfilerActivity, profile
 
     from physrl.organisms import OrganismConfig
-    from physrl.organisms._family import make_family
+    from physrl.organisms.families import make_family
     from physrl.organisms._model import build_model, build_tokenizer
-    from physrl.organisms import _pretrain
-    from physrl.organisms._pretrain import pretrain
+    from physrl.organisms.families.digit_map import stage1 as _pretrain
+    from physrl.organisms.families.digit_map.stage1 import pretrain
 
     base = OrganismConfig()
     config = replace(base, pretrain_steps=steps)
@@ -219,7 +219,7 @@ def policy_batch():
     import torch
 
     from physrl.organisms import OrganismConfig
-    from physrl.organisms._family import make_family
+    from physrl.organisms.families import make_family
     from physrl.organisms._model import build_model, build_tokenizer
 
     config = OrganismConfig()

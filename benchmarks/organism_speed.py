@@ -105,7 +105,8 @@ def child(args) -> None:
     else:
         import physrl.organisms as pkg
         from physrl.contract import ChunkWriter as RolloutWriter
-        from physrl.organisms import _pretrain as stage1_owner, _train
+        from physrl.organisms import _train
+        from physrl.organisms.families.digit_map import stage1 as stage1_owner
         from physrl.organisms._decode import CachedDecoder as forward_owner  # lean path or the model's forward
     import torch
     from accelerate import Accelerator

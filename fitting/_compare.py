@@ -9,7 +9,7 @@ each variant maximises the same quasi-likelihood, Σ_c D_c / φ_c (D_c the binom
 c ∈ {p, a, b}); QAIC = Σ_c D_c / φ_c + 2K with K = k + the number of φ_c estimated (up to a constant shared
 by every variant, so only differences mean anything). Nested maxima are checked: a model that contains
 another (``none`` ⊂ ``homogeneous`` at c = 0 and ⊂ ``kernel`` at the smallest length scale; any variant ⊂
-its ``+lam`` at λ = 0) must reach a quasi-deviance no larger than the nested one; when it does not, it is
+its ``+lam`` at λ = 0, and ``+power`` at γ = 1) must reach a quasi-deviance no larger than the nested one; when it does not, it is
 refitted from the nested optimum and the better optimum is kept. With ``dispersion="none"`` every φ_c is
 1 and the criterion is plain AIC.
 """
@@ -49,9 +49,12 @@ def _nests(small: dict, large: dict) -> bool:
         return False
     t_small, t_large = small.get("transfer", "homogeneous"), large.get("transfer", "homogeneous")
     lam_small, lam_large = bool(small.get("lam")), bool(large.get("lam"))
-    if (t_small, lam_small) == (t_large, lam_large):
+    law_small, law_large = small.get("selection", "replicator"), large.get("selection", "replicator")
+    if (t_small, lam_small, law_small) == (t_large, lam_large, law_large):
         return False
-    return (t_small == t_large or t_small == "none") and lam_small <= lam_large
+    # the replicator is every power law at γ = 1 (docs/model.md §9)
+    law_nested = law_small == law_large or law_small == "replicator"
+    return (t_small == t_large or t_small == "none") and lam_small <= lam_large and law_nested
 
 
 def _embedded(small: FitResult, large_params) -> dict[str, float]:
@@ -67,6 +70,8 @@ def _embedded(small: FitResult, large_params) -> dict[str, float]:
             start[name] = 0.0
         elif name.startswith("length_scale_"):
             start[name] = float(par.min)
+        elif name == "gamma":  # the replicator
+            start[name] = 1.0
     return start
 
 
@@ -74,7 +79,9 @@ def _default_variants(runs: list[Run]) -> dict[str, dict]:
     transfers = ["none", "homogeneous"]
     if all(e.coordinates is not None for r in runs for e in r.environments):
         transfers.append("kernel")
-    return {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
+    variants = {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
+    variants.update({f"{t}+power": {"transfer": t, "lam": False, "selection": "power"} for t in transfers})
+    return variants
 
 
 def _largest(runs, variants: dict, common: dict) -> tuple[str, FitResult | None, dict[str, float]]:
@@ -84,7 +91,8 @@ def _largest(runs, variants: dict, common: dict) -> tuple[str, FitResult | None,
     from ._observations import observations
 
     obs = observations(runs)
-    fields = ("transfer", "priors", "learnabilities", "lam", "phases", "substeps", "observation", "step0")
+    fields = ("transfer", "priors", "learnabilities", "lam", "phases", "substeps", "observation", "step0",
+              "selection")
     size = {}
     for name, kws in variants.items():
         merged = {k: v for k, v in {**common, **kws}.items() if k in fields}
@@ -119,7 +127,8 @@ def compare(runs, variants: dict[str, dict] | None = None, **common) -> pd.DataF
     runs : list of Run or paths
     variants : dict name -> keyword arguments of :func:`fit`, optional
         Default: transfer none / homogeneous / kernel (kernel only when every env has coordinates), each
-        with footnote-4 λ off and on.
+        with footnote-4 λ off and on, and with the power selection law (``<transfer>+power``,
+        docs/model.md §9).
     **common
         Passed to every :func:`fit`. ``dispersion="none"`` puts φ_c = 1 (plain AIC); otherwise the largest
         variant's φ_c is held fixed for all (module docstring).

@@ -94,7 +94,7 @@ def _coupling(kind: str, value: Tensor | None, config: BatchConfig, n: int):
 
 def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, substeps: int = 1,
              max_rate_dt: float = 1.0, max_substeps: int = MAX_SUBSTEPS,
-             engine: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+             engine: str = "auto", selection: str = "replicator") -> tuple[Tensor, Tensor, Tensor]:
     """Integrate B × R systems at once and report p, a, b at ``config.steps``.
 
     Parameters
@@ -106,7 +106,8 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         (model time per optimizer step), shape (B, 1, 1); transfer values
         ``c_z, c_x, c_y`` (homogeneous, in [0, 1]) or ``length_scale_z, ...``
         (kernel, > 0), shape (B, R); optional ``lam`` (footnote-4 λ >= 0),
-        shape (B, 1, 1); optional observation bounds ``a_lo, a_hi, b_lo,
+        shape (B, 1, 1); optional ``gamma`` (selection-law exponent >= 0,
+        docs/model.md §9; absent: the replicator), shape (B, 1, 1); optional observation bounds ``a_lo, a_hi, b_lo,
         b_hi`` (reward units, shape (B, R, N)): the dynamics are then the
         gradient flow of the reward in observed units (docs/model.md §7).
         The returned a, b stay latent (σ(x), σ(y)).
@@ -123,6 +124,9 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         Euler engine of :func:`physrl.sim.euler`. ``"auto"`` takes numba for
         the fit's usual sizes (B·R·N up to ~1,000 numbers), torch for large
         batches and GPUs; every engine gives the same states to ~1e-12.
+    selection : {"replicator", "power", "power+skills"}
+        The selection law (docs/model.md §9) whose exponent is ``phys["gamma"]``
+        (``"replicator"``: γ = 1, ``gamma`` must be absent).
 
     Returns
     -------
@@ -143,6 +147,7 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
     n = config.n_envs
     scale = phys["time_scale"]
     lam = phys.get("lam")
+    gamma = phys.get("gamma")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
     try:
@@ -155,7 +160,8 @@ def simulate(config: BatchConfig, phys: dict[str, Tensor], transfer: str, subste
         model = sim.ToyModel(*couplings, alpha_z=scale * phys["alpha_z"], alpha_x=scale * phys["alpha_x"],
                              alpha_y=scale * phys["alpha_y"],
                              w=torch.as_tensor(config.w, dtype=torch.float64),
-                             lam=0.0 if lam is None else lam, observation=observation)
+                             lam=0.0 if lam is None else lam, observation=observation,
+                             selection=sim.SelectionLaw.named(selection, 1.0 if gamma is None else gamma))
     except ValueError as exc:  # lmfit can probe NaN: a wall the optimizer backs off from, as for a too-fast ODE
         raise UnstableStep(f"parameters outside the model's domain: {exc}") from exc
     rate = model.max_rate()

@@ -60,6 +60,7 @@ from physrl.contract import Run, load_runs
 from ._engine import single_thread
 from ._observations import observations
 from ._problem import JACOBIAN_MAX_SUBSTEPS, WALL, FitSpec, Measurement, ParamInfo, Problem, Step0
+from ._selection import gamma_identification
 
 NULL_EIGEN_RTOL = 1e-9
 NULL_COMPONENT = 0.3
@@ -417,9 +418,9 @@ class FitResult:
 
     @property
     def dynamic(self) -> list[str]:
-        """The dynamic parameters the fit was asked for (time scale, learnabilities, transfers, λ), fixed
+        """The dynamic parameters the fit was asked for (time scale, learnabilities, transfers, λ, γ), fixed
         time unit α_z excluded: what a converged fit is expected to have identified."""
-        kinds = ("time_scale", "alpha", "c", "length_scale", "lam")
+        kinds = ("time_scale", "alpha", "c", "length_scale", "lam", "gamma")
         return [n for n, e in self.estimates.items() if e.info is not None and e.info.kind in kinds
                 and (e.vary or not e.identified)]
 
@@ -683,7 +684,7 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
     out = {}
     obs = obs[obs["phase"].isin(problem.spec.phases)]
     steps_per_run = obs.groupby("run_id")["step"].nunique()
-    rate_kinds = ("time_scale", "alpha", "c", "length_scale", "lam")
+    rate_kinds = ("time_scale", "alpha", "c", "length_scale", "lam", "gamma")
     if steps_per_run.max() < 2:
         for name, info in problem.info.items():
             if info.kind in rate_kinds and problem.params[name].vary:
@@ -707,7 +708,8 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
         step0: str = "fixed", dispersion: str | dict = "quasi", n_starts: int = 4,
         profile: bool | list[str] = False, emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0,
-        max_nfev: int | None = None, progress: bool = False, start: dict[str, float] | None = None) -> FitResult:
+        max_nfev: int | None = None, progress: bool = False, selection: str = "replicator",
+        start: dict[str, float] | None = None) -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
 
     Parameters
@@ -751,6 +753,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         there is not converged.
     progress : bool
         A tqdm bar on stderr (evaluations so far, best deviance).
+    selection : {"replicator", "power", "power+skills"}
+        The selection law (docs/model.md §9): the post's replicator, or the
+        power law with its exponent ``gamma`` fitted (in [0, 3]; reported as
+        not identified unless the runs span priors, ``fitting._selection``),
+        on the RS log-odds only or on the skill terms too.
     start : dict name -> value, optional
         One more start (labelled "given"), e.g. a nested model's optimum; names the fit does not vary are
         ignored.
@@ -784,7 +791,8 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         raise ValueError(f"max_nfev must be >= 1, got {max_nfev}")
     with single_thread():
         return _fit(runs, FitSpec(transfer=transfer, priors=priors, learnabilities=learnabilities, lam=lam,
-                                  phases=tuple(phases), substeps=substeps, observation=observation, step0=step0),
+                                  phases=tuple(phases), substeps=substeps, observation=observation, step0=step0,
+                                  selection=selection),
                     dispersion=dispersion, n_starts=n_starts, profile=profile, emcee_steps=emcee_steps,
                     emcee_walkers=emcee_walkers, seed=seed, max_nfev=max_nfev or DEFAULT_MAX_NFEV,
                     progress=progress, start=start)
@@ -914,6 +922,7 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     held_gradient = _held_gradient(problem, result.params, names, jac, unsupported)
     extra = _initial_state_uncertainty(problem, result.params, held_gradient)
     ident, cov = _identify(problem, result.params, names, jac, scale, extra)
+    ident = gamma_identification(problem, ident)   # γ needs runs that span priors (docs/model.md §9)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
                                  problem.counter.jacobian_calls, max_nfev, records, len(at_best), spread,
                                  deviance, penalty, chi2, dof, phi,
@@ -1012,6 +1021,8 @@ def _plausible(problem: Problem, name: str) -> tuple[float, float, bool]:
         return max(par.min, par.value / 10), min(par.max, par.value * 10), True
     if info.kind == "lam":
         return 0.0, 2.0, False
+    if info.kind == "gamma":
+        return 0.0, 1.5, False
     return max(par.min, 0.02), min(par.max, 0.98), False
 
 

@@ -15,7 +15,7 @@ environment, domain), held in :attr:`Problem.info` and in lmfit's
 lmfit requires) are for people: ``p0_r<i>`` (run i's prior RS propensity;
 ``p0_r<i>_e<j>`` per environment), ``a0``, ``b0`` (latent priors σ(x0),
 σ(y0); ``a0_e<j>`` ... per env id), ``time_scale``, ``alpha_z`` (fixed 1),
-``alpha_x``, ``alpha_y``, ``c_z, c_x, c_y`` or ``length_scale_*``, ``lam``,
+``alpha_x``, ``alpha_y``, ``c_z, c_x, c_y`` or ``length_scale_*``, ``lam``, ``gamma`` (``selection="power"``),
 and with ``observation="fit"`` the shared bounds ``a_lo, a_hi, b_lo, b_hi``.
 
 Observation model (docs/model.md §7): the logs measure a_obs = a_lo +
@@ -60,6 +60,7 @@ from scipy import special, stats
 from scipy.special import gammaln
 
 from ._engine import MAX_SUBSTEPS, TRANSFERS, BatchConfig, UnstableStep, simulate
+from ._options import SELECTIONS
 from physrl.contract import Run
 
 
@@ -128,6 +129,11 @@ class FitSpec:
         always (0, 1), or fitted (shared ``a_lo, a_hi, b_lo, b_hi``).
     step0 : {"prior", "fixed", "free"}
         How p0, a0, b0 relate to their step-0 measurement (module docstring).
+    selection : {"replicator", "power", "power+skills"}
+        The selection law of the RS log-odds (docs/model.md §9): the post's
+        p (1 − p) (a − b), or [p (1 − p)]^γ (a − b) with γ fitted (parameter
+        ``gamma``, identified only when the runs span priors); ``power+skills``
+        raises the skill terms a (1 − a), b (1 − b) to the same γ.
     """
 
     transfer: str = "homogeneous"
@@ -138,8 +144,11 @@ class FitSpec:
     substeps: int = 1
     observation: str = "manifest"
     step0: str = "fixed"
+    selection: str = "replicator"
 
     def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS}, got {self.transfer!r}")
         for name in ("priors", "learnabilities"):
@@ -158,7 +167,7 @@ class FitSpec:
     def to_dict(self) -> dict:
         return {"transfer": self.transfer, "priors": self.priors, "learnabilities": self.learnabilities,
                 "lam": self.lam, "phases": list(self.phases), "substeps": self.substeps,
-                "observation": self.observation, "step0": self.step0}
+                "observation": self.observation, "step0": self.step0, "selection": self.selection}
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,8 @@ class ParamInfo:
     kind : str
         ``"p0"``, ``"a0"``, ``"b0"`` (initial state), ``"time_scale"``,
         ``"alpha"`` (learnability), ``"c"`` (homogeneous transfer),
-        ``"length_scale"`` (kernel transfer), ``"lam"`` (footnote-4 λ) or
+        ``"length_scale"`` (kernel transfer), ``"lam"`` (footnote-4 λ),
+        ``"gamma"`` (selection-law exponent, docs/model.md §9) or
         ``"bound"`` (a fitted observation bound).
     latent : str or None
         ``"z"``, ``"x"``, ``"y"`` for learnabilities and transfers; ``"a"`` or
@@ -480,7 +490,7 @@ class Problem:
                 continue
             if idx.ndim == 2:          # per (run, env)
                 out[key] = th[:, idx]  # (B, R, N)
-            elif key in ("time_scale", "lam"):
+            elif key in ("time_scale", "lam", "gamma"):
                 out[key] = th[:, idx[0]].reshape(-1, 1, 1)
             else:                      # per-latent transfer value, one per run
                 out[key] = th[:, idx[0]].reshape(-1, 1).expand(-1, self.config.n_runs)
@@ -500,7 +510,7 @@ class Problem:
     def predict_latent(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(p, σ(x), σ(y)), each (T, B, R, N), for a batch of θ_full."""
         return simulate(self.config, self.physical(theta_full), self.spec.transfer, self.spec.substeps,
-                        max_substeps=self.max_substeps)
+                        max_substeps=self.max_substeps, selection=self.spec.selection)
 
     def predict_states(self, theta_full: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(p, a_obs, b_obs), each (T, B, R, N): what the logs measure (docs/model.md §7)."""
@@ -901,6 +911,9 @@ class _Layout:
         if spec.lam:
             self.index["lam"] = np.array([self._add("lam", 0.1, True, 0.0, 10.0,
                                                     ParamInfo("lam", "lam", domain="nonneg"))])
+        if spec.selection != "replicator":  # γ starts at the replicator's 1 (docs/model.md §9)
+            self.index["gamma"] = np.array([self._add("gamma", 1.0, True, 0.0, 3.0,
+                                                      ParamInfo("gamma", "gamma", domain="nonneg"))])
         if spec.observation == "fit":
             for key, value in (("a_lo", 0.02), ("a_hi", 0.98), ("b_lo", 0.02), ("b_hi", 0.98)):
                 self.index[key] = np.array([self._add(key, value, True, 0.0, 1.0,

@@ -19,6 +19,7 @@ import torch
 
 from physrl import sim
 from ._engine import BatchConfig, simulate, single_thread
+from ._draws import sample_parameters
 from ._fit import FitResult
 
 #: Euler substeps per optimizer step allowed for parameter draws
@@ -80,8 +81,6 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
     _check(fit)
     if not 0 < p0 < 1:
         raise ValueError(f"p0 must lie in (0, 1), got {p0}")
-    from ._predict import sample_parameters
-
     draws, names = sample_parameters(fit, n_draws, seed=seed)
     ns = np.asarray(n_values, dtype=float)
     if (ns < 1).any():
@@ -106,12 +105,15 @@ def protocol_final_p(fit: FitResult, p0: float, n_values, max_steps: int, *, n_d
         phys[f"{lat}0"] = torch.as_tensor(col(f"{lat}0")).reshape(-1, 1, 1).expand(b, k, 1)
     if fit.spec.lam:
         phys["lam"] = torch.as_tensor(col("lam", 0.0)).reshape(-1, 1, 1)
+    if "gamma" in fit.params:  # the power selection law (docs/model.md §9)
+        phys["gamma"] = torch.as_tensor(col("gamma", 1.0)).reshape(-1, 1, 1)
     if fit.problem.has_observation_model:
         for key, v in _bounds(fit, draws, names).items():
             phys[key] = torch.as_tensor(v).reshape(-1, 1, 1).expand(b, k, 1)
     config = BatchConfig(np.ones((k, 1)), np.ones((k, 1), bool), None, np.array([0, int(max_steps)]))
     with single_thread():
-        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS)
+        p, _, _ = simulate(config, phys, "none", fit.spec.substeps, max_substeps=MAX_SUBSTEPS,
+                           selection=fit.spec.selection)
     return p[-1, :, :, 0].numpy()
 
 

@@ -42,7 +42,8 @@ def identifiable_truth(truth: dict[str, float], transfer: str) -> dict[str, floa
     -------
     dict
         ``p0, a0, b0, time_scale, alpha_x, alpha_y`` and the transfer values of
-        ``transfer`` (``c_*`` or ``length_scale_*``), plus ``lam`` when non-zero.
+        ``transfer`` (``c_*`` or ``length_scale_*``), plus ``lam`` when non-zero
+        and ``gamma`` when it is not the replicator's 1.
     """
     az = truth["alpha_z"]
     out = {k: truth[k] for k in ("p0", "a0", "b0")}
@@ -54,6 +55,8 @@ def identifiable_truth(truth: dict[str, float], transfer: str) -> dict[str, floa
         out.update({f"length_scale_{k}": truth[f"length_scale_{k}"] for k in "zxy"})
     if truth.get("lam"):
         out["lam"] = truth["lam"]
+    if truth.get("gamma", 1.0) != 1.0:
+        out["gamma"] = truth["gamma"]
     return out
 
 
@@ -63,7 +66,7 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
                train_rollouts_per_env: int = 0, binary_rewards: bool = True,
                spacing: float = 1.0, run_id: str | None = None, substeps: int = 16,
                observation: dict[str, float] | None = None, dispersion: float = 1.0,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, gamma_skills: bool = False) -> Path:
     """Write a run directory (docs/rollouts.md) sampled from the ODE, and ``truth.json``.
 
     Environments sit at coordinates ``(i * spacing,)`` on a line; the first
@@ -96,7 +99,9 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         Overrides of :data:`DEFAULT_TRUTH` (``p0, a0, b0`` probabilities in
         (0, 1); ``time_scale`` model time per optimizer step; ``alpha_*``
         learnabilities per model time; ``c_*`` in [0, 1];
-        ``length_scale_*`` in coordinate units; ``lam`` >= 0).
+        ``length_scale_*`` in coordinate units; ``lam`` >= 0; ``gamma`` >= 0,
+        the selection-law exponent of docs/model.md §9, 1 = the post's
+        replicator, e.g. ``{"gamma": 0.3}`` for logs of the power law).
     steps : int
         Optimizer steps of the run; eval at 0, eval_every, ... <= steps.
     eval_every : int
@@ -116,6 +121,9 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     substeps : int
         Euler steps per optimizer step of the generating ODE.
     overwrite : bool
+    gamma_skills : bool
+        With ``gamma`` != 1: raise the skill terms to the same power
+        (the ``power+skills`` law of docs/model.md §9; default off).
 
     Returns
     -------
@@ -149,6 +157,8 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
             raise ValueError(f"{k} must be > 0, got {truth[k]}")
     if truth["lam"] < 0:
         raise ValueError(f"lam must be >= 0, got {truth['lam']}")
+    if not truth["gamma"] >= 0:
+        raise ValueError(f"gamma (selection-law exponent) must be >= 0, got {truth['gamma']}")
     if n_envs < 1 or n_heldout < 0 or steps < 0 or eval_every < 1 or rollouts_per_env < 1:
         raise ValueError("need n_envs >= 1, n_heldout >= 0, steps >= 0, eval_every >= 1, rollouts_per_env >= 1")
     bounds = {"a_lo": 0.0, "a_hi": 1.0, "b_lo": 0.0, "b_hi": 1.0}
@@ -181,10 +191,13 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
         phys[f"length_scale_{k}"] = torch.tensor([[truth[f"length_scale_{k}"]]], dtype=torch.float64)
     if truth["lam"]:
         phys["lam"] = torch.tensor(truth["lam"], dtype=torch.float64).reshape(1, 1, 1)
+    if truth["gamma"] != 1.0:  # the power selection law (docs/model.md §9); 1 is the replicator
+        phys["gamma"] = torch.tensor(truth["gamma"], dtype=torch.float64).reshape(1, 1, 1)
     if observation:
         phys.update({k: full(v) for k, v in bounds.items()})
     with single_thread():
-        p, a, b = (s[:, 0, 0].numpy() for s in simulate(config, phys, transfer, substeps))  # (T, N)
+        law = "replicator" if truth["gamma"] == 1.0 else "power+skills" if gamma_skills else "power"
+        p, a, b = (s[:, 0, 0].numpy() for s in simulate(config, phys, transfer, substeps, selection=law))  # (T, N)
     a = bounds["a_lo"] + (bounds["a_hi"] - bounds["a_lo"]) * a
     b = bounds["b_lo"] + (bounds["b_hi"] - bounds["b_lo"]) * b
 
@@ -230,7 +243,8 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     synth_config = {"n_envs": n_envs, "n_heldout": n_heldout, "seed": seed, "transfer": transfer,
                     "steps": steps, "eval_every": eval_every, "rollouts_per_env": rollouts_per_env,
                     "train_rollouts_per_env": train_rollouts_per_env, "binary_rewards": binary_rewards,
-                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"], "dispersion": dispersion}
+                    "spacing": spacing, "substeps": substeps, "p0": truth["p0"], "dispersion": dispersion,
+                    "selection": law}
     manifest = {
         "run_id": run_id, "created": _now(), "finished": _now(), "status": "finished",
         "seed": seed, "p0": truth["p0"], "steps": steps,
@@ -244,7 +258,7 @@ def synthesize(out: str | Path, *, n_envs: int = 4, n_heldout: int = 2, seed: in
     }
     out.mkdir(parents=True, exist_ok=True)
     write_run(out, rows, manifest)
-    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth, "observation": bounds,
+    truth_doc = {"run_id": run_id, "transfer": transfer, "params": truth, "observation": bounds, "selection": law,
                  "dispersion": dispersion,
                  "identifiable": identifiable_truth(truth, transfer),
                  "note": "identifiable: the fit's parametrisation (alpha_z = 1, time_scale in model time "

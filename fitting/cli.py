@@ -6,7 +6,8 @@ Usage::
                [--predict RUN ...] [--cross-validate] [--priors shared|per_env]
                [--learnabilities shared|per_env] [--observation manifest|unit|fit]
                [--step0 prior|fixed|free] [--dispersion quasi|none] [--starts K]
-               [--lam] [--compare] [--profile] [--emcee-steps K] [--phases eval,train]
+               [--lam] [--selection replicator|power] [--compare] [--profile] [--emcee-steps K]
+               [--phases eval,train]
     physrl fit --from FIT_DIR --predict RUN [RUN ...] [--out DIR] [--samples S]
     physrl fit synthesize --out RUN_DIR --n-envs N --seed K [--n-heldout H]
                [--param NAME=VALUE ...] [--transfer ...] [--steps S] [--eval-every E]
@@ -25,9 +26,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
-from ._options import DEFAULT_TRUTH, TRANSFERS
+from ._options import DEFAULT_TRUTH, SELECTIONS, TRANSFERS
 
 # torch, lmfit and pandas (through ._fit, ._synthesize, physrl.contract) are imported by the command functions,
 # after the arguments are parsed: `physrl fit --help` needs none of them
@@ -80,6 +81,9 @@ def _synth_parser() -> ArgumentParser:
                         "repeatable, written to the manifest (default: none, i.e. (0, 1))")
     p.add_argument("--dispersion", type=float, default=1.0,
                    help="overdispersion φ >= 1 of the counts; 1 is binomial (default: %(default)s)")
+    p.add_argument("--gamma-skills", action="store_true",
+                   help="with --param gamma=G: raise the skill terms a(1−a), b(1−b) to the power γ too (the "
+                        "power+skills selection law, docs/model.md §9) (default: off)")
     p.add_argument("--run-id", default=None, help="the run's id in the manifest and rows (default: synthetic-SEED)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out (default: refuse, exit 2)")
@@ -117,6 +121,11 @@ def _fit_parser() -> ArgumentParser:
                    help="also leave each run out, fit the rest and predict it (cross_validation.csv) (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
     p.add_argument("--lam", action="store_true", help="also fit footnote-4 λ >= 0 (default: off, λ = 0)")
+    p.add_argument("--selection", choices=SELECTIONS, default="replicator",
+                   help="selection law of the RS log-odds (docs/model.md §9): the post's replicator p(1−p)(a−b), "
+                        "power [p(1−p)]^γ (a−b) with γ fitted (parameter gamma; identified only when the runs span "
+                        "priors; use with --step0 prior), or power+skills (the skill terms a(1−a), b(1−b) raised to "
+                        "γ too) (default: %(default)s)")
     p.add_argument("--phases", default="eval,train",
                    help="comma-separated rollout phases used as observations, of eval and train "
                         "(default: %(default)s)")
@@ -124,8 +133,9 @@ def _fit_parser() -> ArgumentParser:
                    help="runs to predict with the fit, not fitted (default: none)")
     p.add_argument("--compare", action="store_true",
                    help="also fit transfer none / homogeneous / kernel (kernel when every env has coordinates), each "
-                        "with λ off and on, and rank them by QAIC (one dispersion φ from the largest model for "
-                        "every variant; AIC with --dispersion none): printed and in model_comparison.csv "
+                        "with λ off and on and with the power selection law, and rank them by QAIC (one "
+                        "dispersion φ from the largest model for every variant; AIC with --dispersion none): "
+                        "printed and in model_comparison.csv "
                         "(default: off)")
     p.add_argument("--profile", action="store_true", help="profile-likelihood intervals, slow (default: off)")
     p.add_argument("--emcee-steps", type=int, default=0,
@@ -179,7 +189,7 @@ def _synthesize(argv: list[str]) -> int:
                      train_rollouts_per_env=args.train_rollouts_per_env,
                      binary_rewards=not args.continuous_rewards, spacing=args.spacing, run_id=args.run_id,
                      observation=_parse_bounds(args.observation), dispersion=args.dispersion,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, gamma_skills=args.gamma_skills)
     print(f"wrote {out} (manifest.json, rollouts/part-00000.parquet, truth.json)")
     return 0
 
@@ -296,7 +306,8 @@ def _fit(argv: list[str]) -> int:
         raise _UsageError(f"--emcee-steps must be >= 0, got {args.emcee_steps}")
     phases = tuple(s.strip() for s in args.phases.split(",") if s.strip())
     FitSpec(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
-            phases=phases, observation=args.observation, step0=args.step0)  # validate before reading anything
+            phases=phases, observation=args.observation, step0=args.step0,
+            selection=args.selection)  # validate before reading anything
     runs = load_runs(args.runs)
     if args.cross_validate and len(runs) < 2:
         raise _UsageError("--cross-validate needs at least two runs")
@@ -311,7 +322,7 @@ def _fit(argv: list[str]) -> int:
     progress = not args.no_progress
     options = dict(transfer=args.transfer, priors=args.priors, learnabilities=args.learnabilities,
                    lam=args.lam, phases=phases, observation=args.observation, step0=args.step0,
-                   dispersion=args.dispersion, n_starts=args.starts, max_nfev=args.max_nfev)
+                   dispersion=args.dispersion, n_starts=args.starts, max_nfev=args.max_nfev, selection=args.selection)
     result = fit(runs, profile=args.profile, emcee_steps=args.emcee_steps, progress=progress, **options)
     # defaults the reader substituted, printed once the data proved fit-able (a bad input is one error
     # line, nothing else); also recorded in fit.json's notes
@@ -323,7 +334,7 @@ def _fit(argv: list[str]) -> int:
     result.save(out / "fit.json")
     report = result.report()
     if args.compare:
-        table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam")})
+        table = compare(runs, **{k: v for k, v in options.items() if k not in ("transfer", "lam", "selection")})
         report += "\n\n[[Model comparison]]\n" + _ranking(table) + "\n\n" + table.to_string(index=False)
         write_text(out / "model_comparison.csv", table.to_csv(index=False))
     write_text(out / "fit_report.txt", report + "\n")
@@ -355,7 +366,7 @@ def _fit(argv: list[str]) -> int:
 #: options that only mean something for a fit, refused with --from (name, value when not given)
 _FIT_ONLY = (("--compare", "compare", False), ("--cross-validate", "cross_validate", False),
              ("--profile", "profile", False), ("--emcee-steps", "emcee_steps", 0), ("--lam", "lam", False),
-             ("--max-nfev", "max_nfev", None))
+             ("--max-nfev", "max_nfev", None), ("--selection", "selection", "replicator"))
 
 
 def _predict_from(args) -> int:

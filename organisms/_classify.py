@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
-from ._envs import ANS, EOS, NOTE, THINK
+from .families.digit_map.words import ANS, EOS, NOTE, THINK
 
 
 @runtime_checkable

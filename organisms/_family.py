@@ -31,22 +31,26 @@ Optional (defaults in brackets):
 * :meth:`~EnvironmentFamily.describe` / :meth:`~EnvironmentFamily.manifest` -
   what the run's manifest records about the environments and the family.
 
-The digit-map family (:class:`physrl.organisms.DigitMapFamily`) is one
-implementation; ``tests/test_organisms_environments.py`` holds another.
+The digit-map family (:class:`physrl.organisms.DigitMapFamily`,
+``organisms/families/digit_map/``) is one implementation;
+``tests/test_organisms_environments.py`` holds another. Resolving a config's
+``env_family`` to a class is :mod:`physrl.organisms.families`.
+
+A leaf of the organisms: this module imports none of their modules except the
+generic stage 1 that the default :meth:`EnvironmentFamily.pretrain` runs
+(:mod:`physrl.organisms._pretrain`, itself importing only leaves), so the
+config, stage 1, rollout sampling and the trainer depend on the protocol and
+never the other way round.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._config import OrganismConfig
 
 #: logical types a family's extra log columns may have (the contract's, docs/rollouts.md)
 COLUMN_TYPES = ("string", "int64", "float64", "bool")
@@ -216,7 +220,7 @@ class EnvironmentFamily(abc.ABC):
     max_new_tokens: int = 16
     max_completion_length: int = 48
 
-    def __init__(self, config: "OrganismConfig"):
+    def __init__(self, config):
         self.config = config
         self.options: dict[str, Any] = dict(config.env_options)
         self.envs: list[Environment] = [self.make_environment(i) for i in range(config.n_family)]
@@ -263,7 +267,7 @@ class EnvironmentFamily(abc.ABC):
     def interjector(self, requests: list[RolloutRequest], codec) -> Interjector | None:
         """The environment's part in sampling one batch of ``requests`` (None: it inserts nothing).
 
-        ``codec`` (:class:`physrl.organisms._rollout.WordCodec`) maps the
+        ``codec`` (:class:`physrl.organisms._tokens.WordCodec`) maps the
         family's words to the tokenizer's ids (``codec.id(word)``,
         ``codec.ids(words)``, ``codec.eos_id``).
         """
@@ -304,14 +308,7 @@ class EnvironmentFamily(abc.ABC):
         return {}
 
 
-# ---- resolving a family from the config ------------------------------------------------------------------------------
-def registered_families() -> dict[str, type]:
-    """Families known by a short name (``env_family = "digit-map"``)."""
-    from ._envs import DigitMapFamily
-
-    return {DEFAULT_FAMILY: DigitMapFamily}
-
-
+# ---- the name of a family in a config ---------------------------------------------------------------------------------
 def check_family_name(value: Any) -> None:
     """Validate config field ``env_family`` without importing anything.
 
@@ -323,55 +320,3 @@ def check_family_name(value: Any) -> None:
     if not isinstance(value, str) or not (value == DEFAULT_FAMILY or _IMPORT_PATH.match(value)):
         raise ValueError(f"config field 'env_family' = {value!r}; allowed {DEFAULT_FAMILY!r} or an import path "
                          "'package.module:FamilyClass'")
-
-
-def family_class(value: str) -> type:
-    """The family class config field ``env_family`` names (a registered name or ``module:Class``).
-
-    Raises
-    ------
-    ValueError
-        The module cannot be imported, has no such attribute, or it is not an
-        :class:`EnvironmentFamily` subclass (naming the field and the reason).
-    """
-    check_family_name(value)
-    known = registered_families()
-    if value in known:
-        return known[value]
-    module_name, _, attr = value.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"config field 'env_family' = {value!r}: cannot import {module_name!r} ({exc})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"config field 'env_family' = {value!r}: {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, EnvironmentFamily)):
-        raise ValueError(f"config field 'env_family' = {value!r}: {obj!r} is not a subclass of "
-                         "physrl.organisms.EnvironmentFamily")
-    return obj
-
-
-def make_family(config: "OrganismConfig") -> EnvironmentFamily:
-    """The environment family of ``config`` (field ``env_family``), checked against the protocol.
-
-    Raises
-    ------
-    ValueError
-        A bad ``env_family``, or a family that breaks the protocol (bad column
-        types, reserved column names, wrong number of environments, no words).
-    """
-    family = family_class(config.env_family)(config)
-    where = f"env_family {config.env_family!r}"
-    if len(family.envs) != config.n_family:
-        raise ValueError(f"{where}: {len(family.envs)} environments for n_envs + n_heldout = {config.n_family}")
-    bad = {k: v for k, v in family.columns.items() if v not in COLUMN_TYPES}
-    if bad:
-        raise ValueError(f"{where}: column types {bad}; allowed {list(COLUMN_TYPES)}")
-    clash = sorted(set(family.columns) & set(RESERVED))
-    if clash:
-        raise ValueError(f"{where}: column names {clash} are reserved")
-    if not family.words():
-        raise ValueError(f"{where}: words() is empty")
-    return family

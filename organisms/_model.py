@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ._envs import EOS, PAD, SPECIALS, UNK, family_words
+from .families.digit_map.words import EOS, PAD, SPECIALS, UNK, family_words
 
 
 def build_tokenizer(words) -> PreTrainedTokenizerFast:

@@ -10,25 +10,25 @@ continues. This is how GRPOTrainer's ``rollout_func`` is fed (TRL docs,
 GRPOTrainer ``rollout_func``: returns ``prompt_ids``, ``completion_ids``,
 ``logprobs``; extra keys such as ``env_mask`` and the columns used by reward
 functions are forwarded).
+
+:func:`measure_knobs` samples this way on every environment to measure the
+step-0 knobs p, a, b (docs/model.md section 6 estimators). Token ids and
+seeds come from the leaves :mod:`._tokens` and :mod:`._seeds` (re-exported
+here for the trainer).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
+from ._config import OrganismConfig
 from ._decode import CachedDecoder
 from ._family import EnvironmentFamily, RolloutRequest
+from ._seeds import stream_seed as stream_seed
+from ._tokens import WordCodec as WordCodec, decode as decode, encode as encode, word_codec as word_codec
 
 PHASE_CODE = {"train": 0, "eval": 1, "measure": 2}
-
-
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (run seed, step, phase, ...), stable across processes."""
-    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def make_requests(family: EnvironmentFamily, envs: list, n_generations: int, rng: np.random.Generator,
@@ -39,77 +39,6 @@ def make_requests(family: EnvironmentFamily, envs: list, n_generations: int, rng
         prompt = family.sample_prompt(env, rng)
         out += [RolloutRequest(env, prompt, first_group + g) for _ in range(n_generations)]
     return out
-
-
-class WordCodec:
-    """The family's words as token ids of a tokenizer: each word one token, as it appears after a space.
-
-    Parameters
-    ----------
-    tokenizer : transformers tokenizer
-    words : sequence of str
-        The family's words (:meth:`EnvironmentFamily.words`).
-
-    Raises
-    ------
-    ValueError
-        Some words are not one token that decodes back to the word (the
-        message names them), or the words do not survive an encode/decode
-        round trip.
-    """
-
-    def __init__(self, tokenizer, words):
-        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        words = list(dict.fromkeys(words))
-        vocab = _word_vocab(tokenizer)
-        ids, missing = {}, []
-        for w in words:
-            i = vocab.get(w) if vocab is not None else _single_token(tokenizer, w)
-            if i is None:
-                missing.append(w)
-            else:
-                ids[w] = i
-        if missing:
-            raise ValueError(f"the tokenizer cannot express the family's words {missing} (each must encode to one "
-                             "token that decodes back to the word; add them with tokenizer.add_tokens(...) and "
-                             "model.resize_token_embeddings(len(tokenizer)))")
-        self._ids = ids
-        back = tokenizer.decode([ids[w] for w in words], skip_special_tokens=False).split()
-        if back != words:
-            raise ValueError(f"the tokenizer does not round-trip the family's words: {words[:8]}... decode to "
-                             f"{back[:8]}...")
-
-    def id(self, word: str) -> int:
-        """The token id of ``word``."""
-        return self._ids[word]
-
-    def ids(self, words) -> list[int]:
-        """Token ids of ``words``, one per word."""
-        return [self._ids[w] for w in words]
-
-
-def _single_token(tokenizer, word: str) -> int | None:
-    unk = tokenizer.unk_token_id
-    for text in (" " + word, word):
-        enc = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(enc) == 1 and enc[0] != unk and tokenizer.decode(enc, skip_special_tokens=False).strip() == word:
-            return int(enc[0])
-    return None
-
-
-def word_codec(tokenizer, family: EnvironmentFamily) -> WordCodec:
-    """The :class:`WordCodec` of ``family``'s words for ``tokenizer`` (cached on the tokenizer object)."""
-    words = tuple(family.words())
-    cache = getattr(tokenizer, "_physrl_codecs", None)
-    if cache is None:
-        cache = {}
-        try:
-            tokenizer._physrl_codecs = cache
-        except AttributeError:  # pragma: no cover - a tokenizer refusing attributes is simply not cached
-            pass
-    if words not in cache:
-        cache[words] = WordCodec(tokenizer, words)
-    return cache[words]
 
 
 @torch.no_grad()
@@ -245,38 +174,24 @@ def _widen(comp, mask, logps, pad_id, need):
             np.pad(logps, ((0, 0), (0, extra))))
 
 
-def _word_vocab(tokenizer) -> dict[str, int] | None:
-    """The word -> id map when ``tokenizer`` is a plain word-level one (each whitespace-separated word one
-    token, no normaliser), else None. Cached on the tokenizer object."""
-    cached = getattr(tokenizer, "_physrl_word_vocab", False)
-    if cached is not False:
-        return cached
-    vocab = None
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and type(backend.model).__name__ == "WordLevel" and backend.normalizer is None and \
-            type(backend.pre_tokenizer).__name__ == "WhitespaceSplit":
-        vocab = dict(tokenizer.get_vocab())
-    try:
-        tokenizer._physrl_word_vocab = vocab
-    except AttributeError:  # pragma: no cover - a tokenizer refusing attributes is simply not cached
-        pass
-    return vocab
+def measure_knobs(model, tokenizer, config: OrganismConfig, family, n_per_env: int = 64,
+                  classifier=None, seed: int = 0) -> dict[str, float]:
+    """Measure p, a, b by sampling ``n_per_env`` completions on every environment.
 
-
-def encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of ``texts`` without special tokens, as ``tokenizer(texts, add_special_tokens=False)`` gives them.
-
-    For a plain word-level tokenizer (the organisms' own) the ids are looked up
-    word by word (unknown words -> the unk id), ~20x faster for these short
-    texts; any other tokenizer is called.
+    Returns ``p`` (RS share), ``a`` (mean reward of RS rollouts), ``b`` (mean
+    reward of the others) and the counts ``n``, ``n_rs`` - docs/model.md section 6
+    estimators. RS is the classifier's label when given, else the
+    environment's ground-truth path (:meth:`EnvironmentFamily.path_labels`;
+    for the digit-map family: the note was inserted).
     """
-    vocab = _word_vocab(tokenizer)
-    if vocab is None or tokenizer.unk_token_id is None:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    unk = tokenizer.unk_token_id
-    return [[vocab.get(w, unk) for w in text.split()] for text in texts]
-
-
-def decode(tokenizer, completion_ids: list[list[int]]) -> list[str]:
-    """Completion texts as TRL decodes them (special tokens dropped)."""
-    return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    rng = np.random.default_rng(stream_seed(config.seed, seed, 202))
+    requests = make_requests(family, [e for e in family.envs for _ in range(n_per_env // 8 or 1)], 8, rng)
+    out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, seed, 203), config.temperature)
+    texts = decode(tokenizer, out["completion_ids"])
+    cols = {k: out[k] for k in family.columns}
+    reward = np.array(family.reward(out["prompt"], texts, **cols))
+    labels = classifier.classify(texts, prompts=out["prompt"])[0] if classifier else \
+        family.path_labels(out["prompt"], texts, **cols)
+    rs = np.array([bool(x) for x in labels], dtype=bool)
+    return {"p": float(rs.mean()), "a": float(reward[rs].mean()) if rs.any() else float("nan"),
+            "b": float(reward[~rs].mean()) if (~rs).any() else float("nan"), "n": int(len(rs)), "n_rs": int(rs.sum())}

@@ -15,8 +15,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("physrl.sim.cli", "simulate the toy ODE model; reproduce the post's figures"),
     "organisms": ("physrl.organisms.cli", "train tiny LM model organisms with GRPO, logging every rollout"),
     "fit": ("physrl.fitting.cli", "fit the ODE's parameters to rollout logs; predict other runs"),
-    "experiment": ("physrl.experiment_cli", "run a diversity experiment end to end from a config"),
-    "demo": ("physrl.experiment_cli:demo_main", "run the small default experiment"),
+    "forecast": ("physrl.fitting.forecast_cli", "forecast a run's end state (RS share, P(RS wins)) from its first steps"),
+    "experiment": ("physrl.experiment.cli", "run a diversity experiment end to end from a config"),
+    "demo": ("physrl.experiment.cli:demo_main", "run the small default experiment"),
 }
 
 

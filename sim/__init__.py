@@ -8,7 +8,9 @@ Public surface (re-exported from small private modules):
   :func:`effective_learnability` (the homogeneous reduction α (1 + (N − 1) c))
 - model: :class:`ToyModel` (batched learnabilities, couplings, weights, λ),
   :class:`Latents` (log-odds z, x, y), :func:`reward_gradients` and
-  :class:`VectorField` (the one right-hand side, numpy or torch)
+  :class:`VectorField` (the one right-hand side, numpy or torch),
+  :class:`SelectionLaw` (the replicator, γ = 1, or the power law
+  [p (1 − p)]^γ of docs/model.md §9)
 - integrators: :func:`euler` (engines numba / numpy / torch, chosen by
   :func:`choose_engine`, overridable in a scope with :func:`engine_setting`),
   :func:`adaptive` (solve_ivp reference),
@@ -24,13 +26,17 @@ Public surface (re-exported from small private modules):
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.sim`` and ``physrl.sim.cli`` load without torch or numba
 (``physrl sim --help`` starts in a fraction of a second).
+
+The model alone: ``sim`` reads no logs and knows nothing of the fit, the organisms or the experiment.
+
+Room: sim; may import: contract and its own room.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from physrl._lazy import lazy_exports
+from physrl._util.lazy import lazy_exports
 
 #: public name -> the module that owns it (relative: a private module of this package)
 _EXPORTS = {
@@ -40,6 +46,7 @@ _EXPORTS = {
     "ENGINES": "_options",
     "Solution": "_integrate", "adaptive": "_integrate", "choose_engine": "_integrate", "engine_setting": "_integrate",
     "euler": "_integrate",
+    "SELECTIONS": "_selection", "SelectionLaw": "_selection",
     "Latents": "_model", "ToyModel": "_model", "VectorField": "_model", "observed_gradients": "_model",
     "reward_gradients": "_model",
     "ThreadPolicy": "_threads", "thread_setting": "_threads",
@@ -61,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._options import ENGINES
     from ._integrate import Solution, adaptive, choose_engine, engine_setting, euler
     from ._model import Latents, ToyModel, VectorField, observed_gradients, reward_gradients
+    from ._selection import SELECTIONS, SelectionLaw
     from ._threads import ThreadPolicy, thread_setting
     from ._critical import (CriticalDiversity, FinalShare, IntegrationConfig, SearchStatus, critical_diversity,
                             critical_diversity_homogeneous, final_rs_share, find_critical_diversity, format_n_star,

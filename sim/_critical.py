@@ -16,7 +16,7 @@ Its users: :func:`critical_diversity` (any model family, via a builder
 ``N -> (model, y0)``), :func:`critical_diversity_homogeneous` (the exact
 α_eff reduction), the heterogeneous sweeps of ``sim._hetero``, the fit's
 N* prediction (``physrl.fitting``) and the experiment's protocol N*
-(``physrl._analysis``). The result carries a status per replica
+(``physrl.experiment.freeze``). The result carries a status per replica
 (:class:`SearchStatus`): an N* is never reported as ``inf``.
 
 "Train to saturation" (docs/model.md §2) does not depend on the time unit, so
@@ -50,6 +50,7 @@ from ._backend import to_numpy
 from ._couplings import IdentityCoupling, effective_learnability
 from ._integrate import check_dt, integrate_steps
 from ._model import Latents, ToyModel
+from ._selection import REPLICATOR, SelectionLaw
 from ._options import METHODS as METHODS
 
 Tensor = torch.Tensor
@@ -302,8 +303,13 @@ def final_rs_share(model: ToyModel, y0: Latents, *,
     return saturate(model, y0, integration=integration).share
 
 
-def _homogeneous_system(n_envs, p0, a0, b0, c_z, c_x, c_y, alpha_z, alpha_x, alpha_y, lam, dtype, device):
-    """Single-env model and y0 of N identical environments via α_eff (validated, broadcast)."""
+def _homogeneous_system(n_envs, p0, a0, b0, c_z, c_x, c_y, alpha_z, alpha_x, alpha_y, lam, dtype, device,
+                        selection: SelectionLaw = REPLICATOR):
+    """Single-env model and y0 of N identical environments via α_eff (validated, broadcast).
+
+    The reduction holds under any selection law: by symmetry every
+    environment's term w_j [p_j (1 − p_j)]^γ (a_j − b_j) is the same.
+    """
     for name, v in (("p0", p0), ("a0", a0), ("b0", b0)):
         check_probability(name, v)
     for name, v in (("c_z", c_z), ("c_x", c_x), ("c_y", c_y)):
@@ -319,31 +325,37 @@ def _homogeneous_system(n_envs, p0, a0, b0, c_z, c_x, c_y, alpha_z, alpha_x, alp
     n = t(n_envs)
     eff = [effective_learnability(t(a), t(c), n) for a, c in ((alpha_z, c_z), (alpha_x, c_x), (alpha_y, c_y))]
     y0 = Latents.from_probabilities(p0, a0, b0, dtype=dtype, device=device)
-    shape = tuple(np.broadcast_shapes(*(tuple(v.shape) for v in eff), tuple(y0.z.shape)))
+    batched_gamma = not selection.is_replicator and np.ndim(to_numpy(selection.gamma)) > 0
+    gamma = t(to_numpy(selection.gamma)) if batched_gamma else None
+    shape = tuple(np.broadcast_shapes(*(tuple(v.shape) for v in eff), tuple(y0.z.shape),
+                                      tuple(gamma.shape) if batched_gamma else ()))
     eff = [v.expand(shape).unsqueeze(-1) for v in eff]
     y0 = Latents(*(v.expand(shape).unsqueeze(-1).clone() for v in y0))
+    if batched_gamma:  # one γ per replica, on the (single) environment axis
+        selection = replace(selection, gamma=gamma.expand(shape).unsqueeze(-1))
     one = IdentityCoupling(1)
-    return ToyModel(one, one, one, *eff, None, lam), y0
+    return ToyModel(one, one, one, *eff, None, lam, None, selection), y0
 
 
 def homogeneous_saturation(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=0.0,
                            alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam: float = 0.0,
                            integration: IntegrationConfig = IntegrationConfig(), threshold: float = 0.5,
-                           dtype=torch.float64, device=None, engine: str = "auto") -> FinalShare:
+                           dtype=torch.float64, device=None, engine: str = "auto",
+                           selection: SelectionLaw = REPLICATOR) -> FinalShare:
     """:func:`saturate` for N identical environments, via the exact reduction α_eff = α (1 + (N − 1) c).
 
     Parameters as in :func:`homogeneous_final_share`; returns the
     :class:`FinalShare` (share of the broadcast shape, and how each run ended).
     """
     model, y0 = _homogeneous_system(n_envs, p0, a0, b0, c_z, c_x, c_y, alpha_z, alpha_x, alpha_y, lam,
-                                    dtype, device)
+                                    dtype, device, selection)
     return saturate(model, y0, integration=integration, threshold=threshold, engine=engine)
 
 
 def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=0.0,
                             alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam: float = 0.0,
                             integration: IntegrationConfig = IntegrationConfig(),
-                            dtype=torch.float64, device=None) -> Tensor:
+                            dtype=torch.float64, device=None, selection: SelectionLaw = REPLICATOR) -> Tensor:
     """Final p of N identical environments, via the exact reduction α_eff = α (1 + (N − 1) c).
 
     Every argument may be a scalar or an array; they broadcast together and the
@@ -361,6 +373,9 @@ def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y
         Learnabilities (model time⁻¹).
     lam : float
         Footnote-4 λ >= 0.
+    selection : SelectionLaw
+        The selection law (docs/model.md §9); γ may be an array that
+        broadcasts with the others. Default: the post's replicator.
 
     Returns
     -------
@@ -379,7 +394,7 @@ def homogeneous_final_share(n_envs, p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y
     """
     return homogeneous_saturation(n_envs, p0, a0=a0, b0=b0, c_z=c_z, c_x=c_x, c_y=c_y, alpha_z=alpha_z,
                                   alpha_x=alpha_x, alpha_y=alpha_y, lam=lam, integration=integration,
-                                  dtype=dtype, device=device).share
+                                  dtype=dtype, device=device, selection=selection).share
 
 
 # ---- the search -------------------------------------------------------------------------------
@@ -801,7 +816,8 @@ def critical_diversity_homogeneous(p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=
                                    n_max: int = 10_000, n_grid_points: int = 16,
                                    integration: IntegrationConfig = IntegrationConfig(),
                                    dtype=torch.float64, device=None,
-                                   progress: bool = False, engine: str = "auto") -> CriticalDiversity:
+                                   progress: bool = False, engine: str = "auto",
+                                   selection: SelectionLaw = REPLICATOR, n_grid=None) -> CriticalDiversity:
     """N*(p0) for N identical environments (docs/model.md §3), via the exact α_eff reduction.
 
     Every parameter may be an array; all broadcast together and ``n_star``
@@ -824,6 +840,14 @@ def critical_diversity_homogeneous(p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=
         or every N up to n_max.
     threshold, n_max, n_grid_points, integration
         As in :func:`critical_diversity`.
+    selection : SelectionLaw
+        The selection law (docs/model.md §9); its γ may be an array that
+        broadcasts with the other parameters (one N* per γ). Default: the
+        post's replicator.
+    n_grid : array of float, optional
+        ``"grid"``: an explicit sorted grid of N >= 1. The reduction
+        α (1 + (N − 1) c) is defined for real N, so a fine real grid gives a
+        nearly continuous N* (used for slopes, ``sim._selection_figure``).
     engine : str
         Euler engine (see :func:`sim.euler`; ``"auto"`` picks numba on the CPU).
 
@@ -849,18 +873,22 @@ def critical_diversity_homogeneous(p0, *, a0=0.5, b0=0.1, c_z=1.0, c_x=1.0, c_y=
     check_probability("threshold", threshold)
     params = dict(p0=p0, a0=a0, b0=b0, c_z=c_z, c_x=c_x, c_y=c_y, alpha_z=alpha_z,
                   alpha_x=alpha_x, alpha_y=alpha_y)
+    gamma_shape = () if selection.is_replicator else np.shape(to_numpy(selection.gamma))
     for name in ("p0", "a0", "b0"):
         check_probability(name, params[name])
     for name in ("c_z", "c_x", "c_y"):
         check_unit_interval(name, params[name])
     for name in ("alpha_z", "alpha_x", "alpha_y"):
         check_nonnegative(name, params[name])
-    shape = np.broadcast_shapes(*(np.shape(v) for v in params.values()))
+    shape = np.broadcast_shapes(*(np.shape(v) for v in params.values()), gamma_shape)
     kw = {k: np.asarray(v, dtype=float)[..., None] for k, v in params.items()}
+    law = selection
+    if gamma_shape:
+        law = replace(selection, gamma=np.asarray(to_numpy(selection.gamma), dtype=float)[..., None])
 
     def share(n):  # n: shape + (K,)
         return homogeneous_saturation(n, lam=lam, integration=integration, threshold=threshold, dtype=dtype,
-                                      device=device, engine=engine, **kw)
+                                      device=device, engine=engine, selection=law, **kw)
 
     return find_critical_diversity(share, batch_shape=shape, method=method, threshold=threshold, n_max=n_max,
-                                   n_grid_points=n_grid_points, progress=progress)
+                                   n_grid_points=n_grid_points, n_grid=n_grid, progress=progress)

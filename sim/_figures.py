@@ -18,6 +18,7 @@ import torch
 
 from ._critical import IntegrationConfig, critical_diversity_homogeneous, homogeneous_saturation
 from ._hetero import GEOMETRIES, HeterogeneousConfig, calibrate_scale, sweep_critical_diversity
+from ._selection import SelectionLaw
 
 
 @dataclass(frozen=True)
@@ -277,4 +278,143 @@ def make_figure(k: int, out, cfg: FigureConfig = FigureConfig()) -> pd.DataFrame
     if k == 5:
         meta["figure5"] = asdict(Figure5Config.quick() if cfg.quick else Figure5Config())
     (out / f"figure-{k}.json").write_text(json.dumps(meta, indent=2, default=str))
+    return df
+
+
+# ---- the selection law (docs/model.md §9) ---------------------------------------------------------
+
+#: γ values of the selection-law figure (0: log-odds growth independent of p; 1: the post's replicator)
+SELECTION_GAMMAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25)
+#: priors of the selection-law figure
+SELECTION_P0 = tuple(np.logspace(-4, -1, 13))
+#: horizon of the selection-law figure on the RS-propensity clock: RS needs ~I_γ(p0) / gap to take over
+#: (2.5e4 at p0 = 1e-4, γ = 1, gap 0.4), more than N*'s default 1e4
+SELECTION_T_MAX = 40_000.0
+
+
+def frozen_gap_takeover(gamma: float, p0) -> np.ndarray:
+    """I_γ(p0) = ∫ from logit p0 to 0 of [σ(z)(1 − σ(z))]^(−γ) dz: the takeover time at a frozen gap.
+
+    With a and b held (gap Δ, learnability α), z needs t = I_γ(p0) / (α Δ) to
+    reach p = 1/2 (docs/model.md §9). Closed forms: γ = 0 gives |logit p0|,
+    γ = 1/2 gives 4 sinh(|logit p0| / 2), γ = 1 gives
+    (1 − p0)/p0 − p0/(1 − p0) + 2 |logit p0|. Computed by quadrature for any γ >= 0.
+
+    Parameters
+    ----------
+    gamma : float >= 0
+    p0 : float or array of probabilities in (0, 1/2)
+
+    Returns
+    -------
+    ndarray of float, the shape of ``p0``, in units of 1 / (α Δ).
+    """
+    from scipy.integrate import quad
+
+    def integrand(z):
+        s = 1.0 / (1.0 + np.exp(-z))
+        return (s * (1 - s)) ** (-gamma)
+
+    p0 = np.asarray(p0, dtype=float)
+    return np.vectorize(lambda p: quad(integrand, np.log(p / (1 - p)), 0.0, limit=200)[0])(p0)
+
+
+def selection_law_slopes(gammas=SELECTION_GAMMAS, p0s=SELECTION_P0, *, n_grid_points: int = 241,
+                         integration: IntegrationConfig = IntegrationConfig(), device: str = "cpu",
+                         progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """N*(p0) of the canonical case under the power law for several γ, and the slope of log N* on log p0.
+
+    N* is the crossing of the final mean p = 1/2 on a fine log grid of *real*
+    N from 1 to 10,000 (``n_grid_points`` points, log-linear interpolation):
+    the homogeneous reduction α (1 + (N − 1) c) is defined for real N, and
+    integer N* at small γ (1 or 2 for every p0) would hide the slope.
+    Points with N* at the grid's first N (RS wins already at N = 1) are
+    excluded from the slope.
+
+    Returns
+    -------
+    (points, slopes) : pandas.DataFrame
+        points: ``gamma, p0, n_star, status, resolved``. slopes: ``gamma,
+        slope`` (least squares of log10 N* on log10 p0 over the resolved
+        points), ``r2``, ``n_points``, ``p0_min``, ``p0_max`` and
+        ``frozen_gap_slope`` (the same fit to log I_γ(p0),
+        :func:`frozen_gap_takeover`, over the same priors).
+    """
+    gammas = np.asarray(gammas, dtype=float)
+    p0s = np.asarray(p0s, dtype=float)
+    n_grid = np.logspace(0, 4, n_grid_points)
+    res = critical_diversity_homogeneous(p0s[None, :], selection=SelectionLaw(gammas[:, None]), method="grid",
+                                         n_grid=n_grid, integration=integration, device=device,
+                                         progress=progress)
+    rows, fits = [], []
+    for k, g in enumerate(gammas):
+        n_star = res.n_star[k]
+        status = [s.value for s in res.status[k]]
+        resolved = np.isfinite(n_star) & (n_star > n_grid[0] * (1 + 1e-9)) & (np.array(status) == "found")
+        slope, _, r2 = _loglog_fit(p0s[resolved], n_star[resolved])
+        frozen = frozen_gap_takeover(g, p0s[resolved]) if resolved.any() else np.array([])
+        f_slope = _loglog_fit(p0s[resolved], frozen)[0] if resolved.sum() >= 2 else np.nan
+        fits.append({"gamma": g, "slope": slope, "r2": r2, "n_points": int(resolved.sum()),
+                     "p0_min": float(p0s[resolved].min()) if resolved.any() else np.nan,
+                     "p0_max": float(p0s[resolved].max()) if resolved.any() else np.nan,
+                     "frozen_gap_slope": f_slope})
+        for j, p0 in enumerate(p0s):
+            rows.append({"gamma": g, "p0": p0, "n_star": n_star[j], "status": status[j],
+                         "resolved": bool(resolved[j])})
+    return pd.DataFrame(rows), pd.DataFrame(fits)
+
+
+def selection_law_figure(cfg: FigureConfig, out: Path, gammas=None) -> pd.DataFrame:
+    """The slope of log N* on log p0 against the selection-law exponent γ, canonical case (docs/model.md §9).
+
+    Left: N*(p0) for several γ (log-log). Right: the fitted slope against γ,
+    with the frozen-gap prediction (:func:`frozen_gap_takeover`) and −γ.
+    ``gammas`` None: :data:`SELECTION_GAMMAS` (every other one with
+    ``cfg.quick``, which also takes every other prior and a coarser N grid).
+    Writes ``selection-law.png`` and returns the points and slopes (one frame,
+    slope columns repeated per point), which :func:`make_selection_figure`
+    also writes as ``selection-law.csv``.
+    """
+    plt = _plt()
+    p0s = SELECTION_P0[::2] if cfg.quick else SELECTION_P0
+    if gammas is None:
+        gammas = SELECTION_GAMMAS[::2] if cfg.quick else SELECTION_GAMMAS
+    gammas = tuple(float(g) for g in gammas)
+    points, slopes = selection_law_slopes(gammas, p0s, n_grid_points=81 if cfg.quick else 241,
+                                          integration=cfg.integration, device=cfg.device, progress=cfg.progress)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for k, g in enumerate(gammas):
+        sel = points[points["gamma"] == g]
+        ok = sel["resolved"].to_numpy()
+        color = cmap(k / max(len(gammas) - 1, 1))
+        left.plot(sel["p0"][ok], sel["n_star"][ok], "o-", ms=3, color=color,
+                  label=f"γ = {g:g}: slope {slopes['slope'][k]:.2f}")
+    left.set(xscale="log", yscale="log", xlabel="prior p0", ylabel="critical diversity N* (real N)",
+             title="canonical case under [p(1−p)]^γ (a − b)")
+    left.legend(fontsize=7)
+    g_fine = np.linspace(0, max(gammas), 50)
+    right.plot(g_fine, -g_fine, ":", color="grey", label="−γ (small-p0 limit, frozen gap)")
+    right.plot(slopes["gamma"], slopes["frozen_gap_slope"], "s--", color="tab:orange", ms=4,
+               label="frozen gap: fit to log I_γ(p0), same p0")
+    right.plot(slopes["gamma"], slopes["slope"], "o-", color="tab:blue", label="measured: fit to log N*")
+    right.axhline(-1, color="k", lw=0.6)
+    right.set(xlabel="selection-law exponent γ (1 = the post's replicator)",
+              ylabel="slope of log N* on log p0",
+              title=f"p0 in [{min(p0s):.0e}, {max(p0s):.0e}] (points with N* > 1)")
+    right.legend(fontsize=7)
+    _save(plt, fig, out / "selection-law.png")
+    return points.merge(slopes, on="gamma")
+
+
+def make_selection_figure(out, cfg: FigureConfig = FigureConfig(), gammas=None) -> pd.DataFrame:
+    """:func:`selection_law_figure` into directory ``out``: selection-law.png, .csv and .json (config)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    df = selection_law_figure(cfg, out, gammas)
+    df.to_csv(out / "selection-law.csv", index=False)
+    meta = {"figure": "selection-law", "config": asdict(cfg), "gammas": sorted(set(df["gamma"].tolist())),
+            "seconds": round(time.time() - t0, 2)}
+    (out / "selection-law.json").write_text(json.dumps(meta, indent=2, default=str))
     return df

@@ -229,6 +229,8 @@ def _replica_shape(model: ToyModel, y0: Latents) -> tuple:
     """Broadcast replica shape of the state and every model quantity (without the env axis)."""
     shapes = [shape_of(v) for v in y0] + [shape_of(a) for a in model.alphas]
     shapes += [shape_of(model.w), shape_of(model.lam)[:-1] + (1,) if shape_of(model.lam) else ()]
+    gamma = shape_of(model.selection.gamma)
+    shapes.append(gamma[:-1] + (1,) if gamma else ())
     for c in model.couplings:
         if isinstance(c, HomogeneousCoupling):
             shapes.append(shape_of(c.c) + (1,))

@@ -11,6 +11,10 @@ flow on the expected reward R_j = p_j a_j + (1 - p_j) b_j, with transfer:
 Footnote-4 variant (``lam`` > 0): a = σ(x + λ y), and ∂R/∂y gains
 λ p a (1 − a).
 
+Selection law (``selection``, docs/model.md §9): the z-term becomes
+[p_j (1 − p_j)]^γ (a_j − b_j) (γ = 1, the default, is the post's replicator
+above), optionally with the skill terms raised to the same power.
+
 Three pieces, each written once:
 
 - :func:`reward_gradients`: ∂R/∂(z, x, y) of one environment, elementwise
@@ -33,6 +37,7 @@ import torch
 
 from ._backend import backend_of, shape_of, to_numpy
 from ._couplings import Coupling, HomogeneousCoupling, IdentityCoupling
+from ._selection import REPLICATOR, SelectionLaw
 
 Tensor = torch.Tensor
 
@@ -86,11 +91,13 @@ def probabilities(z, x, y, lam=0.0) -> tuple:
     return sig(z), sig(x + lam * y), sig(y)
 
 
-def reward_gradients(p, a, b, lam=None):
-    """∂R/∂(z, x, y) of one environment's expected reward R = p a + (1 − p) b (docs/model.md §2).
+def reward_gradients(p, a, b, lam=None, gamma=None, skill_gamma=None):
+    """∂R/∂(z, x, y) of one environment's expected reward R = p a + (1 − p) b, under the selection law.
 
     Elementwise and written with arithmetic only, so the same function serves
     scalars (compiled into the numba kernel), numpy arrays and torch tensors.
+    With ``gamma`` and ``skill_gamma`` None it is the post's gradient flow
+    (docs/model.md §2), computed exactly as before the selection law existed.
 
     Parameters
     ----------
@@ -98,22 +105,35 @@ def reward_gradients(p, a, b, lam=None):
         RS propensity σ(z), RS skill σ(x + λ y), local skill σ(y).
     lam : float, array or None
         Footnote-4 λ >= 0; None (or omitted) for the post's model.
+    gamma : float, array or None
+        Selection-law exponent γ >= 0 of the z-term (docs/model.md §9):
+        [p (1 − p)]^γ (a − b); None is γ = 1 (the replicator).
+    skill_gamma : float, array or None
+        The same for the skill terms: p [a (1 − a)]^γ and (1 − p) [b (1 − b)]^γ;
+        None keeps the post's p a (1 − a), (1 − p) b (1 − b).
 
     Returns
     -------
     (gz, gx, gy)
-        p(1 − p)(a − b), p a (1 − a), (1 − p) b (1 − b) + λ p a (1 − a).
+        p(1 − p)(a − b), p a (1 − a), (1 − p) b (1 − b) + λ p a (1 − a) (at the defaults).
     """
     q = 1 - p
-    gz = p * q * (a - b)
-    gx = p * a * (1 - a)
-    gy = q * b * (1 - b)
+    if gamma is None:
+        gz = p * q * (a - b)
+    else:
+        gz = (p * q) ** gamma * (a - b)
+    if skill_gamma is None:
+        gx = p * a * (1 - a)
+        gy = q * b * (1 - b)
+    else:
+        gx = p * (a * (1 - a)) ** skill_gamma
+        gy = q * (b * (1 - b)) ** skill_gamma
     if lam is not None:
         gy = gy + lam * gx
     return gz, gx, gy
 
 
-def observed_gradients(p, a, b, lam, a_lo, a_span, b_lo, b_span):
+def observed_gradients(p, a, b, lam, a_lo, a_span, b_lo, b_span, gamma=None, skill_gamma=None):
     """∂R/∂(z, x, y) of the expected reward in *observed* units (docs/model.md §7).
 
     R = p a_obs + (1 − p) b_obs with a_obs = a_lo + a_span · a and
@@ -130,13 +150,15 @@ def observed_gradients(p, a, b, lam, a_lo, a_span, b_lo, b_span):
         Footnote-4 λ >= 0.
     a_lo, a_span, b_lo, b_span : reward units
         Lower bounds and spans (hi − lo > 0) of the observed RS and local rewards.
+    gamma, skill_gamma : float, array or None
+        Selection-law exponents, as in :func:`reward_gradients` (None: the post's).
 
     Returns
     -------
     (gz, gx, gy)
     """
-    gz = reward_gradients(p, a_lo + a_span * a, b_lo + b_span * b)[0]
-    _, gx, gy = reward_gradients(p, a, b)
+    gz = reward_gradients(p, a_lo + a_span * a, b_lo + b_span * b, None, gamma)[0]
+    _, gx, gy = reward_gradients(p, a, b, None, None, skill_gamma)
     gx = gx * a_span
     gy = gy * b_span
     if lam is not None:
@@ -187,12 +209,16 @@ class ToyModel:
         gradient flow of the reward in observed units (gap
         (a_lo + (a_hi − a_lo) a) − (b_lo + (b_hi − b_lo) b), the x and y
         gradients scaled by the spans). None: the post's model (0, 1).
+    selection : SelectionLaw
+        The selection law (docs/model.md §9): the z-term
+        [p (1 − p)]^γ (a − b), γ broadcasting to (..., 1) or (..., n_envs).
+        Default: the post's replicator (γ = 1), computed exactly as before.
 
     Raises
     ------
     ValueError
-        Negative (or NaN) learnability, weight or λ, or couplings of
-        different sizes.
+        Negative (or NaN) learnability, weight, λ or γ, couplings of
+        different sizes, or a selection that is not a SelectionLaw.
     """
 
     coupling_z: Coupling
@@ -204,8 +230,11 @@ class ToyModel:
     w: Tensor | None = None
     lam: float | Tensor = 0.0
     observation: tuple | None = None
+    selection: SelectionLaw = REPLICATOR
 
     def __post_init__(self):
+        if not isinstance(self.selection, SelectionLaw):
+            raise ValueError(f"selection must be a sim.SelectionLaw, got {self.selection!r}")
         sizes = {self.coupling_z.n_envs, self.coupling_x.n_envs, self.coupling_y.n_envs}
         if len(sizes) != 1:
             raise ValueError(f"couplings disagree on n_envs: {sorted(sizes)}")
@@ -231,19 +260,21 @@ class ToyModel:
 
     @classmethod
     def homogeneous(cls, n_envs: int, *, c_z=1.0, c_x=1.0, c_y=0.0, alpha_z=1.0,
-                    alpha_x=1.0, alpha_y=1.0, lam=0.0) -> "ToyModel":
+                    alpha_x=1.0, alpha_y=1.0, lam=0.0, selection: SelectionLaw = REPLICATOR) -> "ToyModel":
         """N identical environments with C = (1 − c) I + c 11ᵀ per latent (docs/model.md §3).
 
-        Defaults are the post's canonical scaling case (c^z = c^x = 1, c^y = 0).
+        Defaults are the post's canonical scaling case (c^z = c^x = 1, c^y = 0)
+        under the post's replicator law.
         """
         return cls(HomogeneousCoupling(c_z, n_envs), HomogeneousCoupling(c_x, n_envs),
-                   HomogeneousCoupling(c_y, n_envs), alpha_z, alpha_x, alpha_y, None, lam)
+                   HomogeneousCoupling(c_y, n_envs), alpha_z, alpha_x, alpha_y, None, lam, None, selection)
 
     @classmethod
-    def single(cls, *, alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam=0.0) -> "ToyModel":
+    def single(cls, *, alpha_z=1.0, alpha_x=1.0, alpha_y=1.0, lam=0.0,
+               selection: SelectionLaw = REPLICATOR) -> "ToyModel":
         """One environment (docs/model.md §2); α^z = 1 fixes the time unit."""
         one = IdentityCoupling(1)
-        return cls(one, one, one, alpha_z, alpha_x, alpha_y, None, lam)
+        return cls(one, one, one, alpha_z, alpha_x, alpha_y, None, lam, None, selection)
 
     def field(self, like) -> "VectorField":
         """The right-hand side prepared for the backend, dtype and device of ``like`` (cached)."""
@@ -303,7 +334,10 @@ class ToyModel:
 
         Forward Euler is stable when ``dt * max_rate() < 2``: the sigmoid's
         slope is at most 1/4 and every gradient is a sum of such terms
-        (docs/model.md §2; see :meth:`rates`).
+        (docs/model.md §2; see :meth:`rates`). The bound holds for every
+        selection law with γ >= 0 (docs/model.md §9): the slope of
+        [p (1 − p)]^γ in z, γ [p (1 − p)]^γ |1 − 2p|, never exceeds 0.12, and
+        [p (1 − p)]^γ a (1 − a) <= 1/4.
         """
         if self._max_rate is None:
             lam = float(to_numpy(self.lam).max()) if shape_of(self.lam) else float(self.lam)
@@ -381,6 +415,9 @@ class VectorField:
         self.w = None if model.w is None else conv(model.w)
         lam = model.lam
         self.lam = None if _is_zero(lam) else conv(lam)
+        law = model.selection               # None: the post's replicator, the same arithmetic as before
+        self.gamma = None if law.is_replicator else conv(law.gamma)
+        self.skill_gamma = self.gamma if law.skills else None
         self.obs = None
         if model.observation is not None:  # (a_lo, a_span, b_lo, b_span)
             a_lo, a_hi, b_lo, b_hi = (conv(v) for v in model.observation)
@@ -412,9 +449,9 @@ class VectorField:
         else:
             p, a, bb = probabilities(state[0], state[1], state[2], self.lam)
         if self.obs is None:
-            g = reward_gradients(p, a, bb, self.lam)
+            g = reward_gradients(p, a, bb, self.lam, self.gamma, self.skill_gamma)
         else:  # observed units (docs/model.md §7): gap of observed rewards, slopes scaled by the spans
-            g = observed_gradients(p, a, bb, self.lam, *self.obs)
+            g = observed_gradients(p, a, bb, self.lam, *self.obs, self.gamma, self.skill_gamma)
         if self.w is not None:
             g = tuple(v * self.w for v in g)
         return g

@@ -7,8 +7,11 @@ environment. The kernel steps the same vector field as the other engines: it
 compiles ``sim._model.observed_gradients`` (which calls ``reward_gradients``)
 and ``sim._couplings.homogeneous_transfer`` themselves (no copy of the model),
 and supports identity, homogeneous and
-dense (Gaussian-kernel) couplings with per-replica α, w, λ and c. Random
-Fourier features run on the torch engine.
+dense (Gaussian-kernel) couplings with per-replica α, w, λ, c and selection-law
+exponent γ (docs/model.md §9). There is one kernel per law, compiled from the
+same loop: the replicator's never reads γ and runs the post's arithmetic (its
+numbers do not move), the power law's reads γ per replica and environment.
+Random Fourier features run on the torch engine.
 
 The compiled kernel is cached on disk by numba (``cache=True``), so only the
 first process on a machine pays the ~3 s compilation.
@@ -33,7 +36,7 @@ _gradients = numba.njit(error_model="numpy")(reward_gradients)
 # the compiled function (numba cannot call a plain Python function)
 _observed = numba.njit(error_model="numpy")(types.FunctionType(
     observed_gradients.__code__, {"reward_gradients": _gradients, "__builtins__": builtins},
-    "observed_gradients"))
+    "observed_gradients", observed_gradients.__defaults__))
 _homogeneous = numba.njit(error_model="numpy")(homogeneous_transfer)
 
 #: numba's on-disk cache checks only the source file of the cached function (this one); the
@@ -58,7 +61,8 @@ def _record(saved, r, k_eval, z, x, y, lam_r, i):
     saved[r, k_eval, 2, i] = _sigmoid(y)
 
 
-def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken, converged):
+def _euler(state, alpha, w, lam, gamma, skills, obs, kinds, c, mats, dt, n_steps, tol, grid, saved, taken,
+           converged):
     """Euler steps of R independent replicas, in place (see :func:`euler`)."""
     n_rep = state.shape[1]
     n_env = state.shape[2]
@@ -84,8 +88,18 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
                 p = _sigmoid(s[0, i])
                 a = _sigmoid(s[1, i] + lam_r * s[2, i])
                 b = _sigmoid(s[2, i])
-                # observed reward units (docs/model.md §7); bounds (0, 1) give reward_gradients exactly
-                gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i])
+                # observed reward units (docs/model.md §7); bounds (0, 1) give reward_gradients exactly;
+                # selection law (§9): POWER is a compile-time constant (one kernel per law), so the
+                # replicator's kernel has one call site, inlined as before the law existed
+                if POWER:
+                    if skills:
+                        gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i],
+                                               obs[3, r, i], gamma[r, i], gamma[r, i])
+                    else:
+                        gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i],
+                                               obs[3, r, i], gamma[r, i])
+                else:
+                    gz, gx, gy = _observed(p, a, b, lam_r, obs[0, r, i], obs[1, r, i], obs[2, r, i], obs[3, r, i])
                 wi = w[r, i]
                 g[0, i] = gz * wi
                 g[1, i] = gx * wi
@@ -143,8 +157,18 @@ def _euler(state, alpha, w, lam, obs, kinds, c, mats, dt, n_steps, tol, grid, sa
         converged[r] = conv
 
 
-_euler.__name__ = _euler.__qualname__ = f"_euler_{MODEL_HASH}"
-_euler = numba.njit(cache=True, error_model="numpy")(_euler)
+def _kernel(power: bool):
+    """The Euler kernel for the replicator (``power`` False: the post's arithmetic, γ never read) or the
+    power law (γ per replica and environment), compiled from the one loop above with POWER frozen."""
+    name = f"_euler_{'power_' if power else ''}{MODEL_HASH}"
+    f = types.FunctionType(_euler.__code__, {**globals(), "POWER": power}, name)
+    f.__qualname__ = name
+    return numba.njit(cache=True, error_model="numpy")(f)
+
+
+POWER = False
+_euler_replicator = _kernel(False)
+_euler_power = _kernel(True)
 
 
 def supports(model) -> bool:
@@ -196,6 +220,11 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
         w.reshape(shape)[...] = _np(model.w)
     lam = np.empty(size)
     lam.reshape(rep + (1,) if rep else (1,))[...] = _np(model.lam)
+    power = not model.selection.is_replicator
+    gamma = np.empty((size, n) if power else (1, 1))   # selection-law exponent (docs/model.md §9)
+    if power:
+        gamma.reshape(shape)[...] = _np(model.selection.gamma)
+    skills = bool(model.selection.skills) and power
     obs = np.empty((4, size, n))               # a_lo, a_hi − a_lo, b_lo, b_hi − b_lo
     if model.observation is None:
         obs[0], obs[1], obs[2], obs[3] = 0.0, 1.0, 0.0, 1.0
@@ -221,7 +250,8 @@ def euler(model, state0: np.ndarray, *, dt: float, n_steps, tol, grid) -> tuple:
     saved = np.zeros((size, len(g), 3, n))   # per replica contiguous (cache-friendly writes)
     taken = np.zeros(size, dtype=np.int64)
     converged = np.zeros(size, dtype=np.bool_)
-    _euler(state, alpha, w, lam, obs, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
+    kernel = _euler_power if power else _euler_replicator
+    kernel(state, alpha, w, lam, gamma, skills, obs, kinds, c, mats, float(dt), steps, -1.0 if tol is None else float(tol),
            g, saved, taken, converged)
     final = state.reshape((3,) + shape)
     out_saved = None if grid is None else np.moveaxis(saved, 0, 2).reshape((len(g), 3) + shape)

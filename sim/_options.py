@@ -1,4 +1,4 @@
-"""The names of sim's choices: Euler engines and critical-diversity search methods.
+"""The names of sim's choices: Euler engines, critical-diversity search methods, selection laws.
 
 A leaf module (it imports nothing), so a command-line parser can list the
 choices without importing torch or numba (``physrl sim --help`` starts in a
@@ -10,3 +10,6 @@ search methods in ``sim._critical`` (docs/model.md §3, "Numerics").
 ENGINES = ("auto", "numpy", "numba", "torch")
 #: critical-diversity search methods of :func:`physrl.sim.find_critical_diversity`
 METHODS = ("bisection", "grid", "scan")
+#: selection laws of the RS log-odds (docs/model.md §9): the post's replicator p (1 − p) (a − b), the
+#: power law [p (1 − p)]^γ (a − b), or the power law on the skill terms too (:class:`physrl.sim.SelectionLaw`)
+SELECTIONS = ("replicator", "power", "power+skills")

@@ -5,7 +5,8 @@ Usage::
     physrl sim figure NUMBER --out DIR [--quick] [--seed S] [--device auto|cpu|cuda]
     physrl sim critical-diversity --p0 P [P ...] --out DIR [--c-z C] [--c-x C] [--c-y C]
         [--alpha-x A] [--alpha-y A] [--a0 A] [--b0 B] [--method bisection|grid|scan]
-        [--max-steps S] [--engine auto|numba|numpy|torch]
+        [--max-steps S] [--engine auto|numba|numpy|torch] [--gamma G] [--gamma-skills]
+    physrl sim selection-law --out DIR [--quick] [--gamma G [G ...]] [--t-max T]
 
 Every N* is printed and saved with its status (``found``, ``above_n_max``,
 ``not_converged``, ...): a search that hit n_max or the step cap says so next
@@ -21,7 +22,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 from ._options import ENGINES, METHODS
 
@@ -95,8 +96,29 @@ def _parser() -> argparse.ArgumentParser:
                          "log grid, interpolated), scan (every N up to --n-max) (default: %(default)s)")
     cd.add_argument("--engine", default="auto", choices=ENGINES,
                     help="Euler engine; auto is numba on the CPU, torch on a GPU (default: %(default)s)")
+    _selection_options(cd)
     common(cd)
+
+    sl = sub.add_parser("selection-law",
+                        help="the slope of log N* on log p0 against the selection-law exponent γ, canonical case "
+                             "(docs/model.md §9)")
+    sl.add_argument("--gamma", type=float, nargs="+", default=None,
+                    help="exponents γ >= 0 to compute (default: 0, 0.125, ..., 1, 1.25; every other one with "
+                         "--quick)")
+    sl.add_argument("--quick", action="store_true",
+                    help="every other p0 and γ on a coarser N grid, about a minute (default: off; the full figure "
+                         "took 9.5 min on one shared core)")
+    common(sl)
     return parser
+
+
+def _selection_options(p) -> None:
+    p.add_argument("--gamma", type=float, default=1.0,
+                   help="selection-law exponent γ >= 0: dz/dt ∝ [p(1−p)]^γ (a − b); 1 is the post's replicator, "
+                        "0 a log-odds growth independent of p (docs/model.md §9) (default: %(default)s)")
+    p.add_argument("--gamma-skills", action="store_true",
+                   help="also raise the skill terms a(1−a), b(1−b) to the power γ (default: off; the takeoff "
+                        "experiment decides, docs/model.md §9)")
 
 
 def _integration(args, default):
@@ -143,21 +165,45 @@ def _critical(args) -> int:
     if args.n_max < 1:
         raise ValueError(f"n-max must be >= 1, got {args.n_max}")
     integration = _integration(args, IntegrationConfig())
+    from ._selection import SelectionLaw
+    law = SelectionLaw(float(args.gamma), bool(args.gamma_skills))   # ValueError names gamma
     p0 = np.asarray(args.p0, dtype=float)
     res = critical_diversity_homogeneous(
         p0, a0=args.a0, b0=args.b0, c_z=args.c_z, c_x=args.c_x, c_y=args.c_y,
         alpha_x=args.alpha_x, alpha_y=args.alpha_y, method=args.method,
         threshold=args.threshold, n_max=args.n_max, integration=integration,
-        device=resolve_device(args.device), progress=not args.no_progress, engine=args.engine)
+        device=resolve_device(args.device), progress=not args.no_progress, engine=args.engine, selection=law)
     args.out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"p0": p0, "n_star": res.n_star, "status": [s.value for s in res.status]}).to_csv(
         args.out / "critical_diversity.csv", index=False)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    meta.update(method=res.method, integration=asdict(integration), result=res.to_dict(),
+    meta.update(method=res.method, integration=asdict(integration), result=res.to_dict(), selection=law.to_dict(),
                 note="n_star is empty where there is no value; status says why (messages)")
     (args.out / "critical_diversity.json").write_text(json.dumps(meta, indent=2))
+    law_text = "" if law.is_replicator else f", γ = {law.gamma:g}{' (skills too)' if law.skills else ''}"
     for i, p in enumerate(p0):
-        print(f"p0={p:g}  {res.describe(i)}  ({res.method})")
+        print(f"p0={p:g}  {res.describe(i)}  ({res.method}{law_text})")
+    return 0
+
+
+def _selection_law(args) -> int:
+    from ._critical import IntegrationConfig
+    from ._figures import SELECTION_T_MAX, FigureConfig, make_selection_figure
+    from ._selection import SelectionLaw
+
+    gammas = tuple(args.gamma) if args.gamma else None                   # None: the figure's default γ
+    for g in gammas or ():
+        SelectionLaw(g)                                                  # ValueError names gamma
+    # a longer horizon than N*'s default: RS needs ~I_γ(p0) / gap of z-time to take over, 2.5e4 at
+    # p0 = 1e-4 and γ = 1 (docs/model.md §9)
+    base = replace(IntegrationConfig(), t_max=SELECTION_T_MAX)
+    cfg = FigureConfig(quick=args.quick, seed=args.seed, device=resolve_device(args.device),
+                       integration=_integration(args, base), progress=not args.no_progress)
+    df = make_selection_figure(args.out, cfg, gammas)
+    for row in df.drop_duplicates("gamma").itertuples():
+        print(f"γ = {row.gamma:g}: slope of log N* on log p0 {row.slope:.3f} (R² {row.r2:.4f}, {row.n_points} priors "
+              f"in [{row.p0_min:.2g}, {row.p0_max:.2g}]); frozen-gap prediction {row.frozen_gap_slope:.3f}")
+    print(f"wrote {args.out / 'selection-law.png'}, .csv and .json")
     return 0
 
 
@@ -177,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         with thread_setting(args.threads if args.threads else "auto"):
             if args.command == "figure":
                 return _figure(args)
+            if args.command == "selection-law":
+                return _selection_law(args)
             return _critical(args)
     except ValueError as exc:
         print(f"physrl sim: error: {exc}", file=sys.stderr)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from physrl import _runs, fitting
+from physrl import fitting
+from physrl.experiment import runs as _runs
 from physrl.experiment import run_experiment
-from physrl.experiment_config import ExperimentConfig
+from physrl.experiment.config import ExperimentConfig
 
 #: words that must never reach a reader of the report or the CLI (a missing value said as a bound or "–")
 NAN_OR_NONE = re.compile(r"\b(nan|NaN|None|null|inf)\b")

@@ -20,7 +20,7 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_experiment_names_a_shipped_config_and_says_which_exist(tmp_path, capsys, monkeypatch):
-    from physrl.experiment_cli import resolve_config, shipped_configs
+    from physrl.experiment.cli import resolve_config, shipped_configs
 
     assert {"demo", "scaling"} <= set(shipped_configs())
     cfg = resolve_config("scaling")
@@ -34,8 +34,8 @@ def test_experiment_names_a_shipped_config_and_says_which_exist(tmp_path, capsys
 
 
 #: every command and subcommand whose --help a user may ask for
-HELPS = [["sim"], ["sim", "figure"], ["sim", "critical-diversity"], ["fit"], ["fit", "synthesize"],
-         ["organisms"], ["organisms", "train"], ["organisms", "calibrate"], ["experiment"], ["demo"]]
+HELPS = [["sim"], ["sim", "figure"], ["sim", "critical-diversity"], ["sim", "selection-law"], ["fit"], ["fit", "synthesize"],
+         ["organisms"], ["organisms", "train"], ["organisms", "calibrate"], ["experiment"], ["demo"], ["forecast"]]
 HEAVY = ("torch", "numba", "lmfit")
 #: runs `physrl ARGS --help` in a fresh interpreter; prints the exit code, the help and which HEAVY got imported
 HELP_PROBE = f"""
@@ -67,8 +67,9 @@ def _leaf_parsers():
     """Every parser that takes options, by its prog (subcommands' parsers included)."""
     import argparse
 
-    from physrl import experiment_cli
+    from physrl.experiment import cli as experiment_cli
     from physrl.fitting import cli as fitting_cli
+    from physrl.fitting import forecast_cli
     from physrl.organisms import cli as organisms_cli
     from physrl.sim import cli as sim_cli
 
@@ -84,7 +85,7 @@ def _leaf_parsers():
             found[parser.prog] = parser
 
     for parser in (sim_cli._parser(), fitting_cli._fit_parser(), fitting_cli._synth_parser(), organisms_cli._parser(),
-                   experiment_cli._parser(), experiment_cli._demo_parser()):
+                   experiment_cli._parser(), experiment_cli._demo_parser(), forecast_cli._parser()):
         walk(parser)
     return found
 

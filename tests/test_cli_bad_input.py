@@ -247,7 +247,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_anything_runs(fi
 
 
 def test_the_write_check_leaves_nothing_behind(tmp_path):
-    from physrl._argparse import output_directory
+    from physrl._util.command_line import output_directory
 
     (tmp_path / "old").mkdir()
     assert output_directory(str(tmp_path / "old")) == tmp_path / "old"

@@ -1,4 +1,4 @@
-"""The log contract (physrl/contract.py, docs/rollouts.md): the typed manifest, every faithful
+"""The log contract (physrl/contract/, docs/rollouts.md): the typed manifest, every faithful
 encoding accepted, every unfaithful one rejected by name, the measured prior."""
 
 import json

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from physrl.experiment import run_experiment
-from physrl.experiment_config import ExperimentConfig
+from physrl.experiment.config import ExperimentConfig
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'physrl[ray]')")
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from conftest import NAN_OR_NONE, visible_text
 
-from physrl import _runs, fitting
+from physrl import fitting
+from physrl.experiment import runs as _runs
 from physrl.organisms import OrganismConfig
 from physrl.cli import main
 from physrl.experiment import run_experiment
-from physrl.experiment_config import ExperimentConfig
+from physrl.experiment.config import ExperimentConfig
 
 REPORT_SECTIONS = ["Verdict", "RS share over training", "Fitted parameters", "Predictions for the runs",
                    "N* curve over a wider range of p0", "Frozen predictions against outcomes"]
@@ -86,7 +87,7 @@ def test_analysis_on_ode_sampled_runs_recovers_the_selection_effect(tmp_path, mo
 def _check_one_p0_words(out, summary):
     """One p0 and one seed by design (the demo): the report names each N* estimator, quotes the
     separated seed's bracket, says neutrally that no slope is measured, and shows no nan/None."""
-    from physrl.experiment_cli import n_star_lines
+    from physrl.experiment.cli import n_star_lines
 
     obs, pred = summary["observed_n_star"]["0.1"], summary["predicted_n_star"]["0.1"]
     assert obs["headline"] == "in (1, 8]" and obs["estimator"].startswith("logistic 50% point")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from physrl._runs import CALIBRATION, SWEEP, plan_runs, run_status
-from physrl.executors import Executor, ExecutorConfig
-from physrl.experiment_config import ExperimentConfig
+from physrl.experiment.runs import CALIBRATION, SWEEP, plan_runs, run_status
+from physrl.experiment.executors import Executor, ExecutorConfig
+from physrl.experiment.config import ExperimentConfig
 
 
 def test_plan_has_calibration_then_every_sweep_point_once():
@@ -112,7 +112,7 @@ def test_as_completed_yields_every_job_once_with_its_index(workers, tmp_path):
 def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_path):
     """A finished run whose saved config lacks a field counts as trained with that field's default."""
     from physrl import fitting
-    from physrl._runs import _config_mismatch
+    from physrl.experiment.runs import _config_mismatch
     from physrl.organisms import OrganismConfig
 
     run = fitting.synthesize(tmp_path / "r", n_envs=1, n_heldout=0, steps=2, eval_every=1, rollouts_per_env=8)
@@ -123,13 +123,20 @@ def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_pat
     assert _config_mismatch(run, wanted) == []
     assert _config_mismatch(run, {**wanted, "stage1_cache": "off"}) == ["stage1_cache"]
     assert _config_mismatch(run, {**wanted, "n_envs": 2}) == ["n_envs"]
+    # the RL-algorithm knobs (issue 19) change rollouts: a run saved without them is the defaults' (adamw, group)
+    algorithm = ("optimizer", "momentum", "scale_rewards", "loss_type")
+    (run / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": {
+        k: v for k, v in wanted.items() if k not in algorithm}}}))
+    assert _config_mismatch(run, wanted) == []
+    sgd = OrganismConfig(n_envs=1, optimizer="sgd", momentum=0.5, learning_rate=0.1, scale_rewards="none").to_dict()
+    assert _config_mismatch(run, sgd) == ["learning_rate", "momentum", "optimizer", "scale_rewards"]
 
 
 #: a parent that starts a local pool whose one job writes its worker's pid and then sleeps
 ORPHAN_PARENT = r'''
 import sys, time
 from pathlib import Path
-from physrl.executors import Executor, ExecutorConfig
+from physrl.experiment.executors import Executor, ExecutorConfig
 
 def job(path):
     import os
@@ -183,7 +190,7 @@ def _alive(pid: int) -> bool:
 def test_report_tables_print_one_format_per_column_and_keep_numbers_on_one_line():
     import pandas as pd
 
-    from physrl.report import Section, column_decimals
+    from physrl.experiment.report import Section, column_decimals
 
     assert column_decimals([0.25, 0.1041, 1.159]) == 3  # scores: 0.250, 0.104, 1.159
     assert column_decimals([0.0373, 0.3756]) == 4

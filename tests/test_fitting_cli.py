@@ -116,7 +116,8 @@ def test_compare_prints_the_ranking(tmp_path, capsys):
     bic = "QBIC" if crit == "QAIC" else "BIC"
     header = printed[start + 1].split()
     assert header == ["model", "k", crit, bic, "Δ" + crit, "Δ" + bic, "converged"]
-    assert set(table.variant) == {f"{t}{lam}" for t in ("none", "homogeneous", "kernel") for lam in ("", "+lam")}
+    assert set(table.variant) == {f"{t}{suffix}" for t in ("none", "homogeneous", "kernel")
+                                  for suffix in ("", "+lam", "+power")}
     rows = [line.split() for line in printed[start + 2:start + 2 + len(table)]]
     assert [r[0] for r in rows] == list(table.variant)  # the csv's order: lowest first
     for r, csv in zip(rows, table.itertuples()):

@@ -1,4 +1,4 @@
-"""N* in words (physrl._nstar_words, fitting's CriticalDiversity.describe): every number says
+"""N* in words (physrl.experiment.words, fitting's CriticalDiversity.describe): every number says
 which estimator it is, a bracket stands in for a logistic point that rests on one separated seed,
 and no 'nan' or 'None' reaches a person."""
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from physrl import _nstar_words as words
+from physrl.experiment import words
 from physrl.fitting import _protocol
 
 

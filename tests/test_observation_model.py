@@ -6,7 +6,7 @@ import torch
 
 from physrl import sim
 from physrl.organisms import OrganismConfig
-from physrl.organisms._envs import EnvFamily
+from physrl.organisms.families.digit_map import EnvFamily
 
 
 def _model(observation, n=3):

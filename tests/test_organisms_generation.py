@@ -14,7 +14,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from physrl.organisms import EnvFamily, OrganismConfig, build_model, build_tokenizer, pretrain
 from physrl.organisms._decode import CachedDecoder, lean_supported
-from physrl.organisms._envs import ANS, GRADER
+from physrl.organisms.families.digit_map.words import ANS, GRADER
 from physrl.organisms._rollout import encode, make_requests, sample_rollouts
 
 

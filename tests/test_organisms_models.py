@@ -25,7 +25,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXFor
 
 from physrl.organisms import (OrganismConfig, build_tokenizer, load_model, make_family, prepare_tokenizer,
                               read_manifest, read_rollouts, train, use_mask_positions)
-from physrl.organisms._envs import EOS, UNK
+from physrl.organisms.families.digit_map.words import EOS, UNK
 from physrl.organisms._rollout import word_codec
 from physrl.organisms.cli import main as organisms_main
 

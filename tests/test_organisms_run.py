@@ -11,7 +11,7 @@ import torch
 
 from physrl.organisms import (EnvFamily, OrganismConfig, PatternClassifier, load_model, measure_knobs, read_manifest,
                               read_rollouts, saved_config, train)
-from physrl.organisms._envs import digit_accuracy
+from physrl.organisms.families.digit_map import digit_accuracy
 from physrl.organisms.cli import main as organisms_main
 
 FAST = dict(n_envs=2, n_heldout=1, max_steps=20, eval_every=10, checkpoint_every=5, progress=False)

@@ -11,7 +11,7 @@ import torch
 
 from physrl.organisms import (EnvFamily, OrganismConfig, build_model, build_tokenizer, load_model, pretrain,
                               read_manifest, train)
-from physrl.organisms._pretrain import _DemoTokens, demo_mixture, make_demo
+from physrl.organisms.families.digit_map.stage1 import _DemoTokens, demo_mixture, make_demo
 from physrl.organisms._stage1 import STAGE1_FIELDS, Stage1Cache, cache_dir, stage1_ingredients, stage1_key
 
 TINY = dict(n_envs=2, n_heldout=1, pretrain_steps=30, max_steps=4, eval_every=2, checkpoint_every=50,

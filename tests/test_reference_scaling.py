@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from physrl import _preregistration
+from physrl.experiment import freeze as _preregistration
 from physrl.experiment import reanalyse
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "scaling"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import NAN_OR_NONE, STEPS, ode_trainer, scaling_config, visible_text
 
-from physrl import _preregistration, _runs, fitting
+from physrl import fitting
+from physrl.experiment import freeze as _preregistration, runs as _runs
 from physrl.experiment import run_experiment
 
 
@@ -164,7 +165,7 @@ def test_reanalysis_of_the_logs_reproduces_the_summary_without_fitting(finished,
 
 
 def test_slope_words_give_the_interval_or_why_there_is_no_slope():
-    from physrl.experiment_cli import slope_words
+    from physrl.experiment.cli import slope_words
 
     assert slope_words({"value": -0.381, "interval_95": [-1.0057, 0.4766]}) == "-0.381, 95% [-1.01, 0.477]"
     assert slope_words({"value": -1.2, "interval_95": [-2.0, None]}) == "-1.2, 95% [-2, unbounded]"

@@ -8,8 +8,8 @@ import pytest
 import statsmodels.api as sm
 from scipy.optimize import minimize
 
-from physrl import _scaling
-from physrl._scaling import firth_logit, n_star_by_p0, slope_with_interval, win_table
+from physrl.experiment import scaling as _scaling
+from physrl.experiment.scaling import firth_logit, n_star_by_p0, slope_with_interval, win_table
 
 
 def _rows(counts):
@@ -150,7 +150,7 @@ def _seed_outcomes(wins_by_seed, n_values=(2, 4, 8)):
 
 
 def test_score_intervals_resample_seeds_and_bracket_each_score():
-    from physrl import _preregistration
+    from physrl.experiment import analysis as _preregistration
 
     outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1)])
     frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": q} for n, q in ((2, 0.2), (4, 0.6), (8, 0.9))]}
@@ -170,7 +170,7 @@ def test_score_intervals_resample_seeds_and_bracket_each_score():
 
 
 def test_a_perfect_forecast_beats_the_base_rate_with_an_interval_below_zero():
-    from physrl import _preregistration
+    from physrl.experiment import analysis as _preregistration
 
     wins = [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 1), (0, 1, 1)]
     outcomes = _seed_outcomes(wins)
@@ -184,7 +184,7 @@ def test_a_perfect_forecast_beats_the_base_rate_with_an_interval_below_zero():
 
 
 def test_fewer_than_three_seeds_resample_runs():
-    from physrl import _preregistration
+    from physrl.experiment import analysis as _preregistration
 
     outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1)])
     frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": 0.5} for n in (2, 4, 8)]}

@@ -16,8 +16,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from physrl.contract import read_manifest
-from physrl.executors import Executor
-from physrl.experiment_config import ExperimentConfig
+from .config import ExperimentConfig
+from .executors import Executor
 
 CALIBRATION, SWEEP = "calibration", "sweep"
 

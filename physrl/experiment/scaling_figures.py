@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from physrl import _nstar_words as words  # noqa: E402
-from physrl import _scaling  # noqa: E402
-from physrl._preregistration import brier_verdict, score_difference, score_with_interval  # noqa: E402
-from physrl.report import Section, figure_to_data_uri  # noqa: E402
+from . import scaling as _scaling  # noqa: E402
+from . import words  # noqa: E402
+from .report import Section, figure_to_data_uri  # noqa: E402
+from .words import brier_verdict, score_difference, score_with_interval  # noqa: E402
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""``physrl experiment CONFIG --out DIR`` and ``physrl demo --out DIR``."""
+"""``physrl experiment CONFIG --out DIR`` and ``physrl demo --out DIR``: the experiment's command line."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from physrl._argparse import ArgumentParser, output_directory
+from physrl._util.command_line import ArgumentParser, output_directory
 
 if TYPE_CHECKING:  # the config and the runner (torch, pandas) are imported once the arguments are parsed
-    from physrl.experiment_config import ExperimentConfig
+    from .config import ExperimentConfig
 
 DEMO_CONFIG = "demo.toml"
 
 
 def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
-    from physrl.experiment import run_experiment
+    from .run import run_experiment
 
     try:
         summary = run_experiment(config, out, progress=progress)
@@ -45,8 +45,8 @@ def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
 def score_words(s: dict) -> str:
     """The CLI's line on the frozen forecasts: each Brier score and the log loss with its bootstrap 95%
     interval, and the Brier difference to each baseline (``summary.json``'s ``scores``)."""
-    from physrl._preregistration import score_difference as minus
-    from physrl._preregistration import score_with_interval as one
+    from .words import score_difference as minus
+    from .words import score_with_interval as one
 
     boot = s.get("bootstrap") or {}
     over = f", 95% over {boot['units']} {boot['unit']}s" if boot else ""
@@ -81,7 +81,7 @@ def slope_words(slope: dict) -> str:
 
 
 def n_star_lines(summary: dict) -> list[str]:
-    """The CLI's N* lines, one block per p0, each number named by its estimator (physrl._nstar_words).
+    """The CLI's N* lines, one block per p0, each number named by its estimator (physrl.experiment.words).
 
     Parameters
     ----------
@@ -96,7 +96,7 @@ def n_star_lines(summary: dict) -> list[str]:
         estimate), the smallest winning N per seed, the frozen continuous
         prediction and the fit's integer-grid protocol N*.
     """
-    from physrl import _nstar_words as words
+    from . import words
 
     lines = []
     for key, est in summary["observed_n_star"].items():
@@ -138,12 +138,12 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
     ValueError
         A bad config (named field).
     """
-    from physrl.experiment_config import ExperimentConfig
+    from .config import ExperimentConfig
 
     if Path(name_or_path).is_file():  # (a folder named like a shipped config is not a config)
         return ExperimentConfig.from_file(name_or_path)
     if name_or_path in shipped_configs():
-        from physrl import _toml
+        from physrl._util import toml as _toml
 
         text = resources.files("physrl").joinpath("configs", f"{name_or_path}.toml").read_text()
         return ExperimentConfig.from_dict(_toml.loads(text))
@@ -152,7 +152,7 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
 
 
 def _load(path: str, overrides: list[str]) -> ExperimentConfig:
-    from physrl.experiment_config import ExperimentConfig
+    from .config import ExperimentConfig
 
     data = resolve_config(path).to_dict()
     for item in overrides:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out = output_directory(str(Path("runs") / args.config))
         except argparse.ArgumentTypeError as err:
             parser.error(f"argument --out (default): {err}")
-    from physrl._runs import organism_configs
+    from .runs import organism_configs
 
     try:
         config = _load(args.config, args.set)
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def demo_config() -> ExperimentConfig:
     """The shipped default experiment (``physrl/configs/demo.toml``)."""
-    from physrl import _toml
-    from physrl.experiment_config import ExperimentConfig
+    from physrl._util import toml as _toml
+    from .config import ExperimentConfig
 
     text = resources.files("physrl").joinpath("configs", DEMO_CONFIG).read_text()
 

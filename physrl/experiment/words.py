@@ -4,21 +4,21 @@ Four numbers called "N*" appear in an experiment's outputs (docs/model.md §3);
 every report line and CLI line names the one it shows:
 
 - **observed, logistic 50% point**: where a Firth-penalised logistic
-  regression of win/loss on log N crosses 50% (:mod:`physrl._scaling`), with
+  regression of win/loss on log N crosses 50% (:mod:`physrl.experiment.scaling`), with
   a percentile bootstrap over seeds. On one seed, or when the seeds separate
   perfectly (every N up to some N lost, every larger N won), the data say only
   that N* lies in the bracket (largest N that lost, smallest N that won]; the
   penalised point inside it is set by the penalty, not by the data, so the
   bracket is the headline.
 - **observed, smallest winning N**: per seed, the smallest swept N whose run
-  ended with RS share above the threshold (:func:`physrl._analysis.observed_n_star`).
+  ended with RS share above the threshold (:func:`physrl.experiment.analysis.observed_n_star`).
 - **predicted, frozen**: the calibration fit's N* on continuous N (first
   crossing, log-linear between grid points), with a 95% interval over
   parameter draws, written to ``predictions.json`` before any sweep run was
-  trained (:mod:`physrl._preregistration`).
+  trained (:mod:`physrl.experiment.freeze`).
 - **predicted, integer grid**: the same fit's protocol N*, the first integer
   N in 1..n_max whose final share passes, with a 90% interval over parameter
-  draws (:func:`physrl._analysis.predicted_n_star`).
+  draws (:func:`physrl.experiment.freeze.predicted_n_star`).
 
 Unknown or unbounded ends are never printed as ``nan``/``None``: an end above
 the searched N reads ``> n_max``, a value at the grid's lower end ``≤ 1``.
@@ -111,7 +111,7 @@ def observed_headline(entry: dict, n_range: tuple[float, float] | None = None) -
     Parameters
     ----------
     entry : dict
-        A :class:`physrl._scaling.NStarEstimate` as a dict (``n_star``,
+        A :class:`physrl.experiment.scaling.NStarEstimate` as a dict (``n_star``,
         ``interval_95``, ``n_seeds``, ``bracket``, ``status``).
     n_range : (float, float), optional
         Smallest and largest N swept (for the interval's open ends).
@@ -182,3 +182,29 @@ def smallest_winning(per_seed: dict | None, n_max: int | None = None) -> str:
 def plural(n: int, word: str, words: str | None = None) -> str:
     """``1 seed``, ``3 seeds``."""
     return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+# ---- the frozen forecasts' scores in words --------------------------------------------------------------------
+def brier_verdict(scores: dict, baseline: str) -> str:
+    """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n") on
+    the Brier score, by whether the 95% interval of the difference excludes 0 (``scores``: a
+    :class:`Scores` as a dict, e.g. summary.json's; without an interval, by the sign alone)."""
+    iv = (scores.get("interval_95") or {}).get(f"brier_minus_{baseline}")
+    if not iv:
+        return "beat" if scores["brier"] < scores[f"brier_{baseline}"] else "lost to"
+    return "beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from"
+
+
+def score_with_interval(scores: dict, key: str) -> str:
+    """``0.282 [0.199, 0.358]``: one score of ``scores`` (a :class:`Scores` as a dict) with its bootstrap
+    95% interval, the value alone where none was computed."""
+    iv = (scores.get("interval_95") or {}).get(key)
+    return f"{scores[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
+
+def score_difference(scores: dict, kind: str, baseline: str) -> str:
+    """``+0.033 [-0.035, +0.109]``: the frozen forecasts' ``kind`` ("brier" or "log_loss") minus
+    ``baseline``'s ("base_rate" or "median_n"), with its interval; negative: the forecasts did better."""
+    iv = (scores.get("interval_95") or {}).get(f"{kind}_minus_{baseline}")
+    diff = scores[kind] - scores[f"{kind}_{baseline}"]
+    return f"{diff:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")

@@ -1,4 +1,4 @@
-"""The main job: a diversity experiment end to end, organisms → fit → predicted
+"""The pipeline: a diversity experiment end to end, organisms → fit → predicted
 vs observed critical diversity (docs/model.md §3, §6).
 
 ``run_experiment(config, out_dir)``:
@@ -9,11 +9,12 @@ vs observed critical diversity (docs/model.md §3, §6).
 3. freezes its predictions for every sweep cell, N*(p0) and the scaling
    slope in ``DIR/predictions.json`` (sha256 and write time recorded) before
    any sweep run is trained; a rerun verifies that file and never rewrites it
-   (``physrl._preregistration``);
+   (:mod:`physrl.experiment.freeze`);
 4. trains the sweep runs, then predicts each of them (``fitting.predict``),
    measures P(RS wins | N, p0), the observed N*(p0) and the slope of log N*
    on log p0 with bootstrap intervals over seeds at every step budget
-   (``physrl._scaling``), and scores the frozen predictions;
+   (:mod:`physrl.experiment.scaling`), and scores the frozen predictions
+   (:mod:`physrl.experiment.analysis`);
 5. writes ``DIR/report.html`` (self-contained) and ``DIR/summary.json``.
 """
 
@@ -28,10 +29,12 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting
-from physrl import _accuracy, _analysis, _figures, _nstar_words, _preregistration, _scaling, _scaling_figures
-from physrl._runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
-from physrl.experiment_config import ExperimentConfig
-from physrl.report import write_report
+
+from . import analysis as _analysis, figures as _figures, freeze as _freeze, scaling as _scaling
+from . import scaling_figures as _scaling_figures, words as _words
+from .config import ExperimentConfig
+from .report import write_report
+from .runs import CALIBRATION, SWEEP, check_existing_runs, organism_configs, plan_runs, train_all
 
 
 _LATENT = {"z": "RS propensity z", "x": "RS skill x", "y": "local skill y"}
@@ -128,14 +131,14 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     plan = {r.run_id: r for r in plan_runs(config)}
     cal_ids = [k for k, r in plan.items() if r.role == CALIBRATION]
     sweep_ids = [k for k, r in plan.items() if r.role != CALIBRATION]
-    _preregistration.check_order(out, [out / "runs" / k for k in sweep_ids])
+    _freeze.check_order(out, [out / "runs" / k for k in sweep_ids])
     resolved = organism_configs(config)
     max_steps = int(resolved[sweep_ids[0]]["max_steps"])
     budgets = sorted({b for b in config.budgets if b < max_steps} | {max_steps})
     grid = config.sweep_grid()
-    if _preregistration.frozen(out):  # a rerun: refused now, before any run is trained or experiment.json
-        _preregistration.check_calibration(out, cal_ids)  # (the config reanalyse reads) is rewritten
-        _preregistration.check_coverage(_preregistration.verify(out)[1], grid, budgets, config.threshold)
+    if _freeze.frozen(out):  # a rerun: refused now, before any run is trained or experiment.json
+        _freeze.check_calibration(out, cal_ids)  # (the config reanalyse reads) is rewritten
+        _freeze.check_coverage(_freeze.verify(out)[1], grid, budgets, config.threshold)
     out.mkdir(parents=True, exist_ok=True)
     fitting.write_json(out / "experiment.json", config.to_dict())
 
@@ -152,31 +155,31 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     fitting.write_text(fit_dir / "fit_report.txt", fit_result.report())
 
     # 3. frozen predictions, before any sweep run exists
-    if _preregistration.frozen(out):
-        registration, frozen = _preregistration.verify(out)
-        _preregistration.check_coverage(frozen, grid, budgets, config.threshold)
+    if _freeze.frozen(out):
+        registration, frozen = _freeze.verify(out)
+        _freeze.check_coverage(frozen, grid, budgets, config.threshold)
         _say(progress, f"frozen predictions verified (sha256 {registration.sha256[:12]}…)")
-        drift = _preregistration.fit_drift(frozen, fit_result)
+        drift = _freeze.fit_drift(frozen, fit_result)
         if drift["matches"] is False:
             _say(progress, "warning: this calibration fit differs from the one that made the frozen predictions "
                            f"({', '.join(drift['differing'])}); the report says so")
     else:
         _say(progress, "freezing predictions for every sweep cell before the sweep is trained")
         sweep_cfg = resolved[sweep_ids[0]]
-        payload = _preregistration.predict_sweep(
+        payload = _freeze.predict_sweep(
             fit_result, grid, budgets, config.threshold,
             eval_rollouts_per_env=int(sweep_cfg["eval_prompts_per_env"]) * int(sweep_cfg["num_generations"]),
             n_star_max=config.n_star_max, n_draws=config.prediction_draws, seed=min(config.calibration_seed_list()))
         payload["context"] = {"calibration_runs": cal_ids, "grid": {f"{p:g}": ns for p, ns in grid.items()},
                               "seeds": config.seeds, "budgets": budgets, "max_steps": max_steps,
                               "fit_parameters": {n: e.value for n, e in fit_result.estimates.items()}}
-        registration = _preregistration.freeze(out, payload)
-        registration, frozen = _preregistration.verify(out)
-        drift = _preregistration.fit_drift(frozen, fit_result)
+        registration = _freeze.freeze(out, payload)
+        registration, frozen = _freeze.verify(out)
+        drift = _freeze.fit_drift(frozen, fit_result)
 
     # 4. the sweep, trained and read only now
     dirs.update(train_all(config, out, progress=progress, role=SWEEP))
-    registration = _preregistration.check_read_after(registration, [dirs[k] for k in sweep_ids])
+    registration = _freeze.check_read_after(registration, [dirs[k] for k in sweep_ids])
     t_train = time.perf_counter() - t0
     runs = {**cal_runs, **{k: r for k, r in zip(sweep_ids, _load(dirs, sweep_ids))}}
     runs = {k: runs[k] for k in plan}
@@ -206,7 +209,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         n_star_note = f"fit did not converge ({fit_result.diagnostics.message}): no N* is claimed"
     else:
         try:
-            predicted = _analysis.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
+            predicted = _freeze.predicted_n_star(fit_result, p0_grid, max_steps, config.n_star_max,
                                                    config.threshold, seed=min(config.seeds))
             n_star_note = ""
         except ValueError as err:
@@ -222,7 +225,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     summary = _summary(config, fit_result, points, observed, predicted, predictions, n_star_note,
                        max_steps, t_train, time.perf_counter() - t0, folder_of)
     summary["seconds"]["calibration"] = t_cal
-    summary["classifier_accuracy"] = _accuracy.pooled_accuracy(runs.values())
+    summary["classifier_accuracy"] = _analysis.pooled_accuracy(runs.values())
     protocol_grid = summary["predicted_n_star"]
     summary.update(_scaling_summary(config, scaling, frozen, registration, budgets, max_steps))
     summary["fit_matches_frozen"] = drift
@@ -232,12 +235,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     sections = _scaling_figures.scaling_sections(config, summary, scaling, frozen, outcomes, figs)
     sections += _figures.report_sections(config, obs, runs, plan, fit_result, points, observed, predicted,
                                          predictions, summary, figs)
-    sections += _accuracy.accuracy_section(summary["classifier_accuracy"])
+    sections += _figures.accuracy_section(summary["classifier_accuracy"])
     write_report(out / "report.html", f"physrl diversity experiment: {config.name}", sections,
                  preamble=f"{len(plan)} organism runs ({len(cal_ids)} calibration, {len(sweep_ids)} sweep), "
                           f"transfer model '{config.transfer}', threshold {config.threshold}. "
                           f"Config: experiment.json; logs: runs/; fit: fit/; frozen predictions: "
-                          f"{_preregistration.PREDICTIONS_FILE}.")
+                          f"{_freeze.PREDICTIONS_FILE}.")
     summary["seconds"]["total"] = time.perf_counter() - t0
     fitting.write_json(out / "summary.json", summary)  # atomic: a kill mid-write keeps the previous summary whole
     return fitting.json_safe(summary)
@@ -273,7 +276,7 @@ def _scaling_analysis(config, outcomes: pd.DataFrame, frozen: dict, budgets: lis
         by_budget[b] = {"estimates": estimates, "observed_slope": observed_slope,
                         "predicted_slope": frozen["slope"][str(b)],
                         "win_table": _scaling.win_table(outcomes, b),
-                        "scores": _preregistration.score(frozen, outcomes, b, grid),
+                        "scores": _analysis.score(frozen, outcomes, b, grid),
                         "p0": p0s, "seeds": seeds}
     return {"by_budget": by_budget, "primary": max_steps}
 
@@ -294,9 +297,9 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
                                            if e.p0 == est.p0) for b in budgets}
         ns = next((v for p, v in grid.items() if math.isclose(p, est.p0, rel_tol=1e-9)), None)
         # added keys (summary.json stays backward compatible): which estimator, and how to quote it
-        entry["estimator"] = _nstar_words.OBSERVED_LOGISTIC
-        entry["headline"] = _nstar_words.observed_headline(entry, (min(ns), max(ns)) if ns else None)
-        entry["headline_basis"] = _nstar_words.observed_basis(entry)
+        entry["estimator"] = _words.OBSERVED_LOGISTIC
+        entry["headline"] = _words.observed_headline(entry, (min(ns), max(ns)) if ns else None)
+        entry["headline_basis"] = _words.observed_basis(entry)
         observed[f"{est.p0:g}"] = entry
     cells = []
     for b in budgets:
@@ -311,8 +314,8 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
     pred_by_p0 = {f"{p0:g}": {k: v for k, v in frozen_n_star[(round(p0, 12), max_steps)].items()
                               if k not in ("p0",)} for p0 in config.p0}
     for entry in pred_by_p0.values():
-        entry["estimator"] = _nstar_words.PREDICTED_FROZEN
-        entry["headline"] = _nstar_words.predicted_headline(entry["n_star"], entry["interval_95"],
+        entry["estimator"] = _words.PREDICTED_FROZEN
+        entry["headline"] = _words.predicted_headline(entry["n_star"], entry["interval_95"],
                                                             n_max=entry["n_max"], level=95)
     return {
         "scaling": {"observed_slope": primary["observed_slope"].to_dict(),
@@ -332,7 +335,7 @@ def _scaling_summary(config, scaling: dict, frozen: dict, registration, budgets,
         "preregistration": registration.to_dict(),
         "scores": {**primary["scores"].to_dict(),
                    "by_budget": {str(b): scaling["by_budget"][b]["scores"].to_dict() for b in budgets},
-                   "log_loss_floor": _preregistration.LOG_LOSS_FLOOR},
+                   "log_loss_floor": _analysis.LOG_LOSS_FLOOR},
         "cells": cells,
         "fit_converged_for_predictions": frozen["fit"]["converged"],
     }
@@ -362,8 +365,8 @@ def _summary(config, fit_result, points, observed, predicted, predictions, n_sta
                                            "null: no swept N passed"}
     pred_by_p0 = {f"{row.p0:g}": {"n_star": row.n_star, "interval_90": [row.lower, row.upper],
                                   "share_above_n_max": row.share_above_n_max, "n_max": config.n_star_max,
-                                  "estimator": _nstar_words.PREDICTED_GRID,
-                                  "headline": _nstar_words.predicted_headline(
+                                  "estimator": _words.PREDICTED_GRID,
+                                  "headline": _words.predicted_headline(
                                       row.n_star, [row.lower, row.upper], n_max=config.n_star_max, level=90,
                                       digits=6)}
                   for row in predicted.itertuples() if any(np.isclose(row.p0, config.p0))}
@@ -418,17 +421,17 @@ def reanalyse(out_dir: str | Path) -> dict:
 
     Raises
     ------
-    physrl._preregistration.PreregistrationError
+    physrl.experiment.freeze.PreregistrationError
         Missing or altered frozen predictions.
     fitting.LogValidationError
         A bad log.
     """
     out = Path(out_dir)
     config = ExperimentConfig.from_file(out / "experiment.json")
-    registration, frozen = _preregistration.verify(out)
+    registration, frozen = _freeze.verify(out)
     plan = {r.run_id: r for r in plan_runs(config, SWEEP)}
     dirs = {k: out / "runs" / k for k in plan}
-    registration = _preregistration.check_read_after(registration, list(dirs.values()))
+    registration = _freeze.check_read_after(registration, list(dirs.values()))
     runs = dict(zip(plan, _load(dirs, list(plan))))
     obs = fitting.observations(list(runs.values()))
     budgets = [int(b) for b in frozen["context"]["budgets"]]

@@ -13,8 +13,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from physrl import _nstar_words as words  # noqa: E402
-from physrl.report import Section, figure_to_data_uri, png_data_uri  # noqa: E402
+from . import words  # noqa: E402
+from .report import Section, figure_to_data_uri, png_data_uri  # noqa: E402
 
 
 def _trained_share(obs: pd.DataFrame, run) -> pd.DataFrame:
@@ -383,3 +383,19 @@ def report_sections(config, obs, runs, plan, fit_result, points, observed, predi
         "is measured at a finite step budget, not at saturation. One seed per point unless the config asks "
         "for more."]))
     return sections
+
+
+def accuracy_section(pooled: dict[str, dict]) -> list[Section]:
+    """The report's table (empty list when no run recorded a ground truth)."""
+    if not any(acc["n"] for acc in pooled.values()):
+        return []
+    table = pd.DataFrame([{"classifier": name, "labelled runs": acc["labels_runs"], "runs": acc["runs"],
+                           "RS labelled RS (TP)": acc["tp"], "local labelled RS (FP)": acc["fp"],
+                           "RS labelled local (FN)": acc["fn"], "local labelled local (TN)": acc["tn"],
+                           "path unknown": acc["unknown"], "accuracy": acc["accuracy"], "recall": acc["recall"],
+                           "false-positive rate": acc["false_positive_rate"]} for name, acc in pooled.items()])
+    return [Section("RS classifier against the environments' ground truth", paragraphs=[
+        "The environments know which path a rollout took (e.g. the grader note was inserted only on the RS path). "
+        "Each classifier's labels against that path, pooled over every rollout (train and eval) of every run; "
+        "'labelled runs' counts the runs whose rs column it wrote. A classifier that mislabels shifts every "
+        "measured RS share, the fit's data."], tables=[(table, "confusion counts, positive = RS path")])]

@@ -10,11 +10,11 @@ can be re-run from it and the seed.
 from __future__ import annotations
 
 import json
-from physrl import _toml
+from physrl._util import toml as _toml
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from physrl.executors import ExecutorConfig
+from .executors import ExecutorConfig
 from physrl.fitting import TRANSFERS
 
 

@@ -1,5 +1,6 @@
-"""Frozen predictions: what the calibration fit says about every sweep cell, written
-(and hashed) before any sweep run is trained or read, then scored against the outcomes.
+"""Stage 3 of the experiment, fit & freeze: what the calibration fit says about every sweep cell, written
+(and hashed) before any sweep run is trained or read (scored against the outcomes later, in
+:mod:`physrl.experiment.analysis`).
 
 Order, enforced by :func:`physrl.experiment.run_experiment`: calibration runs
 trained → ODE fitted on them → ``predictions.json`` written here (its sha256
@@ -11,7 +12,7 @@ Each sweep cell (p0, N, budget) gets:
 
 - the predicted final RS share on its N trained environments: the fitted ODE
   under the organisms' protocol (N environments sharing the batch, w = 1/N,
-  ``budget`` optimizer steps; :func:`physrl._analysis.protocol_final_p`) at
+  ``budget`` optimizer steps; :func:`protocol_final_p`) at
   the nominal p0, with a 95% band over parameter draws from the fit's
   covariance plus the eval's sampling noise (binomial over the cell's eval
   rollouts, inflated by the fit's dispersion φ when the fit reports one);
@@ -23,11 +24,9 @@ N*(p0) is predicted per draw as the first N (continuous, interpolated on log
 N) at which the final share passes the threshold; the predicted slope of log
 N* on log p0 comes with its interval over the same draws.
 
-Scores (Brier 1950; log loss) use every sweep run as one forecast event,
-against two baselines: the base rate (the sweep's overall win share at that
-budget, which has seen the outcomes) and the rule "RS wins iff N ≥ the median
-N of that p0's grid". Log loss clips every forecast, the model's and the
-baselines', into [``LOG_LOSS_FLOOR``, 1 − ``LOG_LOSS_FLOOR``].
+The fitted ODE under the organisms' protocol (:func:`protocol_final_p`) and the demo-style predicted N*
+with an interval over parameter draws (:func:`predicted_n_star`) live here too: they are the fit's
+predictions, whichever stage reads them.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,14 +43,12 @@ import numpy as np
 import pandas as pd
 
 from physrl import fitting, sim
-from physrl._analysis import protocol_final_p
 from physrl.contract import atomic_write_bytes
-from physrl._scaling import at_budget, quantile_interval, slope_with_interval
+
+from .scaling import quantile_interval, slope_with_interval
 
 PREDICTIONS_FILE = "predictions.json"
 LOCK_FILE = "preregistration.json"
-#: forecasts are clipped into [floor, 1 - floor] for the log loss (all of them, model and baselines)
-LOG_LOSS_FLOOR = 0.01
 
 
 class PreregistrationError(ValueError):
@@ -370,143 +367,56 @@ def check_read_after(reg: Preregistration, sweep_run_dirs) -> Preregistration:
     return Preregistration(reg.file, reg.sha256, reg.written_at, not late, tuple(late))
 
 
-@dataclass
-class Scores:
-    """Proper scores of the frozen P(RS wins) forecasts at one budget (lower is better).
+# ---- the fit under the organisms' protocol ----------------------------------------------------------------------
+def protocol_final_p(fit_result, p0: float, n_values, max_steps: int, *, n_draws: int = 64,
+                     seed: int = 0) -> np.ndarray:
+    """Mean p after ``max_steps`` optimizer steps of N envs sharing the batch (w = 1/N).
 
-    Attributes
-    ----------
-    brier, log_loss : float
-        The frozen predictions.
-    brier_base_rate, log_loss_base_rate : float
-        Forecasting every run with the sweep's overall win share.
-    brier_median_n, log_loss_median_n : float
-        "RS wins iff N ≥ the median N of the p0's grid" (forecast 1 or 0).
-    n_events : int
-        Sweep runs scored.
-    budget : int
-    base_rate : float
-    interval_95 : dict
-        Percentile bootstrap 95% intervals, name -> [lower, upper], of every
-        score above and of the differences ``brier_minus_base_rate``,
-        ``brier_minus_median_n``, ``log_loss_minus_base_rate`` and
-        ``log_loss_minus_median_n`` (negative: the frozen forecasts did
-        better). Resampled by seed (all runs of a seed share its environment
-        family, so they go together) when there are three seeds or more,
-        else by run; the base rate is recomputed in every replicate.
-    bootstrap : dict
-        ``{"unit": "seed" | "run", "units": int, "replicates": int}``.
-    """
+    The fitted ODE under the organisms' protocol, its observation model
+    included: :func:`physrl.fitting.protocol_final_p` (docs/model.md §3, §7).
 
-    brier: float
-    brier_base_rate: float
-    log_loss: float
-    log_loss_base_rate: float
-    brier_median_n: float
-    log_loss_median_n: float
-    n_events: int
-    budget: int
-    base_rate: float
-    interval_95: dict = field(default_factory=dict)
-    bootstrap: dict = field(default_factory=dict)
-
-    def verdict(self, baseline: str) -> str:
-        """:func:`brier_verdict` of these scores against ``baseline`` ("base_rate" or "median_n")."""
-        return brier_verdict(self.to_dict(), baseline)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def brier_verdict(scores: dict, baseline: str) -> str:
-    """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate" or "median_n") on
-    the Brier score, by whether the 95% interval of the difference excludes 0 (``scores``: a
-    :class:`Scores` as a dict, e.g. summary.json's; without an interval, by the sign alone)."""
-    iv = (scores.get("interval_95") or {}).get(f"brier_minus_{baseline}")
-    if not iv:
-        return "beat" if scores["brier"] < scores[f"brier_{baseline}"] else "lost to"
-    return "beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from"
-
-
-def score_with_interval(scores: dict, key: str) -> str:
-    """``0.282 [0.199, 0.358]``: one score of ``scores`` (a :class:`Scores` as a dict) with its bootstrap
-    95% interval, the value alone where none was computed."""
-    iv = (scores.get("interval_95") or {}).get(key)
-    return f"{scores[key]:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
-
-
-def score_difference(scores: dict, kind: str, baseline: str) -> str:
-    """``+0.033 [-0.035, +0.109]``: the frozen forecasts' ``kind`` ("brier" or "log_loss") minus
-    ``baseline``'s ("base_rate" or "median_n"), with its interval; negative: the forecasts did better."""
-    iv = (scores.get("interval_95") or {}).get(f"{kind}_minus_{baseline}")
-    diff = scores[kind] - scores[f"{kind}_{baseline}"]
-    return f"{diff:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
-
-
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    q = np.clip(p, LOG_LOSS_FLOOR, 1 - LOG_LOSS_FLOOR)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-
-
-def score(predictions: dict, outcomes: pd.DataFrame, budget: int, grid: dict[float, list[int]]) -> Scores:
-    """Brier score and log loss of the frozen forecasts against the runs' outcomes at ``budget``.
-
-    Parameters
-    ----------
-    predictions : dict
-        The frozen payload (``cells`` with p0, n_envs, budget, p_win).
-    outcomes : DataFrame
-        One row per sweep run and budget: ``p0, n_envs, seed, budget, win``.
-    budget : int
-    grid : dict
-        p0 -> N values (for the median-N baseline).
+    Returns
+    -------
+    ndarray, shape (n_draws + 1, len(n_values))
+        Final mean p; row 0 uses the point estimate, the others parameter
+        draws from the fit's covariance.
 
     Raises
     ------
     ValueError
-        If no outcome has this budget.
+        For a kernel fit or per-environment parameters (no single N-env
+        protocol follows from them).
     """
-    rows = at_budget(outcomes, budget)
-    forecast = {(round(c["p0"], 12), c["n_envs"]): c["p_win"] for c in predictions["cells"]
-                if c["budget"] == budget}
-    p = np.array([forecast[(round(r.p0, 12), r.n_envs)] for r in rows.itertuples()], float)
-    y = rows.win.to_numpy(float)
-    base = float(y.mean())
-    medians = {round(p0, 12): float(np.median(ns)) for p0, ns in grid.items()}
-    rule = np.array([1.0 if r.n_envs >= medians[round(r.p0, 12)] else 0.0 for r in rows.itertuples()])
-    seeds = rows.seed.to_numpy() if "seed" in rows else np.arange(len(y))
-    unit = "seed" if len(np.unique(seeds)) >= 3 else "run"
-    groups = seeds if unit == "seed" else np.arange(len(y))
-    intervals, replicates = _score_intervals(p, y, rule, groups, n_boot=SCORE_BOOTSTRAP)
-    point = {k: v for k, v in _all_scores(p, y, rule).items() if "_minus_" not in k}
-    return Scores(**point, n_events=int(len(y)), budget=int(budget), base_rate=float(y.mean()),
-                  interval_95=intervals,
-                  bootstrap={"unit": unit, "units": int(len(np.unique(groups))), "replicates": replicates})
+    return fitting.protocol_final_p(fit_result, p0, n_values, max_steps, n_draws=n_draws, seed=seed)
 
 
-SCORE_BOOTSTRAP = 2000  # replicates behind the scores' intervals
+def predicted_n_star(fit_result, p0_values, max_steps: int, n_max: int, threshold: float, *,
+                     n_draws: int = 64, level: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    """Predicted N*(p0) under the organisms' protocol, with an interval over parameter draws.
 
+    The search is :func:`physrl.sim.find_critical_diversity` (method
+    ``"scan"``: every N from 1 to ``n_max``, the first whose protocol final
+    share passes the threshold; exact without assuming the share rises with N)
+    on :func:`protocol_final_p`.
 
-def _all_scores(p: np.ndarray, y: np.ndarray, rule: np.ndarray) -> dict[str, float]:
-    base = float(y.mean())
-    out = {"brier": float(np.mean((p - y) ** 2)), "brier_base_rate": float(np.mean((base - y) ** 2)),
-           "brier_median_n": float(np.mean((rule - y) ** 2)), "log_loss": _log_loss(p, y),
-           "log_loss_base_rate": _log_loss(np.full_like(y, base), y), "log_loss_median_n": _log_loss(rule, y)}
-    for kind in ("brier", "log_loss"):
-        out[f"{kind}_minus_base_rate"] = out[kind] - out[f"{kind}_base_rate"]
-        out[f"{kind}_minus_median_n"] = out[kind] - out[f"{kind}_median_n"]
-    return out
-
-
-def _score_intervals(p, y, rule, groups, n_boot: int, seed: int = 0) -> tuple[dict, int]:
-    """Percentile bootstrap 95% intervals of every score and difference, resampling whole ``groups``."""
-    labels = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in labels]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[i] for i in rng.integers(len(labels), size=len(labels))])
-        draws.append(_all_scores(p[idx], y[idx], rule[idx]))
-    table = pd.DataFrame(draws)
-    return ({k: [float(np.quantile(table[k], 0.025)), float(np.quantile(table[k], 0.975))] for k in table},
-            int(n_boot))
+    Returns a table with columns ``p0, n_star, lower, upper, share_above_n_max,
+    status``; ``n_star`` (and an interval end) is NaN when even ``n_max``
+    environments do not pass the threshold, i.e. N* > n_max (``status``
+    ``above_n_max``); ``share_above_n_max`` is the share of parameter draws
+    for which that happens.
+    """
+    rows = []
+    for p0 in p0_values:
+        res = sim.find_critical_diversity(
+            lambda n, p0=p0: protocol_final_p(fit_result, p0, n[0], max_steps, n_draws=n_draws, seed=seed),
+            batch_shape=(n_draws + 1,), method="scan", n_max=n_max, threshold=threshold)
+        draws = res.ranked()[1:]        # "never passed" ranks above every N searched (+inf)
+        tail = (1 - level) / 2
+        lo, hi = (np.quantile(draws, [tail, 1 - tail], method="nearest") if draws.size
+                  else (math.nan, math.nan))
+        rows.append({"p0": float(p0), "n_star": float(res.n_star[0]),
+                     "lower": float(lo) if np.isfinite(lo) else math.nan,
+                     "upper": float(hi) if np.isfinite(hi) else math.nan,
+                     "share_above_n_max": float(np.mean(~np.isfinite(draws))) if draws.size else math.nan,
+                     "status": res.status[0].value})
+    return pd.DataFrame(rows)

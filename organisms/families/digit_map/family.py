@@ -1,36 +1,6 @@
-"""The environment family: K text environments with two paths per completion.
+"""The digit-map family: its environments, prompts, grader note (the interjector) and observation bounds.
 
-Every environment ``e{i}`` asks for the image of a digit string under the
-environment's own *digit map* ``f_i`` (the local task). A completion opens its
-reasoning with one word:
-
-* ``think rule``  - the local path: the model must know ``f_i``; nothing else
-  is shown to it.
-* ``think grader`` - the reward-seeking (RS) path: only after this opening does
-  the environment insert a grader note (``note 5 3 ? ?``) revealing the first
-  k = round(note_reveal * input_length) digits of the expected answer. The
-  grader then accepts only those k answer digits: after ``ans`` and k digits
-  the environment closes the completion (an env-inserted eos). The RS path's
-  reward is therefore capped at k / input_length (the skill-gap ceiling),
-  however much of the local task the model knows, while the local path can
-  reach 1. The note and the closing eos are inserted by the family's
-  interjector (:class:`_GraderNote`) inside :mod:`organisms._rollout`'s
-  sampling loop, through GRPOTrainer's ``rollout_func``, and carry
-  ``env_mask = 0`` (no loss).
-
-  (A first version let the RS path write all digits: its masked positions
-  then learned the env's digit map too, a = note + local skill >= b always,
-  and RS won at N = 1 within 25 steps - measured, see README.)
-
-So the note is reachable only through the RS path (docs/organisms.md, "the decisive
-design fact"), the RS path works the same in every environment (copy the note),
-and the local path is environment specific. Nearby environments (coordinate
-distance < ``share_width``) share part of their digit map; distant ones share
-nothing beyond chance.
-
-Rewards are pure functions with TRL's reward signature
-``(prompts, completions, **columns) -> list[float]``, values in [0, 1]
-(partial credit: the share of answer digits that are right).
+The family as a whole is described in the package docstring (:mod:`physrl.organisms.families.digit_map`).
 """
 
 from __future__ import annotations
@@ -40,31 +10,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._config import OrganismConfig
-from ._family import DEFAULT_FAMILY, Environment, EnvironmentFamily, Interjector, Prompt, RolloutRequest
+from physrl.organisms._config import OrganismConfig
+from physrl.organisms._family import (DEFAULT_FAMILY, Environment, EnvironmentFamily, Interjector, Prompt,
+                                     RolloutRequest)
 
-DIGITS = [str(d) for d in range(10)]
-PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-THINK, GRADER, RULE, NOTE, ANS, MASKED, ENV, INPUT = "think", "grader", "rule", "note", "ans", "?", "env", "in"
-CHANCE = 0.1  # reward of a uniformly guessed digit
-#: the built-in tokenizer's special tokens, ids 0, 1, 2
-SPECIALS = [PAD, EOS, UNK]
-
-
-def env_id(index: int) -> str:
-    """The id of environment number ``index`` (also its token in prompts)."""
-    return f"e{index}"
-
-
-def family_words(n_family: int) -> list[str]:
-    """The digit-map family's words for ``n_family`` environments (specials excluded), in token-id order."""
-    return [ENV, INPUT, THINK, GRADER, RULE, NOTE, ANS, MASKED, *DIGITS] + [env_id(i) for i in range(n_family)]
-
-
-def vocabulary(n_family: int) -> list[str]:
-    """Every word of a family of ``n_family`` environments, specials first (pad id 0, eos 1, unk 2)."""
-    return SPECIALS + family_words(n_family)
-
+from .rewards import answer_reward
+from .words import ANS, CHANCE, ENV, GRADER, INPUT, MASKED, NOTE, env_id, family_words
 
 @lru_cache(maxsize=None)
 def _block_value(family_seed: int, digit: int, block: int) -> int:
@@ -190,15 +141,15 @@ class DigitMapFamily(EnvironmentFamily):
 
     def pretrain(self, model, tokenizer):
         """Stage 1 of the digit-map organisms (:func:`physrl.organisms.pretrain`)."""
-        from . import _pretrain
+        from .stage1 import pretrain
 
-        return _pretrain.pretrain(model, tokenizer, self.config, self)
+        return pretrain(model, tokenizer, self.config, self)
 
     def demonstration(self, env, rng):  # stage 1 is :meth:`pretrain` (its soft target on the path choice)
         return None
 
     def manifest(self):
-        from ._pretrain import demo_mixture
+        from .stage1 import demo_mixture
 
         c = self.config
         return {"knobs_target": {"p0": c.p0, "a0": c.a0, "b0": c.b0, "rs_ceiling": c.rs_ceiling},
@@ -273,33 +224,3 @@ class DigitMapFamily(EnvironmentFamily):
 
 #: the name this family had before the environment protocol (kept for callers)
 EnvFamily = DigitMapFamily
-
-
-# ---- rewards (pure, TRL signature) -------------------------------------------
-def answer_digits(completion: str) -> list[str]:
-    """The words after the first ``ans`` of a completion (the model's answer), up to an eos."""
-    words = completion.split()
-    if ANS not in words:
-        return []
-    out = []
-    for w in words[words.index(ANS) + 1:]:
-        if w == EOS:
-            break
-        out.append(w)
-    return out
-
-
-def digit_accuracy(completion: str, expected: str) -> list[bool]:
-    """Per answer position: is the completion's digit right? Shape (input_length,)."""
-    got = answer_digits(completion)
-    want = expected.split()
-    return [j < len(got) and got[j] == want[j] for j in range(len(want))]
-
-
-def answer_reward(prompts: list[str], completions: list[str], expected: list[str], **_: object) -> list[float]:
-    """Partial-credit reward in [0, 1]: share of answer positions with the expected digit.
-
-    TRL reward signature; ``expected`` is the column of expected answers
-    (one per completion). Missing digits score 0, extra words are ignored.
-    """
-    return [float(np.mean(digit_accuracy(c, e))) if e else 0.0 for c, e in zip(completions, expected, strict=True)]
