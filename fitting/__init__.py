@@ -39,7 +39,7 @@ from physrl._util.lazy import lazy_exports
 _EXPORTS = {
     "CrossValidation": "_crossval", "cross_validate": "_crossval",
     "FitDiagnostics": "_fit", "FitResult": "_fit", "InsufficientData": "_fit", "ParameterEstimate": "_fit",
-    "compare": "_fit", "fit": "_fit",
+    "compare": "_compare", "fit": "_fit",
     "Forecast": "_forecast", "forecast": "_forecast", "EndForecast": "_forecast_baselines",
     "budget_of": "_endstate", "end_share": "_endstate", "nominal_prior": "_endstate", "share_curve": "_endstate",
     "stage1_model": "_endstate",
@@ -63,7 +63,8 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._crossval import CrossValidation, cross_validate
-    from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, compare, fit
+    from ._compare import compare
+    from ._fit import FitDiagnostics, FitResult, InsufficientData, ParameterEstimate, fit
     from ._endstate import budget_of, end_share, nominal_prior, share_curve, stage1_model
     from ._forecast import Forecast, forecast
     from ._forecast_baselines import EndForecast

@@ -59,7 +59,7 @@ from physrl.contract import Run, load_runs
 
 from ._engine import single_thread
 from ._observations import observations
-from ._problem import WALL, FitSpec, ParamInfo, Problem, Step0
+from ._problem import JACOBIAN_MAX_SUBSTEPS, WALL, FitSpec, Measurement, ParamInfo, Problem, Step0
 from ._selection import gamma_identification
 
 NULL_EIGEN_RTOL = 1e-9
@@ -103,6 +103,9 @@ class ParameterEstimate:
         The parameter's allowed range.
     profile : dict or None
         Profile-likelihood interval when requested.
+    measurement : Measurement or None
+        For an initial-state parameter held at its step-0 measurement: that measurement's distribution,
+        which gives its stderr and interval (issue 18: never a zero-width interval).
     """
 
     name: str
@@ -116,6 +119,7 @@ class ParameterEstimate:
     info: ParamInfo | None = None
     bounds: tuple[float, float] = (-np.inf, np.inf)
     profile: dict | None = None
+    measurement: Measurement | None = None
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         """Wald interval on the natural scale; always contains ``value``.
@@ -123,8 +127,11 @@ class ParameterEstimate:
         Logit scale for probabilities, log scale for positive scales, natural
         (clipped to the bounds) otherwise. At a bound the interval is
         one-sided, from the bound. Returns (nan, nan) if not identified and
-        (value, value) if fixed.
+        (value, value) if fixed; a parameter held at its step-0 measurement
+        gets the measurement's interval (:class:`Measurement`).
         """
+        if not self.vary and self.measurement is not None:
+            return self.measurement.interval(level)
         if not self.vary:
             return (self.value, self.value) if self.identified else (math.nan, math.nan)
         if not self.identified or self.stderr is None or not np.isfinite(self.stderr):
@@ -212,7 +219,9 @@ class FitDiagnostics:
     converged : bool
         The best start's optimizer reported convergence (not stopped by
         ``max_nfev`` or a failure).
-    status : {"converged", "max_nfev", "failed"}
+    status : {"converged", "max_nfev", "walled", "failed"}
+        ``walled``: the optimum, or a Jacobian the optimizer stopped on, lay where the ODE is too fast for
+        the step-unit Euler grid (:meth:`Problem.jacobian`).
     message : str
     nfev : int
         Residual evaluations over all starts (the screen's batched
@@ -250,6 +259,8 @@ class FitDiagnostics:
     rejected, nonfinite : int
         Trial vectors too fast for the Euler grid; non-finite residuals
         replaced by a wall.
+    jacobian_fallbacks, jacobian_walled : int
+        Jacobians a walled probe pushed to backward steps or a raised substep cap; Jacobians walled even so.
     seconds : float
     """
 
@@ -271,6 +282,8 @@ class FitDiagnostics:
     component_dispersion: dict
     rejected: int = 0
     nonfinite: int = 0
+    jacobian_fallbacks: int = 0
+    jacobian_walled: int = 0
     seconds: float = 0.0
 
     @property
@@ -288,8 +301,9 @@ class FitDiagnostics:
                 "pearson_chi2": _num(self.pearson_chi2), "dof": self.dof, "dispersion": _num(self.dispersion),
                 "dispersion_used": {k: _num(v) for k, v in self.dispersion_used.items()},
                 "component_dispersion": {k: _num(v) for k, v in self.component_dispersion.items()},
-                "rejected": self.rejected,
-                "nonfinite": self.nonfinite, "seconds": self.seconds}
+                "rejected": self.rejected, "nonfinite": self.nonfinite,
+                "jacobian_fallbacks": self.jacobian_fallbacks, "jacobian_walled": self.jacobian_walled,
+                "seconds": self.seconds}
 
 
 def _num(x):
@@ -413,6 +427,29 @@ class FitResult:
                          "meaning": info.meaning(prob.run_ids)})
         return pd.DataFrame(rows)
 
+    @property
+    def dynamic(self) -> list[str]:
+        """The dynamic parameters the fit was asked for (time scale, learnabilities, transfers, λ, γ), fixed
+        time unit α_z excluded: what a converged fit is expected to have identified."""
+        kinds = ("time_scale", "alpha", "c", "length_scale", "lam", "gamma")
+        return [n for n, e in self.estimates.items() if e.info is not None and e.info.kind in kinds
+                and (e.vary or not e.identified)]
+
+    def identification_warning(self) -> str:
+        """A summary-level warning when the headline would mislead, else "".
+
+        Issue 18: a fit that "converged" while most of its dynamic parameters were not identified (more than
+        half of :attr:`dynamic`) has found an optimum, not the dynamics; it says which.
+        """
+        dyn = self.dynamic
+        missing = [n for n in dyn if not self.estimates[n].identified]
+        if not dyn or 2 * len(missing) <= len(dyn):
+            return ""
+        head = "converged, but" if self.converged else "and"
+        return (f"{head} {len(missing)} of {len(dyn)} dynamic parameters are NOT IDENTIFIED "
+                f"({', '.join(missing)}): these data do not determine the dynamics; do not read rates, "
+                "transfers or predictions from this fit")
+
     def summary_table(self) -> str:
         """A short plain-text table: status, φ, and each parameter with its 95% interval."""
         d = self.diagnostics
@@ -425,8 +462,11 @@ class FitResult:
                  f"weighted deviance {d.deviance:.1f} (+ step-0 prior {d.penalty:.1f}); dispersion φ = "
                  f"{d.dispersion:.2f} (Pearson χ²/dof); per component "
                  + ", ".join(f"{c} {v:.2f}" for c, v in d.component_dispersion.items())
-                 + " (residuals weighted by 1/√max(φ, 1))", "",
-                 f"{'parameter':<16} {'value':>10}  {'95% interval':<24} note"]
+                 + " (residuals weighted by 1/√max(φ, 1))"]
+        warning = self.identification_warning()
+        if warning:
+            lines.append(f"WARNING: {warning}")
+        lines += ["", f"{'parameter':<16} {'value':>10}  {'95% interval':<24} note"]
         for name, est in self.estimates.items():
             if not est.identified:
                 note = f"NOT IDENTIFIED: {est.reason}"
@@ -437,6 +477,9 @@ class FitResult:
                 what = est.meaning or est.reason or ""
                 note = what if "fixed" in what else (f"fixed: {what}" if what else "fixed")
                 interval = "-"
+                if est.measurement is not None:
+                    lo, hi = est.interval(0.95)
+                    interval = f"[{lo:.4g}, {hi:.4g}]"
             else:
                 lo, hi = est.interval(0.95)
                 interval = f"[{lo:.4g}, {hi:.4g}]"
@@ -486,13 +529,15 @@ class FitResult:
                             "vary": est.vary, "at_bound": est.at_bound, "reason": est.reason or None,
                             "meaning": est.meaning, "interval95": [_num(lo95), _num(hi95)],
                             "interval90": [_num(lo90), _num(hi90)], "profile": est.profile,
+                            "measurement": None if est.measurement is None else est.measurement.to_dict(),
                             "kind": info.kind if info else None, "latent": info.latent if info else None,
                             "run": info.run if info else None, "env": info.env if info else None}
         initial = self.initial_state()
         d = self.diagnostics
         return {
             "spec": self.spec.to_dict(),
-            "runs": [{"run_id": r.run_id, "source": str(r.source), "finished": r.finished, "notes": r.notes,
+            "runs": [{"run_id": r.run_id, "source": str(r.source), "path": str(Path(r.source).resolve()),
+                      "finished": r.finished, "notes": r.notes,
                       "environments": [{"env_id": e.env_id, "w": e.w, "coordinates": e.coordinates}
                                        for e in r.environments]} for r in self.runs],
             "parametrisation": "alpha_z = 1 fixes the model time unit; time_scale = model time per optimizer "
@@ -506,7 +551,11 @@ class FitResult:
             "n_varying": len(self.var_names), "deviance": _num(d.deviance), "dispersion": _num(d.dispersion),
             "converged": d.converged, "status": d.status, "message": d.message, "nfev": d.nfev,
             "seconds": self.seconds, "diagnostics": d.to_dict(),
-            "unidentified": self.unidentified, "notes": self.notes, "emcee": self.emcee,
+            "unidentified": self.unidentified, "warning": self.identification_warning() or None,
+            "notes": self.notes, "emcee": self.emcee,
+            "covariance": {"names": list(self.var_names), "matrix": self.covariance.tolist(),
+                           "note": "over the varying parameters, dispersion-scaled, held step-0 noise included "
+                                   "(what predictions draw from; FitResult.load reads it back)"},
         }
 
     def save(self, path: str | Path) -> None:
@@ -515,23 +564,31 @@ class FitResult:
 
         write_json(path, self.to_dict())
 
+    @classmethod
+    def load(cls, path: str | Path, runs=None) -> "FitResult":
+        """A fit saved by :meth:`save` (``fit.json`` or its folder), to predict with it without refitting.
 
-def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
-                               skip) -> np.ndarray | None:
+        The layout is rebuilt from the fitted runs' logs (their recorded paths, or ``runs``); values,
+        flags, covariance and dispersion are read from the file, so :func:`fitting.predict` gives the same
+        numbers as with the fit that wrote it. See :func:`fitting._load.load_fit` for the errors raised.
+        """
+        from ._load import load_fit
+
+        return load_fit(path, runs)
+
+
+def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters,
+                               gradient: dict[str, np.ndarray] | None) -> np.ndarray | None:
     """Covariance the varying parameters inherit from an initial state held at its measurement.
 
     With p0, a0, b0 fixed at their step-0 measurement ŝ (``step0="fixed"``)
     the estimate θ̂(ŝ) moves with ŝ: dθ̂/dŝ = −(JᵀJ)⁺ Jᵀ J_s, so Var θ̂ gains
     G Σ_s Gᵀ with Σ_s the measurement's variance (two-step estimator; Murphy
-    & Topel 1985). None when no initial state is fixed.
+    & Topel 1985), ``gradient`` from :func:`_held_gradient`. None when no initial state is fixed.
     """
-    fixed = [n for n in problem.step0 if not params[n].vary and n not in skip]
-    if not fixed or not names:
+    if gradient is None:
         return None
-    probe = params.copy()
-    for n, par in probe.items():
-        par.vary = n in fixed
-    j_s = problem.jacobian(probe)
+    fixed, g = list(gradient), np.column_stack(list(gradient.values()))
     var = np.empty(len(fixed))
     theta = problem.full(params)
     ob = problem.observation_arrays(theta)
@@ -544,8 +601,26 @@ def _initial_state_uncertainty(problem: Problem, params: lmfit.Parameters, names
             cols = problem.index[f"{s0.quantity}0"] == problem.names.index(n)
             span = float((ob[f"{s0.quantity}_hi"] - ob[f"{s0.quantity}_lo"])[0][cols & problem.config.valid].mean())
             var[k] = (s0.scale / span) ** 2
-    g = np.linalg.pinv(jac.T @ jac, rcond=NULL_EIGEN_RTOL, hermitian=True) @ (jac.T @ j_s)
     return (g * var) @ g.T
+
+
+def _held_gradient(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
+                   skip) -> dict[str, np.ndarray] | None:
+    """dθ̂/dŝ: how the varying parameters' optimum moves with each held step-0 value ŝ, or None.
+
+    Linearised at the optimum, dθ̂/dŝ = −(JᵀJ)⁺ Jᵀ J_s (Murphy & Topel 1985). Returns held name -> column
+    over ``names`` (parameter units of the held value). Read by the covariance and by emcee, which moves
+    its chain along it for draws of ŝ from the measurement (issue 18).
+    """
+    fixed = [n for n in problem.step0 if not params[n].vary and n not in skip]
+    if not fixed or not names:
+        return None
+    probe = params.copy()
+    for n, par in probe.items():
+        par.vary = n in fixed
+    j_s = problem.jacobian(probe)
+    g = -np.linalg.pinv(jac.T @ jac, rcond=NULL_EIGEN_RTOL, hermitian=True) @ (jac.T @ j_s)
+    return {n: g[:, k] for k, n in enumerate(fixed)}
 
 
 def _identify(problem: Problem, params: lmfit.Parameters, names: list[str], jac: np.ndarray,
@@ -644,9 +719,10 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
 
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
-        step0: str = "fixed", dispersion: str = "quasi", n_starts: int = 4, profile: bool | list[str] = False,
-        emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0, max_nfev: int | None = None,
-        progress: bool = False, selection: str = "replicator") -> FitResult:
+        step0: str = "fixed", dispersion: str | dict = "quasi", n_starts: int = 4,
+        profile: bool | list[str] = False, emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0,
+        max_nfev: int | None = None, progress: bool = False, selection: str = "replicator",
+        start: dict[str, float] | None = None) -> FitResult:
     """Fit the toy model's parameters to one or many runs jointly.
 
     Parameters
@@ -670,8 +746,10 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     step0 : {"fixed", "prior", "free"}
         p0, a0, b0 fixed at their step-0 measurement (default), with a
         prior centred on it, or free.
-    dispersion : {"quasi", "none"}
-        Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not.
+    dispersion : {"quasi", "none"} or dict
+        Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not; or a dict component
+        (``"p"``, ``"a"``, ``"b"``) -> φ_c >= 1 held fixed (from another fit: :func:`fitting.compare` puts
+        every variant on the largest model's φ), residuals weighted by 1/√φ_c from the first start.
     n_starts : int
         Optimisations from the measured start and the best Latin-hypercube
         points (>= 1).
@@ -693,6 +771,9 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         power law with its exponent ``gamma`` fitted (in [0, 3]; reported as
         not identified unless the runs span priors, ``fitting._selection``),
         on the RS log-odds only or on the skill terms too.
+    start : dict name -> value, optional
+        One more start (labelled "given"), e.g. a nested model's optimum; names the fit does not vary are
+        ignored.
 
     Returns
     -------
@@ -711,8 +792,12 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     ImportError
         ``emcee_steps > 0`` without emcee installed.
     """
-    if dispersion not in ("quasi", "none"):
-        raise ValueError(f"dispersion must be 'quasi' or 'none', got {dispersion!r}")
+    if isinstance(dispersion, dict):
+        bad = {c: v for c, v in dispersion.items() if c not in ("p", "a", "b") or not np.isfinite(v) or v < 1}
+        if bad:
+            raise ValueError(f"a fixed dispersion maps p, a, b to finite φ >= 1, got {bad}")
+    elif dispersion not in ("quasi", "none"):
+        raise ValueError(f"dispersion must be 'quasi', 'none' or a dict of φ per component, got {dispersion!r}")
     if n_starts < 1:
         raise ValueError(f"n_starts must be >= 1, got {n_starts}")
     if max_nfev is not None and max_nfev < 1:
@@ -723,11 +808,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
                                   selection=selection),
                     dispersion=dispersion, n_starts=n_starts, profile=profile, emcee_steps=emcee_steps,
                     emcee_walkers=emcee_walkers, seed=seed, max_nfev=max_nfev or DEFAULT_MAX_NFEV,
-                    progress=progress)
+                    progress=progress, start=start)
 
 
 def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emcee_walkers, seed, max_nfev,
-         progress) -> FitResult:
+         progress, start=None) -> FitResult:
     t0 = time.perf_counter()
     if not runs:
         raise ValueError("no runs to fit")
@@ -764,7 +849,11 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
 
         problem.on_evaluation = show
 
+    if isinstance(dispersion, dict):  # held fixed (compare: the largest model's φ for every variant)
+        problem.weights = {c: 1.0 / math.sqrt(dispersion.get(c, 1.0)) for c in problem.weights}
     starts = _starting_points(problem, n_starts, seed)
+    if start:
+        starts.append(("given", {n: v for n, v in start.items() if n in problem.params and problem.params[n].vary}))
     records, results = [], []
     minimizer = None
     for k, (label, values) in enumerate(starts):
@@ -774,12 +863,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         if bar is not None:
             bar.set_description(f"fit start {k + 1}/{len(starts)}")
         mini = lmfit.Minimizer(problem.residual, params, Dfun=problem.jacobian, nan_policy="raise")
-        before = problem.counter.residual_calls
+        before, walled = problem.counter.residual_calls, problem.counter.jacobian_walled
         res = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
         used = problem.counter.residual_calls - before
-        converged = bool(res.success) and not getattr(res, "aborted", False)
-        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
-                   if getattr(res, "aborted", False) else str(res.message))
+        converged, message = _outcome(res, max_nfev, problem.counter.jacobian_walled - walled)
         dev = float(np.sum(problem.residual(res.params) ** 2))
         records.append(StartRecord(label, dev, converged, used, message,
                                    {n: float(res.params[n].value) for n in res.var_names}))
@@ -800,11 +887,9 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         problem.weights = {c: 1.0 / math.sqrt(max(v, 1.0)) if np.isfinite(v) else 1.0 for c, v in phi_c.items()}
         problem._memo = None
         mini = lmfit.Minimizer(problem.residual, result.params.copy(), Dfun=problem.jacobian, nan_policy="raise")
-        before = problem.counter.residual_calls
+        before, walled = problem.counter.residual_calls, problem.counter.jacobian_walled
         refit = mini.least_squares(max_nfev=max_nfev, x_scale="jac")
-        converged = bool(refit.success) and not getattr(refit, "aborted", False)
-        message = ("stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
-                   if getattr(refit, "aborted", False) else str(refit.message))
+        converged, message = _outcome(refit, max_nfev, problem.counter.jacobian_walled - walled)
         dev = float(np.sum(problem.residual(refit.params) ** 2))
         best = StartRecord(f"{best.label}{REFIT_LABEL}", dev, converged, problem.counter.residual_calls - before,
                            message, {n: float(refit.params[n].value) for n in refit.var_names})
@@ -838,16 +923,29 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         best.converged = False
         best.message = ("the best optimum lies where the ODE is too fast for the step-unit Euler grid "
                         "(residuals walled); " + best.message)
-    status = "converged" if best.converged else ("max_nfev" if "max_nfev" in best.message else "failed")
     jac = problem.jacobian(result.params)
-    extra = _initial_state_uncertainty(problem, result.params, names, jac, unsupported)
+    if problem.last_jacobian == "walled":  # identification and the convergence test would read a zero matrix
+        best.converged = False
+        best.message = (f"the Jacobian at the optimum is walled: a probe is too fast for the Euler grid even at "
+                        f"{JACOBIAN_MAX_SUBSTEPS} substeps per optimizer step, so neither convergence nor "
+                        "identification can be read from it; " + best.message)
+    elif problem.last_jacobian != "forward":
+        notes.append(f"the optimum lies against the stability wall of the fit's Euler grid (a forward probe is "
+                     f"past its {problem.max_substeps} substeps per optimizer step): it is the best point short "
+                     f"of that wall, not an interior maximum; its Jacobian used "
+                     f"{_SCHEME_WORDS[problem.last_jacobian]}")
+    status = ("converged" if best.converged else "walled" if "walled" in best.message
+              else "max_nfev" if "max_nfev" in best.message else "failed")
+    held_gradient = _held_gradient(problem, result.params, names, jac, unsupported)
+    extra = _initial_state_uncertainty(problem, result.params, held_gradient)
     ident, cov = _identify(problem, result.params, names, jac, scale, extra)
     ident = gamma_identification(problem, ident)   # γ needs runs that span priors (docs/model.md §9)
     diagnostics = FitDiagnostics(best.converged, status, best.message, problem.counter.residual_calls,
                                  problem.counter.jacobian_calls, max_nfev, records, n_at_best, spread,
                                  deviance, penalty, chi2, dof, phi,
                                  {c: 1.0 / w**2 for c, w in problem.weights.items()}, phi_c,
-                                 problem.counter.rejected, problem.counter.nonfinite)
+                                 problem.counter.rejected, problem.counter.nonfinite,
+                                 problem.counter.jacobian_fallbacks, problem.counter.jacobian_walled)
     if not best.converged:
         notes.append(f"the best start did not converge: {best.message}; the numbers below are not an answer")
     if problem.counter.rejected:
@@ -863,7 +961,10 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         notes.append("dispersion φ = " + ", ".join(f"{c}: {v:.2f}" for c, v in phi_c.items())
                      + ": the data vary more than binomial noise"
                      + ("; each component is weighted by 1/√max(φ, 1), so standard errors and predictive bands "
-                        "carry it" if dispersion == "quasi" else "; NOT accounted for (dispersion='none')"))
+                        "carry it" if dispersion == "quasi" else
+                        "; NOT accounted for (dispersion='none')" if dispersion == "none" else
+                        "; residuals weighted by the φ given (" + ", ".join(f"{c}: {v:.2f}" for c, v in
+                                                                            dispersion.items()) + ")"))
     estimates = {}
     for name, par in result.params.items():
         info = problem.info[name]
@@ -878,11 +979,12 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
                                                 f"held fixed: {unsupported[name]}", False, meaning, info,
                                                 (par.min, par.max))
         else:
+            held = problem.measurement(name, theta) if info.kind in ("p0", "a0", "b0") else None
             why = ("time unit (alpha_z and time_scale are degenerate in step units)" if info.kind == "alpha"
-                   else "fixed at its step-0 measurement" if info.kind in ("p0", "a0", "b0") else "fixed")
-            estimates[name] = ParameterEstimate(name, float(par.value), None, True, False, "", False,
-                                                ", ".join(x for x in (meaning, why) if x), info,
-                                                (par.min, par.max))
+                   else "fixed at its step-0 measurement (interval: the measurement's)" if held else "fixed")
+            estimates[name] = ParameterEstimate(name, float(par.value), None if held is None else held.sd, True,
+                                                False, "", False, ", ".join(x for x in (meaning, why) if x), info,
+                                                (par.min, par.max), measurement=held)
     unidentified = [n for n, e in estimates.items() if not e.identified]
     if unidentified:
         notes.append(f"not identified by these data: {', '.join(unidentified)}")
@@ -900,9 +1002,27 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
     if profile:
         _profile(minimizer, fit_result, profile)
     if emcee_steps:
-        _emcee(minimizer, fit_result, emcee_steps, emcee_walkers, seed)
+        _emcee(minimizer, fit_result, emcee_steps, emcee_walkers, seed, held_gradient)
     fit_result.seconds = diagnostics.seconds = time.perf_counter() - t0
     return fit_result
+
+
+_SCHEME_WORDS = {"backward": "backward differences", "raised cap": f"a cap raised to {JACOBIAN_MAX_SUBSTEPS} substeps"}
+
+
+def _outcome(res, max_nfev: int, walled: int) -> tuple[bool, str]:
+    """(converged, message) of one least-squares run that met ``walled`` walled Jacobians.
+
+    A walled Jacobian is all zeros, so its gradient passes every tolerance: an optimizer that met one
+    stopped on it (issue 18), and its "success" is not a convergence.
+    """
+    if getattr(res, "aborted", False):
+        return False, "stopped at the cap of %d residual evaluations (max_nfev)" % max_nfev
+    if walled:
+        return False, (f"{walled} Jacobian(s) walled (a probe too fast for the Euler grid even at "
+                       f"{JACOBIAN_MAX_SUBSTEPS} substeps): the optimizer's stop rests on a zero gradient; "
+                       f"it said: {res.message}")
+    return bool(res.success), str(res.message)
 
 
 def _plausible(problem: Problem, name: str) -> tuple[float, float, bool]:
@@ -975,7 +1095,16 @@ def _profile(minimizer: lmfit.Minimizer, fit_result: FitResult, which) -> None:
                                               "best": float(vals.get(0.0, fit_result.value(name)))}
 
 
-def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walkers, seed: int) -> None:
+def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walkers, seed: int,
+           held_gradient: dict[str, np.ndarray] | None = None) -> None:
+    """lmfit's emcee over the identified varying parameters, carrying the held step-0 values' noise.
+
+    Parameters held at their step-0 measurement ŝ (``step0="fixed"``) are drawn from that measurement
+    (:class:`Measurement`), one draw per chain sample, and every varying parameter's sample moves along
+    ``held_gradient`` (dθ̂/dŝ, :func:`_held_gradient`) by the draw's distance from ŝ: the chain is the
+    posterior given ŝ, shifted as the optimum would move with it (a linearised two-step posterior; issue 18).
+    Without this the held values had no interval and the others were conditioned on a noisy ŝ.
+    """
     try:
         import emcee  # noqa: F401
     except ImportError as exc:
@@ -987,66 +1116,39 @@ def _emcee(minimizer: lmfit.Minimizer, fit_result: FitResult, steps: int, walker
     walkers = walkers or max(2 * nvar + 2, 16)
     out = minimizer.emcee(params=params, steps=steps, nwalkers=walkers,
                           burn=steps // 4, is_weighted=True, seed=seed, progress=False)
+    chains = {name: out.flatchain[name].to_numpy().copy() for name in out.var_names}
+    held = _held_draws(fit_result, held_gradient, chains, np.random.default_rng(seed))
     summary = {}
-    for name in out.var_names:
-        chain = out.flatchain[name].to_numpy()
+    for name, chain in {**chains, **held}.items():
         q = np.quantile(chain, [0.025, 0.05, 0.5, 0.95, 0.975])
         summary[name] = {"median": float(q[2]), "interval90": [float(q[1]), float(q[3])],
                          "interval95": [float(q[0]), float(q[4])]}
+    note = "likelihood not scaled by the dispersion"
+    if held:
+        note += ("; parameters held at their step-0 measurement (" + ", ".join(held) + ") drawn from it, the "
+                 "others moved along dθ̂/dŝ by each draw (linearised two-step posterior)")
     fit_result.emcee = {"steps": steps, "walkers": int(walkers), "burn": steps // 4,
                         "acceptance": float(np.mean(out.acceptance_fraction)), "params": summary,
-                        "note": "likelihood not scaled by the dispersion"}
+                        "note": note}
 
 
-def compare(runs, variants: dict[str, dict] | None = None, progress: bool = False, **common) -> pd.DataFrame:
-    """Fit several model variants to the same runs and rank them by AIC/BIC.
-
-    Parameters
-    ----------
-    runs : list of Run or paths
-    variants : dict name -> keyword arguments of :func:`fit`, optional
-        Default: transfer none / homogeneous / kernel (kernel only when every
-        env has coordinates), each with footnote-4 λ off and on, and with the
-        power selection law (``<transfer>+power``, docs/model.md §9).
-    progress : bool
-        A tqdm bar on stderr over the variants (each fit's own bar below it): the comparison refits the
-        runs once per variant, tens of seconds in all.
-    **common
-        Passed to every :func:`fit`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per variant: ``variant, k, loglik, aic, bic, delta_aic,
-        delta_bic, converged, unidentified``, sorted by AIC. A variant the
-        data cannot carry (a ValueError such as too few observations) keeps
-        its message in ``error``.
-    """
-    if runs and not isinstance(runs[0], Run):
-        runs = load_runs(runs)
-    if variants is None:
-        transfers = ["none", "homogeneous"]
-        if all(e.coordinates is not None for r in runs for e in r.environments):
-            transfers.append("kernel")
-        variants = {f"{t}{'+lam' if l else ''}": {"transfer": t, "lam": l} for t in transfers for l in (False, True)}
-        variants.update({f"{t}+power": {"transfer": t, "lam": False, "selection": "power"} for t in transfers})
-    rows = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(variants.items(), desc="model comparison", unit="fit", file=sys.stderr, leave=False,
-               disable=not progress)
-    for name, kws in bar:
-        bar.set_postfix_str(name, refresh=True)
-        try:
-            res = fit(runs, **{**common, "progress": progress, **kws})
-        except ValueError as exc:
-            rows.append({"variant": name, "k": None, "loglik": None, "aic": np.inf, "bic": np.inf,
-                         "converged": False, "unidentified": "", "error": str(exc)})
+def _held_draws(fit_result: FitResult, held_gradient, chains: dict[str, np.ndarray],
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draws of each held step-0 value from its measurement, one per chain sample; shifts ``chains`` in place."""
+    out = {}
+    if not held_gradient or not chains:
+        return out
+    size = len(next(iter(chains.values())))
+    for name, column in held_gradient.items():
+        est = fit_result.estimates[name]
+        if est.measurement is None:
             continue
-        rows.append({"variant": name, "k": len(res.var_names), "loglik": res.loglik, "aic": res.aic,
-                     "bic": res.bic, "converged": res.converged, "unidentified": ",".join(res.unidentified),
-                     "error": ""})
-    table = pd.DataFrame(rows).sort_values("aic", kind="stable").reset_index(drop=True)
-    table["delta_aic"] = table["aic"] - table["aic"].min()
-    table["delta_bic"] = table["bic"] - table["bic"].min()
-    return table
+        draws = est.measurement.draw(rng, size)
+        out[name] = draws
+        for j, var in enumerate(fit_result.var_names):
+            if var in chains:
+                chains[var] += column[j] * (draws - est.value)
+    for var, chain in chains.items():  # stay inside the parameters' bounds
+        par = fit_result.params[var]
+        np.clip(chain, par.min, par.max, out=chain)
+    return out

@@ -73,6 +73,12 @@ WALL = 1e6
 #: per optimizer step is far outside anything eval points every few steps resolve, and each
 #: substep costs a full pass over the steps
 FIT_MAX_SUBSTEPS = 16
+#: the cap a Jacobian batch may raise to when one probe is walled at FIT_MAX_SUBSTEPS and backward steps are
+#: walled too (issue 18: the reference sweep's α_x probe needed more than 16; at 4096 every column was non-zero)
+JACOBIAN_MAX_SUBSTEPS = 4096
+#: how a Jacobian was computed (``Problem.last_jacobian``): forward differences; backward ones (a forward probe
+#: was past the substep cap); forward with the cap raised to JACOBIAN_MAX_SUBSTEPS; or not at all (all zeros)
+JACOBIAN_SCHEMES = ("forward", "backward", "raised cap", "walled")
 #: largest optimizer step a fit or prediction integrates to: the ODE is Euler-stepped through every
 #: step from 0 to the last logged one, so the cost grows linearly with it (measured at 15 residual
 #: evaluations of a 3-env run: 0.6 s to step 1e4, 37 s to 1e6, 6 min to 1e7); one corrupted step
@@ -247,6 +253,50 @@ class Step0:
                 "n": self.n, "step": self.step}
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """The step-0 measurement distribution of a parameter held at its measurement, in the parameter's units.
+
+    p0 (a probability): the Jeffreys posterior Beta(k + ½, n − k + ½) of the RS share, whose mean
+    (k + ½)/(n + 1) is the held value. a0, b0 (latent σ(x0), σ(y0)): Normal(mean, sd) of the pooled mean
+    reward ± its standard error mapped through the observation bounds, latent = (obs − lo)/(hi − lo)
+    (docs/model.md §7). Issue 18: a held parameter reports this interval, not a zero-width one.
+
+    Attributes
+    ----------
+    kind : {"beta", "normal"}
+    a, b : float
+        Beta shape parameters, or Normal mean and standard deviation (latent units).
+    """
+
+    kind: str
+    a: float
+    b: float
+
+    @property
+    def sd(self) -> float:
+        """Standard deviation (parameter units)."""
+        if self.kind == "beta":
+            n = self.a + self.b
+            return math.sqrt(self.a * self.b / (n * n * (n + 1)))
+        return self.b
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Equal-tailed interval at ``level``, inside (PROB_MIN, PROB_MAX)."""
+        q = [(1 - level) / 2, (1 + level) / 2]
+        lo, hi = stats.beta.ppf(q, self.a, self.b) if self.kind == "beta" else stats.norm.ppf(q, self.a, self.b)
+        return float(np.clip(lo, PROB_MIN, PROB_MAX)), float(np.clip(hi, PROB_MIN, PROB_MAX))
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` draws, clipped to (PROB_MIN, PROB_MAX)."""
+        x = rng.beta(self.a, self.b, size) if self.kind == "beta" else rng.normal(self.a, self.b, size)
+        return np.clip(x, PROB_MIN, PROB_MAX)
+
+    def to_dict(self) -> dict:
+        return ({"distribution": "beta", "alpha": self.a, "beta": self.b} if self.kind == "beta" else
+                {"distribution": "normal", "mean": self.a, "sd": self.b})
+
+
 @dataclass
 class _Component:
     """One family of residuals (p, a or b): where each datum sits and its likelihood."""
@@ -281,6 +331,11 @@ class EvalCounter:
         Parameter vectors too fast for the step-unit Euler grid (residual WALL).
     nonfinite : int
         Non-finite residuals replaced by WALL.
+    jacobian_fallbacks : int
+        Jacobians whose forward batch was walled by a probe and that were computed with backward steps or
+        a raised substep cap instead (:meth:`Problem.jacobian`).
+    jacobian_walled : int
+        Jacobians walled under every scheme (returned as zeros).
     best : float
         Lowest penalised deviance seen.
     """
@@ -289,6 +344,8 @@ class EvalCounter:
     jacobian_calls: int = 0
     rejected: int = 0
     nonfinite: int = 0
+    jacobian_fallbacks: int = 0
+    jacobian_walled: int = 0
     best: float = math.inf
 
 
@@ -321,6 +378,7 @@ class Problem:
     weights: dict = field(default_factory=lambda: {"p": 1.0, "a": 1.0, "b": 1.0})  # 1/√φ per component
     counter: EvalCounter = field(default_factory=EvalCounter)
     on_evaluation: object = None        # optional callable(counter) after each residual call (progress)
+    last_jacobian: str = ""             # the scheme of the latest jacobian() (JACOBIAN_SCHEMES)
     _memo: tuple | None = None
 
     # ---- construction -----------------------------------------------------------------------
@@ -462,6 +520,25 @@ class Problem:
         ob = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in self.observation_arrays(theta_full).items()}
         return (p, ob["a_lo"] + (ob["a_hi"] - ob["a_lo"]) * a, ob["b_lo"] + (ob["b_hi"] - ob["b_lo"]) * b)
 
+    def measurement(self, name: str, theta_full: np.ndarray | None = None) -> Measurement | None:
+        """The step-0 measurement distribution of initial-state parameter ``name`` in its own units, or None.
+
+        a0, b0 are mapped into latent units through the (mean) observation bounds of the cells they govern
+        at ``theta_full`` (default: the current parameter values); the Normal is centred on the
+        parameter's value there, p0's Beta on the Jeffreys mean it is held at.
+        """
+        s0 = self.step0.get(name)
+        if s0 is None:
+            return None
+        if s0.quantity == "p":
+            k = s0.value * s0.n
+            return Measurement("beta", k + 0.5, s0.n - k + 0.5)
+        theta = self.full() if theta_full is None else np.asarray(theta_full, float)
+        ob = self.observation_arrays(theta)
+        cells = (self.index[f"{s0.quantity}0"] == self.names.index(name)) & self.config.valid
+        span = float((ob[f"{s0.quantity}_hi"] - ob[f"{s0.quantity}_lo"])[0][cells].mean())
+        return Measurement("normal", float(theta[self.names.index(name)]), s0.scale / span)
+
     def initial_observed(self, theta_full: np.ndarray) -> dict[str, np.ndarray]:
         """p0, a0, b0 in observed units per (run, env), shape (B, R, N)."""
         th = np.atleast_2d(theta_full)
@@ -541,26 +618,61 @@ class Problem:
         return res
 
     def jacobian(self, params: lmfit.Parameters, rel_step: float = 1e-6) -> np.ndarray:
-        """Forward-difference Jacobian (M + Q, P_vary) w.r.t. the external parameter values.
+        """Finite-difference Jacobian (M + Q, P_vary) w.r.t. the external parameter values.
 
         All P + 1 parameter vectors are integrated in one batched call (lmfit
-        ``Dfun``, derivatives across the rows, ``col_deriv=False``).
+        ``Dfun``, derivatives across the rows, ``col_deriv=False``), so they
+        share one Euler grid and the differences carry no discretisation
+        noise. One probe past the substep cap would wall the whole batch (every
+        row ``WALL``, every column zero: issue 18), so a walled batch is retried
+        with backward steps, then with the cap raised to
+        :data:`JACOBIAN_MAX_SUBSTEPS`; which scheme served is
+        ``self.last_jacobian`` (:data:`JACOBIAN_SCHEMES`) and is counted in
+        ``counter``. When every scheme is walled the Jacobian is all zeros and
+        ``last_jacobian == "walled"``: the caller must not read convergence or
+        identification from it.
         """
         names = [n for n, p in params.items() if p.vary]
         self.counter.jacobian_calls += 1
         theta = self.full(params)
-        batch = np.repeat(theta[None, :], len(names) + 1, axis=0)
         steps = np.empty(len(names))
         for j, name in enumerate(names):
             par = params[name]
             h = rel_step * max(abs(par.value), 0.05)
-            if par.value + h > par.max:
-                h = -h
-            steps[j] = h
-            batch[j + 1, self.names.index(name)] += h
-        res = self.residuals_full(batch)
-        self._memo = (theta.tobytes(), res[0])
-        return (res[1:] - res[0]).T / steps
+            steps[j] = -h if par.value + h > par.max else h
+        cols = [self.names.index(n) for n in names]
+        lower = np.array([params[n].min for n in names])
+        backward = np.where(theta[cols] - np.abs(steps) < lower, np.abs(steps), -np.abs(steps))
+        for scheme, h, cap in (("forward", steps, self.max_substeps), ("backward", backward, self.max_substeps),
+                               ("raised cap", steps, max(self.max_substeps, JACOBIAN_MAX_SUBSTEPS))):
+            if scheme == "backward" and np.array_equal(h, steps):
+                continue
+            batch = np.repeat(theta[None, :], len(names) + 1, axis=0)
+            batch[np.arange(1, len(names) + 1), cols] += h
+            res = self._unwalled(batch, cap)
+            if res is not None:
+                self.last_jacobian = scheme
+                if scheme != "forward":
+                    self.counter.jacobian_fallbacks += 1
+                if cap == self.max_substeps:  # the same Euler grid as a residual call: reuse its value
+                    self._memo = (theta.tobytes(), res[0])
+                return (res[1:] - res[0]).T / h
+        self.last_jacobian = "walled"
+        self.counter.jacobian_walled += 1
+        return np.zeros((self.n_data + self.n_prior, len(names)))
+
+    def _unwalled(self, theta_full: np.ndarray, cap: int) -> np.ndarray | None:
+        """Residuals of a batch with ``cap`` Euler substeps per optimizer step, or None if any row is walled."""
+        before, self.max_substeps = self.max_substeps, cap
+        rejected = self.counter.rejected
+        try:
+            res = self.residuals_full(theta_full)
+        finally:
+            self.max_substeps = before
+        if self.counter.rejected > rejected or np.any(np.abs(res) >= WALL):
+            self.counter.rejected = rejected  # a probe's wall is not a rejected trial point of the search
+            return None
+        return res
 
     def split(self, residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(data residuals (M,), prior residuals (Q,)) of a residual vector."""

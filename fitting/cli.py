@@ -8,6 +8,7 @@ Usage::
                [--step0 prior|fixed|free] [--dispersion quasi|none] [--starts K]
                [--lam] [--selection replicator|power] [--compare] [--profile] [--emcee-steps K]
                [--phases eval,train]
+    physrl fit --from FIT_DIR --predict RUN [RUN ...] [--out DIR] [--samples S]
     physrl fit synthesize --out RUN_DIR --n-envs N --seed K [--n-heldout H]
                [--param NAME=VALUE ...] [--transfer ...] [--steps S] [--eval-every E]
                [--rollouts-per-env R] [--train-rollouts-per-env R] [--continuous-rewards]
@@ -92,9 +93,13 @@ def _synth_parser() -> ArgumentParser:
 def _fit_parser() -> ArgumentParser:
     p = _Parser(prog="physrl fit", description="Fit the toy ODE to rollout logs (docs/model.md §6) and predict other runs.",
                 epilog="`physrl fit synthesize --help` for synthetic logs.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
-    p.add_argument("--out", required=True, type=output_directory,
-                   help="directory for fit.json, fit_report.txt and figures (required)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories or .csv/.jsonl/.parquet tables")
+    p.add_argument("--out", type=output_directory, default=None,
+                   help="directory for fit.json, fit_report.txt and figures (required unless --from; with --from, "
+                        "default FIT_DIR)")
+    p.add_argument("--from", dest="from_dir", metavar="FIT_DIR", default=None,
+                   help="predict with the fit saved in FIT_DIR (its fit.json) instead of fitting: needs --predict, "
+                        "takes no RUN; the numbers equal those of the fit that wrote it (default: fit the RUNs)")
     p.add_argument("--transfer", choices=TRANSFERS, default="homogeneous", help=_TRANSFER_HELP)
     p.add_argument("--priors", choices=["shared", "per_env"], default="shared",
                    help="initial skills a0, b0 shared by every environment, or one per env id; p0 is one per run "
@@ -128,8 +133,9 @@ def _fit_parser() -> ArgumentParser:
                    help="runs to predict with the fit, not fitted (default: none)")
     p.add_argument("--compare", action="store_true",
                    help="also fit transfer none / homogeneous / kernel (kernel when every env has coordinates), each "
-                        "with λ off and on and with the power selection law, and rank them by AIC/BIC: printed and "
-                        "in model_comparison.csv "
+                        "with λ off and on and with the power selection law, and rank them by QAIC (one "
+                        "dispersion φ from the largest model for every variant; AIC with --dispersion none): "
+                        "printed and in model_comparison.csv "
                         "(default: off)")
     p.add_argument("--profile", action="store_true", help="profile-likelihood intervals, slow (default: off)")
     p.add_argument("--emcee-steps", type=int, default=0,
@@ -189,26 +195,37 @@ def _synthesize(argv: list[str]) -> int:
 
 
 def _ranking(table) -> str:
-    """The model comparison as printed: one line per variant, lowest AIC first.
+    """The model comparison as printed: a label saying what the criterion is, then one line per variant,
+    lowest first.
 
-    ``table`` is :func:`physrl.fitting.compare`'s frame (columns variant, k, aic, bic, delta_aic, delta_bic,
-    converged, unidentified, error). A variant that could not be fitted shows its error instead of numbers.
+    ``table`` is :func:`physrl.fitting.compare`'s frame (columns variant, k, K, qaic, qbic, delta_qaic,
+    delta_qbic, converged, unidentified, nested_refit, error, criterion, dispersion). A variant that could
+    not be fitted shows its error instead of numbers.
     """
     import math
 
     def num(v):
         return "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
 
-    lines = ["model comparison (AIC/BIC of the full likelihood, lowest AIC first; Δ against the best):",
-             f"{'model':<17} {'k':>3} {'AIC':>10} {'BIC':>10} {'ΔAIC':>8} {'ΔBIC':>8}  converged"]
+    crit = str(table["criterion"].iloc[0]) if len(table) else "QAIC"
+    bic = "QBIC" if crit == "QAIC" else "BIC"
+    how = ("Σ_c D_c/φ_c + 2K, one dispersion φ per component from the largest model for every variant "
+           "(Burnham & Anderson 2002); K = k + the φ estimated" if crit == "QAIC" else
+           "deviance + 2k, no dispersion (φ = 1)")
+    lines = [f"model comparison by {crit} = {how}; φ used: {table['dispersion'].iloc[0] if len(table) else '-'}; "
+             f"lowest first, Δ against the best (only differences mean anything):",
+             f"{'model':<17} {'k':>3} {crit:>10} {bic:>10} {'Δ' + crit:>8} {'Δ' + bic:>8}  converged"]
     for row in table.itertuples():
-        note = f"error: {row.error}" if row.error else (
-            f"not identified: {row.unidentified}" if row.unidentified else "")
+        notes = [f"error: {row.error}"] if row.error else []
+        if not row.error and row.unidentified:
+            notes.append(f"not identified: {row.unidentified}")
+        if not row.error and row.nested_refit:
+            notes.append(f"refitted from the {row.nested_refit} optimum (its first maximum was below it)")
         k = "-" if row.k is None or row.k != row.k else str(int(row.k))
         fitted = not row.error
-        lines.append(f"{row.variant:<17} {k:>3} {num(row.aic):>10} {num(row.bic):>10} "
-                     f"{num(row.delta_aic) if fitted else '-':>8} {num(row.delta_bic) if fitted else '-':>8}  "
-                     f"{'yes' if row.converged else 'NO':<9} {note}".rstrip())
+        lines.append(f"{row.variant:<17} {k:>3} {num(row.qaic):>10} {num(row.qbic):>10} "
+                     f"{num(row.delta_qaic) if fitted else '-':>8} {num(row.delta_qbic) if fitted else '-':>8}  "
+                     f"{'yes' if row.converged else 'NO':<9} {'; '.join(notes)}".rstrip())
     return "\n".join(lines)
 
 
@@ -237,16 +254,55 @@ def _plot_runs(preds, runs, out: Path, prefix: str, title, summary_name: str, su
     return names + [summary_name]
 
 
+def _write_predictions(result, targets, out: Path, args, fit_path: Path) -> list[str]:
+    """Predict each target with ``result``: prediction.json, figures and one printed line per run."""
+    from ._json import write_json
+    from ._predict import predict
+
+    written = []
+    progress = not args.no_progress
+    figures = not args.no_figures
+    preds = [predict(result, run, n_samples=args.samples) for run in _progress(targets, progress, "predict")]
+    doc = {"fit": str(fit_path), "converged": result.converged,
+           "predictions": [{**p.to_dict(), "source": _folder(r)} for p, r in zip(preds, targets)]}
+    write_json(out / "prediction.json", doc)
+    written.append("prediction.json")
+    if figures:
+        written += _plot_runs(preds, targets, out, "predict",
+                              lambda p, r: f"prediction, run {_folder(r)} (p0 = {p.p0:.3g}, {p.p0_source})",
+                              "predicted_vs_observed.png", "held-out runs: observed vs predicted")
+    for p, target in zip(preds, targets):
+        m = p.metrics
+        end = m.end_state
+        rmse = "not scored" if m.rmse_p is None else f"{m.rmse_p:.3f}"
+        observed = "not observed" if end.observed_mean_p is None else f"{end.observed_mean_p:.3f}"
+        agree = "" if end.agree is None else f" (agree: {end.agree})"
+        n_star = f"; {m.n_star['text']}" if m.n_star else ""
+        cov = m.coverage.get("all")
+        held = "no scored eval points" if cov is None else f"{cov:.0%} of eval points"
+        print(f"\nprediction {_folder(target)}: {p.level:.0%} predictive band holds {held}; "
+              f"RS share RMSE {rmse}; end state observed p={observed}, predicted p={end.predicted_mean_p:.3f}"
+              f"{agree}{n_star}")
+    return written
+
+
 def _fit(argv: list[str]) -> int:
     from physrl.contract import load_runs
 
     from ._crossval import cross_validate
-    from ._fit import compare, fit
+    from ._compare import compare
+    from ._fit import fit
     from ._json import write_json, write_text
-    from ._predict import in_sample, predict
+    from ._predict import in_sample
     from ._problem import FitSpec, check_step_range
 
     args = _fit_parser().parse_args(argv)
+    if args.from_dir is not None:
+        return _predict_from(args)
+    if not args.runs:
+        raise _UsageError("give the RUNs to fit (or --from FIT_DIR --predict RUN ... to reuse a saved fit)")
+    if args.out is None:
+        raise _UsageError("--out is required when fitting")
     if args.samples < 1:
         raise _UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.max_nfev is not None and args.max_nfev < 1:
@@ -287,7 +343,7 @@ def _fit(argv: list[str]) -> int:
     if args.compare:
         table = compare(runs, progress=progress,
                         **{k: v for k, v in options.items() if k not in ("transfer", "lam", "selection")})
-        report += "\n\n[[Model comparison (AIC/BIC from the full likelihood)]]\n" + table.to_string(index=False)
+        report += "\n\n[[Model comparison]]\n" + _ranking(table) + "\n\n" + table.to_string(index=False)
         write_text(out / "model_comparison.csv", table.to_csv(index=False))
     write_text(out / "fit_report.txt", report + "\n")
     written = ["fit.json", "fit_report.txt"] + (["model_comparison.csv"] if args.compare else [])
@@ -300,29 +356,8 @@ def _fit(argv: list[str]) -> int:
                                                                                     "in-sample curves")]
         written += _plot_runs(fitted, runs, out, "fit", lambda p, r: f"fit, run {_folder(r)} (p0 = {p.p0:.3g})",
                               "fit_vs_observed.png", "fitted runs: observed vs model")
-    preds = []
     if targets:
-        preds = [predict(result, run, n_samples=args.samples) for run in _progress(targets, progress, "predict")]
-        doc = {"fit": str(out / "fit.json"), "converged": result.converged,
-               "predictions": [{**p.to_dict(), "source": _folder(r)} for p, r in zip(preds, targets)]}
-        write_json(out / "prediction.json", doc)
-        written.append("prediction.json")
-        if figures:
-            written += _plot_runs(preds, targets, out, "predict",
-                                  lambda p, r: f"prediction, run {_folder(r)} (p0 = {p.p0:.3g}, {p.p0_source})",
-                                  "predicted_vs_observed.png", "held-out runs: observed vs predicted")
-    for p, target in zip(preds, targets):
-        m = p.metrics
-        end = m.end_state
-        rmse = "not scored" if m.rmse_p is None else f"{m.rmse_p:.3f}"
-        observed = "not observed" if end.observed_mean_p is None else f"{end.observed_mean_p:.3f}"
-        agree = "" if end.agree is None else f" (agree: {end.agree})"
-        n_star = f"; {m.n_star['text']}" if m.n_star else ""
-        cov = m.coverage.get("all")
-        held = "no scored eval points" if cov is None else f"{cov:.0%} of eval points"
-        print(f"\nprediction {_folder(target)}: {p.level:.0%} predictive band holds {held}; "
-              f"RS share RMSE {rmse}; end state observed p={observed}, predicted p={end.predicted_mean_p:.3f}"
-              f"{agree}{n_star}")
+        written += _write_predictions(result, targets, out, args, out / "fit.json")
     if args.cross_validate:
         cv = cross_validate(runs, progress=progress, n_samples=args.samples, **options)
         write_text(out / "cross_validation.csv", cv.table.to_csv(index=False))
@@ -332,6 +367,49 @@ def _fit(argv: list[str]) -> int:
                 "coverage_all"]
         print(f"\nleave-one-run-out cross-validation ({cv.level:.0%} bands):")
         print(cv.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {out}: {', '.join(written)}")
+    return 0
+
+
+#: options that only mean something for a fit, refused with --from (name, value when not given)
+_FIT_ONLY = (("--compare", "compare", False), ("--cross-validate", "cross_validate", False),
+             ("--profile", "profile", False), ("--emcee-steps", "emcee_steps", 0), ("--lam", "lam", False),
+             ("--max-nfev", "max_nfev", None), ("--selection", "selection", "replicator"))
+
+
+def _predict_from(args) -> int:
+    """``physrl fit --from FIT_DIR --predict RUN ...``: predict with a saved fit (issue 18 item 9)."""
+    from physrl.contract import load_runs
+
+    from ._fit import FitResult
+    from ._json import write_json
+    from ._problem import check_step_range
+
+    if args.runs:
+        raise _UsageError("--from takes no RUN to fit (the fit is read from FIT_DIR); give the runs to --predict")
+    if not args.predict:
+        raise _UsageError("--from needs --predict RUN ...")
+    given = [flag for flag, name, unset in _FIT_ONLY if getattr(args, name) != unset]
+    if given:
+        raise _UsageError(f"{', '.join(given)} belong to a fit; with --from the fit is read from FIT_DIR")
+    if args.samples < 1:
+        raise _UsageError(f"--samples must be >= 1, got {args.samples}")
+    source = Path(args.from_dir)
+    if not (source / "fit.json").is_file():
+        raise FileNotFoundError(f"no fit.json in {source}")
+    result = FitResult.load(source)
+    targets = load_runs(args.predict)
+    fitted = {Path(r.source).resolve() for r in result.runs}
+    both = [r.run_id for r in targets if Path(r.source).resolve() in fitted]
+    if both:
+        raise _UsageError(f"run{'s' if len(both) > 1 else ''} {', '.join(both)} tuned the fit in {source}: "
+                          "a prediction of logs that tuned the fit is not a prediction")
+    check_step_range(targets)
+    out = Path(args.out) if args.out is not None else source
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"fit read from {source / 'fit.json'} (not refitted): {'converged' if result.converged else 'NOT converged'}"
+          f", {len(result.runs)} runs, transfer {result.spec.transfer}, step0 {result.spec.step0}")
+    written = _write_predictions(result, targets, out, args, source / "fit.json")
     print(f"\nwrote {out}: {', '.join(written)}")
     return 0
 

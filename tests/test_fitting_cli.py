@@ -95,8 +95,9 @@ def test_too_little_data_is_one_line_or_a_fit_with_unsupported_parameters_fixed(
 
 
 def test_compare_prints_the_ranking(tmp_path, capsys):
-    """`physrl fit --compare` prints the ranking (model, k, AIC, BIC, ΔAIC, ΔBIC, converged), lowest AIC first,
-    with the numbers of model_comparison.csv."""
+    """`physrl fit --compare` prints what the criterion is (QAIC with the largest model's φ, or AIC), then the
+    ranking (model, k, QAIC, QBIC, ΔQAIC, ΔQBIC, converged), lowest first, with the numbers of
+    model_comparison.csv."""
     import pandas as pd
 
     small = ["--steps", "80", "--eval-every", "10", "--n-envs", "3"]
@@ -108,16 +109,21 @@ def test_compare_prints_the_ranking(tmp_path, capsys):
                    "--no-figures", "--no-progress"]) == 0
     printed = capsys.readouterr().out.splitlines()
     start = printed.index(next(line for line in printed if line.startswith("model comparison")))
+    table = pd.read_csv(out / "model_comparison.csv", keep_default_na=False)
+    crit = table.criterion[0]
+    assert set(table.criterion) == {crit} and crit in ("QAIC", "AIC")
+    assert printed[start].startswith(f"model comparison by {crit} = ") and table.dispersion[0] in printed[start]
+    bic = "QBIC" if crit == "QAIC" else "BIC"
     header = printed[start + 1].split()
-    assert header == ["model", "k", "AIC", "BIC", "ΔAIC", "ΔBIC", "converged"]
-    table = pd.read_csv(out / "model_comparison.csv")
+    assert header == ["model", "k", crit, bic, "Δ" + crit, "Δ" + bic, "converged"]
     assert set(table.variant) == {f"{t}{suffix}" for t in ("none", "homogeneous", "kernel")
                                   for suffix in ("", "+lam", "+power")}
     rows = [line.split() for line in printed[start + 2:start + 2 + len(table)]]
-    assert [r[0] for r in rows] == list(table.variant)  # the csv's order: lowest AIC first
+    assert [r[0] for r in rows] == list(table.variant)  # the csv's order: lowest first
     for r, csv in zip(rows, table.itertuples()):
         assert int(r[1]) == csv.k
-        assert [float(v) for v in r[2:6]] == pytest.approx([csv.aic, csv.bic, csv.delta_aic, csv.delta_bic], abs=0.051)
+        assert [float(v) for v in r[2:6]] == pytest.approx([csv.qaic, csv.qbic, csv.delta_qaic, csv.delta_qbic],
+                                                           abs=0.051)
         assert r[6] == ("yes" if csv.converged else "NO")
     assert float(rows[0][4]) == 0.0
 
@@ -130,11 +136,13 @@ def test_compare_ranking_shows_a_variant_that_could_not_be_fitted():
     from physrl.fitting.cli import _ranking
 
     table = pd.DataFrame([
-        {"variant": "none", "k": 3, "aic": 10.0, "bic": 12.0, "converged": True, "unidentified": "", "error": ""},
-        {"variant": "kernel", "k": None, "aic": math.inf, "bic": math.inf, "converged": False, "unidentified": "",
-         "error": "too few observations"}])
-    table["delta_aic"] = table.aic - table.aic.min()
-    table["delta_bic"] = table.bic - table.bic.min()
+        {"variant": "none", "k": 3, "qaic": 10.0, "qbic": 12.0, "converged": True, "unidentified": "",
+         "nested_refit": "", "error": ""},
+        {"variant": "kernel", "k": None, "qaic": math.inf, "qbic": math.inf, "converged": False, "unidentified": "",
+         "nested_refit": "", "error": "too few observations"}])
+    table["delta_qaic"] = table.qaic - table.qaic.min()
+    table["delta_qbic"] = table.qbic - table.qbic.min()
+    table["criterion"], table["dispersion"] = "QAIC", "p 2.00, a 1.00, b 1.30 (from none)"
     lines = _ranking(table).splitlines()
     assert lines[2].split() == ["none", "3", "10.0", "12.0", "0.0", "0.0", "yes"]
     assert lines[3].split()[:7] == ["kernel", "-", "-", "-", "-", "-", "NO"]

@@ -1,0 +1,64 @@
+"""Issue 18 item 7: parameters held at their step-0 measurement (step0="fixed") keep that measurement's
+interval (never lower = upper = value), in the table, fit.json and emcee."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from physrl import fitting
+
+
+@pytest.fixture(scope="module")
+def held_fit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("held")
+    small = dict(n_envs=4, n_heldout=2, steps=120, eval_every=10, rollouts_per_env=64)
+    runs = fitting.load_runs([fitting.synthesize(root / f"r{i}", seed=i, params={"p0": p0}, **small)
+                              for i, p0 in enumerate((0.1, 0.4))])
+    return fitting.fit(runs, step0="fixed", n_starts=1, emcee_steps=80, emcee_walkers=16)
+
+
+def test_held_p0_reports_its_jeffreys_interval(held_fit):
+    res = held_fit
+    for name in ("p0_r0", "p0_r1"):
+        est, s0 = res.estimates[name], res.problem.step0[name]
+        assert not est.vary and est.identified
+        k, n = s0.value * s0.n, s0.n
+        jeffreys = stats.beta.ppf([0.025, 0.975], k + 0.5, n - k + 0.5)
+        lo, hi = res.interval(name)
+        assert (lo, hi) == pytest.approx(tuple(jeffreys), rel=1e-9) and lo < est.value < hi
+        assert (s0.lower, s0.upper) == pytest.approx((lo, hi), rel=1e-9)  # the step-0 table's interval
+        assert est.stderr == pytest.approx(stats.beta.std(k + 0.5, n - k + 0.5), rel=1e-9)
+
+
+def test_held_skills_report_their_measurement_interval_in_both_units(held_fit):
+    res = held_fit
+    table = res.initial_state().set_index("param")
+    for name in ("a0", "b0"):
+        lo, hi = res.interval(name)
+        assert lo < res.value(name) < hi
+        row = table.loc[name]  # the interval mapped to observed units is the measured mean ± 1.96 se
+        assert (row.lower, row.upper) == pytest.approx((row.measured_lower, row.measured_upper), abs=1e-5)  # 1.96 vs z
+    doc = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    for name in ("p0_r0", "p0_r1", "a0", "b0"):
+        entry = doc["params"][name]
+        assert entry["interval95"][0] < entry["value"] < entry["interval95"][1], name
+        assert entry["measurement"]["distribution"] in ("beta", "normal") and entry["stderr"] > 0
+    assert "[" in next(line for line in res.summary_table().splitlines() if line.startswith("a0 "))
+
+
+def test_emcee_draws_held_parameters_from_their_measurement(held_fit):
+    res = held_fit
+    params = res.emcee["params"]
+    for name in ("p0_r0", "p0_r1", "a0", "b0"):
+        assert name in params, sorted(params)
+        lo, hi = params[name]["interval95"]
+        m_lo, m_hi = res.interval(name)
+        assert 0.7 < (hi - lo) / (m_hi - m_lo) < 1.3, (name, lo, hi, m_lo, m_hi)
+        assert abs(params[name]["median"] - res.value(name)) < 0.25 * (m_hi - m_lo)
+    assert "drawn from it" in res.emcee["note"]
+    for name in res.var_names:  # the varying parameters' chains stay inside their bounds
+        lo, hi = params[name]["interval95"]
+        assert res.params[name].min <= lo <= hi <= res.params[name].max
+    assert np.isfinite([v["median"] for v in params.values()]).all()
