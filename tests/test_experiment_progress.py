@@ -77,6 +77,6 @@ def test_every_stage_after_training_shows_a_bar(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     for bar in (r"fitting the ODE on 2 calibration runs: 100%.* 1/1", r"freezing predictions \(N\* search and cells per budget and p0\): 100%.* 8/8",
                 r"predicting sweep runs: 100%.* 8/8", r"the fit's protocol N\* curve over \d+ priors: 100%",
-                r"observed N\*: logistic fits and 40 bootstrap replicates over seeds, per budget: 100%.* 2/2",
+                r"observed N\*: logistic fits and 40 bootstrap replicates over stage-1 models, per budget: 100%.* 2/2",
                 r"writing the report \(figures and tables\): 100%.* 4/4"):
         assert re.search(bar, err), (bar, err[-3000:])

@@ -124,16 +124,39 @@ def _called(summary: dict) -> tuple[int, int]:
     return right, len(cells)
 
 
+#: what the report calls each baseline in plain words, and whether a forecaster could have had it before the sweep
+BASELINE_WORDS = {"base_rate": ("guessing the base rate (known only in hindsight)", False),
+                  "median_n": ("'RS wins iff N ≥ the median N'", True),
+                  "half": ("the constant 0.5", True),
+                  "calibration": ("a logistic in log N fitted to the calibration runs", True)}
+
+
+def _baselines(scores: dict) -> dict[str, bool]:
+    """Baseline -> prospective, for those scored (summary.json's ``scores.baselines`` where present; an older
+    summary scored the hindsight base rate and the median-N rule)."""
+    known = scores.get("baselines") or {b: {"prospective": BASELINE_WORDS[b][1]} for b in ("base_rate", "median_n")}
+    return {b: bool(v.get("prospective")) for b, v in known.items()
+            if b in BASELINE_WORDS and scores.get(f"brier_{b}") is not None}
+
+
 def forecast_line(summary: dict) -> str:
-    """Answer 3: "Yes" (the frozen P(RS wins) beat both baselines on the Brier score), "No" (it lost to
-    one) or "Not measurably" (the 95% intervals of both differences contain 0), with the (p0, N) points
-    where it called the winner right and, for one prior, its N* beside the observed one."""
+    """Answer 3 on the Brier score: "Yes" (the frozen P(RS wins) beat every prospective baseline and lost to
+    none), "No" (it lost to a baseline, the hindsight base rate included) or "Not measurably" (otherwise: what
+    it beat is named, the rest had 95% intervals of the difference holding 0), with the (p0, N) points where it
+    called the winner right and, for one prior, its N* beside the observed one (issue 18.3: prospective
+    baselines are the ones a forecaster could have had)."""
     if not summary.get("fit_converged_for_predictions", True):
         return "No claim: the calibration fit behind the frozen prediction did not converge."
     s = summary["scores"]
-    verdicts = {b: words.brier_verdict(s, b) for b in ("base_rate", "median_n")}
-    answer = ("Yes" if all(v == "beat" for v in verdicts.values()) else
-              "No" if any(v == "lost to" for v in verdicts.values()) else "Not measurably")
+    prospective = _baselines(s)
+    intervals = s.get("interval_95") or {}
+    # a difference without its bootstrap interval (an older summary) is no evidence either way
+    verdicts = {b: words.brier_verdict(s, b) if intervals.get(f"brier_minus_{b}") else "did not differ from"
+                for b in prospective}
+    beat = [b for b, v in verdicts.items() if v == "beat"]
+    lost = [b for b, v in verdicts.items() if v == "lost to"]
+    answer = ("No" if lost else
+              "Yes" if all(verdicts[b] == "beat" for b, p in prospective.items() if p) else "Not measurably")
     right, total = _called(summary)
     one_p0 = len(summary["observed_n_star"]) == 1
     text = f"it called the winner at {right} of {total} " + ("values of N" if one_p0 else "(p0, N) points")
@@ -144,11 +167,15 @@ def forecast_line(summary: dict) -> str:
             observed = _takeover(est, None)
             text += f" and put N* at {words.predicted_value(p.get('n_star'), n_max=p.get('n_max'))} " \
                     f"(observed: {observed})"
-    lost = " and ".join({"base_rate": "guessing the base rate", "median_n": "'RS wins iff N ≥ the median N'"}[b]
-                        for b, v in verdicts.items() if v == "lost to")
-    how = {"Yes": "and beat both simple baselines on its score",
-           "No": f"but scored worse than {lost}",
-           "Not measurably": f"no better than simple guesses over {s['n_events']} runs"}[answer]
+    named = lambda bs: " and ".join(BASELINE_WORDS[b][0] for b in bs)  # noqa: E731
+    if answer == "Yes":
+        how = "and beat every simple baseline a forecaster could have had on its score"
+    elif answer == "No":
+        how = f"but scored worse than {named(lost)}"
+    elif beat:
+        how = f"beat {named(beat)} but was no better than the other simple guesses over {s['n_events']} runs"
+    else:
+        how = f"no better than simple guesses over {s['n_events']} runs"
     return f"{answer}: {text}, {how}."
 
 
