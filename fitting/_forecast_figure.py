@@ -21,7 +21,9 @@ def plot_forecast(fc, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.6))
     pre = fc.prefix
     lo, hi = _beta_band_arrays(pre["k"], pre["n"], 0.9)
-    ax.errorbar(pre["step"], pre["share"], yerr=[np.subtract(pre["share"], lo), np.subtract(hi, pre["share"])],
+    share = np.asarray(pre["share"], float)
+    # the Jeffreys band at k = 0 (k = n) lies wholly above (below) the observed 0 (1): clip, errorbar needs >= 0
+    ax.errorbar(pre["step"], share, yerr=[np.clip(share - lo, 0, None), np.clip(hi - share, 0, None)],
                 fmt="o", color="k", ms=4, lw=1, label=f"observed RS share (to step {fc.at}; 90% Jeffreys)")
     c = fc.curve
     ax.fill_between(c["step"], c["lower"], c["upper"], color="C0", alpha=0.25,

@@ -146,3 +146,25 @@ def test_end_state_is_the_scaling_experiments():
     for run in runs:
         step, share = fitting.end_share(run, fitting.budget_of(run))
         assert step == 400 and share == pytest.approx(observed[run.source.name], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def one_forecast(tmp_path_factory, population):
+    """A forecast of a synthetic target at step 40, with the run it came from."""
+    _, fits = population
+    target = _synth(tmp_path_factory.mktemp("one") / "target", 7, run_id="target")
+    return target, fitting.forecast(target, 40, population=fits, seed=0)
+
+
+def test_figure_draws_prefix_steps_with_no_rs_or_all_rs_rollouts(tmp_path, one_forecast):
+    """An eval step with k = 0 (k = n) RS rollouts: its Jeffreys band lies above 0 (below 1); the bar is clipped."""
+    import dataclasses
+
+    from physrl.fitting._forecast_figure import plot_forecast
+
+    _, fc = one_forecast
+    pre = {key: list(v) for key, v in fc.prefix.items()}
+    pre["k"][0], pre["share"][0] = 0, 0.0
+    pre["k"][1], pre["share"][1] = pre["n"][1], 1.0
+    plot_forecast(dataclasses.replace(fc, prefix=pre), tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 10_000
