@@ -352,7 +352,7 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
     Raises
     ------
     ValueError
-        No budget known, ``at`` not before the budget or before the first logged step, both or neither of
+        No budget known, ``at`` not before the budget, before the first logged step or past the last one, both or neither of
         ``prior`` / ``population``, a population too small, or a prior that does not match the model.
     """
     t0 = time.perf_counter()
@@ -363,6 +363,10 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
         raise ValueError(f"run {run.run_id}: its manifest gives no budget (steps); pass budget=")
     if not 0 <= at < budget:
         raise ValueError(f"at = {at} must lie in [0, budget = {budget})")
+    last = int(run.rollouts["step"].max())
+    if at > last:
+        raise ValueError(f"at = {at} lies past the run's last logged step ({last}): run {run.run_id}'s logs end "
+                         f"there; forecast at step <= {last} (or --watch to wait for it)")
     if (prior is None) == (population is None):
         raise ValueError("give exactly one of prior= (a fit or a ready prior) and population= (finished runs)")
     if prior is None:

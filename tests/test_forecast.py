@@ -168,3 +168,21 @@ def test_figure_draws_prefix_steps_with_no_rs_or_all_rs_rollouts(tmp_path, one_f
     pre["k"][1], pre["share"][1] = pre["n"][1], 1.0
     plot_forecast(dataclasses.replace(fc, prefix=pre), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_at_past_the_last_logged_step_is_refused_naming_where_the_logs_end(tmp_path, population, capsys):
+    from physrl.cli import main
+
+    dirs, fits = population
+    # a run configured for 200 steps whose logs end at step 100 (a live run, or one that stopped early)
+    target = _synth(tmp_path / "target", 8, run_id="target", steps=100)
+    manifest = target / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["steps"] = 200
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"last logged step \(100\)"):
+        fitting.forecast(target, 150, population=fits)
+    code = main(["forecast", str(target), "--at", "150", "--population", *map(str, dirs),
+                 "--out", str(tmp_path / "bad"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and "last logged step (100)" in err and not (tmp_path / "bad" / "forecast.json").exists()
