@@ -81,6 +81,18 @@ def _one(args, run, at, prior, population, options):
     return fc
 
 
+def _first_chunk(path):
+    """The run at ``path``, or None while it has not written its manifest and first chunk of rollouts."""
+    from physrl.contract import load_runs
+
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and (not (path / "manifest.json").exists()
+                                                or not any((path / "rollouts").glob("part-*.parquet")))):
+        return None
+    run = load_runs([path])[0]
+    return None if run.rollouts.empty else run
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``physrl forecast``; returns the exit code (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -104,8 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             _one(args, load_runs([args.run])[0], args.at, prior, population, options)
             return 0
         last = None
+        waiting = False
         while True:
-            run = load_runs([args.run])[0]
+            run = _first_chunk(args.run)
+            if run is None:
+                if not waiting:
+                    print(f"waiting for the first chunk of rollouts in {args.run} (checking every {args.interval:g} s)",
+                          flush=True)
+                    waiting = True
+                time.sleep(args.interval)
+                continue
             step = int(run.rollouts["step"].max())
             budget = args.budget or fitting.budget_of(run)
             at = step if args.at is None or (last is not None) else min(args.at, step)

@@ -186,3 +186,33 @@ def test_at_past_the_last_logged_step_is_refused_naming_where_the_logs_end(tmp_p
                  "--out", str(tmp_path / "bad"), "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 2 and "last logged step (100)" in err and not (tmp_path / "bad" / "forecast.json").exists()
+
+
+def test_cli_watch_polls_until_the_run_writes_its_first_chunk(tmp_path, population, capsys, monkeypatch):
+    """--watch on a run folder that does not exist yet, then holds only a manifest, waits and then forecasts."""
+    from physrl.cli import main
+    from physrl.fitting import forecast_cli
+
+    dirs, _ = population
+    target = tmp_path / "target"
+    sleeps = []
+
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 1:                        # the folder appears with its manifest only
+            _synth(tmp_path / "staging", 9, run_id="target")
+            target.mkdir()
+            (target / "manifest.json").write_text((tmp_path / "staging" / "manifest.json").read_text())
+        elif len(sleeps) == 2:                      # then the run, finished
+            import shutil
+
+            shutil.rmtree(target)
+            shutil.copytree(tmp_path / "staging", target)
+
+    monkeypatch.setattr(forecast_cli.time, "sleep", fake_sleep)
+    code = main(["forecast", str(target), "--at", "60", "--watch", "--interval", "0", "--population",
+                 *map(str, dirs), "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.count("waiting for the first chunk") == 1 and len(sleeps) >= 2
+    assert out.out.count("forecast at step 60 of 200") == 1
