@@ -24,6 +24,21 @@ import numpy as np
 from ._options import SELECTIONS as SELECTIONS
 
 
+#: the largest exponent the command line accepts, the fit's bound on γ (fitting's parameter range [0, 3]): beyond it
+#: [p (1 − p)]^γ underflows at the priors the selection law is about (γ = 20 at p0 = 1e-4 gives 1e-80), so no N* is
+#: found at any N and the figure has nothing to draw
+GAMMA_MAX = 3.0
+
+
+def check_gamma(gamma: float) -> float:
+    """``gamma`` as a float when it lies in [0, :data:`GAMMA_MAX`]; ValueError naming the range and why otherwise."""
+    g = float(gamma)
+    if not 0.0 <= g <= GAMMA_MAX:
+        raise ValueError(f"gamma must lie in [0, {GAMMA_MAX:g}] (the fit's range), got {gamma:g}: beyond it "
+                         f"[p(1-p)]^gamma underflows at small priors and no N* exists at any N")
+    return g
+
+
 @dataclass(frozen=True)
 class SelectionLaw:
     """The power-law selection term [p (1 − p)]^γ (a − b) of the RS log-odds (docs/model.md §9).
