@@ -78,6 +78,9 @@ SCHEMA = 1
 RATE_CAP = 32.0
 #: importance-sampling draws, resampled posterior draws
 N_DRAWS, N_POSTERIOR = 512, 400
+#: below this effective sample size the importance sampler has collapsed onto a few draws: the band is then the
+#: spread of those few, not the posterior's, and reads far more confident than it is
+ESS_MIN = 20
 
 
 @dataclass
@@ -135,7 +138,18 @@ class Forecast:
                 "budget": self.budget, "threshold": self.threshold, "level": self.level,
                 "model": self.model.to_dict(), "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
                 "crossing": self.crossing, "prefix": self.prefix, "curve": self.curve, "truth": self.truth,
-                "prior": self.prior, "posterior": self.posterior, "seconds": self.seconds, "options": self.options}
+                "prior": self.prior, "posterior": self.posterior, "seconds": self.seconds, "options": self.options,
+                "warnings": self.warnings}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Plain-language warnings about this forecast (empty when none): a collapsed importance sampler."""
+        ess, draws = self.posterior.get("ess"), self.posterior.get("draws")
+        if ess is not None and ess < ESS_MIN:
+            return [f"importance sampler collapsed: ESS {ess:.0f} of {draws} draws (< {ESS_MIN}); the model's band is "
+                    "the spread of a few draws, not of the posterior, and is overconfident: the prefix is far from "
+                    "what the prior expects (a different design or population), trust the baselines more"]
+        return []
 
     @classmethod
     def from_dict(cls, d: dict) -> "Forecast":
@@ -194,6 +208,7 @@ class Forecast:
                          f"(RS {'wins' if self.truth['rs_wins'] else 'loses'})")
         lines.append(f"  posterior: ESS {self.posterior['ess']:.0f} of {self.posterior['draws']} draws; "
                      f"{self.seconds:.1f} s")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

@@ -216,3 +216,15 @@ def test_cli_watch_polls_until_the_run_writes_its_first_chunk(tmp_path, populati
     assert code == 0, out.err
     assert out.out.count("waiting for the first chunk") == 1 and len(sleeps) >= 2
     assert out.out.count("forecast at step 60 of 200") == 1
+
+
+def test_a_collapsed_importance_sampler_is_warned_in_summary_and_json(tmp_path, one_forecast):
+    import dataclasses
+
+    _, fc = one_forecast
+    assert fc.warnings == [] and "WARNING" not in fc.summary()        # ESS > 50 in the healthy case
+    bad = dataclasses.replace(fc, posterior={**fc.posterior, "ess": 1.0, "draws": 512})
+    assert "WARNING: importance sampler collapsed: ESS 1 of 512" in bad.summary()
+    doc = json.loads(bad.save(tmp_path / "out", figure=False).read_text())
+    assert len(doc["warnings"]) == 1 and "overconfident" in doc["warnings"][0]
+    assert fitting.Forecast.from_dict(doc).warnings == doc["warnings"]
