@@ -228,3 +228,15 @@ def test_a_collapsed_importance_sampler_is_warned_in_summary_and_json(tmp_path, 
     doc = json.loads(bad.save(tmp_path / "out", figure=False).read_text())
     assert len(doc["warnings"]) == 1 and "overconfident" in doc["warnings"][0]
     assert fitting.Forecast.from_dict(doc).warnings == doc["warnings"]
+
+
+def test_a_corrupt_cache_entry_is_refitted_and_overwritten_with_a_warning(tmp_path, population):
+    dirs, fits = population
+    cache = tmp_path / "cache"
+    first = fitting.fit_population(dirs[:1], cache_dir=cache)
+    (entry,) = cache.glob("*.json")
+    entry.write_text("")                                   # a write killed before its first byte
+    with pytest.warns(UserWarning, match=entry.name):
+        again = fitting.fit_population(dirs[:1], cache_dir=cache)
+    assert again[0].to_dict() == first[0].to_dict()
+    assert json.loads(entry.read_text()) == json.loads(json.dumps(fitting.json_safe(first[0].to_dict())))
