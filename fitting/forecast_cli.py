@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.level < 1 or not 0 < args.threshold < 1:
         print("physrl forecast: error: --level and --threshold must lie in (0, 1)", file=sys.stderr)
         return 2
+    if not args.interval >= 0 or args.interval == float("inf"):
+        print(f"physrl forecast: error: --interval must be a finite number of seconds >= 0, got {args.interval:g}",
+              file=sys.stderr)
+        return 2
     if args.at is None and not args.watch:
         print("physrl forecast: error: --at STEP is required (or --watch)", file=sys.stderr)
         return 2

@@ -240,3 +240,13 @@ def test_a_corrupt_cache_entry_is_refitted_and_overwritten_with_a_warning(tmp_pa
         again = fitting.fit_population(dirs[:1], cache_dir=cache)
     assert again[0].to_dict() == first[0].to_dict()
     assert json.loads(entry.read_text()) == json.loads(json.dumps(fitting.json_safe(first[0].to_dict())))
+
+
+@pytest.mark.parametrize("interval", ["-1", "nan", "inf"])
+def test_cli_watch_refuses_a_negative_interval_up_front(tmp_path, interval, capsys):
+    from physrl.cli import main
+
+    code = main(["forecast", str(tmp_path / "nowhere"), "--watch", "--interval", interval,
+                 "--population", str(tmp_path / "p1"), str(tmp_path / "p2"), str(tmp_path / "p3")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--interval" in err and err.count("\n") == 1
