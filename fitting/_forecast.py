@@ -173,14 +173,21 @@ class Forecast:
         return {"ode": self.model, **self.baselines}
 
     def save(self, out: str | Path, figure: bool = True) -> Path:
-        """Write ``forecast.json`` (and ``forecast.png``) into ``out``; returns the json's path."""
+        """Write ``forecast.json`` (and ``forecast.png``) into ``out``; returns the json's path.
+
+        Both files are written atomically, the figure first and the json last, after an older json is removed:
+        a kill at any moment leaves a json only next to its own figure (or, without ``figure``, no figure).
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "forecast.json", self.to_dict())
+        (out / "forecast.json").unlink(missing_ok=True)
         if figure:
             from ._forecast_figure import plot_forecast
 
             plot_forecast(self, out / "forecast.png")
+        else:
+            (out / "forecast.png").unlink(missing_ok=True)
+        write_json(out / "forecast.json", self.to_dict())
         return out / "forecast.json"
 
     def summary(self) -> str:

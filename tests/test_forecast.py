@@ -4,6 +4,7 @@ round-trip, the command line on a tiny synthetic run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,34 @@ def test_cli_watch_refuses_a_negative_interval_up_front(tmp_path, interval, caps
                  "--population", str(tmp_path / "p1"), str(tmp_path / "p2"), str(tmp_path / "p3")])
     err = capsys.readouterr().err
     assert code == 2 and "--interval" in err and err.count("\n") == 1
+
+
+def test_an_interrupted_save_never_leaves_a_new_json_next_to_an_old_figure(tmp_path, one_forecast, monkeypatch):
+    """A kill while the figure is drawn (here: KeyboardInterrupt inside savefig) into a folder holding an older
+    result leaves no forecast.json beside the old forecast.png, and the old figure whole."""
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    _, fc = one_forecast
+    out = tmp_path / "out"
+    fc.save(out)
+    old_png = (out / "forecast.png").read_bytes()
+    newer = dataclasses.replace(fc, at=fc.at + 10)
+
+    def killed(self, fname, *args, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:
+            Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        newer.save(out)
+    assert (out / "forecast.png").read_bytes() == old_png
+    assert not (out / "forecast.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["forecast.png"]       # no temporary file left either
+    monkeypatch.undo()
+    newer.save(out, figure=False)                                           # a json alone drops the stale figure
+    assert sorted(p.name for p in out.iterdir()) == ["forecast.json"]
