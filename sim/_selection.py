@@ -56,7 +56,7 @@ class SelectionLaw:
     Raises
     ------
     ValueError
-        If γ is negative or not finite.
+        If γ is negative, not finite, empty, a string or a boolean.
 
     Example
     -------
@@ -75,7 +75,18 @@ class SelectionLaw:
         value = self.gamma
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        arr = np.asarray(value, dtype=float)
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"gamma (selection-law exponent) must be a number, not the string {value!r}")
+        try:
+            raw = np.asarray(value)
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"gamma (selection-law exponent) must be a number or an array of numbers, "
+                             f"got {value!r}") from None
+        if raw.dtype == bool:
+            raise ValueError(f"gamma (selection-law exponent) must be a number, not the boolean {value!r}")
+        if arr.size == 0:
+            raise ValueError("gamma (selection-law exponent) must hold at least one value, got an empty array")
         if np.any(~np.isfinite(arr)) or np.any(arr < 0):
             raise ValueError(f"gamma (selection-law exponent) must be a finite number >= 0, got {self.gamma}")
         if not isinstance(self.skills, (bool, np.bool_)):

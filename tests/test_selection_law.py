@@ -252,3 +252,17 @@ def test_cli_refuses_gamma_beyond_the_fits_range(tmp_path, capsys):
     from physrl.sim._selection import GAMMA_MAX
 
     assert GAMMA_MAX == 3.0
+
+
+@pytest.mark.parametrize("bad, words", [("0.5", "string"), (True, "boolean"), (np.bool_(False), "boolean"),
+                                        (np.array([True, False]), "boolean"), (np.array([]), "empty"),
+                                        (None, "number"), ([[1.0], [2.0, 3.0]], "number")])
+def test_selection_law_refuses_gamma_that_is_not_numbers(bad, words):
+    with pytest.raises(ValueError, match=words):
+        SelectionLaw(bad)
+
+
+def test_selection_law_accepts_numbers_arrays_and_tensors():
+    assert SelectionLaw(1).is_replicator and SelectionLaw(np.float64(0.5)).to_dict()["gamma"] == 0.5
+    assert SelectionLaw(np.array([0.0, 2.0])).to_dict()["gamma"] == [0.0, 2.0]
+    assert SelectionLaw(torch.tensor([[0.5]])).to_dict()["gamma"] == [[0.5]]
