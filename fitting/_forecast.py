@@ -383,6 +383,8 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
     budget = budget_of(run) if budget is None else int(budget)
     if budget is None:
         raise ValueError(f"run {run.run_id}: its manifest gives no budget (steps); pass budget=")
+    if budget < 1:
+        raise ValueError(f"budget must be a positive integer (optimizer steps), got {budget}")
     if not 0 <= at < budget:
         raise ValueError(f"at = {at} must lie in [0, budget = {budget})")
     last = int(run.rollouts["step"].max())

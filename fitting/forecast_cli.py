@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"physrl forecast: error: --interval must be a finite number of seconds >= 0, got {args.interval:g}",
               file=sys.stderr)
         return 2
+    if args.budget is not None and args.budget < 1:
+        print(f"physrl forecast: error: --budget must be a positive integer (optimizer steps), got {args.budget}",
+              file=sys.stderr)
+        return 2
     if args.at is None and not args.watch:
         print("physrl forecast: error: --at STEP is required (or --watch)", file=sys.stderr)
         return 2

@@ -282,3 +282,15 @@ def test_an_interrupted_save_never_leaves_a_new_json_next_to_an_old_figure(tmp_p
     monkeypatch.undo()
     newer.save(out, figure=False)                                           # a json alone drops the stale figure
     assert sorted(p.name for p in out.iterdir()) == ["forecast.json"]
+
+
+def test_a_negative_budget_is_named_not_blamed_on_at(tmp_path, population, capsys):
+    from physrl.cli import main
+
+    dirs, fits = population
+    target = _synth(tmp_path / "target", 10, run_id="target")
+    with pytest.raises(ValueError, match="budget must be a positive integer"):
+        fitting.forecast(target, 0, population=fits, budget=0)
+    code = main(["forecast", str(target), "--at", "50", "--budget", "-3", "--population", *map(str, dirs)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--budget must be a positive integer" in err and "at =" not in err
