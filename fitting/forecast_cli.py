@@ -118,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         prior = fitting.PopulationPrior.from_fit(args.prior) if args.prior else None
         population = None
         if args.population:
+            from physrl.fitting._forecast import population_design
+
             runs = load_runs(args.population)
+            target = _first_chunk(args.run) if args.watch else load_runs([args.run])[0]
+            if target is not None:                  # the target dropped and the count checked before any fit
+                runs, notes = population_design(target, runs)
+                for note in notes:
+                    print(f"note: {note}", flush=True)
             population = fitting.fit_population(runs, options=options, cache_dir=args.cache, progress=True)
         if not args.watch:
             _one(args, load_runs([args.run])[0], args.at, prior, population, options)

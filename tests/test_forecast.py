@@ -294,3 +294,27 @@ def test_a_negative_budget_is_named_not_blamed_on_at(tmp_path, population, capsy
     code = main(["forecast", str(target), "--at", "50", "--budget", "-3", "--population", *map(str, dirs)])
     err = capsys.readouterr().err
     assert code == 2 and "--budget must be a positive integer" in err and "at =" not in err
+
+
+def test_a_population_holding_the_target_says_it_was_dropped_and_counts_before_fitting(tmp_path, population,
+                                                                                         capsys, monkeypatch):
+    from physrl.cli import main
+
+    dirs, fits = population
+    target = _synth(tmp_path / "target", 12, run_id="target", n_heldout=1)
+    fitted = []
+    real = fitting.fit_population
+    monkeypatch.setattr(fitting, "fit_population", lambda runs, **kw: fitted.append(len(runs)) or real(runs, **kw))
+    code = main(["forecast", str(target), "--at", "50", "--population", str(target), *map(str, dirs[:2])])
+    err = capsys.readouterr().err
+    assert code == 2 and fitted == []                                          # refused before any fit
+    assert "target target itself was dropped" in err and "other than the target, got 2" in err
+    code = main(["forecast", str(target), "--at", "50", "--population", str(target), *map(str, dirs),
+                 "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0 and fitted == [3]
+    assert "note: the target run target was in the population and was dropped" in out
+    assert "note: 3 of 3 population runs have another design than the target's (N = 2, p0 = " in out
+    assert "1 held out" in out
+    fc = fitting.forecast(target, 50, population=fits + fits[:0], seed=0)         # fits: N, p0 equal, no note
+    assert fc.prior["notes"] == []
