@@ -78,6 +78,9 @@ SCHEMA = 1
 RATE_CAP = 32.0
 #: importance-sampling draws, resampled posterior draws
 N_DRAWS, N_POSTERIOR = 512, 400
+#: below this effective sample size the importance sampler has collapsed onto a few draws: the band is then the
+#: spread of those few, not the posterior's, and reads far more confident than it is
+ESS_MIN = 20
 
 
 @dataclass
@@ -135,7 +138,18 @@ class Forecast:
                 "budget": self.budget, "threshold": self.threshold, "level": self.level,
                 "model": self.model.to_dict(), "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
                 "crossing": self.crossing, "prefix": self.prefix, "curve": self.curve, "truth": self.truth,
-                "prior": self.prior, "posterior": self.posterior, "seconds": self.seconds, "options": self.options}
+                "prior": self.prior, "posterior": self.posterior, "seconds": self.seconds, "options": self.options,
+                "warnings": self.warnings}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Plain-language warnings about this forecast (empty when none): a collapsed importance sampler."""
+        ess, draws = self.posterior.get("ess"), self.posterior.get("draws")
+        if ess is not None and ess < ESS_MIN:
+            return [f"importance sampler collapsed: ESS {ess:.0f} of {draws} draws (< {ESS_MIN}); the model's band is "
+                    "the spread of a few draws, not of the posterior, and is overconfident: the prefix is far from "
+                    "what the prior expects (a different design or population), trust the baselines more"]
+        return []
 
     @classmethod
     def from_dict(cls, d: dict) -> "Forecast":
@@ -159,14 +173,21 @@ class Forecast:
         return {"ode": self.model, **self.baselines}
 
     def save(self, out: str | Path, figure: bool = True) -> Path:
-        """Write ``forecast.json`` (and ``forecast.png``) into ``out``; returns the json's path."""
+        """Write ``forecast.json`` (and ``forecast.png``) into ``out``; returns the json's path.
+
+        Both files are written atomically, the figure first and the json last, after an older json is removed:
+        a kill at any moment leaves a json only next to its own figure (or, without ``figure``, no figure).
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "forecast.json", self.to_dict())
+        (out / "forecast.json").unlink(missing_ok=True)
         if figure:
             from ._forecast_figure import plot_forecast
 
             plot_forecast(self, out / "forecast.png")
+        else:
+            (out / "forecast.png").unlink(missing_ok=True)
+        write_json(out / "forecast.json", self.to_dict())
         return out / "forecast.json"
 
     def summary(self) -> str:
@@ -194,12 +215,46 @@ class Forecast:
                          f"(RS {'wins' if self.truth['rs_wins'] else 'loses'})")
         lines.append(f"  posterior: ESS {self.posterior['ess']:.0f} of {self.posterior['draws']} draws; "
                      f"{self.seconds:.1f} s")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        lines += [f"  note: {n}" for n in self.prior.get("notes", [])]
         return "\n".join(lines)
 
 
 
 
 # ---- the model's forecast ---------------------------------------------------------------------------------
+def population_design(run: Run, population: list) -> tuple[list, list[str]]:
+    """The population without the target, and notes on what was dropped and on designs unlike the target's.
+
+    ``population``: :class:`Run` or :class:`RunFit` objects. A run is never its own prior: the target (same
+    ``run_id``) is dropped and the note says so. Designs compared: trained environments N and nominal prior p0
+    (and the held-out count when ``population`` holds runs). Raises ValueError when fewer than 3 runs remain.
+    """
+    notes = []
+    kept = [r for r in population if r.run_id != run.run_id]
+    if len(kept) < len(population):
+        notes.append(f"the target run {run.run_id} was in the population and was dropped (a run is not its own prior)")
+    if len(kept) < 3:
+        raise ValueError(f"a population prior needs at least 3 finished runs other than the target, got {len(kept)}"
+                         + (f" (the target {run.run_id} itself was dropped from the {len(population)} given)"
+                            if len(kept) < len(population) else ""))
+
+    def design(r):
+        if isinstance(r, RunFit):
+            return r.n_envs, r.p0, None
+        trained = sum(e.w > 0 for e in r.environments)
+        return trained, nominal_prior(r), len(r.environments) - trained
+
+    n_t, p0_t, h_t = design(run)
+    differ = [r for r in kept if (lambda d: d[0] != n_t or not np.isclose(d[1], p0_t)
+                                  or (d[2] is not None and d[2] != h_t))(design(r))]
+    if differ:
+        notes.append(f"{len(differ)} of {len(kept)} population runs have another design than the target's "
+                     f"(N = {n_t}, p0 = {p0_t:g}, {h_t} held out), e.g. {differ[0].run_id}: the prior leans on the "
+                     "runs nearest in (log N, log p0); held-out environments are not part of it")
+    return kept, notes
+
+
 def _rate_proxy(values: np.ndarray, names: list[str], spread: float) -> np.ndarray:
     """Per draw, time scale × largest learnability × ``spread`` / 4 (per optimizer step): sim's stability bound
     (docs/model.md §8: α |Σ_j C_ij w_j| / 4) with |Σ_j C_ij w_j| ≤ ``spread`` (max w without transfer, Σ w
@@ -352,7 +407,7 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
     Raises
     ------
     ValueError
-        No budget known, ``at`` not before the budget or before the first logged step, both or neither of
+        No budget known, ``at`` not before the budget, before the first logged step or past the last one, both or neither of
         ``prior`` / ``population``, a population too small, or a prior that does not match the model.
     """
     t0 = time.perf_counter()
@@ -361,18 +416,27 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
     budget = budget_of(run) if budget is None else int(budget)
     if budget is None:
         raise ValueError(f"run {run.run_id}: its manifest gives no budget (steps); pass budget=")
+    if budget < 1:
+        raise ValueError(f"budget must be a positive integer (optimizer steps), got {budget}")
     if not 0 <= at < budget:
         raise ValueError(f"at = {at} must lie in [0, budget = {budget})")
+    last = int(run.rollouts["step"].max())
+    if at > last:
+        raise ValueError(f"at = {at} lies past the run's last logged step ({last}): run {run.run_id}'s logs end "
+                         f"there; forecast at step <= {last} (or --watch to wait for it)")
     if (prior is None) == (population is None):
         raise ValueError("give exactly one of prior= (a fit or a ready prior) and population= (finished runs)")
+    notes: list[str] = []
     if prior is None:
-        fits = population
+        fits = list(population)
+        if fits and not isinstance(fits[0], (RunFit, Run)):
+            fits = load_runs(fits)
+        fits, notes = population_design(run, fits)          # the target dropped, counted before any fit
         if fits and not isinstance(fits[0], RunFit):
             fits = fit_population(fits, options=options, cache_dir=cache_dir)
         elif options is not None and any(f.options != _options(options) for f in fits):
             raise ValueError(f"the population was fitted with options {fits[0].options}, not {_options(options)}: "
                              "refit it with these options (fit_population) or leave options out")
-        fits = [f for f in fits if f.run_id != run.run_id]
         prior = PopulationPrior.from_population(fits, sum(e.w > 0 for e in run.environments), nominal_prior(run),
                                                 threshold=threshold, exclude=exclude)
     elif options is not None:
@@ -433,7 +497,7 @@ def forecast(run, at: int, *, prior: PopulationPrior | None = None, population=N
         {"step": grid.tolist(), "lower": qs[0].tolist(), "median": qs[1].tolist(), "upper": qs[2].tolist(),
          "sigmoid": sig_curve[grid].tolist(), "sigmoid_step": list(range(0, budget + 1, grid_every)),
          "sigmoid_full": sig_curve[::grid_every].tolist()},
-        truth, prior.to_dict(),
+        truth, {**prior.to_dict(), "notes": notes},
         {"names": post.names, "median": np.median(post_vals, 0).tolist(),
          "lower": np.quantile(post_vals, tail, 0).tolist(), "upper": np.quantile(post_vals, 1 - tail, 0).tolist(),
          "ess": float(ess), "draws": int(len(draws)), "dropped": int(dropped)},

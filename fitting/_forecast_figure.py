@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from physrl.contract import atomic_write_bytes
+
 
 def plot_forecast(fc, path: str | Path) -> None:
     """The prefix, the model's band to the budget, the baselines' end forecasts and the truth when known (PNG).
 
-    ``fc``: a :class:`fitting.Forecast`; ``path``: the PNG to write.
+    ``fc``: a :class:`fitting.Forecast`; ``path``: the PNG to write (atomically: temporary file and rename).
     """
     import matplotlib
 
@@ -21,7 +24,9 @@ def plot_forecast(fc, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.6))
     pre = fc.prefix
     lo, hi = _beta_band_arrays(pre["k"], pre["n"], 0.9)
-    ax.errorbar(pre["step"], pre["share"], yerr=[np.subtract(pre["share"], lo), np.subtract(hi, pre["share"])],
+    share = np.asarray(pre["share"], float)
+    # the Jeffreys band at k = 0 (k = n) lies wholly above (below) the observed 0 (1): clip, errorbar needs >= 0
+    ax.errorbar(pre["step"], share, yerr=[np.clip(share - lo, 0, None), np.clip(hi - share, 0, None)],
                 fmt="o", color="k", ms=4, lw=1, label=f"observed RS share (to step {fc.at}; 90% Jeffreys)")
     c = fc.curve
     ax.fill_between(c["step"], c["lower"], c["upper"], color="C0", alpha=0.25,
@@ -56,8 +61,10 @@ def plot_forecast(fc, path: str | Path) -> None:
     ax.set_title(f"{who}: forecast from step {fc.at} of {fc.budget}", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())   # a kill mid-write leaves the old figure whole, never half a PNG
 
 
 def _beta_band_arrays(k, n, level):

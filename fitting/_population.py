@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,8 @@ def fit_population(runs, *, options: dict | None = None, cache_dir: str | Path |
     options : dict, optional
         Model options (see :func:`fit_run`).
     cache_dir : path, optional
-        One JSON per (run, row count, options, budget); a hit is read instead of refitted.
+        One JSON per (run, row count, options, budget); a hit is read instead of refitted; an unreadable entry
+        (a killed write, a hand edit) is refitted and overwritten with a warning naming the file.
     progress : bool
         A tqdm bar on stderr.
 
@@ -202,8 +204,12 @@ def fit_population(runs, *, options: dict | None = None, cache_dir: str | Path |
                              "make a prior")
         path = None if cache is None else cache / f"{_cache_key(run, opts, budget_of(run))}.json"
         if path is not None and path.exists():
-            out.append(RunFit.from_dict(json.loads(path.read_text())))
-            continue
+            try:
+                out.append(RunFit.from_dict(json.loads(path.read_text())))
+                continue
+            except (ValueError, KeyError, TypeError) as exc:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                warnings.warn(f"cache entry {path} of run {run.run_id} is unreadable ({exc}): refitting the run and "
+                              "overwriting it", stacklevel=2)
         rf = fit_run(run, options=opts)
         if path is not None:
             write_json(path, rf.to_dict())

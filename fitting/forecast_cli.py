@@ -81,11 +81,31 @@ def _one(args, run, at, prior, population, options):
     return fc
 
 
+def _first_chunk(path):
+    """The run at ``path``, or None while it has not written its manifest and first chunk of rollouts."""
+    from physrl.contract import load_runs
+
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and (not (path / "manifest.json").exists()
+                                                or not any((path / "rollouts").glob("part-*.parquet")))):
+        return None
+    run = load_runs([path])[0]
+    return None if run.rollouts.empty else run
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``physrl forecast``; returns the exit code (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
     if not 0 < args.level < 1 or not 0 < args.threshold < 1:
         print("physrl forecast: error: --level and --threshold must lie in (0, 1)", file=sys.stderr)
+        return 2
+    if not args.interval >= 0 or args.interval == float("inf"):
+        print(f"physrl forecast: error: --interval must be a finite number of seconds >= 0, got {args.interval:g}",
+              file=sys.stderr)
+        return 2
+    if args.budget is not None and args.budget < 1:
+        print(f"physrl forecast: error: --budget must be a positive integer (optimizer steps), got {args.budget}",
+              file=sys.stderr)
         return 2
     if args.at is None and not args.watch:
         print("physrl forecast: error: --at STEP is required (or --watch)", file=sys.stderr)
@@ -98,14 +118,29 @@ def main(argv: list[str] | None = None) -> int:
         prior = fitting.PopulationPrior.from_fit(args.prior) if args.prior else None
         population = None
         if args.population:
+            from physrl.fitting._forecast import population_design
+
             runs = load_runs(args.population)
+            target = _first_chunk(args.run) if args.watch else load_runs([args.run])[0]
+            if target is not None:                  # the target dropped and the count checked before any fit
+                runs, notes = population_design(target, runs)
+                for note in notes:
+                    print(f"note: {note}", flush=True)
             population = fitting.fit_population(runs, options=options, cache_dir=args.cache, progress=True)
         if not args.watch:
             _one(args, load_runs([args.run])[0], args.at, prior, population, options)
             return 0
         last = None
+        waiting = False
         while True:
-            run = load_runs([args.run])[0]
+            run = _first_chunk(args.run)
+            if run is None:
+                if not waiting:
+                    print(f"waiting for the first chunk of rollouts in {args.run} (checking every {args.interval:g} s)",
+                          flush=True)
+                    waiting = True
+                time.sleep(args.interval)
+                continue
             step = int(run.rollouts["step"].max())
             budget = args.budget or fitting.budget_of(run)
             at = step if args.at is None or (last is not None) else min(args.at, step)

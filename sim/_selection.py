@@ -24,6 +24,21 @@ import numpy as np
 from ._options import SELECTIONS as SELECTIONS
 
 
+#: the largest exponent the command line accepts, the fit's bound on γ (fitting's parameter range [0, 3]): beyond it
+#: [p (1 − p)]^γ underflows at the priors the selection law is about (γ = 20 at p0 = 1e-4 gives 1e-80), so no N* is
+#: found at any N and the figure has nothing to draw
+GAMMA_MAX = 3.0
+
+
+def check_gamma(gamma: float) -> float:
+    """``gamma`` as a float when it lies in [0, :data:`GAMMA_MAX`]; ValueError naming the range and why otherwise."""
+    g = float(gamma)
+    if not 0.0 <= g <= GAMMA_MAX:
+        raise ValueError(f"gamma must lie in [0, {GAMMA_MAX:g}] (the fit's range), got {gamma:g}: beyond it "
+                         f"[p(1-p)]^gamma underflows at small priors and no N* exists at any N")
+    return g
+
+
 @dataclass(frozen=True)
 class SelectionLaw:
     """The power-law selection term [p (1 − p)]^γ (a − b) of the RS log-odds (docs/model.md §9).
@@ -41,7 +56,7 @@ class SelectionLaw:
     Raises
     ------
     ValueError
-        If γ is negative or not finite.
+        If γ is negative, not finite, empty, a string or a boolean.
 
     Example
     -------
@@ -60,7 +75,18 @@ class SelectionLaw:
         value = self.gamma
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        arr = np.asarray(value, dtype=float)
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"gamma (selection-law exponent) must be a number, not the string {value!r}")
+        try:
+            raw = np.asarray(value)
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"gamma (selection-law exponent) must be a number or an array of numbers, "
+                             f"got {value!r}") from None
+        if raw.dtype == bool:
+            raise ValueError(f"gamma (selection-law exponent) must be a number, not the boolean {value!r}")
+        if arr.size == 0:
+            raise ValueError("gamma (selection-law exponent) must hold at least one value, got an empty array")
         if np.any(~np.isfinite(arr)) or np.any(arr < 0):
             raise ValueError(f"gamma (selection-law exponent) must be a finite number >= 0, got {self.gamma}")
         if not isinstance(self.skills, (bool, np.bool_)):

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the slope of log N* on log p0 against the selection-law exponent γ, canonical case "
                              "(docs/model.md §9)")
     sl.add_argument("--gamma", type=float, nargs="+", default=None,
-                    help="exponents γ >= 0 to compute (default: 0, 0.125, ..., 1, 1.25; every other one with "
+                    help="exponents γ in [0, 3] to compute (default: 0, 0.125, ..., 1, 1.25; every other one with "
                          "--quick)")
     sl.add_argument("--quick", action="store_true",
                     help="every other p0 and γ on a coarser N grid, about a minute (default: off; the full figure "
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _selection_options(p) -> None:
     p.add_argument("--gamma", type=float, default=1.0,
-                   help="selection-law exponent γ >= 0: dz/dt ∝ [p(1−p)]^γ (a − b); 1 is the post's replicator, "
+                   help="selection-law exponent γ in [0, 3] (the fit's range): dz/dt ∝ [p(1−p)]^γ (a − b); 1 is the post's replicator, "
                         "0 a log-odds growth independent of p (docs/model.md §9) (default: %(default)s)")
     p.add_argument("--gamma-skills", action="store_true",
                    help="also raise the skill terms a(1−a), b(1−b) to the power γ (default: off; the takeoff "
@@ -166,7 +166,8 @@ def _critical(args) -> int:
         raise ValueError(f"n-max must be >= 1, got {args.n_max}")
     integration = _integration(args, IntegrationConfig())
     from ._selection import SelectionLaw
-    law = SelectionLaw(float(args.gamma), bool(args.gamma_skills))   # ValueError names gamma
+    from ._selection import check_gamma
+    law = SelectionLaw(check_gamma(args.gamma), bool(args.gamma_skills))   # ValueError names gamma and its range
     p0 = np.asarray(args.p0, dtype=float)
     res = critical_diversity_homogeneous(
         p0, a0=args.a0, b0=args.b0, c_z=args.c_z, c_x=args.c_x, c_y=args.c_y,
@@ -189,11 +190,11 @@ def _critical(args) -> int:
 def _selection_law(args) -> int:
     from ._critical import IntegrationConfig
     from ._figures import SELECTION_T_MAX, FigureConfig, make_selection_figure
-    from ._selection import SelectionLaw
+    from ._selection import check_gamma
 
     gammas = tuple(args.gamma) if args.gamma else None                   # None: the figure's default γ
     for g in gammas or ():
-        SelectionLaw(g)                                                  # ValueError names gamma
+        check_gamma(g)                                                   # ValueError names gamma and its range
     # a longer horizon than N*'s default: RS needs ~I_γ(p0) / gap of z-time to take over, 2.5e4 at
     # p0 = 1e-4 and γ = 1 (docs/model.md §9)
     base = replace(IntegrationConfig(), t_max=SELECTION_T_MAX)

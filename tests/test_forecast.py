@@ -4,6 +4,7 @@ round-trip, the command line on a tiny synthetic run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,174 @@ def test_end_state_is_the_scaling_experiments():
     for run in runs:
         step, share = fitting.end_share(run, fitting.budget_of(run))
         assert step == 400 and share == pytest.approx(observed[run.source.name], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def one_forecast(tmp_path_factory, population):
+    """A forecast of a synthetic target at step 40, with the run it came from."""
+    _, fits = population
+    target = _synth(tmp_path_factory.mktemp("one") / "target", 7, run_id="target")
+    return target, fitting.forecast(target, 40, population=fits, seed=0)
+
+
+def test_figure_draws_prefix_steps_with_no_rs_or_all_rs_rollouts(tmp_path, one_forecast):
+    """An eval step with k = 0 (k = n) RS rollouts: its Jeffreys band lies above 0 (below 1); the bar is clipped."""
+    import dataclasses
+
+    from physrl.fitting._forecast_figure import plot_forecast
+
+    _, fc = one_forecast
+    pre = {key: list(v) for key, v in fc.prefix.items()}
+    pre["k"][0], pre["share"][0] = 0, 0.0
+    pre["k"][1], pre["share"][1] = pre["n"][1], 1.0
+    plot_forecast(dataclasses.replace(fc, prefix=pre), tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_at_past_the_last_logged_step_is_refused_naming_where_the_logs_end(tmp_path, population, capsys):
+    from physrl.cli import main
+
+    dirs, fits = population
+    # a run configured for 200 steps whose logs end at step 100 (a live run, or one that stopped early)
+    target = _synth(tmp_path / "target", 8, run_id="target", steps=100)
+    manifest = target / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["steps"] = 200
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"last logged step \(100\)"):
+        fitting.forecast(target, 150, population=fits)
+    code = main(["forecast", str(target), "--at", "150", "--population", *map(str, dirs),
+                 "--out", str(tmp_path / "bad"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and "last logged step (100)" in err and not (tmp_path / "bad" / "forecast.json").exists()
+
+
+def test_cli_watch_polls_until_the_run_writes_its_first_chunk(tmp_path, population, capsys, monkeypatch):
+    """--watch on a run folder that does not exist yet, then holds only a manifest, waits and then forecasts."""
+    from physrl.cli import main
+    from physrl.fitting import forecast_cli
+
+    dirs, _ = population
+    target = tmp_path / "target"
+    sleeps = []
+
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 1:                        # the folder appears with its manifest only
+            _synth(tmp_path / "staging", 9, run_id="target")
+            target.mkdir()
+            (target / "manifest.json").write_text((tmp_path / "staging" / "manifest.json").read_text())
+        elif len(sleeps) == 2:                      # then the run, finished
+            import shutil
+
+            shutil.rmtree(target)
+            shutil.copytree(tmp_path / "staging", target)
+
+    monkeypatch.setattr(forecast_cli.time, "sleep", fake_sleep)
+    code = main(["forecast", str(target), "--at", "60", "--watch", "--interval", "0", "--population",
+                 *map(str, dirs), "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.count("waiting for the first chunk") == 1 and len(sleeps) >= 2
+    assert out.out.count("forecast at step 60 of 200") == 1
+
+
+def test_a_collapsed_importance_sampler_is_warned_in_summary_and_json(tmp_path, one_forecast):
+    import dataclasses
+
+    _, fc = one_forecast
+    assert fc.warnings == [] and "WARNING" not in fc.summary()        # ESS > 50 in the healthy case
+    bad = dataclasses.replace(fc, posterior={**fc.posterior, "ess": 1.0, "draws": 512})
+    assert "WARNING: importance sampler collapsed: ESS 1 of 512" in bad.summary()
+    doc = json.loads(bad.save(tmp_path / "out", figure=False).read_text())
+    assert len(doc["warnings"]) == 1 and "overconfident" in doc["warnings"][0]
+    assert fitting.Forecast.from_dict(doc).warnings == doc["warnings"]
+
+
+def test_a_corrupt_cache_entry_is_refitted_and_overwritten_with_a_warning(tmp_path, population):
+    dirs, fits = population
+    cache = tmp_path / "cache"
+    first = fitting.fit_population(dirs[:1], cache_dir=cache)
+    (entry,) = cache.glob("*.json")
+    entry.write_text("")                                   # a write killed before its first byte
+    with pytest.warns(UserWarning, match=entry.name):
+        again = fitting.fit_population(dirs[:1], cache_dir=cache)
+    assert again[0].to_dict() == first[0].to_dict()
+    assert json.loads(entry.read_text()) == json.loads(json.dumps(fitting.json_safe(first[0].to_dict())))
+
+
+@pytest.mark.parametrize("interval", ["-1", "nan", "inf"])
+def test_cli_watch_refuses_a_negative_interval_up_front(tmp_path, interval, capsys):
+    from physrl.cli import main
+
+    code = main(["forecast", str(tmp_path / "nowhere"), "--watch", "--interval", interval,
+                 "--population", str(tmp_path / "p1"), str(tmp_path / "p2"), str(tmp_path / "p3")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--interval" in err and err.count("\n") == 1
+
+
+def test_an_interrupted_save_never_leaves_a_new_json_next_to_an_old_figure(tmp_path, one_forecast, monkeypatch):
+    """A kill while the figure is drawn (here: KeyboardInterrupt inside savefig) into a folder holding an older
+    result leaves no forecast.json beside the old forecast.png, and the old figure whole."""
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    _, fc = one_forecast
+    out = tmp_path / "out"
+    fc.save(out)
+    old_png = (out / "forecast.png").read_bytes()
+    newer = dataclasses.replace(fc, at=fc.at + 10)
+
+    def killed(self, fname, *args, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:
+            Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        newer.save(out)
+    assert (out / "forecast.png").read_bytes() == old_png
+    assert not (out / "forecast.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["forecast.png"]       # no temporary file left either
+    monkeypatch.undo()
+    newer.save(out, figure=False)                                           # a json alone drops the stale figure
+    assert sorted(p.name for p in out.iterdir()) == ["forecast.json"]
+
+
+def test_a_negative_budget_is_named_not_blamed_on_at(tmp_path, population, capsys):
+    from physrl.cli import main
+
+    dirs, fits = population
+    target = _synth(tmp_path / "target", 10, run_id="target")
+    with pytest.raises(ValueError, match="budget must be a positive integer"):
+        fitting.forecast(target, 0, population=fits, budget=0)
+    code = main(["forecast", str(target), "--at", "50", "--budget", "-3", "--population", *map(str, dirs)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--budget must be a positive integer" in err and "at =" not in err
+
+
+def test_a_population_holding_the_target_says_it_was_dropped_and_counts_before_fitting(tmp_path, population,
+                                                                                         capsys, monkeypatch):
+    from physrl.cli import main
+
+    dirs, fits = population
+    target = _synth(tmp_path / "target", 12, run_id="target", n_heldout=1)
+    fitted = []
+    real = fitting.fit_population
+    monkeypatch.setattr(fitting, "fit_population", lambda runs, **kw: fitted.append(len(runs)) or real(runs, **kw))
+    code = main(["forecast", str(target), "--at", "50", "--population", str(target), *map(str, dirs[:2])])
+    err = capsys.readouterr().err
+    assert code == 2 and fitted == []                                          # refused before any fit
+    assert "target target itself was dropped" in err and "other than the target, got 2" in err
+    code = main(["forecast", str(target), "--at", "50", "--population", str(target), *map(str, dirs),
+                 "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0 and fitted == [3]
+    assert "note: the target run target was in the population and was dropped" in out
+    assert "note: 3 of 3 population runs have another design than the target's (N = 2, p0 = " in out
+    assert "1 held out" in out
+    fc = fitting.forecast(target, 50, population=fits + fits[:0], seed=0)         # fits: N, p0 equal, no note
+    assert fc.prior["notes"] == []

@@ -235,3 +235,34 @@ def test_power_skills_law_is_named_and_reaches_the_synthetic_logs(tmp_path):
         shares[skills] = last.reward.mean()                      # local skill b after 40 steps
     # b0 = 0.25: [b(1−b)]^0.3 = 0.57 > b(1−b) = 0.19, so the local skill learns faster with the skills term
     assert shares[True] > shares[False] + 0.05, shares
+
+
+def test_cli_refuses_gamma_beyond_the_fits_range(tmp_path, capsys):
+    """γ = 20 crashed the figure's log axis and wrote nothing; γ = 1e308 advised 'raise --n-max' where
+    [p(1−p)]^γ underflows: both are refused in one line (exit 2) naming the range [0, 3] and why."""
+    out = tmp_path / "sl"
+    assert physrl(["sim", "selection-law", "--quick", "--gamma", "20", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "[0, 3]" in err and "underflows" in err and err.count("\n") == 1
+    assert not (out / "selection-law.csv").exists()
+    assert physrl(["sim", "critical-diversity", "--p0", "0.01", "--gamma", "1e308", "--out", str(tmp_path / "cd")]) == 2
+    err = capsys.readouterr().err
+    assert "[0, 3]" in err and "n-max" not in err
+    assert not (tmp_path / "cd" / "critical_diversity.csv").exists()
+    from physrl.sim._selection import GAMMA_MAX
+
+    assert GAMMA_MAX == 3.0
+
+
+@pytest.mark.parametrize("bad, words", [("0.5", "string"), (True, "boolean"), (np.bool_(False), "boolean"),
+                                        (np.array([True, False]), "boolean"), (np.array([]), "empty"),
+                                        (None, "number"), ([[1.0], [2.0, 3.0]], "number")])
+def test_selection_law_refuses_gamma_that_is_not_numbers(bad, words):
+    with pytest.raises(ValueError, match=words):
+        SelectionLaw(bad)
+
+
+def test_selection_law_accepts_numbers_arrays_and_tensors():
+    assert SelectionLaw(1).is_replicator and SelectionLaw(np.float64(0.5)).to_dict()["gamma"] == 0.5
+    assert SelectionLaw(np.array([0.0, 2.0])).to_dict()["gamma"] == [0.0, 2.0]
+    assert SelectionLaw(torch.tensor([[0.5]])).to_dict()["gamma"] == [[0.5]]
