@@ -19,6 +19,8 @@ Reads only the log contract (```docs/rollouts.md```); never imports
   :class:`Forecast`, :class:`EndForecast`, :class:`PopulationPrior`, :func:`fit_population`, :class:`RunFit`;
   a run's RS share and end state: :func:`share_curve`, :func:`end_share`, :func:`budget_of`,
   :func:`nominal_prior`, :func:`stage1_model`
+- takeoff (issue 19's selection law, measured): :func:`takeoff_rate`, :class:`TakeoffRate`,
+  :func:`trained_eval_counts`, :func:`selection_exponent`, :class:`SelectionExponent`
 
 Names are imported on first use (PEP 562, as in ``physrl.organisms``), so
 ``import physrl.fitting`` and ``physrl.fitting.cli`` load without torch, lmfit
@@ -53,6 +55,8 @@ _EXPORTS = {
     "identifiable_truth": "_synthesize", "synthesize": "_synthesize",
     "Prediction": "_predict", "PredictionMetrics": "_predict", "in_sample": "_predict", "predict": "_predict",
     "save_prediction": "_predict", "sample_parameters": "_draws",
+    "SelectionExponent": "_takeoff", "TakeoffRate": "_takeoff", "selection_exponent": "_takeoff",
+    "takeoff_rate": "_takeoff", "trained_eval_counts": "_takeoff",
 }
 
 __all__ = list(_EXPORTS)
@@ -74,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._synthesize import identifiable_truth, synthesize
     from ._predict import Prediction, PredictionMetrics, in_sample, predict, save_prediction
     from ._draws import sample_parameters
+    from ._takeoff import SelectionExponent, TakeoffRate, selection_exponent, takeoff_rate, trained_eval_counts
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -43,6 +43,24 @@ RESULT_NEUTRAL = (*REPORTING, "stage1_cache")
 #: experiment trackers config field ``report_to`` accepts (TRL / transformers ``report_to`` names)
 TRACKERS = ("tensorboard", "wandb")
 
+#: config field ``optimizer``: ``adamw`` is transformers' default AdamW of the Trainer (``adamw_torch_fused`` in
+#: transformers 5.x; today's runs), ``sgd`` is ``torch.optim.SGD`` through the Trainer's ``optim="sgd"``
+OPTIMIZERS = ("adamw", "sgd")
+#: config field ``scale_rewards``: TRL GRPOConfig's advantage scaling (``group``: divide by the GRPO group's reward
+#: std, TRL's default; ``batch``: by the batch's; ``none``: no scaling, Dr. GRPO)
+SCALE_REWARDS = ("group", "batch", "none")
+#: config field ``loss_type``: TRL 1.16 GRPOConfig's loss formulations that run with the organisms' token-level
+#: importance sampling (``dapo`` is TRL's default; ``luspo`` needs ``importance_sampling_level="sequence"``)
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
+#: learning-rate range per optimizer: SGD steps are the raw gradient times lr, so useful SGD rates are orders of
+#: magnitude above AdamW's (docs/organisms.md, "The RL algorithm as a knob")
+LR_RANGE = {"adamw": 1.0, "sgd": 1000.0}
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...], why: str = "") -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"config field {name!r} = {value!r}; allowed {', '.join(map(repr, allowed))}{why}")
+
 
 def tracking_backends(value: Any) -> str:
     """Config field ``report_to`` normalised: ``none`` or trackers joined by commas, in the order of :data:`TRACKERS`.
@@ -151,8 +169,23 @@ class OrganismConfig:
     num_generations: int = 8
     """Completions per GRPO group."""
     learning_rate: float = 2e-4
-    """GRPO Adam learning rate. 2e-4 spreads the p / local-skill race over ~60-80 steps (resolved by the eval
-    grid); at 1e-3 it was decided within 25 steps and the N = 1 outcome flipped with the init (README)."""
+    """GRPO learning rate of ``optimizer``, in (0, 1] for adamw and (0, 1000] for sgd. With AdamW, 2e-4 spreads the
+    p / local-skill race over ~60-80 steps (resolved by the eval grid); at 1e-3 it was decided within 25 steps and
+    the N = 1 outcome flipped with the init (README). SGD needs a far larger rate (docs/organisms.md's table)."""
+    optimizer: str = "adamw"
+    """The GRPO optimizer (docs/organisms.md, "The RL algorithm as a knob"): ``adamw`` (default; transformers'
+    Trainer AdamW, β = (0.9, 0.999), no weight decay: each parameter's step is divided by its running RMS) or ``sgd``
+    (``torch.optim.SGD`` through the Trainer's ``optim="sgd"``: the step is lr times the raw gradient, the post's
+    gradient flow). Learning rates differ by orders of magnitude between the two: see the measured table."""
+    momentum: float = 0.0
+    """SGD momentum in [0, 1) (``optim_args="momentum=..."``); 0 (default) is plain SGD. Only with ``optimizer =
+    "sgd"``: any other value with ``adamw`` is refused."""
+    scale_rewards: str = "group"
+    """TRL GRPOConfig ``scale_rewards``: ``group`` (default, TRL's: advantages divided by the GRPO group's reward
+    std), ``batch`` (by the whole batch's reward std) or ``none`` (advantage = reward - group mean, Dr. GRPO)."""
+    loss_type: str = "dapo"
+    """TRL GRPOConfig ``loss_type``, passed through: ``dapo`` (default, TRL's), ``grpo``, ``dr_grpo``, ``bnpo``,
+    ``cispo``, ``sapo`` or ``vespo`` (TRL 1.16's losses at token-level importance sampling)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (also used by TRL to score them)."""
     eval_every: int = 20
@@ -227,7 +260,16 @@ class OrganismConfig:
         _check_int("max_steps", self.max_steps, 1)
         _check_int("groups_per_step", self.groups_per_step, 1)
         _check_int("num_generations", self.num_generations, 2)
-        _check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_range("learning_rate", self.learning_rate, 0.0, LR_RANGE[self.optimizer], low_open=True)
+        _check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"config field 'momentum' = {self.momentum!r} applies to optimizer 'sgd' only; "
+                             f"optimizer is {self.optimizer!r} (leave momentum at 0)")
+        _check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES,
+                      " ('luspo' needs sequence-level importance sampling, which organisms do not use)"
+                      if self.loss_type == "luspo" else "")
         _check_range("temperature", self.temperature, 0.0, 10.0, low_open=True)
         _check_int("eval_every", self.eval_every, 1)
         _check_int("eval_prompts_per_env", self.eval_prompts_per_env, 1)

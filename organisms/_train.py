@@ -397,7 +397,31 @@ def _grpo_args(config: OrganismConfig, run_dir: Path, device: torch.device, fami
         logging_steps=1 if tracking else 10 ** 9, report_to=config.report_to.split(",") if tracking else "none",
         run_name=run_id if tracking else None, disable_tqdm=True, seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=0, eval_strategy="no", log_completions=False,
+        scale_rewards=config.scale_rewards, loss_type=config.loss_type, **_optimizer_args(config),
     )
+
+
+def _optimizer_args(config: OrganismConfig) -> dict:
+    """TrainingArguments that choose the GRPO optimizer of config field ``optimizer``.
+
+    ``adamw``: nothing (the Trainer's default AdamW, as every run before the field existed). ``sgd``: the
+    Trainer's own ``optim="sgd"`` (``torch.optim.SGD``, momentum through ``optim_args``), so the optimizer is
+    built, checkpointed (``optimizer.pt``, momentum buffers included) and restored on resume by the Trainer
+    (transformers docs, TrainingArguments ``optim`` / ``optim_args``).
+    """
+    if config.optimizer == "sgd":
+        return {"optim": "sgd", "optim_args": f"momentum={config.momentum!r}"}
+    return {}
+
+
+def optimizer_record(optimizer) -> dict:
+    """The manifest's ``organisms.optimizer``: the class the Trainer built and its hyper-parameters (first
+    parameter group: lr, momentum, betas, eps, weight_decay, ... whichever the class has)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    group = inner.param_groups[0] if getattr(inner, "param_groups", None) else {}
+    keep = ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay", "fused", "foreach")
+    hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items() if k in keep}
+    return {"class": f"{type(inner).__module__}.{type(inner).__qualname__}", **hyper}
 
 
 def check_setup(config: OrganismConfig, resume: bool = False) -> EnvironmentFamily:
@@ -737,7 +761,8 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         shutil.rmtree(run_dir / "checkpoints" / INCOMING, ignore_errors=True)
         accuracy = classifier_accuracy(read_rollouts(run_dir), compared, config.classifier)
         update_manifest(run_dir, status="finished", finished=now(), rows_written=rows_on_disk(run_dir),
-                        organisms={**timing, "classifier_accuracy": accuracy})
+                        organisms={**timing, "classifier_accuracy": accuracy,
+                                   "optimizer": optimizer_record(trainer.optimizer)})
     except BaseException as exc:
         # buffered rows lie past the last checkpoint: a resume samples them again, so they are not written
         changes = {"organisms": callback.timing()} if callback is not None else {}

@@ -2,7 +2,8 @@
 
     physrl organisms train --out RUN_DIR [--config FILE] [--n-envs N] [--family-size K] [--p0 P] [--max-steps S]
                            [--seed K] [--stage1-cache auto|off|DIR] [--model DIR] [--env-family MOD:CLASS]
-                           [--report-to none|tensorboard|wandb]
+                           [--report-to none|tensorboard|wandb] [--optimizer adamw|sgd] [--learning-rate LR]
+                           [--momentum M] [--scale-rewards group|batch|none] [--loss-type dapo|grpo|...]
     physrl organisms train --resume RUN_DIR [--max-steps S]
     physrl organisms calibrate --out DIR [--config FILE] [--grid JSON] [--seeds 0 1] [--n-values 1 8]
                                [--family-size K] [--p0 P] [--max-steps S] [--stage1-cache ...] [--model DIR] ...
@@ -118,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--p0", type=float,
                        help="prior RS propensity: target share of step-0 rollouts that open with `think grader`, "
                             f"in (0, 1) ({_default('p0')})")
+        p.add_argument("--optimizer", metavar="adamw|sgd",
+                       help="GRPO optimizer: the Trainer's AdamW or torch.optim.SGD; SGD needs a far larger "
+                            f"--learning-rate (docs/organisms.md) ({_default('optimizer')})")
+        p.add_argument("--learning-rate", type=float, dest="learning_rate",
+                       help=f"GRPO learning rate ({_default('learning_rate')}; measured for sgd: 0.1)")
+        p.add_argument("--momentum", type=float,
+                       help=f"SGD momentum in [0, 1), sgd only ({_default('momentum')})")
+        p.add_argument("--scale-rewards", dest="scale_rewards", metavar="group|batch|none",
+                       help=f"TRL's advantage scaling by reward std ({_default('scale_rewards')})")
+        p.add_argument("--loss-type", dest="loss_type", metavar="dapo|grpo|dr_grpo|...",
+                       help=f"TRL's GRPO loss, passed through ({_default('loss_type')})")
         p.add_argument("--max-steps", type=int, dest="max_steps",
                        help=f"GRPO optimizer steps per run ({_default('max_steps')}"
                             + ("; with --resume: the saved run's, which this may extend)" if p is tr else ")"))
@@ -134,7 +146,9 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k, None) for k in ("n_envs", "family_size", "p0", "max_steps", "seed", "progress",
-                                                     "stage1_cache", "model_dir", "env_family", "report_to")}
+                                                     "stage1_cache", "model_dir", "env_family", "report_to",
+                                                     "optimizer", "learning_rate", "momentum", "scale_rewards",
+                                                     "loss_type")}
     if args.command == "calibrate":  # the sweep sets n_envs and seed per run; its base config holds the first
         overrides.update(n_envs=min(args.n_values), seed=args.seeds[0])
     if args.command == "train":

@@ -123,6 +123,13 @@ def test_a_run_trained_before_a_config_field_existed_matches_its_default(tmp_pat
     assert _config_mismatch(run, wanted) == []
     assert _config_mismatch(run, {**wanted, "stage1_cache": "off"}) == ["stage1_cache"]
     assert _config_mismatch(run, {**wanted, "n_envs": 2}) == ["n_envs"]
+    # the RL-algorithm knobs (issue 19) change rollouts: a run saved without them is the defaults' (adamw, group)
+    algorithm = ("optimizer", "momentum", "scale_rewards", "loss_type")
+    (run / "manifest.json").write_text(json.dumps({**manifest, "organisms": {"config": {
+        k: v for k, v in wanted.items() if k not in algorithm}}}))
+    assert _config_mismatch(run, wanted) == []
+    sgd = OrganismConfig(n_envs=1, optimizer="sgd", momentum=0.5, learning_rate=0.1, scale_rewards="none").to_dict()
+    assert _config_mismatch(run, sgd) == ["learning_rate", "momentum", "optimizer", "scale_rewards"]
 
 
 #: a parent that starts a local pool whose one job writes its worker's pid and then sleeps
