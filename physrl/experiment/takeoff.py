@@ -322,6 +322,8 @@ def arm_summaries(config: TakeoffConfig, rates) -> list[dict]:
         entry = {"name": arm.name, "optimizer": arm.optimizer, "scale_rewards": arm.scale_rewards,
                  "learning_rate": arm.learning_rate, "momentum": arm.momentum}
         try:
+            if not len(g):
+                raise ValueError("no finished run: γ needs runs at two or more priors with a finite rate")
             est = fitting.selection_exponent(g, n_boot=config.bootstrap, seed=0)
             d = est.to_dict()
             entry.update({"gamma": {"value": _finite(d["gamma"]["value"]),
@@ -347,7 +349,7 @@ def arm_summaries(config: TakeoffConfig, rates) -> list[dict]:
     return out
 
 
-def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path) -> Path:
+def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path, partial: str = "") -> Path:
     """Rate against p0 on log-log axes per arm (runs as points with ±SE, the inverse-variance mean per prior, the
     fitted power law), with the slopes γ = 1 (the post's) and γ = 0 drawn through the arm's mean rate."""
     import matplotlib
@@ -355,6 +357,7 @@ def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, len(arms), figsize=(4.6 * len(arms), 4.2), sharey=True, squeeze=False)
     grid = np.geomspace(min(config.p0) / 1.3, max(config.p0) * 1.3, 100)
@@ -375,8 +378,9 @@ def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path) -
             mp = np.array([m["p0"] for m in means])
             mr = np.array([m["rate"] for m in means])
             ms = np.array([m["stderr"] for m in means])
-            ax.errorbar(mp, np.maximum(mr, floor), yerr=ms, fmt="s", color="C0", ms=6, capsize=3,
-                        label="mean over stage-1 models (±SE)")
+            shown = np.maximum(mr, floor)
+            ax.errorbar(mp, shown, yerr=[np.minimum(ms, shown - floor * 0.999), ms], fmt="s", color="C0", ms=6,
+                        capsize=3, label="inverse-variance mean per prior (±SE)")
             pos = mr > 0
             if pos.any():  # reference slopes through the geometric mean of the positive means
                 xm = np.exp(np.mean(np.log(mp[pos] * (1 - mp[pos]))))
@@ -390,13 +394,19 @@ def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path) -
             ax.plot(grid, arm["scale"] * x ** gam["value"], "C3-", lw=1.5, label=f"fit: γ = {gam['value']:.2f}{ci}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(config.p0)
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("prior p0")
         ax.set_title(f"{arm['name']} (lr {arm['learning_rate']:g}): {arm['n_runs']} runs, "
-                     f"{arm['n_stage1_models']} stage-1 models", fontsize=9)
+                     f"{arm['n_stage1_models']} stage-1 models, {arm['n_p0']} priors", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(True, which="both", alpha=0.2)
     axes[0][0].set_ylabel("takeoff rate: d logit p / d step\n(rates ≤ 0 drawn at the floor, open)")
-    fig.suptitle("Takeoff of RS log-odds against the prior (N = 1); rate ∝ [p0(1−p0)]^γ", fontsize=10)
+    title = "Takeoff of RS log-odds against the prior (N = 1): rate ∝ [p0(1−p0)]^γ, 95% over stage-1 models"
+    if partial:
+        title += f"\nPARTIAL: {partial}"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -412,7 +422,9 @@ def analyse_takeoff(config: TakeoffConfig, out_dir: str | Path, *, allow_partial
     ------
     RuntimeError
         A planned run is not finished and ``allow_partial`` is false. With ``allow_partial`` the summary's
-        ``complete`` is false and ``n_runs_finished`` says how many of ``n_runs_planned`` entered.
+        ``complete`` is false, ``n_runs_finished`` says how many of ``n_runs_planned`` are done, and only the
+        seeds whose every (arm, p0) run finished enter (``seeds_analysed``): a balanced design, so the bootstrap
+        over stage-1 models resamples the same number of models at every prior.
     """
     out = Path(out_dir)
     plan = plan_takeoff(config)
@@ -421,16 +433,23 @@ def analyse_takeoff(config: TakeoffConfig, out_dir: str | Path, *, allow_partial
         raise RuntimeError(f"{len(plan) - len(finished)} of {len(plan)} takeoff runs are not finished "
                            "(rerun the command to train them)")
     counts = eval_counts(config, out)
+    complete_seeds = sorted(s for s in config.seeds
+                            if all(r in finished for r in plan if r.seed == s))
+    if len(finished) < len(plan):  # a balanced subset: only seeds whose every (arm, p0) run finished
+        counts = counts[counts["seed"].isin(complete_seeds)].reset_index(drop=True)
     counts.to_csv(out / "eval_counts.csv", index=False)
     rates = takeoff_rates(counts, p_stop=config.p_stop, max_step=config.max_step)
     rates.to_csv(out / "rates.csv", index=False)
     arms = arm_summaries(config, rates)
-    takeoff_figure(config, rates, arms, out / "takeoff.png")
+    partial = ("" if len(finished) == len(plan) else f"{len(finished)} of {len(plan)} planned runs finished; "
+               f"seeds {complete_seeds} analysed (every arm and prior finished)")
+    takeoff_figure(config, rates, arms, out / "takeoff.png", partial)
     resolved = organism_configs(config)
     any_run = next(iter(resolved.values()))
     summary = {
         "kind": KIND, "name": config.name, "complete": len(finished) == len(plan),
         "n_runs_planned": len(plan), "n_runs_finished": len(finished),
+        "seeds_analysed": complete_seeds if len(finished) < len(plan) else config.seeds,
         "design": {"p0": config.p0, "seeds": config.seeds, "n_envs": 1, "n_heldout": config.n_heldout,
                    "max_steps": any_run["max_steps"], "eval_every": any_run["eval_every"],
                    "eval_prompts_per_env": any_run["eval_prompts_per_env"],
