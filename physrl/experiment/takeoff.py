@@ -400,7 +400,8 @@ def takeoff_figure(config: TakeoffConfig, rates, arms: list[dict], path: Path, p
         ax.set_xlabel("prior p0")
         ax.set_title(f"{arm['name']} (lr {arm['learning_rate']:g}): {arm['n_runs']} runs, "
                      f"{arm['n_stage1_models']} stage-1 models, {arm['n_p0']} priors", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
         ax.grid(True, which="both", alpha=0.2)
     axes[0][0].set_ylabel("takeoff rate: d logit p / d step\n(rates ≤ 0 drawn at the floor, open)")
     title = "Takeoff of RS log-odds against the prior (N = 1): rate ∝ [p0(1−p0)]^γ, 95% over stage-1 models"

@@ -8,12 +8,13 @@ selection="power")``:
 - ``cal+takeoff``: the 4 calibration runs and the adamw + group takeoff runs (the organisms' default algorithm,
   the one the scaling sweep was trained with),
 
-predicts the 120 sweep runs with the experiment's own protocol (``freeze.predict_sweep``, the same call, draws and
+and, as a control for "more data" against "another law", the
+calibration and takeoff runs under the post's replicator law (γ = 1); predicts the 120 sweep runs with the experiment's own protocol (``freeze.predict_sweep``, the same call, draws and
 seed as the frozen forecasts) and scores them as the frozen ones were scored (``analysis.score``: Brier and log
 loss against the base rate and the median-N rule, 95% percentile bootstrap over seeds, all runs of a seed
 together), at the budgets 200 and 400; and the predicted slope of log N* on log p0 against the observed one.
 
-    python data/reference/takeoff/retrospective.py TAKEOFF_RUNS_DIR [OUT_JSON [cal | cal+takeoff]]
+    python data/reference/takeoff/retrospective.py TAKEOFF_RUNS_DIR [OUT_JSON [ONLY_THIS_FIT]]
 
 TAKEOFF_RUNS_DIR is the takeoff experiment's ``runs/`` folder (full logs; the committed eval_counts.csv keeps
 only the trained environment's eval counts, which the ODE fit does not read).
@@ -64,23 +65,27 @@ def main(takeoff_runs: str, out_json: str | None = None, only: str | None = None
               "law": "power: dz/dt = alpha_z sum_j C_ij w_j [p_j(1-p_j)]^gamma (a_j - b_j), skills as the post's",
               "frozen": {str(b): analysis.score(frozen, outcomes, b, grid).to_dict() for b in budgets},
               "frozen_predicted_slope": frozen["slope"], "fits": {}}
-    for name, dirs in (("cal", cal_dirs), ("cal+takeoff", cal_dirs + takeoff_dirs)):
+    for name, dirs, selection in (("cal", cal_dirs, "power"), ("cal+takeoff", cal_dirs + takeoff_dirs, "power"),
+                                  ("cal+takeoff, replicator (control)", cal_dirs + takeoff_dirs, "replicator")):
         if only and name != only:
             continue
         t0 = time.process_time()
         fit = fitting.fit(fitting.load_runs(dirs), transfer=config.transfer, max_nfev=config.fit_max_nfev,
-                          selection="power")
+                          selection=selection)
         t_fit = time.process_time() - t0
-        est = fit.estimates["gamma"]
-        lo, hi = est.interval(0.95)
+        est = fit.estimates.get("gamma")
+        lo, hi = est.interval(0.95) if est is not None else (1.0, 1.0)
         payload = freeze.predict_sweep(fit, grid, budgets, config.threshold, eval_rollouts_per_env=eval_rollouts,
                                        n_star_max=config.n_star_max, n_draws=config.prediction_draws,
                                        seed=min(config.calibration_seed_list()))
         scores = {str(b): analysis.score(payload, outcomes, b, grid).to_dict() for b in budgets}
         result["fits"][name] = {
             "runs": [p.name for p in dirs], "converged": bool(fit.converged),
-            "gamma": {"value": est.value, "stderr": est.stderr, "interval95": [lo, hi],
-                      "identified": bool(est.identified)},
+            "selection": selection,
+            "gamma": ({"value": est.value, "stderr": est.stderr, "interval95": [lo, hi],
+                       "identified": bool(est.identified)} if est is not None else
+                      {"value": 1.0, "stderr": None, "interval95": [1.0, 1.0], "identified": None,
+                       "note": "held at the post's 1 (replicator law)"}),
             "parameters": {k: v.value for k, v in fit.estimates.items() if not k.startswith("p0_r")},
             "cpu_seconds_fit": t_fit, "cpu_seconds_total": time.process_time() - t0,
             "scores": scores, "predicted_slope": payload["slope"],
