@@ -161,8 +161,9 @@ def main(argv: list[str]) -> int:
             parser.error("train needs --out RUN_DIR or --resume RUN_DIR")
     if args.command == "train" and args.resume is not None and not (args.resume / "manifest.json").is_file():
         # said before the trainer (torch, TRL: seconds) is imported
-        print(f"physrl organisms: --resume {args.resume}: no such run (no {args.resume / 'manifest.json'}); "
-              "start a new run with --out", file=sys.stderr)
+        what = ("a file, not a run directory" if args.resume.is_file() else
+                f"no such run (no {args.resume / 'manifest.json'})")
+        print(f"physrl organisms: --resume {args.resume}: {what}; start a new run with --out", file=sys.stderr)
         return 2
     try:
         if args.command == "train" and args.resume is not None:

@@ -19,7 +19,10 @@
 :mod:`.run` drives the stages in that order (:func:`run_experiment`, :func:`reanalyse`) and :mod:`.cli` is
 ``physrl experiment`` / ``physrl demo``. A stage module imports only from the stages before it
 (``tests/test_house.py`` checks the order: ray_resources, executors, config, runs, words, replication, scaling,
-freeze, analysis, report, figures, scaling_figures, headline, run, cli). A new analysis is a module of this room between
+freeze, analysis, report, figures, scaling_figures, headline, takeoff, run, cli). :mod:`.takeoff` is issue 19's
+takeoff experiment (``kind = "takeoff"`` configs): its own plan (one stage-1 model per prior and seed, shared by
+the RL-algorithm arms), trained through :func:`.runs.train_planned`, analysed with ``fitting.takeoff_rate`` /
+``fitting.selection_exponent``. A new analysis is a module of this room between
 :mod:`.analysis` and the report.
 
 Names are imported on first use (PEP 562, as in ``physrl.fitting``), so ``physrl experiment --help`` starts
@@ -54,6 +57,10 @@ _EXPORTS = {
     "n_star_by_p0": "physrl.experiment.scaling", "slope_with_interval": "physrl.experiment.scaling",
     "win_table": "physrl.experiment.scaling",
     "Section": "physrl.experiment.report", "write_report": "physrl.experiment.report",
+    "TakeoffArm": "physrl.experiment.takeoff", "TakeoffConfig": "physrl.experiment.takeoff",
+    "TakeoffRun": "physrl.experiment.takeoff", "plan_takeoff": "physrl.experiment.takeoff",
+    "run_takeoff": "physrl.experiment.takeoff", "analyse_takeoff": "physrl.experiment.takeoff",
+    "train_planned": "physrl.experiment.runs",
 }
 
 __all__ = list(_EXPORTS)
@@ -69,6 +76,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from physrl.experiment.runs import (CALIBRATION, SWEEP, PlannedRun, check_existing_runs, organism_configs,
                                         plan_runs, plan_table, train_all)
     from physrl.experiment.scaling import n_star_by_p0, slope_with_interval, win_table
+    from physrl.experiment.takeoff import (TakeoffArm, TakeoffConfig, TakeoffRun, analyse_takeoff, plan_takeoff,
+                                           run_takeoff)
+    from physrl.experiment.runs import train_planned
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -172,10 +172,35 @@ def resolve_config(name_or_path: str) -> ExperimentConfig:
                             f"({', '.join(shipped_configs())})")
 
 
-def _load(path: str, overrides: list[str]) -> ExperimentConfig:
+def _raw_config(name_or_path: str) -> dict:
+    """The mapping of a config file or a shipped config, before it is typed (its ``kind`` picks the experiment)."""
+    from physrl._util import toml as _toml
+
+    if Path(name_or_path).is_file():
+        path = Path(name_or_path)
+        text = path.read_text()
+        try:
+            return _toml.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (_toml.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot parse config: {err}") from err
+    if name_or_path in shipped_configs():
+        return _toml.loads(resources.files("physrl").joinpath("configs", f"{name_or_path}.toml").read_text())
+    raise FileNotFoundError(f"{name_or_path!r} is neither a config file nor a shipped config "
+                            f"({', '.join(shipped_configs())})")
+
+
+def _load(path: str, overrides: list[str]):
+    """The typed config with ``--set`` overrides applied: a :class:`TakeoffConfig` when the file says
+    ``kind = "takeoff"``, else an :class:`ExperimentConfig`."""
     from .config import ExperimentConfig
 
-    data = resolve_config(path).to_dict()
+    raw = _raw_config(path)
+    if raw.get("kind") == "takeoff":
+        from .takeoff import TakeoffConfig
+
+        data = TakeoffConfig.from_dict(raw).to_dict()
+    else:
+        data = resolve_config(path).to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -192,14 +217,20 @@ def _load(path: str, overrides: list[str]) -> ExperimentConfig:
             target[leaf] = json.loads(value)
         except json.JSONDecodeError:
             target[leaf] = value
+    if data.get("kind") == "takeoff":
+        from .takeoff import TakeoffConfig
+
+        return TakeoffConfig.from_dict(data)
     return ExperimentConfig.from_dict(data)
 
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="physrl experiment", description=(
         "Train organisms at several diversities N and priors p0, fit the ODE on the calibration runs, "
-        "predict the rest and compare predicted with observed critical diversity. Rerunning the same "
-        "command skips finished runs and resumes unfinished ones."))
+        "predict the rest and compare predicted with observed critical diversity; or, for a config with "
+        "kind = \"takeoff\" (shipped: takeoff), measure the takeoff rate of RS log-odds per prior and the "
+        "selection exponent gamma per RL-algorithm arm. Rerunning the same command skips finished runs and "
+        "resumes unfinished ones."))
     parser.add_argument("config", help="experiment config (TOML or JSON), or the name of a shipped config: "
                                        + ", ".join(shipped_configs()) + " (physrl/configs/NAME.toml)")
     parser.add_argument("--out", type=output_directory, default=None,
@@ -208,6 +239,9 @@ def _parser() -> ArgumentParser:
                         help="override a config value (VALUE read as JSON, else as a string), repeatable, e.g. "
                              "--set organism.max_steps=400 --set executor.engine=submitit (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
+    parser.add_argument("--analyse-finished", action="store_true",
+                        help="takeoff configs: train nothing, analyse the runs finished so far; the summary says "
+                             "complete: false when some are missing (default: train, then analyse all)")
     return parser
 
 
@@ -226,11 +260,49 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = _load(args.config, args.set)
-        organism_configs(config)  # every organism value checked before anything runs
+        if getattr(config, "kind", None) == "takeoff":
+            from .takeoff import organism_configs as takeoff_organisms
+
+            takeoff_organisms(config)
+        else:
+            organism_configs(config)  # every organism value checked before anything runs
     except (OSError, ValueError, TypeError) as err:
         print(f"physrl experiment: bad config: {err}", file=sys.stderr)
         return 2
+    if getattr(config, "kind", None) == "takeoff":
+        return _run_takeoff(config, args.out, not args.no_progress, args.analyse_finished)
+    if args.analyse_finished:
+        parser.error("--analyse-finished applies to a takeoff config only")
     return _run(config, args.out, not args.no_progress)
+
+
+def _run_takeoff(config, out: Path, progress: bool, analyse_finished: bool) -> int:
+    """Train and analyse a takeoff experiment (or, with ``analyse_finished``, analyse the finished runs only)."""
+    from .takeoff import analyse_takeoff, run_takeoff
+
+    try:
+        if analyse_finished:
+            summary = analyse_takeoff(config, out, allow_partial=True)
+        else:
+            summary = run_takeoff(config, out, progress=progress)
+    except ValueError as err:
+        print(f"physrl: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"physrl: {err}", file=sys.stderr)
+        return 1
+    print(f"summary: {out / 'summary.json'}")
+    print(f"figure:  {out / 'takeoff.png'}")
+    if not summary["complete"]:
+        print(f"PARTIAL: {summary['n_runs_finished']} of {summary['n_runs_planned']} runs finished")
+    for arm in summary["arms"]:
+        g = arm["gamma"]
+        lo, hi = g["interval_95"]
+        value = "not measured" if g["value"] is None else f"{g['value']:.2f}"
+        ci = "" if lo is None or hi is None else f", 95% [{lo:.2f}, {hi:.2f}]"
+        print(f"{arm['name']}: gamma {value}{ci} ({arm['n_runs']} runs, {arm['n_p0']} priors, "
+              f"{arm['n_stage1_models']} stage-1 models)")
+    return 0
 
 
 def demo_config() -> ExperimentConfig:

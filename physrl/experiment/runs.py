@@ -311,33 +311,64 @@ def train_all(config: ExperimentConfig, out_dir: Path, *, progress: bool = True,
         message names each failed run and its error.
     """
     check_existing_runs(config, out_dir)
-    runs_dir = Path(out_dir) / "runs"
     plan = plan_runs(config, role)
-    dirs = {r.run_id: runs_dir / r.run_id for r in plan}
+    jobs = [(r.run_id, {**config.organism, **r.organism_overrides()}) for r in plan]
+    return train_planned(config.executor, out_dir, jobs, progress=progress, desc=f"{role or 'organism'} runs")
+
+
+def train_planned(executor_config, out_dir: Path, jobs: list[tuple[str, dict]], *, progress: bool = True,
+                  desc: str = "organism runs") -> dict[str, Path]:
+    """Train planned organism runs through an executor, skipping finished ones and resuming unfinished ones.
+
+    The one training loop of every experiment (the diversity experiment's :func:`train_all`, the takeoff
+    experiment): runs are submitted in ``jobs`` order, each into ``DIR/runs/<run_id>``.
+
+    Parameters
+    ----------
+    executor_config : ExecutorConfig
+    out_dir : path
+        The experiment's folder; runs go to ``out_dir/runs``, executor logs to ``out_dir/logs``.
+    jobs : list of (run_id, organism overrides)
+        The organism config of each run as a mapping of ``OrganismConfig`` fields.
+    progress : bool
+    desc : str
+        The progress bar's label.
+
+    Returns
+    -------
+    dict
+        run_id -> run directory, for every job.
+
+    Raises
+    ------
+    RuntimeError
+        If any run failed (after every other run was given its chance); the
+        message names each failed run and its error.
+    """
+    runs_dir = Path(out_dir) / "runs"
+    dirs = {run_id: runs_dir / run_id for run_id, _ in jobs}
     runs_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in plan if run_status(dirs[r.run_id]) != "finished"]
+    todo = [(run_id, organism) for run_id, organism in jobs if run_status(dirs[run_id]) != "finished"]
     failures = []
-    with Executor(config.executor, Path(out_dir) / "logs") as executor:
+    with Executor(executor_config, Path(out_dir) / "logs") as executor:
         handles = []
-        for r in todo:
-            organism = {**config.organism, **r.organism_overrides()}
-            resume = run_status(dirs[r.run_id]) == "unfinished"
-            handles.append((r, executor.submit(train_one, organism, str(dirs[r.run_id]), resume)))
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"{role or 'organism'} runs",
-                   unit="run", disable=not progress, position=0)
-        steps = StepMonitor({r.run_id: dirs[r.run_id] for r in todo},
-                            {r.run_id: int({**config.organism, **r.organism_overrides()}.get(
-                                "max_steps", _default_max_steps())) for r in todo},
-                            enabled=progress and bool(todo), desc=f"{role or 'organism'} GRPO steps")
+        for run_id, organism in todo:
+            resume = run_status(dirs[run_id]) == "unfinished"
+            handles.append((run_id, executor.submit(train_one, organism, str(dirs[run_id]), resume)))
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress,
+                   position=0)
+        steps = StepMonitor({run_id: dirs[run_id] for run_id, _ in todo},
+                            {run_id: int(organism.get("max_steps", _default_max_steps())) for run_id, organism in todo},
+                            enabled=progress and bool(todo), desc=f"{desc.removesuffix(' runs')} GRPO steps")
         try:
             for i, handle in executor.as_completed([h for _, h in handles]):
-                r = handles[i][0]
+                run_id = handles[i][0]
                 try:
                     executor.result(handle)
                 except Exception as err:  # noqa: BLE001 - report every failed run together
-                    failures.append(f"{r.run_id}: {type(err).__name__}: {err}")
-                steps.done(r.run_id)
-                bar.set_postfix_str(f"last {r.run_id}", refresh=False)
+                    failures.append(f"{run_id}: {type(err).__name__}: {err}")
+                steps.done(run_id)
+                bar.set_postfix_str(f"last {run_id}", refresh=False)
                 bar.update(1)
         finally:
             steps.close()
