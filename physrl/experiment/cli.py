@@ -17,17 +17,25 @@ if TYPE_CHECKING:  # the config and the runner (torch, pandas) are imported once
 DEMO_CONFIG = "demo.toml"
 
 
+def _attempt(call):
+    """``(call(), 0)``, or ``(None, exit code)`` with one line on stderr: 2 for bad input (ValueError), 1 for a
+    failed run (RuntimeError, e.g. organism runs that failed; a rerun resumes them)."""
+    try:
+        return call(), 0
+    except ValueError as err:
+        print(f"physrl: {err}", file=sys.stderr)
+        return None, 2
+    except RuntimeError as err:
+        print(f"physrl: {err}", file=sys.stderr)
+        return None, 1
+
+
 def _run(config: ExperimentConfig, out: Path, progress: bool) -> int:
     from .run import run_experiment
 
-    try:
-        summary = run_experiment(config, out, progress=progress)
-    except ValueError as err:
-        print(f"physrl: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        print(f"physrl: {err}", file=sys.stderr)
-        return 1
+    summary, code = _attempt(lambda: run_experiment(config, out, progress=progress))
+    if summary is None:
+        return code
     print(f"report:  {out / 'report.html'}")
     print(f"summary: {out / 'summary.json'}")
     for line in n_star_lines(summary):
@@ -280,17 +288,10 @@ def _run_takeoff(config, out: Path, progress: bool, analyse_finished: bool) -> i
     """Train and analyse a takeoff experiment (or, with ``analyse_finished``, analyse the finished runs only)."""
     from .takeoff import analyse_takeoff, run_takeoff
 
-    try:
-        if analyse_finished:
-            summary = analyse_takeoff(config, out, allow_partial=True)
-        else:
-            summary = run_takeoff(config, out, progress=progress)
-    except ValueError as err:
-        print(f"physrl: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        print(f"physrl: {err}", file=sys.stderr)
-        return 1
+    summary, code = _attempt(lambda: analyse_takeoff(config, out, allow_partial=True) if analyse_finished
+                             else run_takeoff(config, out, progress=progress))
+    if summary is None:
+        return code
     print(f"summary: {out / 'summary.json'}")
     print(f"figure:  {out / 'takeoff.png'}")
     if not summary["complete"]:

@@ -186,6 +186,11 @@ class StepMonitor:
                 continue
             step = min(int(rec.get("step", 0)), self.max_steps[k])
             steps += step
+            if rec.get("phase") == "stage 1":  # the organism's own progress file has stage 1's step and total
+                from physrl.organisms._progress import progress_words
+
+                running.append(f"{k} {progress_words(d) or 'stage 1'}")
+                continue
             running.append(f"{k} {rec.get('phase', '')} {step}/{self.max_steps[k]}".replace("  ", " "))
         shown = running[:4] + ([f"+{len(running) - 4} more"] if len(running) > 4 else [])
         if not shown and len(self.finished) < len(self.run_dirs):
