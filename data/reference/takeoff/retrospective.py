@@ -6,18 +6,25 @@ selection="power")``:
 
 - ``cal``: the 4 calibration runs alone;
 - ``cal+takeoff``: the 4 calibration runs and the adamw + group takeoff runs (the organisms' default algorithm,
-  the one the scaling sweep was trained with),
+  the one the scaling sweep was trained with);
+- ``cal+takeoff, replicator (control)``: the same runs under the post's replicator law (γ = 1), a control for
+  "more data" against "another law";
 
-and, as a control for "more data" against "another law", the
-calibration and takeoff runs under the post's replicator law (γ = 1); predicts the 120 sweep runs with the experiment's own protocol (``freeze.predict_sweep``, the same call, draws and
-seed as the frozen forecasts) and scores them as the frozen ones were scored (``analysis.score``: Brier and log
-loss against the base rate and the median-N rule, 95% percentile bootstrap over seeds, all runs of a seed
-together), at the budgets 200 and 400; and the predicted slope of log N* on log p0 against the observed one.
+predicts the 120 sweep runs with the experiment's own protocol (``freeze.predict_sweep``, the same call, draws
+and seed as the frozen forecasts) and scores them with the statistics the scaling reference now uses
+(``analysis.score`` called as ``physrl.experiment.run`` calls it, issue 18): Brier and log loss against the
+prospective baselines (the constant 0.5, the median-N rule, a Firth logistic in log N fitted to the calibration
+runs alone) and the base rate (hindsight: the sweep's own win share), 95% percentile bootstrap over stage-1
+models (every run of one stage-1 model together, resampled within each p0), at the budgets 200 and 400; and the
+predicted slope of log N* on log p0 against the observed one (data/reference/scaling/summary.json). The frozen
+forecasts are rescored the same way beside them. Each fit's per-cell P(RS wins) (``cells``: p0, n_envs, budget,
+p_win) is stored, so the forecasts can be rescored without refitting.
 
     python data/reference/takeoff/retrospective.py TAKEOFF_RUNS_DIR [OUT_JSON [ONLY_THIS_FIT]]
 
 TAKEOFF_RUNS_DIR is the takeoff experiment's ``runs/`` folder (full logs; the committed eval_counts.csv keeps
-only the trained environment's eval counts, which the ODE fit does not read).
+only the trained environment's eval counts, which the ODE fit does not read). ONLY_THIS_FIT is one of the
+three names above (e.g. ``cal``), to time or rerun one fit. Cost: about 3.5 CPU minutes for all three fits.
 """
 
 from __future__ import annotations
@@ -32,19 +39,20 @@ import numpy as np
 from physrl import fitting
 from physrl.experiment import analysis, freeze, scaling
 from physrl.experiment.config import ExperimentConfig
-from physrl.experiment.runs import SWEEP, plan_runs
+from physrl.experiment.runs import CALIBRATION, SWEEP, plan_runs
 
 HERE = Path(__file__).resolve().parent
 SCALING = HERE.parent / "scaling"
 
 
-def sweep_outcomes(config: ExperimentConfig, budgets: list[int]):
-    """The sweep runs' outcomes table (p0, n_envs, seed, budget, win), as the experiment's reanalyse reads it."""
-    plan = {r.run_id: r for r in plan_runs(config, SWEEP)}
+def sweep_outcomes(config: ExperimentConfig, budgets: list[int], role: str = SWEEP):
+    """The outcomes table (run_id, p0, n_envs, seed, budget, win, cluster = stage-1 model) of the runs of
+    ``role`` (SWEEP or CALIBRATION), as the experiment's reanalyse reads it."""
+    plan = {r.run_id: r for r in plan_runs(config, role)}
     loaded = fitting.load_runs([SCALING / "runs" / k for k in plan])
     runs = dict(zip(plan, loaded))
     obs = fitting.observations(list(runs.values()))
-    return scaling.outcomes_table(obs, runs, plan, budgets, config.threshold)
+    return scaling.outcomes_table(obs, runs, plan, budgets, config.threshold, role=role)
 
 
 def main(takeoff_runs: str, out_json: str | None = None, only: str | None = None) -> dict:
@@ -60,10 +68,14 @@ def main(takeoff_runs: str, out_json: str | None = None, only: str | None = None
     sweep_organism = OrganismConfig(**sweep_cfg)
     eval_rollouts = sweep_organism.eval_prompts_per_env * sweep_organism.num_generations
     outcomes = sweep_outcomes(config, budgets)
+    calibration = sweep_outcomes(config, budgets, CALIBRATION)  # the prospective calibration-logistic baseline
     observed_slope = json.loads((SCALING / "summary.json").read_text())["scaling"]["by_budget"]
     result = {"label": "RETROSPECTIVE (the sweep outcomes were known; not a pre-registered test)",
               "law": "power: dz/dt = alpha_z sum_j C_ij w_j [p_j(1-p_j)]^gamma (a_j - b_j), skills as the post's",
-              "frozen": {str(b): analysis.score(frozen, outcomes, b, grid).to_dict() for b in budgets},
+              "scoring": "analysis.score as the scaling reference (issue 18): bootstrap over stage-1 models within p0; "
+                         "prospective baselines 0.5, median-N rule, calibration logistic; base rate = hindsight",
+              "frozen": {str(b): analysis.score(frozen, outcomes, b, grid, calibration=calibration).to_dict()
+                         for b in budgets},
               "frozen_predicted_slope": frozen["slope"], "fits": {}}
     for name, dirs, selection in (("cal", cal_dirs, "power"), ("cal+takeoff", cal_dirs + takeoff_dirs, "power"),
                                   ("cal+takeoff, replicator (control)", cal_dirs + takeoff_dirs, "replicator")):
@@ -78,7 +90,8 @@ def main(takeoff_runs: str, out_json: str | None = None, only: str | None = None
         payload = freeze.predict_sweep(fit, grid, budgets, config.threshold, eval_rollouts_per_env=eval_rollouts,
                                        n_star_max=config.n_star_max, n_draws=config.prediction_draws,
                                        seed=min(config.calibration_seed_list()))
-        scores = {str(b): analysis.score(payload, outcomes, b, grid).to_dict() for b in budgets}
+        scores = {str(b): analysis.score(payload, outcomes, b, grid, calibration=calibration).to_dict()
+                  for b in budgets}
         result["fits"][name] = {
             "runs": [p.name for p in dirs], "converged": bool(fit.converged),
             "selection": selection,
@@ -90,7 +103,8 @@ def main(takeoff_runs: str, out_json: str | None = None, only: str | None = None
             "cpu_seconds_fit": t_fit, "cpu_seconds_total": time.process_time() - t0,
             "scores": scores, "predicted_slope": payload["slope"],
             "observed_slope": {b: observed_slope[b]["observed_slope"] for b in observed_slope},
-            "n_star": payload["n_star"]}
+            "n_star": payload["n_star"],
+            "cells": [{k: c[k] for k in ("p0", "n_envs", "budget", "p_win")} for c in payload["cells"]]}
         print(name, json.dumps(fitting.json_safe(result["fits"][name]["gamma"])), flush=True)
     result = fitting.json_safe(result)
     if out_json:
