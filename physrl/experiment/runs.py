@@ -292,11 +292,17 @@ def check_existing_runs(config: ExperimentConfig, out_dir: Path) -> None:
         A bad organism config, or a finished run whose saved config differs
         (naming the run and the fields).
     """
-    resolved = organism_configs(config)
-    for r in plan_runs(config):
-        run_dir = Path(out_dir) / "runs" / r.run_id
+    refuse_mixed_configs(out_dir, organism_configs(config))
+
+
+def refuse_mixed_configs(out_dir: Path, resolved: dict[str, dict]) -> None:
+    """Raise ValueError naming the first finished run in ``out_dir/runs`` whose saved config differs from
+    ``resolved[run_id]`` (the organism config each planned run would be trained with) and the fields that differ:
+    results would mix configs. Every experiment kind checks its plan through this one function."""
+    for run_id, wanted in resolved.items():
+        run_dir = Path(out_dir) / "runs" / run_id
         if run_status(run_dir) == "finished":
-            differ = _config_mismatch(run_dir, resolved[r.run_id])
+            differ = _config_mismatch(run_dir, wanted)
             if differ:
                 raise ValueError(f"{run_dir} was trained with a different config ({', '.join(differ)}); "
                                  "results would mix configs: use a new --out folder")

@@ -27,7 +27,7 @@ from physrl._util import toml as _toml
 
 from .config import _build, _is_list
 from .executors import ExecutorConfig
-from .runs import _config_mismatch, run_status, train_planned
+from .runs import refuse_mixed_configs, run_status, train_planned
 
 KIND = "takeoff"
 OPTIMIZERS = ("adamw", "sgd")
@@ -238,14 +238,7 @@ def organism_configs(config: TakeoffConfig) -> dict[str, dict]:
 
 def check_existing(config: TakeoffConfig, out_dir: Path) -> None:
     """Refuse finished runs in ``out_dir`` trained with another config (ValueError naming run and fields)."""
-    resolved = organism_configs(config)
-    for r in plan_takeoff(config):
-        run_dir = Path(out_dir) / "runs" / r.run_id
-        if run_status(run_dir) == "finished":
-            differ = _config_mismatch(run_dir, resolved[r.run_id])
-            if differ:
-                raise ValueError(f"{run_dir} was trained with a different config ({', '.join(differ)}); "
-                                 "results would mix configs: use a new --out folder")
+    refuse_mixed_configs(out_dir, organism_configs(config))
 
 
 def _write_json(path: Path, data) -> None:
