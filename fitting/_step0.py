@@ -20,8 +20,10 @@ applied to the *measured* b̂0 of the stage-1 model:
     b_lo = (b̂0 − σ(y0)·b_hi) / (1 − σ(y0)),   clipped into [0, b_hi)
 
 Its noise is the pooled measurement's: b̂0 ± 1.96 standard errors mapped through the rule (the interval
-``b_lo_interval``); pooled over a stage-1 model's runs (about 1,000 local rollouts per model in the
-scaling sweep) it is a quarter of one (run, env) cell's sampling spread, which is why it is pooled.
+``b_lo_interval``), the standard error with GRPO groups as units (the rollouts of a group share one
+prompt, so they are not independent; :func:`_group_se`) where that is the larger. Pooled over a stage-1
+model's runs (about 1,000 local rollouts per model in the scaling sweep) it is a fraction of one
+(run, env) cell's sampling spread, which is why it is pooled.
 Runs without a target b0 or without declared bounds keep the manifest's floor (said in the notes).
 """
 
@@ -244,8 +246,9 @@ def stage1_floors(runs: list[Run], obs: pd.DataFrame,
             continue
         rules = {declared_floor_rule(r) for r in members}
         if None in rules or len(rules) != 1:
-            why = "no target b0 or declared bounds" if None in rules else "runs declare different floors"
-            notes.append(f"stage-1 model {key[:12]}: floor kept from the manifest ({why})")
+            if any(e.observation is not None for r in members for e in r.environments):  # else nothing to keep
+                why = "no target b0 or declared bounds" if None in rules else "runs declare different floors"
+                notes.append(f"stage-1 model {key[:12]}: floor kept from the manifest ({why})")
             continue
         sigma, declared, b_hi = rules.pop()
         ids = [r.run_id for r in members]
@@ -254,10 +257,40 @@ def stage1_floors(runs: list[Run], obs: pd.DataFrame,
         if s0 is None:
             notes.append(f"stage-1 model {key[:12]}: no local-path rollout at step 0; floor kept from the manifest")
             continue
+        se = _group_se(members, rows, s0.value)
+        if se is not None and se > s0.scale:  # rollouts of one GRPO group share a prompt: not independent
+            s0 = Step0(s0.param, s0.quantity, s0.value, max(0.0, s0.value - 1.96 * se),
+                       min(1.0, s0.value + 1.96 * se), s0.loc, se, s0.n, s0.step)
         floor = floor_from_b0(s0.value, sigma, b_hi)
         lo, hi = floor_from_b0(np.array([s0.lower, s0.upper]), sigma, b_hi)
         floors[key] = Stage1Floor(key, tuple(ids), s0, sigma, floor, (float(lo), float(hi)), declared, b_hi)
     return floors, notes
+
+
+def _group_se(members: list[Run], first: pd.DataFrame, mean: float) -> float | None:
+    """Standard error of the pooled local mean reward b̂0 with GRPO groups as units (a ratio estimator's
+    cluster-robust SE over (run, env, group) at each run's first step); None when fewer than two groups.
+
+    The rollouts of one group answer one prompt, whose input digits decide how many map entries are known:
+    on the scaling sweep the cells' spread at step 0 is what resampling groups gives, not single rollouts."""
+    sums, counts = [], []
+    for run in members:
+        mine = first[first["run_id"] == run.run_id]
+        if mine.empty:
+            continue
+        ro = run.rollouts
+        keep = ((ro["step"] == int(mine["step"].iloc[0])) & ro["phase"].isin(set(mine["phase"]))
+                & ro["env_id"].isin(set(mine["env_id"])) & ~ro["rs"].astype(bool))
+        g = ro[keep].groupby(["env_id", "group_id"])["reward"].agg(["sum", "count"])
+        sums.append(g["sum"].to_numpy(float))
+        counts.append(g["count"].to_numpy(float))
+    if not sums:
+        return None
+    s, n = np.concatenate(sums), np.concatenate(counts)
+    if len(s) < 2 or n.sum() <= 0:
+        return None
+    resid = s - mean * n
+    return float(math.sqrt((resid ** 2).sum() * len(s) / (len(s) - 1)) / n.sum())
 
 
 def describe_floors(floors: dict[str, Stage1Floor]) -> str:
