@@ -545,6 +545,7 @@ class FitResult:
                                "latent (observed = lo + (hi - lo) * latent, docs/model.md §7)",
             "observation_bounds": {k: {"min": float(v.min()), "max": float(v.max())}
                                    for k, v in self.problem.bounds.items()},
+            "stage1_floors": [f.to_dict() for f in self.problem.floors.values()],
             "params": params,
             "initial_state": json.loads(initial.to_json(orient="records")) if len(initial) else [],
             "loglik": _num(self.loglik), "aic": _num(self.aic), "bic": _num(self.bic), "n_data": self.n_data,
@@ -717,7 +718,7 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
 
 
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
-        lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
+        lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "stage1",
         step0: str = "fixed", dispersion: str | dict = "quasi", n_starts: int = 4,
         profile: bool | list[str] = False, emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0,
         max_nfev: int | None = None, progress: bool = False, selection: str = "replicator",
@@ -739,9 +740,11 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         Rollout phases used as observations.
     substeps : int
         Euler steps per optimizer step in the fitted ODE.
-    observation : {"manifest", "unit", "fit"}
-        Observation bounds (docs/model.md §7): from the manifests (else
-        (0, 1)), (0, 1), or fitted.
+    observation : {"stage1", "manifest", "unit", "fit"}
+        Observation bounds (docs/model.md §7): from the manifests with the
+        local floor b_lo measured per stage-1 model at its step 0 (default;
+        :func:`fitting._step0.stage1_floors`), from the manifests as declared
+        (else (0, 1)), (0, 1), or fitted.
     step0 : {"fixed", "prior", "free"}
         p0, a0, b0 fixed at their step-0 measurement (default), with a
         prior centred on it, or free.
