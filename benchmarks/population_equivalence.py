@@ -195,11 +195,15 @@ def record_solo(config, out_dir: Path):
     return batches, weights
 
 
-def replay(config, run_dir: Path, batches, k: int = 1):
+def replay(config, run_dir: Path, batches, k: int = 1, perturb: float = 0.0, perturb_seed: int = 0):
     """The population trainer fed the solo run's batches (teacher-forced), from its stage-1 model, K copies.
 
-    Returns the list of member 0's weights after t updates (t = 0 .. len(batches)), and the largest relative
-    distance between member 0 and the other copies at the end."""
+    ``perturb`` > 0 multiplies every stage-1 weight by ``1 + perturb * N(0, 1)`` first (a rounding-sized nudge, the
+    control for how much the teacher-forced dynamics amplify one). Returns the list of member 0's weights after t
+    updates (t = 0 .. len(batches)), and the largest relative distance between member 0 and the other copies at
+    the end."""
+    import torch
+
     from physrl.organisms._model import load_model, pick_device, use_mask_positions
     from physrl.organisms._population import PopulationGRPO
     from physrl.organisms._stacked import StackedLlama
@@ -208,6 +212,11 @@ def replay(config, run_dir: Path, batches, k: int = 1):
     device = pick_device(config.device)
     model, tokenizer = load_model(run_dir / "model_init", device)
     use_mask_positions(model)
+    if perturb:
+        g = torch.Generator().manual_seed(perturb_seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + perturb * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
     stacked = StackedLlama([model] * k)
     grpo = PopulationGRPO(stacked, _grpo_args(config, run_dir / "replay", device, check_setup(config)), tokenizer)
     out = [{n: p[0].detach().clone() for n, p in stacked.params.items()}]
@@ -321,6 +330,15 @@ def cmd_diagnose(args) -> None:
               f"updates {line}; max over t {max(rel):.2e}; copies within the population differ by {spread:.1e}",
               flush=True)
         result[f"replay_k{k}"] = {"relative_distance": rel, "max": max(rel), "copies_spread": spread}
+    torch.save({"batches": [b.__dict__ for b in batches], "weights": weights}, out / "solo_record.pt")
+    # control: the same teacher-forced replay from stage-1 weights nudged by a rounding-sized relative 2e-7:
+    # how far do the dynamics alone carry a difference of that size?
+    base, _ = replay(solo_cfg, out / "solo", batches, 1)
+    nudged, _ = replay(solo_cfg, out / "solo", batches, 1, perturb=2e-7)
+    ctl = [_rel(x, y) for x, y in zip(nudged, base)]
+    line = " ".join(f"{t}:{ctl[t]:.1e}" for t in at if t < len(ctl))
+    print(f"control, population replay vs itself from stage-1 weights x (1 + 2e-7 N(0,1)): {line}", flush=True)
+    result["control_nudged_2e-7"] = {"relative_distance": ctl, "max": max(ctl)}
     # the free-running member (a population of one) against the solo run: where do their rows part?
     member_cfg = solo_cfg.replace(trainer="population")
     train(member_cfg, out / "member", log=lambda *a: None)
