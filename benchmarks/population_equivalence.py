@@ -523,7 +523,8 @@ def figure(table, trajectories, summary, path: Path) -> None:
     ax.plot([0, 1], [0, 1], color="0.7", lw=1)
     jitter = np.random.default_rng(0).uniform(-0.006, 0.006, len(table))
     ax.scatter(table.final_solo[~same], table.final_member[~same] + jitter[~same], s=28, label="pair parted")
-    ax.scatter(table.final_solo[same], table.final_member[same], s=28, marker="s", label="rows identical")
+    if same.any():
+        ax.scatter(table.final_solo[same], table.final_member[same], s=28, marker="s", label="rows identical")
     for _, r in table.iterrows():
         ax.annotate(str(int(r.seed)), (r.final_solo, r.final_member), fontsize=6, xytext=(2, 2),
                     textcoords="offset points", color="0.4")
@@ -535,7 +536,10 @@ def figure(table, trajectories, summary, path: Path) -> None:
     ax = axes[1]
     top = summary["design"]["config"]["max_steps"]
     ax.plot([0, top], [0, top], color="0.7", lw=1)
-    ax.scatter(table.takeover_solo, table.takeover_member, s=28)
+    pairs = table.groupby(["takeover_solo", "takeover_member"]).size()
+    ax.scatter([a for a, _ in pairs.index], [b for _, b in pairs.index], s=18 + 14 * pairs.values)
+    for (a, b), n in pairs.items():
+        ax.annotate(f"{n} seeds" if n > 1 else "1 seed", (a, b), fontsize=7, xytext=(5, -9), textcoords="offset points")
     t = summary["takeover_step"]
     ax.set(xlabel="solo: takeover step", ylabel="member: takeover step", xlim=(-10, top + 10), ylim=(-10, top + 10),
            title=f"takeover step (RS share > 0.5; {top} = never)\nmember − solo {t['mean_difference']:+.1f} "
