@@ -300,10 +300,58 @@ def _resample(config, run_dir: Path, weights: dict, step: int, phase: str = "tra
     return [list(r) for r in out["prompt_ids"]], [list(r) for r in out["completion_ids"]]
 
 
+def gradient_check(config, run_dir: Path, batches, weights) -> list[float]:
+    """Per step t: the relative L2 difference between the population trainer's gradient and TRL's own
+    (``GRPOTrainer._compute_loss`` on transformers' model, TRL's scoring pass) for the solo run's batch t at the
+    solo run's weights after t updates; no clipping, no optimizer (the update's inputs, not its outputs). A step whose
+    advantages are all 0 gives 0 when both gradients are exactly 0 (inf otherwise)."""
+    import warnings
+
+    import torch
+
+    from physrl.organisms._model import load_model, pick_device, use_mask_positions
+    from physrl.organisms._population import PopulationGRPO
+    from physrl.organisms._stacked import StackedLlama
+    from physrl.organisms._train import _grpo_args, check_setup
+
+    device = pick_device(config.device)
+    model, tokenizer = load_model(run_dir / "model_init", device)
+    use_mask_positions(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stacked = StackedLlama([model])
+        grpo = PopulationGRPO(stacked, _grpo_args(config, run_dir / "gradcheck", device, check_setup(config)),
+                              tokenizer)
+    reference = grpo.trl.model  # TRL's own copy of the model (its fused LM head)
+    reference.train()
+    out = []
+    for t, b in enumerate(batches):
+        with torch.no_grad():
+            for n, p in stacked.params.items():
+                p[0].copy_(weights[t][n])
+            for n, p in reference.named_parameters():
+                p.copy_(weights[t][n])
+        grpo.backward([b])
+        packed = grpo.pack([b])
+        inputs = {k: packed[k][0] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
+                                            "tool_mask", "advantages")}
+        inputs["num_items_in_batch"] = (inputs["completion_mask"] * inputs["tool_mask"]).sum()
+        reference.zero_grad(set_to_none=True)
+        grpo.trl._compute_loss(reference, inputs).backward()
+        ref = {n: p.grad for n, p in reference.named_parameters() if n in stacked.params}
+        mine = {n: stacked.params[n].grad[0] for n in ref}
+        if all(float(g.abs().max()) == 0 for g in ref.values()):  # every advantage 0: both gradients must be 0
+            out.append(0.0 if all(float(g.abs().max()) == 0 for g in mine.values()) else float("inf"))
+        else:
+            out.append(_rel(mine, ref))
+    return out
+
+
 def cmd_diagnose(args) -> None:
     """Why do a solo run and a member of the same seed part? (module docstring, ``diagnose``)."""
     import shutil
 
+    import numpy as np
     import torch
 
     from physrl.organisms import train
@@ -331,6 +379,14 @@ def cmd_diagnose(args) -> None:
               flush=True)
         result[f"replay_k{k}"] = {"relative_distance": rel, "max": max(rel), "copies_spread": spread}
     torch.save({"batches": [b.__dict__ for b in batches], "weights": weights}, out / "solo_record.pt")
+    t0 = time.time()
+    grads = gradient_check(solo_cfg, out / "solo", batches, weights)
+    worst = int(max(range(len(grads)), key=grads.__getitem__))
+    print(f"gradient check ({time.time() - t0:.0f} s): population vs TRL's _compute_loss on the solo run's batch and "
+          f"weights at every step: median {float(np.median(grads)):.1e}, worst {grads[worst]:.1e} (step {worst})",
+          flush=True)
+    result["gradient_relative_difference"] = {"per_step": grads, "median": float(np.median(grads)),
+                                              "max": grads[worst], "worst_step": worst}
     # control: the same teacher-forced replay from stage-1 weights nudged by a rounding-sized relative 2e-7:
     # how far do the dynamics alone carry a difference of that size?
     base, _ = replay(solo_cfg, out / "solo", batches, 1)
@@ -379,6 +435,29 @@ def cmd_diagnose(args) -> None:
                   f"{info['weights_relative_distance']:.1e} apart)", flush=True)
     (out / "diagnose.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'diagnose.json'}")
+
+
+def cmd_gradcheck(args) -> None:
+    """:func:`gradient_check` on the record a ``diagnose`` run saved (``OUT/diagnose/seed-SS/solo_record.pt``)."""
+    import numpy as np
+    import torch
+
+    from physrl.organisms._population import MemberBatch
+
+    torch.set_num_threads(1)
+    fields, _ = load(args.config)
+    folder = Path(args.out) / "diagnose" / f"seed-{args.seed:02d}"
+    record = torch.load(folder / "solo_record.pt", weights_only=False)
+    config = run_config(fields, args.seed, "trl", Path(args.out)).replace(max_steps=len(record["batches"]))
+    grads = gradient_check(config, folder / "solo", [MemberBatch(**b) for b in record["batches"]], record["weights"])
+    worst = int(max(range(len(grads)), key=grads.__getitem__))
+    print(f"gradient check seed {args.seed}: population vs TRL's _compute_loss at every one of {len(grads)} steps: "
+          f"median {float(np.median(grads)):.1e}, worst {grads[worst]:.1e} (step {worst})")
+    path = folder / "diagnose.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result["gradient_relative_difference"] = {"per_step": grads, "median": float(np.median(grads)),
+                                              "max": grads[worst], "worst_step": worst}
+    path.write_text(json.dumps(result, indent=1, default=str))
 
 
 # ---- analysis -----------------------------------------------------------------------------------------------------
@@ -582,6 +661,11 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, help="max_steps of the diagnosis (default: the config's)")
     p.add_argument("--k", type=int, default=8, help="also replay in a population of K copies (default 8)")
     p.set_defaults(func=cmd_diagnose)
+    p = sub.add_parser("gradcheck", help="population vs TRL gradient at every step of a diagnosed solo run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_gradcheck)
     p = sub.add_parser("analyse", help="paired differences, intervals, tests; --write the table and figure")
     p.add_argument("--out", required=True)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
