@@ -195,11 +195,14 @@ def record_solo(config, out_dir: Path):
     return batches, weights
 
 
-def replay(config, run_dir: Path, batches, k: int = 1, perturb: float = 0.0, perturb_seed: int = 0):
+def replay(config, run_dir: Path, batches, k: int = 1, perturb: float = 0.0, perturb_seed: int = 0,
+           grad_noise: float = 0.0):
     """The population trainer fed the solo run's batches (teacher-forced), from its stage-1 model, K copies.
 
     ``perturb`` > 0 multiplies every stage-1 weight by ``1 + perturb * N(0, 1)`` first (a rounding-sized nudge, the
-    control for how much the teacher-forced dynamics amplify one). Returns the list of member 0's weights after t
+    control for how much the teacher-forced dynamics amplify one); ``grad_noise`` > 0 multiplies every gradient
+    element by ``1 + grad_noise * N(0, 1)`` at every step before clipping (a rounding-sized difference injected
+    at every update, as the solo and population gradients differ). Returns the list of member 0's weights after t
     updates (t = 0 .. len(batches)), and the largest relative distance between member 0 and the other copies at
     the end."""
     import torch
@@ -220,8 +223,18 @@ def replay(config, run_dir: Path, batches, k: int = 1, perturb: float = 0.0, per
     stacked = StackedLlama([model] * k)
     grpo = PopulationGRPO(stacked, _grpo_args(config, run_dir / "replay", device, check_setup(config)), tokenizer)
     out = [{n: p[0].detach().clone() for n, p in stacked.params.items()}]
+    noise = torch.Generator().manual_seed(perturb_seed + 1)
     for b in batches:
-        grpo.step([b] * k)
+        if grad_noise:
+            grpo.backward([b] * k)
+            for p in stacked.parameters():
+                p.grad.mul_(1 + grad_noise * torch.randn(p.shape, generator=noise, dtype=p.dtype).to(p.device))
+            grpo.clip_gradients()
+            grpo.optimizer.step()
+            grpo.scheduler.step()
+            grpo.optimizer.zero_grad(set_to_none=True)
+        else:
+            grpo.step([b] * k)
         out.append({n: p[0].detach().clone() for n, p in stacked.params.items()})
     spread = max((_rel({n: p[j] for n, p in stacked.params.items()}, out[-1]) for j in range(1, k)), default=0.0)
     return out, spread
@@ -460,6 +473,30 @@ def cmd_gradcheck(args) -> None:
     path.write_text(json.dumps(result, indent=1, default=str))
 
 
+def cmd_control(args) -> None:
+    """The replay of a diagnosed solo run's batches against itself with ``--noise`` gradient noise at every step."""
+    import torch
+
+    from physrl.organisms._population import MemberBatch
+
+    torch.set_num_threads(1)
+    fields, _ = load(args.config)
+    folder = Path(args.out) / "diagnose" / f"seed-{args.seed:02d}"
+    record = torch.load(folder / "solo_record.pt", weights_only=False)
+    batches = [MemberBatch(**b) for b in record["batches"]]
+    config = run_config(fields, args.seed, "trl", Path(args.out)).replace(max_steps=len(batches))
+    base, _ = replay(config, folder / "solo", batches, 1)
+    noisy, _ = replay(config, folder / "solo", batches, 1, grad_noise=args.noise)
+    ctl = [_rel(x, y) for x, y in zip(noisy, base)]
+    at = [1, 2, 5, 10, 50, 100, 200, len(ctl) - 1]
+    print(f"control seed {args.seed}, replay vs itself with gradient noise {args.noise:g} per step: "
+          + " ".join(f"{t}:{ctl[t]:.1e}" for t in at if t < len(ctl)))
+    path = folder / "diagnose.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result[f"control_gradient_noise_{args.noise:g}"] = {"relative_distance": ctl, "max": max(ctl)}
+    path.write_text(json.dumps(result, indent=1, default=str))
+
+
 # ---- analysis -----------------------------------------------------------------------------------------------------
 def run_outcome(d: Path, final_evals: int, takeover_share: float, max_steps: int) -> dict:
     """One run's step-0 knobs (p, a, b on trained envs), RS-share trajectory, final RS share and takeover step."""
@@ -666,6 +703,12 @@ if __name__ == "__main__":
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_gradcheck)
+    p = sub.add_parser("control", help="teacher-forced replay vs itself with rounding-sized gradient noise per step")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=5e-7, help="relative gradient noise per element and step")
+    p.set_defaults(func=cmd_control)
     p = sub.add_parser("analyse", help="paired differences, intervals, tests; --write the table and figure")
     p.add_argument("--out", required=True)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
