@@ -654,8 +654,9 @@ def figure(table, trajectories, summary, path: Path) -> None:
     ax.plot([0, top], [0, top], color="0.7", lw=1)
     pairs = table.groupby(["takeover_solo", "takeover_member"]).size()
     ax.scatter([a for a, _ in pairs.index], [b for _, b in pairs.index], s=18 + 14 * pairs.values)
-    for (a, b), n in pairs.items():
-        ax.annotate(f"{n} seeds" if n > 1 else "1 seed", (a, b), fontsize=7, xytext=(5, -9), textcoords="offset points")
+    for i, ((a, b), n) in enumerate(pairs.items()):
+        ax.annotate(f"{n} seeds" if n > 1 else "1 seed", (a, b), fontsize=7, xytext=(8, 6 if i % 2 else -12),
+                    textcoords="offset points")
     t = summary["takeover_step"]
     ax.set(xlabel="solo: takeover step", ylabel="member: takeover step", xlim=(-10, top + 10), ylim=(-10, top + 10),
            title=f"takeover step (RS share > 0.5; {top} = never)\nmember − solo {t['mean_difference']:+.1f} "
@@ -668,6 +669,11 @@ def figure(table, trajectories, summary, path: Path) -> None:
             ax.plot(sr.index, sr.values, color=color, alpha=0.12, lw=0.8)
         mean = np.mean([sr.reindex(steps).values for sr in series], axis=0)
         ax.plot(steps, mean, color=color, lw=2.2, label=f"{arm} mean ({len(series)} seeds)")
+    parted = summary.get("first_difference_step_median")
+    if parted is not None:
+        ax.axvline(parted, color="0.5", ls=":", lw=1)
+        ax.annotate(f"pairs part (median step {parted:.0f})", (parted, 0.97), fontsize=7, xytext=(4, 0),
+                    textcoords="offset points", color="0.3")
     ax.set(xlabel="GRPO step", ylabel="RS share on trained envs (eval)", ylim=(-0.02, 1.02),
            title="RS share per seed (thin) and mean (thick)")
     ax.legend(fontsize=7)
