@@ -35,9 +35,13 @@ holds 0 and lies within +-``goal_half_width``. Writes ``per_seed.csv``,
 stage-1 model): it records the solo run's batches (TRL's ``rollout_func``
 output and rewards) and weights at every step, then replays those batches
 through the population trainer (``PopulationGRPO``, teacher-forced) from the
-same stage-1 model and compares weights step by step; and it finds the first
-(step, row) where the free-running member's rollouts differ from the solo
-run's and the probability margin of the token that differs.
+same stage-1 model and compares weights step by step, against a control replay
+from stage-1 weights nudged by 2e-7; it checks the population gradient against
+TRL's ``_compute_loss`` at every step (also ``gradcheck`` on a saved record);
+and it finds the first (step, row) where the free-running member's rollouts
+differ from the solo run's and the probability margin of the token that
+differs. ``control`` replays a saved record against itself with rounding-sized
+gradient noise at every update. Results go to ``OUT/diagnose/seed-SS/diagnose.json``.
 
 Run (``OMP_NUM_THREADS=1``; a long run belongs in the background)::
 
