@@ -47,3 +47,47 @@ def test_logprob_tile_sets_the_vocabulary_width_inside_and_restores_trls_after()
     with pytest.raises(RuntimeError), logprob_tile(model):
         raise RuntimeError("a failed step")
     assert utils._CHUNKED_LOGPROB_CHUNK_SIZE == before
+
+
+def test_rotary_table_rows_equal_the_rotary_embedding_at_any_batch_shape():
+    """The direct decoder step's table of cos / sin per position equals the model's rotary embedding, bit for bit."""
+    from physrl.organisms._decode import CachedDecoder
+
+    model = _policy()
+    dec = CachedDecoder(model, lean=True)
+    g = torch.Generator().manual_seed(1)
+    for shape in [(32, 7), (32, 1), (5, 3), (192, 2), (1, 40)]:
+        positions = torch.randint(0, 90, shape, generator=g)
+        x = torch.zeros(*shape, 64)
+        cos, sin = dec._rotary(x, positions)
+        want_cos, want_sin = model.model.rotary_emb(x, positions)
+        assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin), shape
+
+
+def test_direct_decoder_step_equals_the_module_calls_bit_for_bit():
+    """A cached decode (left-padded prompts, ragged chunks, rows dropped) through the direct step and through the
+    module calls: the same logits at every step."""
+    from physrl.organisms._decode import CachedDecoder
+
+    model = _policy().eval()
+    direct, modules = CachedDecoder(model, lean=True), CachedDecoder(model, lean=True)
+    modules._direct = False
+    assert direct._direct and direct.path == "lean"
+    ids = torch.tensor([[3, 21, 4, 11, 12, 13, 14], [0, 0, 3, 22, 4, 15, 16], [0, 3, 23, 4, 17, 18, 19]])
+    att = (ids != 0).long()
+    chunks = [torch.tensor([[5], [6], [7]]), torch.tensor([[0, 8], [9, 10], [0, 11]]), torch.tensor([[12], [13]])]
+    with torch.no_grad():
+        first = (ids, att, (att.cumsum(1) - 1).clamp(min=0))
+        assert torch.equal(direct.step(*first), modules.step(*first))
+        mask, n_real = att, att.sum(1)
+        for chunk in chunks:
+            if len(chunk) < len(mask):  # the last row ended: dropped from both caches
+                for dec in (direct, modules):
+                    dec.select(torch.tensor([0, 1]))
+                mask, n_real = mask[:2], n_real[:2]
+            cm = (chunk != 0).long()
+            cm[:, -1] = 1
+            mask = torch.cat([mask, cm], 1)
+            args = (chunk, mask, (n_real[:, None] + cm.cumsum(1) - 1).clamp(min=0))
+            n_real = n_real + cm.sum(1)
+            assert torch.equal(direct.step(*args), modules.step(*args))
