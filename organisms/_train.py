@@ -274,6 +274,25 @@ class RolloutRecorder:
         return rewards
 
 
+def reads_sampling_logprobs(trainer) -> bool:
+    """Whether TRL's GRPO loss reads the sampling log-probabilities a ``rollout_func`` returns.
+
+    TRL 1.16's ``GRPOTrainer`` turns them into ``sampling_per_token_logps`` (one tensor per completion, then padded)
+    on every step, but reads them only for vLLM's importance-sampling correction (``use_vllm`` with
+    ``vllm_importance_sampling_correction``) and the off-policy sequence mask (``off_policy_mask_threshold``);
+    ``logprobs = None`` is its documented "not available" (GRPOTrainer ``_generate_and_score_completions``). The
+    organisms' runs use neither, so they return None and TRL skips the conversion (~0.3 ms a step); anything else
+    (another trainer, a TRL without these attributes) gets them.
+    """
+    from trl import GRPOTrainer
+
+    if not isinstance(trainer, GRPOTrainer):
+        return True
+    missing = object()
+    vllm, mask = getattr(trainer, "use_vllm", missing), getattr(trainer, "off_policy_mask_threshold", missing)
+    return vllm is missing or mask is missing or bool(vllm) or mask is not None
+
+
 def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokenizer) -> Callable:
     """The ``rollout_func(prompts, trainer) -> dict`` handed to GRPOTrainer (see module docstring)."""
     train_envs = family.train_envs
@@ -288,7 +307,8 @@ def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokeniz
         out = sample_rollouts(model, tokenizer, family, requests,
                               stream_seed(config.seed, step, PHASE_CODE["train"], 1), config.temperature)
         return {
-            "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": out["logprobs"],
+            "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"],
+            "logprobs": out["logprobs"] if reads_sampling_logprobs(trainer) else None,
             "env_mask": out["env_mask"], "prompt_text": out["prompt"],
             "env_id": [r.env.id for r in requests], "group_id": [r.group_id for r in requests],
             **{name: out[name] for name in family.columns},

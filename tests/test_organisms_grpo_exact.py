@@ -91,3 +91,22 @@ def test_direct_decoder_step_equals_the_module_calls_bit_for_bit():
             args = (chunk, mask, (n_real[:, None] + cm.cumsum(1) - 1).clamp(min=0))
             n_real = n_real + cm.sum(1)
             assert torch.equal(direct.step(*args), modules.step(*args))
+
+
+def test_sampling_logprobs_go_to_trl_only_where_its_loss_reads_them():
+    """None (TRL skips converting them) for a GRPOTrainer without vLLM or the off-policy mask, the organisms' runs;
+    the log-probs for vLLM, an off-policy threshold, or anything that is not a GRPOTrainer."""
+    from trl import GRPOTrainer
+
+    from physrl.organisms._train import reads_sampling_logprobs
+
+    def trainer(**attrs):
+        t = object.__new__(GRPOTrainer)
+        t.__dict__.update(attrs)
+        return t
+
+    assert not reads_sampling_logprobs(trainer(use_vllm=False, off_policy_mask_threshold=None))
+    assert reads_sampling_logprobs(trainer(use_vllm=True, off_policy_mask_threshold=None))
+    assert reads_sampling_logprobs(trainer(use_vllm=False, off_policy_mask_threshold=0.5))
+    assert reads_sampling_logprobs(trainer(use_vllm=False))  # a TRL without the setting: keep them
+    assert reads_sampling_logprobs(object())
