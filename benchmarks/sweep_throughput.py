@@ -18,16 +18,24 @@ of 10 environments) that differ in N (1, 2, ..., cycling up to 8), ``--steps``
 GRPO steps each, every other setting the default config's.
 
 In the same invocation it measures the GRPO phase of one solo run against its
-floor: ``grpo_ms_per_step`` is the least, over the old way's runs and one solo
-run trained alone afterwards (stage 1 cached), of the manifest's
-``grpo_seconds / max_steps`` (wall time of ``trainer.train``: generation,
-scoring, optimizer, eval passes, logging, checkpoints); ``floor_ms_per_step`` is
+floor, both in CPU milliseconds per step of the one-thread process (what a step
+costs a core of its own; on this shared machine the wall clock runs 2-5x the CPU
+time whenever other agents' jobs load the two cores, the CPU clock far less):
+``grpo_ms_per_step`` is one solo run trained alone afterwards (stage 1 cached),
+CPU time from ``on_train_begin`` to ``on_train_end`` (generation, scoring,
+optimizer, eval passes, logging, checkpoints) per step; ``floor_ms_per_step`` is
 :mod:`benchmarks.organism_floor`'s GRPO floor, the scoring forward + backward at
 GRPO's batch shape plus the KV-cached decoder's forward passes for one batch,
-least of two measurements (before and after the sweep). Wall times on a shared
-machine are noisy: ``uptime`` is printed next to every number. Last line::
+least of two measurements (before and after the sweep). The wall-clock versions
+(the manifests' ``grpo_seconds`` per step, least over all solo runs) and both
+ways' CPU seconds (the children's ``getrusage``, pool workers included) are
+printed on the line before, with ``uptime``'s load next to every number. The
+sweep speed-up of the last line is the wall-clock ratio the issue asks for;
+under load it favours the way with more processes (two pool workers against one
+population process get two shares of the cores against one), which the CPU
+ratio on the line before does not. Last line::
 
-    sweep_speedup=<old/new> runs=<n> old_seconds_per_run=... new_seconds_per_run=... grpo_ms_per_step=...
+    sweep_speedup=<old/new wall> runs=<n> old_seconds_per_run=... new_seconds_per_run=... grpo_ms_per_step=...
     floor_ms_per_step=...
 
 Goal (issue 20): sweep_speedup >= 2 on this 2-core machine and grpo_ms_per_step <= 1.3 x floor_ms_per_step.
@@ -85,6 +93,30 @@ def _old_way_main(spec: Path) -> None:
             ex.result(h)
 
 
+def _solo_main(spec: Path) -> None:
+    """Child process: one solo TRL run alone; writes the CPU seconds of its GRPO phase (``trainer.train``) and its
+    step count next to the spec (``<spec>.cpu``)."""
+    import torch
+    from transformers import TrainerCallback
+
+    torch.set_num_threads(1)
+    from physrl.organisms import OrganismConfig, train
+
+    job = json.loads(spec.read_text())
+    marks = {}
+
+    class CpuClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            marks["begin"], marks["step0"] = time.process_time(), state.global_step
+
+        def on_train_end(self, args, state, control, **kw):
+            marks["end"], marks["steps"] = time.process_time(), state.global_step - marks["step0"]
+
+    train(OrganismConfig(**job["configs"][0]), job["run_dirs"][0], log=lambda *a: None,
+          recorder_hook=lambda recorder, trainer: trainer.add_callback(CpuClock()))
+    Path(f"{spec}.cpu").write_text(json.dumps({"seconds": marks["end"] - marks["begin"], "steps": marks["steps"]}))
+
+
 def _new_way_main(spec: Path) -> None:
     """Child process: one population of the given members."""
     import torch
@@ -96,18 +128,27 @@ def _new_way_main(spec: Path) -> None:
     train_population([OrganismConfig(**f) for f in job["configs"]], job["run_dirs"], log=lambda *a: None)
 
 
-def _child(kind: str, job: dict, root: Path) -> float:
-    """Run ``kind`` (old / new) in a fresh interpreter; returns its wall seconds (imports included)."""
+def _child_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and their waited-for descendants."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child(kind: str, job: dict, root: Path) -> tuple[float, float, Path]:
+    """Run ``kind`` (old / solo) in a fresh interpreter; returns its wall and CPU seconds (imports and pool workers
+    included) and its spec file."""
     spec = root / f"{kind}-{time.time_ns()}.json"
     spec.write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _child_cpu()
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", str(spec)], env=env,
                           capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _child_cpu() - c0
     if proc.returncode:
         sys.exit(f"{kind} way failed:\n{proc.stderr[-4000:]}")
-    return seconds
+    return seconds, cpu, spec
 
 
 def grpo_ms(run_dirs) -> list[float]:
@@ -121,17 +162,25 @@ def grpo_ms(run_dirs) -> list[float]:
     return out
 
 
-def floor_ms(steps: int) -> tuple[float, float]:
+def floor_ms(steps: int, clock: str) -> tuple[float, float]:
     """(scoring, generation) ms per GRPO step: :func:`organism_floor.grpo` (the faster forward) and
-    :func:`organism_floor.generation`, ``steps`` repetitions each."""
+    :func:`organism_floor.generation`, ``steps`` repetitions each, timed by ``clock`` (``wall`` or ``cpu``: this
+    process's CPU time, what the step costs a core of its own, steadier when other jobs share the cores)."""
     sys.path.insert(0, str(HERE))
+    from types import SimpleNamespace
+
     import torch
 
     import organism_floor
 
     torch.set_num_threads(1)
-    scoring, _ = organism_floor.grpo(steps)
-    return min(scoring.values()), organism_floor.generation(steps)
+    saved = organism_floor.time
+    organism_floor.time = SimpleNamespace(perf_counter=time.process_time if clock == "cpu" else time.perf_counter)
+    try:
+        scoring, _ = organism_floor.grpo(steps)
+        return min(scoring.values()), organism_floor.generation(steps)
+    finally:
+        organism_floor.time = saved
 
 
 def main() -> None:
@@ -143,20 +192,19 @@ def main() -> None:
     parser.add_argument("--populations", type=int, default=1, help="new way: populations trained in parallel")
     parser.add_argument("--floor-steps", type=int, default=100, help="repetitions of each floor measurement")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
-    parser.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["old", "new", "solo"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "old":
-        return _old_way_main(args.spec)
-    if args.child == "new":
-        return _new_way_main(args.spec)
+    if args.child:
+        return {"old": _old_way_main, "new": _new_way_main, "solo": _solo_main}[args.child](args.spec)
     if args.runs < 1 or args.steps < 1 or args.workers < 1 or not 1 <= args.populations <= args.runs:
         parser.error("--runs, --steps, --workers >= 1 and 1 <= --populations <= --runs")
 
     print(f"start: {uptime()}", flush=True)
-    floors = [floor_ms(args.floor_steps)]
-    print(f"floor (before): scoring {floors[-1][0]:.2f} + generation {floors[-1][1]:.2f} ms/step; {uptime()}",
-          flush=True)
+    floors = {"cpu": [floor_ms(args.floor_steps, "cpu")], "wall": [floor_ms(args.floor_steps, "wall")]}
+    for clock, f in floors.items():
+        print(f"floor ({clock}, before): scoring {f[-1][0]:.2f} + generation {f[-1][1]:.2f} ms/step; {uptime()}",
+              flush=True)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
@@ -168,12 +216,12 @@ def main() -> None:
             configs = sweep_configs(args.runs, args.steps, args.pretrain_steps, base / "stage1_cache")
             run_dirs = [str(base / f"run{i}") for i in range(args.runs)]
             if kind == "old":
-                seconds = _child("old", {"workers": args.workers, "root": str(base), "configs": configs,
-                                         "run_dirs": run_dirs}, base)
+                seconds, cpu, _ = _child("old", {"workers": args.workers, "root": str(base), "configs": configs,
+                                                 "run_dirs": run_dirs}, base)
             else:
                 parts = [list(range(p, args.runs, args.populations)) for p in range(args.populations)]
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _child_cpu()
                 procs = []
                 for p, members in enumerate(parts):
                     spec = base / f"population{p}.json"
@@ -185,27 +233,35 @@ def main() -> None:
                     _, err = proc.communicate()
                     if proc.returncode:
                         sys.exit(f"new way failed:\n{err[-4000:]}")
-                seconds = time.perf_counter() - t0
-            ways[kind] = (seconds, run_dirs)
+                seconds, cpu = time.perf_counter() - t0, _child_cpu() - c0
+            ways[kind] = (seconds, cpu, run_dirs)
             ms = grpo_ms(run_dirs)
-            print(f"{kind} way: {args.runs} runs in {seconds:.1f} s ({seconds / args.runs:.1f} s per run); "
-                  f"GRPO phase per run {min(ms):.1f}-{max(ms):.1f} ms/step; {uptime()}", flush=True)
+            print(f"{kind} way: {args.runs} runs in {seconds:.1f} s wall, {cpu:.1f} s CPU ({seconds / args.runs:.1f} s "
+                  f"wall, {cpu / args.runs:.1f} s CPU per run); GRPO phase per run {min(ms):.1f}-{max(ms):.1f} ms/step "
+                  f"wall; {uptime()}", flush=True)
         # one solo run alone (its stage 1 from the old way's cache): today's GRPO phase without a second worker
         solo = sweep_configs(1, args.steps, args.pretrain_steps, root / "old" / "stage1_cache")[0]
         solo_dir = str(root / "solo")
-        _child("old", {"workers": 1, "root": str(root), "configs": [solo], "run_dirs": [solo_dir]}, root)
-        solo_ms = grpo_ms([solo_dir])[0]
-        print(f"solo run alone (N = {solo['n_envs']}): GRPO phase {solo_ms:.1f} ms/step; {uptime()}", flush=True)
-        grpo = min([solo_ms, *grpo_ms(ways["old"][1])])
-    floors.append(floor_ms(args.floor_steps))
-    print(f"floor (after): scoring {floors[-1][0]:.2f} + generation {floors[-1][1]:.2f} ms/step; {uptime()}",
-          flush=True)
-    floor = min(f[0] for f in floors) + min(f[1] for f in floors)
+        _, _, spec = _child("solo", {"configs": [solo], "run_dirs": [solo_dir]}, root)
+        clock = json.loads(Path(f"{spec}.cpu").read_text())
+        solo_cpu = 1000 * clock["seconds"] / clock["steps"]
+        solo_wall = grpo_ms([solo_dir])[0]
+        print(f"solo run alone (N = {solo['n_envs']}): GRPO phase {solo_wall:.1f} ms/step wall, {solo_cpu:.1f} ms/step "
+              f"CPU; {uptime()}", flush=True)
+        grpo_wall = min([solo_wall, *grpo_ms(ways["old"][2])])
+    for clock in ("cpu", "wall"):
+        floors[clock].append(floor_ms(args.floor_steps, clock))
+        print(f"floor ({clock}, after): scoring {floors[clock][-1][0]:.2f} + generation {floors[clock][-1][1]:.2f} "
+              f"ms/step; {uptime()}", flush=True)
+    floor = {clock: min(f[0] for f in fl) + min(f[1] for f in fl) for clock, fl in floors.items()}
     old, new = ways["old"][0] / args.runs, ways["new"][0] / args.runs
-    print(f"GRPO phase / floor = {grpo / floor:.2f} (goal <= 1.3); sweep speed-up {old / new:.2f} (goal >= 2); "
+    old_cpu, new_cpu = ways["old"][1] / args.runs, ways["new"][1] / args.runs
+    print(f"GRPO phase / floor: CPU {solo_cpu:.1f} / {floor['cpu']:.1f} = {solo_cpu / floor['cpu']:.2f}, wall "
+          f"{grpo_wall:.1f} / {floor['wall']:.1f} = {grpo_wall / floor['wall']:.2f} (goal <= 1.3); sweep speed-up wall "
+          f"{old / new:.2f}, CPU {old_cpu / new_cpu:.2f} ({old_cpu:.1f} / {new_cpu:.1f} CPU s per run; goal >= 2); "
           f"workers {args.workers}, populations {args.populations}; end: {uptime()}")
     print(f"sweep_speedup={old / new:.2f} runs={args.runs} old_seconds_per_run={old:.1f} new_seconds_per_run={new:.1f} "
-          f"grpo_ms_per_step={grpo:.1f} floor_ms_per_step={floor:.1f}")
+          f"grpo_ms_per_step={solo_cpu:.1f} floor_ms_per_step={floor['cpu']:.1f}")
 
 
 if __name__ == "__main__":
