@@ -6,7 +6,7 @@ with priors 0.05, 0.1, 0.2, 0.4, 4, 4, 3, 3 trained environments and two held-ou
 rollouts per environment; ``many``, ten runs with priors from 0.05 to 0.5, 2-7 of 8 environments
 trained, 32 eval rollouts (many runs with few step-0 rollouts each, where holding p0 at its measurement
 biased fit_speed's fit). Every set is fitted once per mode
-(``fixed``, ``prior``, ``free``; ``fixed+emcee``: the fixed fit's emcee intervals) and each parameter's
+(``fixed``, ``prior``, ``free``; ``<mode>+emcee``: that fit's emcee intervals, with ``--emcee-steps``) and each parameter's
 95% interval is checked against the truth. A parameter the fit could not identify has no interval and
 counts as a miss (``identified`` says how often).
 
@@ -83,11 +83,11 @@ def run(sets: int, out: Path, emcee_steps: int, dispersion: float, which: str = 
             rows = []
             for mode in modes:
                 t = time.perf_counter()
-                res = fitting.fit(runs, step0=mode, emcee_steps=emcee_steps if mode == "fixed" else 0, seed=seed)
+                res = fitting.fit(runs, step0=mode, emcee_steps=emcee_steps, seed=seed)
                 seconds = time.perf_counter() - t
                 rows += _rows(res, truth, seed, mode, seconds)
-                if emcee_steps and mode == "fixed":
-                    rows += _rows(res, truth, seed, "fixed+emcee", seconds, emcee=True)
+                if emcee_steps:
+                    rows += _rows(res, truth, seed, f"{mode}+emcee", seconds, emcee=True)
             frame = pd.DataFrame(rows)
             frame.to_csv(out, mode="a", header=not out.exists(), index=False)
             share = frame.groupby("mode")["covered"].mean()
@@ -119,7 +119,7 @@ def table(paths) -> str:
     n = df.groupby("mode")["set"].nunique()
     ident = df.pivot_table(index="param", columns="mode", values="identified", aggfunc="mean")
     order = [p for p in df["param"].drop_duplicates()]
-    modes = [m for m in (*MODES, "fixed+emcee") if m in cov.columns]
+    modes = [m for m in (*MODES, *(f"{m}+emcee" for m in MODES)) if m in cov.columns]
     lines = ["| parameter | " + " | ".join(f"{m} (n={n[m]})" for m in modes) + " |",
              "|---|" + "---:|" * len(modes)]
     for p in order:
@@ -150,7 +150,7 @@ def diagnose(paths, params=None) -> str:
     lines = ["| parameter | mode | sets | mean est. − truth | sd of estimates | mean reported se | "
              "interval below truth | above truth |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for p in order:
-        for m in [m for m in (*MODES, "fixed+emcee") if m in set(df["mode"])]:
+        for m in [m for m in (*MODES, *(f"{m}+emcee" for m in MODES)) if m in set(df["mode"])]:
             x = df[(df["param"] == p) & (df["mode"] == m)]
             if x.empty:
                 continue
@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--first", type=int, default=0,
                     help="seed of the first set (split a long study over processes: --first 30 --sets 30)")
     ap.add_argument("--out", type=Path, default=Path("fit_coverage.csv"))
-    ap.add_argument("--emcee-steps", type=int, default=0, help="also score the fixed fit's emcee intervals")
+    ap.add_argument("--emcee-steps", type=int, default=0,
+                    help="also score each mode's emcee intervals (rows '<mode>+emcee')")
     ap.add_argument("--dispersion", type=float, default=1.0, help="overdispersion φ of the synthetic counts")
     ap.add_argument("--design", choices=sorted(DESIGNS), default="small",
                     help="small: 4 runs x 6 envs x 64 rollouts; many: 10 runs x 8 envs x 32 rollouts; "
