@@ -718,7 +718,7 @@ def _unsupported(problem: Problem, obs: pd.DataFrame) -> dict[str, str]:
 
 def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabilities: str = "shared",
         lam: bool = False, phases=("eval", "train"), substeps: int = 1, observation: str = "manifest",
-        step0: str = "fixed", dispersion: str | dict = "quasi", n_starts: int = 4,
+        step0: str = "free", dispersion: str | dict = "quasi", n_starts: int = 4,
         profile: bool | list[str] = False, emcee_steps: int = 0, emcee_walkers: int | None = None, seed: int = 0,
         max_nfev: int | None = None, progress: bool = False, selection: str = "replicator",
         start: dict[str, float] | None = None) -> FitResult:
@@ -742,9 +742,14 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
     observation : {"manifest", "unit", "fit"}
         Observation bounds (docs/model.md §7): from the manifests (else
         (0, 1)), (0, 1), or fitted.
-    step0 : {"fixed", "prior", "free"}
-        p0, a0, b0 fixed at their step-0 measurement (default), with a
-        prior centred on it, or free.
+    step0 : {"free", "fixed", "prior"}
+        p0, a0, b0 fitted by the data alone, the step-0 rows included
+        (default: unbiased, intervals closest to their nominal 95% of the
+        three modes over docs/fitting.md's synthetic designs; c_x under-covers
+        in the richest one); fixed at their step-0 measurement (its variance
+        carried into the others' covariance, Murphy-Topel; a noisy start bends
+        the dynamics past those intervals); or a prior centred on the
+        measurement (the step-0 rows then count twice).
     dispersion : {"quasi", "none"} or dict
         Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not; or a dict component
         (``"p"``, ``"a"``, ``"b"``) -> φ_c >= 1 held fixed (from another fit: :func:`fitting.compare` puts
