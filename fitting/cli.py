@@ -112,7 +112,7 @@ def _fit_parser() -> ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--step0", choices=["free", "fixed", "prior"], default="free",
                    help="p0, a0, b0: fitted by the data (step-0 rows included), fixed at the step-0 measurement, "
-                        "or a prior centred on it; free: unbiased, the 95%% intervals closest to nominal (docs/fitting.md) "
+                        "or a prior centred on it; free: unbiased, its 95%% intervals cover (docs/fitting.md) "
                         "(default: %(default)s)")
     p.add_argument("--dispersion", choices=["quasi", "none"], default="quasi",
                    help="scale errors and bands by the Pearson dispersion φ (quasi) or not (default: %(default)s)")
