@@ -748,7 +748,7 @@ def fit(runs, *, transfer: str = "homogeneous", priors: str = "shared", learnabi
         truth in >= 88% of 60 synthetic sets in each of three designs,
         docs/fitting.md); fixed at their step-0 measurement (its variance
         carried into the others' covariance, Murphy-Topel; a noisy start bends
-        the dynamics past those intervals); or a prior centred on the
+        the dynamics set by set, intervals several times wider); or a prior centred on the
         measurement (the step-0 rows then count twice).
     dispersion : {"quasi", "none"} or dict
         Scale the covariance by max(φ, 1), φ = Pearson χ²/dof (default), or not; or a dict component

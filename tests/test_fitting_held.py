@@ -78,8 +78,8 @@ def _noisy_start_design(root):
 
 
 def test_default_step0_intervals_hold_the_truth_where_a_held_noisy_start_does_not(tmp_path):
-    """Issue 18.7: the default --step0 is the mode whose intervals cover ('free': every parameter >= 0.88
-    over 60 sets in each of three designs, docs/fitting.md). Holding the initial state at a noisy step-0 share bends the dynamics, and Murphy-Topel's
+    """Issue 18.7: the default --step0 is 'free' (every mode covers every parameter >= 0.88 over 60 sets in
+    each of three designs; free is unbiased with intervals several times narrower, docs/fitting.md). Holding the initial state at a noisy step-0 share bends the dynamics, and Murphy-Topel's
     linearised variance, read at that bent optimum, is too narrow: here 'fixed' puts c_z's and c_x's 95%
     intervals below their truths (0.8 and 0.6). The default holds every truth."""
     runs, truth = _noisy_start_design(tmp_path)
