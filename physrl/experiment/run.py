@@ -159,7 +159,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     fit_dir.mkdir(exist_ok=True)
     # the fit's own bar counts evaluations once its problem is built; this one keeps time from the start
     with stage(f"fitting the ODE on {len(cal_ids)} calibration runs", 1, enabled=progress, unit="fit") as bar:
-        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
+        # step0="fixed": the protocol registered with the frozen predictions (data/reference/*/fit/fit.json);
+        # fitting.fit's default moved to "free" (issue 18.7), which would refit another calibration
+        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer, step0="fixed",
                                  max_nfev=config.fit_max_nfev, progress=progress)
         bar.update(1)
     fit_result.save(fit_dir / "fit.json")
