@@ -342,7 +342,6 @@ class _Member:
         self.classifier, self.compared, self.writer, self.recorder = classifier, compared, writer, recorder
         self.tokenizer = tokenizer
         self.model = None
-        self.rollout_func = None
         self.error: str | None = None
         self.eval_seconds = 0.0
         self.last_eval: dict = {}
@@ -356,20 +355,66 @@ class _Member:
                                   self.writer)
         self.eval_seconds += time.perf_counter() - t0
 
-    def rollouts(self, step: int) -> MemberBatch:
-        """The member's GRPO batch of ``step``, sampled, rewarded and logged as a solo run's rollout_func and
-        reward function do it (same seeds, same rows given the same weights)."""
+    def requests(self, step: int) -> tuple[list, int]:
+        """The member's rollout requests of GRPO step ``step`` and its sampling seed: those of a solo run's
+        ``rollout_func`` (:func:`organisms._train.make_rollout_func`: the step's environments in turn, prompts
+        from the stream ``(seed, step, train)``, sampling from ``(seed, step, train, 1)``)."""
+        from ._rollout import PHASE_CODE, make_requests, stream_seed
+
+        c = self.config
+        train_envs = self.family.train_envs
+        n_groups = c.groups_per_step
+        envs = [train_envs[(step * n_groups + g) % len(train_envs)] for g in range(n_groups)]
+        rng = np.random.default_rng(stream_seed(c.seed, step, PHASE_CODE["train"]))
+        return (make_requests(self.family, envs, c.num_generations, rng),
+                stream_seed(c.seed, step, PHASE_CODE["train"], 1))
+
+    def batch_from(self, step: int, requests: list, out: dict) -> MemberBatch:
+        """The member's GRPO batch from its sampled rollouts ``out`` (``sample_rollouts``' dict): rewarded and
+        logged by the member's recorder as a solo run's reward function does it."""
         from ._rollout import decode
 
-        n = self.config.groups_per_step * self.config.num_generations
-        stub = SimpleNamespace(state=SimpleNamespace(global_step=step), model=self.model,
-                               accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-        out = self.rollout_func([None] * n, stub)
         completions = decode(self.tokenizer, out["completion_ids"])
-        rewards = self.recorder(None, completions, out["env_id"], out["group_id"], out["prompt_text"],
-                                trainer_state=SimpleNamespace(global_step=step),
+        rewards = self.recorder(None, completions, [r.env.id for r in requests], [r.group_id for r in requests],
+                                out["prompt"], trainer_state=SimpleNamespace(global_step=step),
                                 **{name: out[name] for name in self.family.columns})
         return MemberBatch(out["prompt_ids"], out["completion_ids"], [float(r) for r in rewards], out["env_mask"])
+
+    def rollouts(self, step: int) -> MemberBatch:
+        """The member's GRPO batch of ``step`` sampled on its own (the organisms' sampler on its model view),
+        as a solo run samples it; the population samples all members at once (:func:`_sample_batches`)."""
+        from ._rollout import sample_rollouts
+
+        requests, seed = self.requests(step)
+        out = sample_rollouts(self.model, self.tokenizer, self.family, requests, seed, self.config.temperature)
+        return self.batch_from(step, requests, out)
+
+
+def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int, fail) -> None:
+    """Every live member's GRPO batch of ``step`` into ``member.batch``, sampled in one batched decode
+    (:func:`organisms._stacked_decode.sample_population_rollouts`: each member with its own seeds and
+    environment). A member whose requests, environment or reward raise is handed to ``fail`` alone."""
+    from ._stacked_decode import sample_population_rollouts
+
+    live = [m for m in members if m.error is None]
+    requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
+    for m in live:
+        try:
+            requests[m.index], seeds[m.index] = m.requests(step)
+        except Exception as exc:  # noqa: BLE001 - a member fails alone
+            fail(m, exc)
+    families = [m.family for m in members]
+    outs = sample_population_rollouts(stacked, members[0].tokenizer, families, requests, seeds,
+                                      members[0].config.temperature)
+    for m in live:
+        if m.error is not None:
+            continue
+        try:
+            if isinstance(outs[m.index], BaseException):
+                raise outs[m.index]
+            m.batch = m.batch_from(step, requests[m.index], outs[m.index])
+        except Exception as exc:  # noqa: BLE001
+            fail(m, exc)
 
 
 def _idle_batch(batch: MemberBatch) -> MemberBatch:
@@ -466,7 +511,7 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     from ._classify import classifier_accuracy
     from ._model import load_model, n_parameters, pick_device, use_mask_positions
     from ._train import (RolloutRecorder, RolloutWriter, _labelling_and_compared, _prepare_model, check_setup,
-                         make_rollout_func, new_manifest, new_run_id)
+                         new_manifest, new_run_id)
 
     cpu0, wall0 = time.process_time(), time.time()
     if configs[0].num_threads:
@@ -533,7 +578,6 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
             _load_optimizer(grpo, checkpoints)
         for m in members:
             m.model = stacked.member(m.index)
-            m.rollout_func = make_rollout_func(m.config, m.family, m.tokenizer)
     except BaseException as exc:
         for m in members:
             update_manifest(m.run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
@@ -565,11 +609,7 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
         for step in range(start, max_steps):
             if not alive():
                 break
-            for m in alive():
-                try:
-                    m.batch = m.rollouts(step)
-                except Exception as exc:  # noqa: BLE001
-                    fail(m, exc)
+            _sample_batches(stacked, members, step, fail)
             if not alive():
                 break
             template = alive()[0].batch

@@ -299,14 +299,14 @@ def test_a_member_that_fails_fails_alone(tmp_path, monkeypatch):
     from physrl.contract import read_manifest, read_rollouts
     from physrl.organisms import _population, train_population
 
-    real = _population._Member.rollouts
+    real = _population._Member.requests
 
-    def rollouts(self, step):
+    def requests(self, step):
         if self.index == 1 and step == 1:
             raise RuntimeError("environment crashed")
         return real(self, step)
 
-    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    monkeypatch.setattr(_population._Member, "requests", requests)
     configs = [OrganismConfig(seed=0, **RUN)] * 3  # one stage-1 model (cache hits)
     dirs = train_population(configs, [tmp_path / f"m{i}" for i in range(3)], log=lambda *_: None)
     status = [read_manifest(d).status for d in dirs]
@@ -334,19 +334,19 @@ def test_an_interrupted_population_resumes_to_the_rows_of_an_uninterrupted_one(t
 
     configs = [OrganismConfig(seed=0, **RUN), OrganismConfig(seed=1, **{**RUN, "n_envs": 3})]
     whole = train_population(configs, [tmp_path / "whole0", tmp_path / "whole1"], log=lambda *_: None)
-    real = _population._Member.rollouts
+    real = _population._Member.requests
 
-    def rollouts(self, step):
+    def requests(self, step):
         if step == 3 and self.index == 1:
             raise KeyboardInterrupt  # kills the whole population (not a member failure)
         return real(self, step)
 
-    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    monkeypatch.setattr(_population._Member, "requests", requests)
     dirs = [tmp_path / "cut0", tmp_path / "cut1"]
     with pytest.raises(KeyboardInterrupt):
         train_population(configs, dirs, log=lambda *_: None)
     assert [read_manifest(d).status for d in dirs] == ["failed", "failed"]
-    monkeypatch.setattr(_population._Member, "rollouts", real)
+    monkeypatch.setattr(_population._Member, "requests", real)
     with pytest.raises(ResumeMismatch, match="member 0"):
         train_population(configs, dirs[::-1], resume=True, log=lambda *_: None)
     lines = []
