@@ -74,7 +74,7 @@ def member_batch(tokenizer, config, seed: int):
 
 
 def grpo_args(config, device, out: str):
-    from physrl.organisms._family import make_family
+    from physrl.organisms import make_family
     from physrl.organisms._train import _grpo_args
     from pathlib import Path
 
@@ -200,7 +200,7 @@ def generation_ms(device, rounds: int, repeats: int, base, tokenizer) -> float:
     """ms of one GRPO step's rollouts of one default organism (the organisms' sampler, KV cache, lean path)."""
     import numpy as np
 
-    from physrl.organisms._family import make_family
+    from physrl.organisms import make_family
     from physrl.organisms._model import build_model
     from physrl.organisms._rollout import make_requests, sample_rollouts
 
@@ -221,7 +221,7 @@ def generation_batched_ms(k: int, device, rounds: int, base, tokenizer) -> float
     """ms per member of one GRPO step's rollouts of ``k`` default organisms sampled in one stacked decode."""
     import numpy as np
 
-    from physrl.organisms._family import make_family
+    from physrl.organisms import make_family
     from physrl.organisms._model import build_model
     from physrl.organisms._rollout import make_requests
     from physrl.organisms._stacked import StackedLlama

@@ -315,6 +315,22 @@ class PopulationGRPO:
 
 
 # ---- whole runs: one run directory per member ----------------------------------------------------------------------
+#: OrganismConfig fields a member owns (its seed, prior and skills, N and environments); every other field, and the
+#: family's size (the vocabulary), members of one population share
+MEMBER_FIELDS = ("seed", "p0", "a0", "b0", "n_envs", "n_heldout", "family_seed", "stage1_cache", "progress",
+                 "report_to", "judge_cache", "compare_classifiers")
+
+
+def population_key(config) -> str:
+    """What runs must share to be trained as members of one population: every OrganismConfig field but
+    :data:`MEMBER_FIELDS` (architecture, step budget, batch shape, loss, optimizer, device, ...) and the
+    family's size ``n_family`` (it fixes the vocabulary, hence the embedding's shape). Runs with equal keys can
+    share a population (an experiment groups them: ``physrl.experiment.runs``); a JSON string."""
+    shared = {k: v for k, v in config.to_dict().items() if k not in MEMBER_FIELDS}
+    shared["n_family"] = config.n_family
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
 #: GRPOConfig fields that may differ between members (everything else is one population's shared settings)
 _PER_MEMBER_ARGS = ("output_dir", "seed", "data_seed", "run_name", "logging_dir")
 
@@ -423,7 +439,7 @@ def _idle_batch(batch: MemberBatch) -> MemberBatch:
 
 
 def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = False, population_id: str | None = None,
-                     log=print) -> list[Path]:
+                     log=print, step_hook=None) -> list[Path]:
     """Train K organisms in lockstep, one run directory each (the population trainer; module docstring).
 
     Parameters
@@ -449,6 +465,9 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
     log : callable
         One-line progress messages (default ``print``); the progress bar (when any member's ``progress`` is on)
         counts member-steps, K per optimizer step.
+    step_hook : callable, optional
+        Called with the optimizer steps done (0 at the start of GRPO, after a resume the step resumed from,
+        then after every step), e.g. to report progress to an experiment.
 
     Returns
     -------
@@ -498,14 +517,15 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
             from ._train import _quiet_libraries
 
             stack.enter_context(_quiet_libraries())
-            return _train_population(configs, run_dirs, population_id, log, resume)
+            return _train_population(configs, run_dirs, population_id, log, resume, step_hook)
     finally:
         for d, new in zip(run_dirs, created):
             if new and d.exists() and not any(d.iterdir()):
                 d.rmdir()
 
 
-def _train_population(configs, run_dirs, population_id, log, resume: bool = False) -> list[Path]:
+def _train_population(configs, run_dirs, population_id, log, resume: bool = False,
+                      step_hook=None) -> list[Path]:
     from physrl.contract import now, read_manifest, read_rollouts, rows_on_disk, update_manifest, write_manifest
 
     from ._classify import classifier_accuracy
@@ -600,6 +620,8 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     t_grpo = time.time()
     if bar is not None:
         bar.update(k_members * start)
+    if step_hook is not None:
+        step_hook(start)
     try:
         for m in members if start == 0 else []:
             try:
@@ -628,6 +650,8 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
                         _save_checkpoint(grpo, m, done)
                     except Exception as exc:  # noqa: BLE001
                         fail(m, exc)
+            if step_hook is not None:
+                step_hook(done)
             if bar is not None:
                 bar.update(k_members)
                 live = alive()
