@@ -4,9 +4,12 @@
 trains K members that share an architecture and a step budget at once. Each
 member keeps what a solo run (:func:`organisms.train`, TRL's
 ``GRPOTrainer``) has: its seed, its stage-1 model (initial weights), N and
-environments, its data stream (rollouts sampled with its own seeds by the
-organisms' sampler), its optimizer state and its own run directory under the
-log contract (docs/rollouts.md). Only the expensive part is shared: one
+environments, its data stream (rollouts sampled with its own seeds and its own
+RNG stream), its optimizer state and its own run directory under the log
+contract (docs/rollouts.md). Only the expensive part is shared: one batched,
+KV-cached decode that samples every member's rollouts of a step and every
+member's eval pass (:mod:`organisms._stacked_decode`; each member's
+completions are its solo sampler's, logits equal to float rounding), one
 batched forward and backward of all members' completions
 (:class:`organisms._stacked.StackedLlama`) and one optimizer over the
 stacked weights.
@@ -363,14 +366,6 @@ class _Member:
         self.last_eval: dict = {}
         self.batch: MemberBatch | None = None
 
-    def evaluate(self, step: int) -> None:
-        from ._train import evaluate
-
-        t0 = time.perf_counter()
-        self.last_eval = evaluate(self.model, self.tokenizer, self.config, self.family, self.classifier, step,
-                                  self.writer)
-        self.eval_seconds += time.perf_counter() - t0
-
     def requests(self, step: int) -> tuple[list, int]:
         """The member's rollout requests of GRPO step ``step`` and its sampling seed: those of a solo run's
         ``rollout_func`` (:func:`organisms._train.make_rollout_func`: the step's environments in turn, prompts
@@ -396,14 +391,74 @@ class _Member:
                                 **{name: out[name] for name in self.family.columns})
         return MemberBatch(out["prompt_ids"], out["completion_ids"], [float(r) for r in rewards], out["env_mask"])
 
-    def rollouts(self, step: int) -> MemberBatch:
-        """The member's GRPO batch of ``step`` sampled on its own (the organisms' sampler on its model view),
-        as a solo run samples it; the population samples all members at once (:func:`_sample_batches`)."""
-        from ._rollout import sample_rollouts
 
-        requests, seed = self.requests(step)
-        out = sample_rollouts(self.model, self.tokenizer, self.family, requests, seed, self.config.temperature)
-        return self.batch_from(step, requests, out)
+def _eval_requests(m: _Member, step: int) -> tuple[list, int]:
+    """The member's eval-pass requests at ``step`` and its sampling seed, as :func:`organisms._train.evaluate`
+    makes them (``eval_prompts_per_env`` GRPO groups on every environment, streams ``(seed, step, eval)``)."""
+    from ._rollout import PHASE_CODE, make_requests, stream_seed
+
+    c = m.config
+    rng = np.random.default_rng(stream_seed(c.seed, step, PHASE_CODE["eval"]))
+    envs = [e for e in m.family.envs for _ in range(c.eval_prompts_per_env)]
+    return make_requests(m.family, envs, c.num_generations, rng), stream_seed(c.seed, step, PHASE_CODE["eval"], 1)
+
+
+def _record_eval(m: _Member, step: int, requests: list, out: dict) -> dict:
+    """The member's eval pass from its sampled rollouts: rows to its writer and the statistics, as
+    :func:`organisms._train.evaluate` records them after sampling (mirrored there; tests/test_population.py
+    checks that a member's step-0 eval rows equal a solo run's, row for row)."""
+    from ._family import TRUTH_COLUMN
+    from ._rollout import decode
+    from ._train import _path_stats
+
+    family = m.family
+    texts = decode(m.tokenizer, out["completion_ids"])
+    cols = {name: out[name] for name in family.columns}
+    rewards = family.reward(out["prompt"], texts, **cols)
+    rs, rs_score = m.classifier.classify(texts, prompts=out["prompt"])
+    m.writer.add(step=step, phase="eval", env_id=[r.env.id for r in requests],
+                 group_id=[r.group_id for r in requests], prompt=out["prompt"], completion=texts, reward=rewards,
+                 rs=rs, rs_score=rs_score, **cols, **{TRUTH_COLUMN: family.path_labels(out["prompt"], texts, **cols)})
+    trained = np.array([r.env.trained for r in requests])
+    env_ids = np.array([r.env.id for r in requests])
+    rs = np.array(rs, dtype=bool)
+    stats = _path_stats(rs[trained], np.asarray(rewards)[trained])
+    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()), "rs_share_train": stats["rs_share"],
+            "a": stats["a"], "b": stats["b"],
+            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs}}
+
+
+def _evaluate_members(stacked: StackedLlama, members: Sequence[_Member], step: int, fail, due=None) -> None:
+    """The eval pass at ``step`` of every live member of ``due`` (default: the population ``members``, all K in
+    member order), sampled in one batched decode (each member's own requests and seeds,
+    :func:`_eval_requests`); a member that raises is handed to ``fail`` alone."""
+    from ._stacked_decode import sample_population_rollouts
+
+    t0 = time.perf_counter()
+    live = [m for m in (members if due is None else due) if m.error is None]
+    requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
+    for m in live:
+        try:
+            requests[m.index], seeds[m.index] = _eval_requests(m, step)
+        except Exception as exc:  # noqa: BLE001 - a member fails alone
+            fail(m, exc)
+    if not any(requests):
+        return
+    families = [m.family for m in members]
+    outs = sample_population_rollouts(stacked, live[0].tokenizer, families, requests, seeds,
+                                      live[0].config.temperature)
+    for m in live:
+        if m.error is not None:
+            continue
+        try:
+            if isinstance(outs[m.index], BaseException):
+                raise outs[m.index]
+            m.last_eval = _record_eval(m, step, requests[m.index], outs[m.index])
+        except Exception as exc:  # noqa: BLE001
+            fail(m, exc)
+    share = (time.perf_counter() - t0) / max(1, len(live))
+    for m in live:
+        m.eval_seconds += share
 
 
 def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int, fail) -> None:
@@ -623,11 +678,8 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     if step_hook is not None:
         step_hook(start)
     try:
-        for m in members if start == 0 else []:
-            try:
-                m.evaluate(0)
-            except Exception as exc:  # noqa: BLE001 - a member fails alone
-                fail(m, exc)
+        if start == 0:
+            _evaluate_members(stacked, members, 0, fail)
         for step in range(start, max_steps):
             if not alive():
                 break
@@ -637,12 +689,9 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
             template = alive()[0].batch
             grpo.step([m.batch if m.error is None else _idle_batch(template) for m in members])
             done = step + 1
-            for m in alive():
-                try:
-                    if done % m.config.eval_every == 0 or done == max_steps:
-                        m.evaluate(done)
-                except Exception as exc:  # noqa: BLE001
-                    fail(m, exc)
+            due = [m for m in alive() if done % m.config.eval_every == 0 or done == max_steps]
+            if due:
+                _evaluate_members(stacked, members, done, fail, due)
             if done % args.save_steps == 0 or done == max_steps:
                 for m in alive():
                     try:
