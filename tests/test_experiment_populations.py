@@ -147,3 +147,13 @@ def test_an_interrupted_population_resumes_as_a_whole_on_the_next_invocation(tmp
         m = read_manifest(d)
         assert m.status == "finished" and m.organisms["resumed"] == 1
         assert m.organisms["trainer"]["population"] == first[0]
+
+
+def test_the_command_line_refuses_a_bad_population_size_before_training(tmp_path, capsys):
+    from physrl.cli import main
+
+    code = main(["experiment", "demo", "--out", str(tmp_path / "out"), "--no-progress",
+                 "--set", "organism.trainer=population", "--set", "executor.population_size=0"])
+    assert code == 2
+    assert "executor.population_size must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
