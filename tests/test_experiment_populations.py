@@ -157,3 +157,35 @@ def test_the_command_line_refuses_a_bad_population_size_before_training(tmp_path
     assert code == 2
     assert "executor.population_size must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.slow  # 412 s for both at load ~14; the local pool (spawned workers) carries the same job in the tiny test
+@pytest.mark.parametrize("engine", ["submitit", "ray"])
+def test_a_population_is_one_job_that_leaves_the_machine_through_submitit_or_ray(tmp_path, engine):
+    """The same two-member population through the inline executor and through submitit's local runner (Slurm's
+    stand-in) or a local Ray cluster: one job, the same rows for every member."""
+    import pandas as pd
+
+    from physrl.contract import read_rollouts
+    from physrl.experiment.runs import train_planned
+
+    pytest.importorskip(engine)
+    jobs = [(f"sweep-s{s}", {**POP, **TINY, "n_envs": 2, "n_heldout": 0, "seed": s, "max_steps": 2})
+            for s in range(2)]
+    if engine == "ray":
+        import ray
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = train_planned(ExecutorConfig(engine=engine, population_size=2, timeout_min=20), tmp_path / engine,
+                               jobs, progress=False)
+    finally:
+        if engine == "ray":
+            ray.shutdown()
+    inline = train_planned(ExecutorConfig(max_workers=1, population_size=2), tmp_path / "inline", jobs,
+                           progress=False)
+    records = list((tmp_path / engine / "logs" / "populations").glob("*.json"))
+    assert len(records) == 1  # one population, one job
+    cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
+    for run_id, _ in jobs:
+        pd.testing.assert_frame_equal(read_rollouts(remote[run_id])[cols], read_rollouts(inline[run_id])[cols])
