@@ -189,3 +189,19 @@ def test_a_population_is_one_job_that_leaves_the_machine_through_submitit_or_ray
     cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]
     for run_id, _ in jobs:
         pd.testing.assert_frame_equal(read_rollouts(remote[run_id])[cols], read_rollouts(inline[run_id])[cols])
+
+
+def test_the_step_bar_shows_a_running_population_once_as_members_times_steps(tmp_path):
+    from physrl.experiment.runs import StepMonitor, write_progress
+
+    dirs = {r: tmp_path / "runs" / r for r in ("a", "b", "c")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    write_progress(dirs["a"], 3, 4, "GRPO")
+    write_progress(dirs["b"], 3, 4, "GRPO")
+    write_progress(dirs["c"], 1, 4, "GRPO")
+    monitor = StepMonitor(dirs, {r: 4 for r in dirs}, enabled=False, groups={"population-x": ["a", "b"]})
+    monitor.update()
+    assert monitor.bar.n == 7  # member-steps: 3 + 3 + 1
+    assert monitor.bar.postfix == "population of 2 (a, ...) GRPO 2x3/4; c GRPO 1/4"
+    monitor.close()
