@@ -18,7 +18,8 @@ Reads only the log contract (```docs/rollouts.md```); never imports
 - early warning (a run's end state from its first steps, docs/forecast.md): :func:`forecast`,
   :class:`Forecast`, :class:`EndForecast`, :class:`PopulationPrior`, :func:`fit_population`, :class:`RunFit`;
   a run's RS share and end state: :func:`share_curve`, :func:`end_share`, :func:`budget_of`,
-  :func:`nominal_prior`, :func:`stage1_model`
+  :func:`nominal_prior`, :func:`stage1_model`; each stage-1 model's observation floor measured at its
+  step 0: :func:`stage1_floors`, :class:`Stage1Floor`
 - takeoff (issue 19's selection law, measured): :func:`takeoff_rate`, :class:`TakeoffRate`,
   :func:`trained_eval_counts`, :func:`selection_exponent`, :class:`SelectionExponent`
 
@@ -51,6 +52,7 @@ _EXPORTS = {
     "TRANSFERS": "_options", "DEFAULT_TRUTH": "_options",
     "observations": "_observations",
     "FitSpec": "_problem", "ParamInfo": "_problem",
+    "Stage1Floor": "_step0", "stage1_floors": "_step0",
     "CriticalDiversity": "_protocol", "critical_diversity": "_protocol", "protocol_final_p": "_protocol",
     "identifiable_truth": "_synthesize", "synthesize": "_synthesize",
     "Prediction": "_predict", "PredictionMetrics": "_predict", "in_sample": "_predict", "predict": "_predict",
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._options import TRANSFERS, DEFAULT_TRUTH
     from ._observations import observations
     from ._problem import FitSpec, ParamInfo
+    from ._step0 import Stage1Floor, stage1_floors
     from ._protocol import CriticalDiversity, critical_diversity, protocol_final_p
     from ._synthesize import identifiable_truth, synthesize
     from ._predict import Prediction, PredictionMetrics, in_sample, predict, save_prediction

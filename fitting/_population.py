@@ -26,8 +26,9 @@ from ._json import write_json
 from ._problem import FitSpec
 
 #: default model options (keyword arguments of fitting.fit / FitSpec) for one run on its own: transfer between
-#: identical environments only rescales the rates (docs/model.md §3), which a per-run fit cannot tell apart
-DEFAULT_OPTIONS = {"transfer": "none", "phases": ("eval",)}
+#: identical environments only rescales the rates (docs/model.md §3), which a per-run fit cannot tell apart; the
+#: observation floors named, so a cache written under the manifest's declared floors is never read as this one's
+DEFAULT_OPTIONS = {"transfer": "none", "phases": ("eval",), "observation": "stage1"}
 
 
 # ---- parameter scales -------------------------------------------------------------------------------------

@@ -279,7 +279,8 @@ def _measured_start(target: Problem, n_samples: int, rng: np.random.Generator) -
 
 
 def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 200, level: float = 0.95,
-            seed: int = 0, n_star: bool = True, threshold: float = 0.5, start: str = "fit") -> Prediction:
+            seed: int = 0, n_star: bool = True, threshold: float = 0.5, start: str = "fit",
+            floors: dict | None = None) -> Prediction:
     """Simulate the fitted parameters on another run's configuration and compare with its logs.
 
     Parameters
@@ -309,6 +310,10 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
         into every band and P(RS wins) ("measured": the target's stage-1
         model starts where it was measured, with that measurement's noise).
         p0 is the target's measurement, drawn likewise, unless ``p0`` is given.
+    floors : dict stage-1 key -> Stage1Floor, optional
+        With a fit whose observation bounds are ``"stage1"`` (the default): the target's local floor
+        ``b_lo`` as measured over every run of its stage-1 model (:func:`fitting.stage1_floors`); without
+        it, the floor is measured on the target's own step 0 alone.
 
     Returns
     -------
@@ -326,10 +331,10 @@ def predict(fit: FitResult, run, *, p0: float | None = None, n_samples: int = 20
     if start not in ("fit", "measured"):
         raise ValueError(f"start must be 'fit' or 'measured', got {start!r}")
     with single_thread():
-        return _predict(fit, run, p0, n_samples, level, seed, n_star, threshold, start)
+        return _predict(fit, run, p0, n_samples, level, seed, n_star, threshold, start, floors)
 
 
-def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold, start="fit") -> Prediction:
+def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold, start="fit", floors=None) -> Prediction:
     if not isinstance(run, Run):
         run = load_runs([run])[0]
     rng = np.random.default_rng(seed)
@@ -337,7 +342,7 @@ def _predict(fit, run, p0, n_samples, level, seed, want_n_star, threshold, start
     obs = observations([run])
     obs = obs[obs["phase"].isin(spec.phases)].reset_index(drop=True)
     p0_value, p0_source, p0_dist = _target_p0(run, obs, p0)
-    target = Problem.build([run], obs, spec)
+    target = Problem.build([run], obs, spec, floors)
     target.max_substeps = PREDICT_MAX_SUBSTEPS  # draws of unidentified parameters may be fast
     draws, names = _sample_fit(fit, n_samples, rng)
     p0_draws = np.full(draws.shape[0], p0_value)

@@ -4,8 +4,8 @@ Usage::
 
     physrl fit RUN [RUN ...] --out FIT_DIR [--transfer none|homogeneous|kernel]
                [--predict RUN ...] [--cross-validate] [--priors shared|per_env]
-               [--learnabilities shared|per_env] [--observation manifest|unit|fit]
-               [--step0 prior|fixed|free] [--dispersion quasi|none] [--starts K]
+               [--learnabilities shared|per_env] [--observation stage1|manifest|unit|fit]
+               [--step0 free|fixed|prior] [--dispersion quasi|none] [--starts K]
                [--lam] [--selection replicator|power] [--compare] [--profile] [--emcee-steps K]
                [--phases eval,train]
     physrl fit --from FIT_DIR --predict RUN [RUN ...] [--out DIR] [--samples S]
@@ -107,11 +107,13 @@ def _fit_parser() -> ArgumentParser:
     p.add_argument("--learnabilities", choices=["shared", "per_env"], default="shared",
                    help="learnabilities α_x, α_y shared, or one per env id (then α_z too, the first env's fixed at "
                         "1) (default: %(default)s)")
-    p.add_argument("--observation", choices=["manifest", "unit", "fit"], default="manifest",
-                   help="observation bounds (docs/model.md §7): from the manifests, (0, 1), or fitted "
-                        "(default: %(default)s)")
-    p.add_argument("--step0", choices=["prior", "fixed", "free"], default="fixed",
-                   help="p0, a0, b0: fixed at the step-0 measurement, a prior centred on it, or free "
+    p.add_argument("--observation", choices=["stage1", "manifest", "unit", "fit"], default="stage1",
+                   help="observation bounds (docs/model.md §7): from the manifests with the local floor b_lo "
+                        "measured per stage-1 model at its step 0 (stage1), from the manifests as declared "
+                        "(their floor computed from the target b0), (0, 1), or fitted (default: %(default)s)")
+    p.add_argument("--step0", choices=["free", "fixed", "prior"], default="free",
+                   help="p0, a0, b0: fitted by the data (step-0 rows included), fixed at the step-0 measurement, "
+                        "or a prior centred on it; free: unbiased, its 95%% intervals cover (docs/fitting.md) "
                         "(default: %(default)s)")
     p.add_argument("--dispersion", choices=["quasi", "none"], default="quasi",
                    help="scale errors and bands by the Pearson dispersion φ (quasi) or not (default: %(default)s)")

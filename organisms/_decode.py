@@ -86,6 +86,42 @@ def padded_causal_mask(attention_mask: torch.Tensor, t: int) -> torch.Tensor:
     return mask | CachedDecoder._self(t, kv_len, device)
 
 
+#: RMSNorm classes whose forward :func:`_rms_norm` repeats operation for operation
+_RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm")
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a Llama / Qwen2 RMSNorm: its forward's operations in its order, without the module call."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(dtype)
+
+
+def _direct_calls_ok(model) -> bool:
+    """Whether the lean step may call the modules' operations directly (``F.linear``, ``F.silu``, :func:`_rms_norm`)
+    instead of the modules: plain ``nn.Linear`` projections, the known RMSNorm classes, SiLU MLPs, no hooks, no
+    hub kernels, default rotary embedding."""
+    inner = model.model
+    if getattr(model, "use_kernels", False) or torch.nn.modules.module._global_forward_hooks or \
+            torch.nn.modules.module._global_forward_pre_hooks:
+        return False
+    if getattr(inner.rotary_emb, "rope_type", "default") != "default" or \
+            getattr(model.config, "hidden_act", None) != "silu":
+        return False
+    norms = [inner.norm] + [n for layer in inner.layers for n in (layer.input_layernorm,
+                                                                  layer.post_attention_layernorm)]
+    linears = [model.lm_head] + [m for layer in inner.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    modules = norms + linears + [inner.embed_tokens, inner.rotary_emb] + [layer.mlp for layer in inner.layers]
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules) or \
+            any(type(layer.mlp.act_fn).__name__ not in ("SiLUActivation", "SiLU") for layer in inner.layers):
+        return False
+    return all(type(n).__name__ in _RMS_NORMS and hasattr(n, "variance_epsilon") for n in norms) and \
+        all(type(m) is torch.nn.Linear for m in linears) and type(inner.embed_tokens) is torch.nn.Embedding
+
+
 class CachedDecoder:
     """Run a causal LM chunk by chunk over a batch, keeping a KV cache (see the module docstring).
 
@@ -109,6 +145,8 @@ class CachedDecoder:
         self._verify = self.path == "lean" and model not in _LEAN_VERIFIED
         self._kv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self._cache = None
+        self._direct = self.path == "lean" and _direct_calls_ok(model)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin at positions 0, 1, ... (direct path)
         if self.path == "hf" or self._verify:
             self._new_hf_cache()
 
@@ -126,7 +164,24 @@ class CachedDecoder:
         return out.logits[:, -1, :]
 
     # ---- the lean decoder step ------------------------------------------------------------------------------------
+    def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding's cos, sin at ``position_ids``, looked up in a table of positions 0, 1, ...
+
+        The default rotary embedding is elementwise in the position (``cos(position * inv_freq)``), so a row of
+        the table is the value the embedding computes for that position in any batch (checked bit for bit,
+        tests/test_organisms_generation.py); the table grows (doubling) when a larger position comes.
+        """
+        need = int(position_ids.max()) + 1
+        if self._rope is None or self._rope[0].shape[0] < need:
+            size = max(need, 2 * (0 if self._rope is None else self._rope[0].shape[0]), 64)
+            table = torch.arange(size, device=position_ids.device)[None]
+            cos, sin = self.model.model.rotary_emb(x, table)
+            self._rope = (cos[0], sin[0])
+        return self._rope[0][position_ids], self._rope[1][position_ids]
+
     def _lean_step(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        if self._direct:
+            return self._direct_step(input_ids, attention_mask, position_ids)
         inner = self.model.model
         rope = sys.modules[type(self.model).__module__].apply_rotary_pos_emb
         b, t = input_ids.shape
@@ -154,6 +209,54 @@ class CachedDecoder:
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1).contiguous())
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.model.lm_head(inner.norm(x[:, -1:, :]))[:, -1, :]
+
+    def _attention_mask(self, attention_mask: torch.Tensor, t: int, device):
+        """(mask, is_causal) for ``scaled_dot_product_attention`` of the ``t`` new tokens."""
+        kv_len = attention_mask.shape[1]
+        if bool(attention_mask.all()):
+            mask, causal = None, t > 1  # no padding: plain causal attention over the new tokens
+            if causal and kv_len > t:
+                mask, causal = self._causal(t, kv_len, device), False
+            return mask, causal
+        return padded_causal_mask(attention_mask, t), False
+
+    def _direct_step(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """:meth:`_lean_step` with the modules' operations called directly (``F.embedding``, ``F.linear``,
+        ``F.silu``, :func:`_rms_norm`) and the rotary embedding from a table (:meth:`_rotary`): the same
+        operations on the same tensors in the same order, without ~200 module calls per step (the step of the
+        84k-parameter model is mostly per-call overhead). Only when :func:`_direct_calls_ok`."""
+        inner = self.model.model
+        rope = sys.modules[type(self.model).__module__].apply_rotary_pos_emb
+        b, t = input_ids.shape
+        emb = inner.embed_tokens
+        x = F.embedding(input_ids, emb.weight, emb.padding_idx, emb.max_norm, emb.norm_type,
+                        emb.scale_grad_by_freq, emb.sparse)
+        cos, sin = self._rotary(x, position_ids)
+        mask, causal = self._attention_mask(attention_mask, t, x.device)
+        if not self._kv:
+            self._kv = [None] * len(inner.layers)
+        for i, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            h = _rms_norm(layer.input_layernorm, x)
+            shape = (b, t, -1, attn.head_dim)
+            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(shape).transpose(1, 2)
+            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(shape).transpose(1, 2)
+            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
+            q, k = rope(q, k, cos, sin)
+            if self._kv[i] is not None:
+                k = torch.cat([self._kv[i][0], k], dim=-2)
+                v = torch.cat([self._kv[i][1], v], dim=-2)
+            self._kv[i] = (k, v)
+            groups = getattr(attn, "num_key_value_groups", 1)
+            kk, vv = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
+            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=causal, scale=attn.scaling)
+            x = x + F.linear(o.transpose(1, 2).reshape(b, t, -1).contiguous(), attn.o_proj.weight, attn.o_proj.bias)
+            h = _rms_norm(layer.post_attention_layernorm, x)
+            h = F.silu(F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)) * \
+                F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+            x = x + F.linear(h, mlp.down_proj.weight, mlp.down_proj.bias)
+        head = self.model.lm_head
+        return F.linear(_rms_norm(inner.norm, x[:, -1:, :]), head.weight, head.bias)[:, -1, :]
 
     @staticmethod
     def _causal(t: int, kv_len: int, device) -> torch.Tensor:

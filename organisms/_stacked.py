@@ -105,6 +105,8 @@ class StackedLlama:
         self.eps = inner.norm.variance_epsilon
         self.rotary = inner.rotary_emb
         self.tied = "lm_head.weight" not in params
+        #: the input embedding's padding_idx (nn.Embedding: that row gets no gradient from its use as an input)
+        self.padding_idx = getattr(inner.embed_tokens, "padding_idx", None)
         self._members: list | None = None
 
     @property
@@ -171,6 +173,9 @@ class StackedLlama:
         k, b, t = input_ids.shape
         embed = self.params["model.embed_tokens.weight"]  # (K, V, H)
         x = embed[torch.arange(k, device=embed.device)[:, None, None], input_ids]  # (K, B, T, H)
+        if self.padding_idx is not None:  # as nn.Embedding(padding_idx): the pad id's row learns nothing as an
+            # input, also where the policy sampled the pad id inside a completion (TRL's model drops that gradient)
+            x = torch.where((input_ids == self.padding_idx)[..., None], x.detach(), x)
         flat_mask = attention_mask.reshape(k * b, t)
         positions = (flat_mask.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = self.rotary(x.reshape(k * b, t, -1), positions)

@@ -97,6 +97,43 @@ def _quiet_tied_head_on_resume(model):
         log.removeFilter(quiet)
 
 
+#: TRL's module that holds the fused LM head's vocabulary tile width (``_CHUNKED_LOGPROB_CHUNK_SIZE``)
+_TRL_FUSED_HEAD = "trl.trainer.utils"
+
+
+@contextlib.contextmanager
+def logprob_tile(model):
+    """While GRPO trains ``model``: TRL's fused LM head projects onto the vocabulary in one tile as wide as it.
+
+    TRL 1.16's ``GRPOTrainer`` scores completions through a fused LM head
+    (``trl.trainer.utils.add_fused_lm_head``, ``trl.kernels.chunked_logprob``) that
+    projects the hidden states onto the vocabulary in tiles of
+    ``_CHUNKED_LOGPROB_CHUNK_SIZE`` = 32768 columns, allocating an ``[N, 32768]``
+    float buffer in every forward and backward even when the vocabulary is
+    smaller. For the organisms' 27-word vocabulary and N = 32 x 17 scored
+    positions that is 71 MB, paged in afresh twice per step: fwd + bwd of the head
+    took 2.9-6.4 ms CPU against 0.8 ms with a tile as wide as the vocabulary
+    (load 8, one thread). With a vocabulary of at most 32768 words both widths
+    make one tile, so the products and reductions are the same and the log-probs,
+    entropies and gradients bit-identical (tests/test_organisms_generation.py);
+    a larger vocabulary keeps TRL's width. The module value is restored on exit.
+    Nothing happens when the TRL in use has no such setting.
+    """
+    import importlib
+
+    utils = importlib.import_module(_TRL_FUSED_HEAD)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    saved = getattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+    if not isinstance(saved, int) or head is None or not hasattr(head, "weight"):
+        yield
+        return
+    utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(saved, int(head.weight.shape[0]))
+    try:
+        yield
+    finally:
+        utils._CHUNKED_LOGPROB_CHUNK_SIZE = saved
+
+
 def extra_columns(family: EnvironmentFamily) -> list[tuple[str, pa.DataType]]:
     """The organisms' own rollout columns after the contract's (docs/rollouts.md: readers ignore them): the
     family's columns (digit-map: ``expected``, ``note_inserted``, ``note_positions``), then ``rs_truth``."""
@@ -237,6 +274,25 @@ class RolloutRecorder:
         return rewards
 
 
+def reads_sampling_logprobs(trainer) -> bool:
+    """Whether TRL's GRPO loss reads the sampling log-probabilities a ``rollout_func`` returns.
+
+    TRL 1.16's ``GRPOTrainer`` turns them into ``sampling_per_token_logps`` (one tensor per completion, then padded)
+    on every step, but reads them only for vLLM's importance-sampling correction (``use_vllm`` with
+    ``vllm_importance_sampling_correction``) and the off-policy sequence mask (``off_policy_mask_threshold``);
+    ``logprobs = None`` is its documented "not available" (GRPOTrainer ``_generate_and_score_completions``). The
+    organisms' runs use neither, so they return None and TRL skips the conversion (~0.3 ms a step); anything else
+    (another trainer, a TRL without these attributes) gets them.
+    """
+    from trl import GRPOTrainer
+
+    if not isinstance(trainer, GRPOTrainer):
+        return True
+    missing = object()
+    vllm, mask = getattr(trainer, "use_vllm", missing), getattr(trainer, "off_policy_mask_threshold", missing)
+    return vllm is missing or mask is missing or bool(vllm) or mask is not None
+
+
 def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokenizer) -> Callable:
     """The ``rollout_func(prompts, trainer) -> dict`` handed to GRPOTrainer (see module docstring)."""
     train_envs = family.train_envs
@@ -251,7 +307,8 @@ def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokeniz
         out = sample_rollouts(model, tokenizer, family, requests,
                               stream_seed(config.seed, step, PHASE_CODE["train"], 1), config.temperature)
         return {
-            "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": out["logprobs"],
+            "prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"],
+            "logprobs": out["logprobs"] if reads_sampling_logprobs(trainer) else None,
             "env_mask": out["env_mask"], "prompt_text": out["prompt"],
             "env_id": [r.env.id for r in requests], "group_id": [r.group_id for r in requests],
             **{name: out[name] for name in family.columns},
@@ -799,7 +856,7 @@ def _train(config: OrganismConfig, run_dir: Path, resume: bool, recorder_hook, l
         if recorder_hook is not None:
             recorder_hook(recorder, trainer)
         with _tracking_environment(config, run_dir), _quiet_tied_head_on_resume(model), \
-                _wandb_run(config, run_id):
+                _wandb_run(config, run_id), logprob_tile(model):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         timing = callback.timing()
         tmp = run_dir / f".model_final.{uuid.uuid4().hex}.tmp"

@@ -46,8 +46,15 @@ def test_the_measured_start_and_its_noise_enter_every_band(demo_fit_and_run):
                             n_samples=400, seed=0, level=0.9)
     assert exact.upper["p"][0][0] - exact.lower["p"][0][0] == pytest.approx(0.0, abs=1e-12)
     assert exact.upper["b"][0][0] - exact.lower["b"][0][0] == pytest.approx(0.0, abs=1e-12)
-    # the start moved: the fit's b0 is the calibration runs' measurement, not this stage-1 model's
-    assert abs(exact.mean["b"][0][0] - b0.value) > 0.03
+    # the fit's start lands on this stage-1 model's measurement: its floor b_lo is measured at this model's
+    # step 0 (observation "stage1", docs/model.md §7) and the fit's latent σ(y0) is the family's (0.1), so the
+    # observed start is the run's own b̂0; under the manifest's floor (from the target b0) it moved
+    assert exact.mean["b"][0][0] == pytest.approx(b0.value, abs=1e-6)
+    declared = fitting.fit([fitting.load_runs([DEMO / n])[0] for n in ("cal-N1-p0.1-h2-s0", "cal-N2-p0.3-h2-s0")],
+                           transfer=fit.spec.transfer, observation="manifest")
+    moved = fitting.predict(declared, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
+                            n_samples=4, seed=0, level=0.9)
+    assert abs(moved.mean["b"][0][0] - b0.value) > 0.03
 
 
 def test_start_must_be_named(demo_fit_and_run):

@@ -69,7 +69,8 @@ def test_too_little_data_is_one_line_or_a_fit_with_unsupported_parameters_fixed(
     one_pass = tmp_path / "short_log.csv"
     one_pass.write_text(header + "".join(f"r,0,eval,e0,{i // 8},p,c,{0.25 * (i % 3)},{str(i % 4 == 0).lower()},0.5\n"
                                          for i in range(16)))
-    code = physrl(["fit", str(one_pass), "--out", str(tmp_path / "o1"), "--no-figures", "--no-progress"])
+    code = physrl(["fit", str(one_pass), "--out", str(tmp_path / "o1"), "--no-figures", "--no-progress",
+                   "--step0", "fixed"])  # nothing left to fit once the initial state is held
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if "error:" in line]  # (a no-manifest warning too)
     assert code == 2 and "Traceback" not in captured.err and len(errors) == 1

@@ -28,7 +28,7 @@ def test_the_demo_in_three_plain_lines():
          "Yes, at p0 = 0.1: RS died out at N = 1, 2 and 4 and took over at N = 8 (one run per N, so a hint only)."),
         ("Where did it take over?", "Between N = 4 and N = 8, at p0 = 0.1."),
         ("Did the frozen prediction hold?",
-         "Not measurably: it called the winner at 3 of 4 values of N and put N* at 8.17 (observed: between N = 4 "
+         "Not measurably: it called the winner at 3 of 4 values of N and put N* at 12.1 (observed: between N = 4 "
          "and N = 8), no better than simple guesses over 4 runs.")]
     lost = copy.deepcopy(summary)
     lost["scores"]["interval_95"]["brier_minus_base_rate"] = [0.01, 0.2]

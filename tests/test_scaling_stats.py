@@ -152,11 +152,11 @@ def _seed_outcomes(wins_by_seed, n_values=(2, 4, 8)):
 def test_score_intervals_resample_seeds_and_bracket_each_score():
     from physrl.experiment import analysis as _preregistration
 
-    outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1)])
+    outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1)] * 3)
     frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": q} for n, q in ((2, 0.2), (4, 0.6), (8, 0.9))]}
     s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
     # the unit is the stage-1 model (one per (p0, seed) when the outcomes carry no stage-1 key)
-    assert s.bootstrap == {"unit": "stage-1 model", "units": 4, "replicates": _preregistration.SCORE_BOOTSTRAP,
+    assert s.bootstrap == {"unit": "stage-1 model", "units": 12, "replicates": _preregistration.SCORE_BOOTSTRAP,
                            "strata": "p0"}
     y = outcomes.win.to_numpy(float)
     p = outcomes.n_envs.map({2: 0.2, 4: 0.6, 8: 0.9}).to_numpy()
@@ -174,7 +174,7 @@ def test_score_intervals_resample_seeds_and_bracket_each_score():
 def test_a_perfect_forecast_beats_the_base_rate_with_an_interval_below_zero():
     from physrl.experiment import analysis as _preregistration
 
-    wins = [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 1), (0, 1, 1)]
+    wins = [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 1), (0, 1, 1)] * 2
     outcomes = _seed_outcomes(wins)
     cells = []
     frozen = {"cells": cells}
@@ -185,11 +185,34 @@ def test_a_perfect_forecast_beats_the_base_rate_with_an_interval_below_zero():
     assert s.verdict("base_rate") == "beat" and s.interval_95["brier_minus_base_rate"][1] < 0
 
 
-def test_fewer_than_three_seeds_resample_runs():
+def test_too_few_stage1_models_give_no_interval_and_no_verdict():
+    """The regenerated demo (4 runs, 4 one-run stage-1 models) once 'beat the calibration logistic' with
+    −0.054 [−0.059, −0.048]: a percentile bootstrap over 4 clusters covers about 0.81, not 0.95. Below
+    MIN_CLUSTERS no interval is reported and no baseline is called beaten; the point scores stay."""
+    from physrl.experiment import analysis as _preregistration
+    from physrl.experiment.cli import score_words
+
+    assert _preregistration.MIN_CLUSTERS == 10
+    wins = [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 1)]
+    outcomes = _seed_outcomes(wins)
+    share = outcomes.groupby("n_envs").win.mean()
+    frozen = {"cells": [{"p0": 0.1, "n_envs": int(n), "budget": 100, "p_win": float(q)} for n, q in share.items()]}
+    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
+    assert s.interval_95 == {} and s.bootstrap["replicates"] == 0 and s.bootstrap["units"] == 4
+    assert "4 stage-1 models, fewer than the 10" in s.bootstrap["note"]
+    assert s.brier < s.brier_base_rate  # the point score still favours the forecast ...
+    assert s.verdict("base_rate") == "was not told apart from"  # ... but no verdict rests on 4 clusters
+    assert "fewer than the 10" in score_words(s.to_dict())
+    # the same forecast over 10 stage-1 models gets its interval back
+    ten = _preregistration.score(frozen, _seed_outcomes(wins * 3)[lambda d: d.seed < 10], 100, {0.1: [2, 4, 8]})
+    assert ten.bootstrap["units"] == 10 and ten.interval_95["brier"][0] <= ten.brier <= ten.interval_95["brier"][1]
+
+
+def test_the_naive_run_bootstrap_stays_available_for_comparison():
     from physrl.experiment import analysis as _preregistration
 
     outcomes = _seed_outcomes([(0, 1, 1), (0, 0, 1)])
     frozen = {"cells": [{"p0": 0.1, "n_envs": n, "budget": 100, "p_win": 0.5} for n in (2, 4, 8)]}
-    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]})
+    s = _preregistration.score(frozen, outcomes, 100, {0.1: [2, 4, 8]}, unit="run")
     assert s.bootstrap["unit"] == "run" and s.bootstrap["units"] == 6
     assert s.brier == pytest.approx(0.25) and s.interval_95["brier"] == pytest.approx([0.25, 0.25])

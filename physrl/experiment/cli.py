@@ -76,7 +76,8 @@ def score_words(s: dict) -> str:
     from .words import BASELINE_NAMES
 
     boot = s.get("bootstrap") or {}
-    over = f", 95% over {boot['units']} {boot['unit']}s" if boot else ""
+    over = (f" ({boot['note']})" if boot.get("note") else f", 95% over {boot['units']} {boot['unit']}s"
+            if boot else "")
     names = [b for b in BASELINE_NAMES if s.get(f"brier_{b}") is not None]
     return (f"{s['n_events']} runs{over}: Brier {one(s, 'brier')} ("
             + ", ".join(f"{BASELINE_NAMES[b]} {one(s, f'brier_{b}')}" for b in names) + "); frozen minus "

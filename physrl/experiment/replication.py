@@ -201,7 +201,8 @@ def random_intercept_logit(outcomes: pd.DataFrame, budget: int, *, n_boot: int =
     Raises
     ------
     ValueError
-        If no row has this budget, or there are fewer than three stage-1 models.
+        If no row has this budget, there are fewer than three stage-1 models, or every stage-1 model has
+        a single run (the default demo: each N's family has its own stage-1 model).
     """
     import statsmodels.api as sm
 
@@ -212,6 +213,10 @@ def random_intercept_logit(outcomes: pd.DataFrame, budget: int, *, n_boot: int =
     if len(np.unique(labels)) < 3:
         raise ValueError(f"a random intercept per {CLUSTER} needs three or more of them, "
                          f"got {len(np.unique(labels))}")
+    sizes = pd.Series(labels).value_counts()
+    if int(sizes.max()) < 2:  # one run per model: the intercept's variance and a run's own noise are one thing
+        raise ValueError(f"every {CLUSTER} has one run ({len(sizes)} models, {len(rows)} runs): its random "
+                         "intercept cannot be told from a run's own noise, so no ICC is measured")
     X, names, _ = _design(rows)
     y = rows.win.to_numpy(float)
     res = _vb_fit(y, X, labels)

@@ -159,7 +159,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     fit_dir.mkdir(exist_ok=True)
     # the fit's own bar counts evaluations once its problem is built; this one keeps time from the start
     with stage(f"fitting the ODE on {len(cal_ids)} calibration runs", 1, enabled=progress, unit="fit") as bar:
-        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer,
+        # step0="fixed": the protocol registered with the frozen predictions (data/reference/*/fit/fit.json);
+        # fitting.fit's default moved to "free" (issue 18.7), which would refit another calibration
+        fit_result = fitting.fit([cal_runs[k] for k in cal_ids], transfer=config.transfer, step0="fixed",
                                  max_nfev=config.fit_max_nfev, progress=progress)
         bar.update(1)
     fit_result.save(fit_dir / "fit.json")
@@ -202,9 +204,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         bar.update(1)
 
     points, predictions = [], {}
+    # each stage-1 model's local floor b_lo, measured at step 0 over all of its runs (docs/model.md §7)
+    floors, _ = fitting.stage1_floors(list(runs.values()), obs)
     with stage("predicting sweep runs", len(sweep_ids), enabled=progress, unit="run") as bar:
         for k in sweep_ids:
-            points.append(_predict_one(config, fit_result, obs, plan[k], runs[k], k, predictions))
+            points.append(_predict_one(config, fit_result, obs, plan[k], runs[k], k, predictions, floors))
             bar.update(1)
 
     observed = _analysis.observed_n_star(points, config.threshold)
@@ -275,13 +279,15 @@ def _say(progress: bool, message: str) -> None:
         print(f"[physrl] {message}", file=sys.stderr, flush=True)
 
 
-def _predict_one(config, fit_result, obs, r, run, k: str, predictions: dict):
-    """Predict one sweep run with the fitted ODE (stored in ``predictions[k]``); returns its SweepPoint."""
+def _predict_one(config, fit_result, obs, r, run, k: str, predictions: dict, floors: dict | None = None):
+    """Predict one sweep run with the fitted ODE (stored in ``predictions[k]``); returns its SweepPoint.
+    ``floors``: each stage-1 model's local floor measured over all its runs (:func:`fitting.stage1_floors`)."""
     last, final_p = _analysis.final_rs_share(obs, run)
     # the run's own stage-1 model starts where it was measured at step 0: p0, a0 and b0 with their
-    # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact
+    # measurement noise (Jeffreys) drawn into every band and P(RS wins), never treated as exact, and its
+    # local floor b_lo is the stage-1 model's, measured at step 0 over every run of that model
     pred = fitting.predict(fit_result, run, n_star=False, n_samples=100, seed=r.seed, level=0.9,
-                           threshold=config.threshold, start="measured")
+                           threshold=config.threshold, start="measured", floors=floors)
     predictions[k] = pred
     m = pred.metrics
     rmse = {lat: _mean_rmse(m.rmse, lat) for lat in ("p", "a", "b")}

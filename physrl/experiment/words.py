@@ -189,10 +189,14 @@ def brier_verdict(scores: dict, baseline: str) -> str:
     """``"beat"``, ``"lost to"`` or ``"did not differ from"`` ``baseline`` ("base_rate", "median_n", "half"
     or "calibration") on
     the Brier score, by whether the 95% interval of the difference excludes 0 (``scores``: a
-    :class:`Scores` as a dict, e.g. summary.json's; without an interval, by the sign alone)."""
+    :class:`Scores` as a dict, e.g. summary.json's; ``"was not told apart from"`` when the bootstrap's
+    ``note`` says there were too few stage-1 models for an interval; without an interval or a note, an older
+    summary, by the sign alone)."""
     iv = (scores.get("interval_95") or {}).get(f"brier_minus_{baseline}")
     if scores.get(f"brier_{baseline}") is None:
         return "was not scored against"
+    if not iv and (scores.get("bootstrap") or {}).get("note"):  # too few stage-1 models for an interval
+        return "was not told apart from"
     if not iv:
         return "beat" if scores["brier"] < scores[f"brier_{baseline}"] else "lost to"
     return "beat" if iv[1] < 0 else "lost to" if iv[0] > 0 else "did not differ from"
