@@ -19,10 +19,13 @@ fed fixed batches so that only the update is timed:
 * **TRL alone** - for reference, TRL's ``GRPOTrainer`` on one member with a
   ``rollout_func`` that returns the same fixed batch (no generation): its
   ms per optimizer step, bookkeeping included;
-* **generation** - a member's rollouts are sampled by the organisms' sampler
-  on its own model view, one member after another (not batched across members
-  yet), so its cost per member-step does not depend on K: one GRPO step's
-  ``sample_rollouts`` of the default organism, least of ``--rounds``;
+* **generation** - the population's rollouts of one GRPO step, sampled two
+  ways in the same run: *looped* (the organisms' sampler on each member's
+  model view in turn, ``sample_rollouts``; cost per member independent of K;
+  how populations sampled before batching) and *batched* (all K members in
+  one stacked, KV-cached decode, ``organisms._stacked_decode``, each member
+  with its own seed and requests; what the population trainer runs): ms per
+  member-step, least of ``--rounds``;
 * **memory per member** - parameters + gradients + AdamW's two moments
   (exact bytes), and the activations autograd saves for backward at this batch
   (summed through ``torch.autograd.graph.saved_tensors_hooks``, each storage
@@ -31,8 +34,8 @@ fed fixed batches so that only the update is timed:
 The device is chosen at run time (CUDA when present, ``--device`` to force).
 Last line::
 
-    population_speed device=D K=1:a,8:b,32:c,128:d ms_per_member_step trl_alone_ms_per_step=T
-    generation_ms_per_member_step=G memory_per_member_mb=M
+    population_speed device=D 1:a,8:b,32:c,128:d ms_per_member_step trl_alone_ms_per_step=T
+    generation_ms_per_member_step=1:g1,8:g8,... generation_looped_ms_per_member_step=G0 memory_per_member_mb=M
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/population_speed.py [--max-k 32]``.
 """
@@ -71,7 +74,7 @@ def member_batch(tokenizer, config, seed: int):
 
 
 def grpo_args(config, device, out: str):
-    from physrl.organisms._family import make_family
+    from physrl.organisms import make_family
     from physrl.organisms._train import _grpo_args
     from pathlib import Path
 
@@ -197,7 +200,7 @@ def generation_ms(device, rounds: int, repeats: int, base, tokenizer) -> float:
     """ms of one GRPO step's rollouts of one default organism (the organisms' sampler, KV cache, lean path)."""
     import numpy as np
 
-    from physrl.organisms._family import make_family
+    from physrl.organisms import make_family
     from physrl.organisms._model import build_model
     from physrl.organisms._rollout import make_requests, sample_rollouts
 
@@ -211,6 +214,33 @@ def generation_ms(device, rounds: int, repeats: int, base, tokenizer) -> float:
             requests = make_requests(family, envs, base.num_generations, np.random.default_rng(i))
             sample_rollouts(model, tokenizer, family, requests, seed=i, temperature=base.temperature)
         best = min(best, 1000 * (time.perf_counter() - t0) / repeats)
+    return best
+
+
+def generation_batched_ms(k: int, device, rounds: int, base, tokenizer) -> float:
+    """ms per member of one GRPO step's rollouts of ``k`` default organisms sampled in one stacked decode."""
+    import numpy as np
+
+    from physrl.organisms import make_family
+    from physrl.organisms._model import build_model
+    from physrl.organisms._rollout import make_requests
+    from physrl.organisms._stacked import StackedLlama
+    from physrl.organisms._stacked_decode import sample_population_rollouts
+
+    family = make_family(base)
+    stacked = StackedLlama([build_model(tokenizer, base.hidden_size, base.n_layers, base.n_heads, seed=i).to(device)
+                            for i in range(k)])
+    envs = [family.train_envs[g % len(family.train_envs)] for g in range(base.groups_per_step)]
+    repeats = max(2, 40 // k)
+    best = float("inf")
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(repeats):
+            requests = [make_requests(family, envs, base.num_generations, np.random.default_rng(1000 * i + j))
+                        for j in range(k)]
+            sample_population_rollouts(stacked, tokenizer, [family] * k, requests,
+                                       [1000 * i + j for j in range(k)], base.temperature)
+        best = min(best, 1000 * (time.perf_counter() - t0) / repeats / k)
     return best
 
 
@@ -239,8 +269,13 @@ def main() -> None:
         trl_ms = trl_alone(device, args.rounds, 40, base, tokenizer, out)
         print(f"TRL GRPOTrainer alone, fixed batch (no generation): {trl_ms:.2f} ms per optimizer step", flush=True)
         gen = generation_ms(device, args.rounds, 20, base, tokenizer)
-        print(f"generation of one member's GRPO batch: {gen:.2f} ms (looped over members, independent of K)",
-              flush=True)
+        print(f"generation of one member's GRPO batch, looped over members: {gen:.2f} ms per member-step "
+              "(independent of K)", flush=True)
+        batched = {}
+        for k in sizes:
+            batched[k] = generation_batched_ms(k, device, args.rounds, base, tokenizer)
+            print(f"K={k}: generation batched across members: {batched[k]:.2f} ms per member-step "
+                  f"({gen / batched[k]:.2f}x the looped sampler)", flush=True)
         for k in sizes:
             r = results[k] = population(k, device, args.rounds, args.member_steps, base, tokenizer, out)
             cuda = f", CUDA peak {r['cuda_peak'] / 2**20:.2f} MiB per member" if r["cuda_peak"] else ""
@@ -253,8 +288,9 @@ def main() -> None:
     print(f"load after: {os.getloadavg()}")
     print(f"population_speed device={device.type} "
           + ",".join(f"{k}:{r['ms_per_member_step']:.2f}" for k, r in results.items())
-          + f" ms_per_member_step trl_alone_ms_per_step={trl_ms:.2f} generation_ms_per_member_step={gen:.2f} "
-          f"memory_per_member_mb={memory:.2f}")
+          + f" ms_per_member_step trl_alone_ms_per_step={trl_ms:.2f} generation_ms_per_member_step="
+          + ",".join(f"{k}:{v:.2f}" for k, v in batched.items())
+          + f" generation_looped_ms_per_member_step={gen:.2f} memory_per_member_mb={memory:.2f}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ _EXPORTS = {
     "supervised_pretrain": "_pretrain", "WordCodec": "_tokens", "RunInUse": "_lock", "run_lock": "_lock",
     "Stage1Cache": "_stage1", "stage1_ingredients": "_stage1", "stage1_key": "_stage1",
     "check_setup": "_train", "evaluate": "_train", "saved_config": "_train", "train": "_trainers",
-    "train_population": "_population", "StackedLlama": "_stacked",
+    "train_population": "_population", "population_key": "_population", "StackedLlama": "_stacked",
 }
 
 __all__ = list(_EXPORTS)
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._stage1 import Stage1Cache, stage1_ingredients, stage1_key
     from ._train import check_setup, evaluate, saved_config
     from ._trainers import train
-    from ._population import train_population
+    from ._population import population_key, train_population
     from ._stacked import StackedLlama
 
 

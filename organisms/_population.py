@@ -4,9 +4,12 @@
 trains K members that share an architecture and a step budget at once. Each
 member keeps what a solo run (:func:`organisms.train`, TRL's
 ``GRPOTrainer``) has: its seed, its stage-1 model (initial weights), N and
-environments, its data stream (rollouts sampled with its own seeds by the
-organisms' sampler), its optimizer state and its own run directory under the
-log contract (docs/rollouts.md). Only the expensive part is shared: one
+environments, its data stream (rollouts sampled with its own seeds and its own
+RNG stream), its optimizer state and its own run directory under the log
+contract (docs/rollouts.md). Only the expensive part is shared: one batched,
+KV-cached decode that samples every member's rollouts of a step and every
+member's eval pass (:mod:`organisms._stacked_decode`; each member's
+completions are its solo sampler's, logits equal to float rounding), one
 batched forward and backward of all members' completions
 (:class:`organisms._stacked.StackedLlama`) and one optimizer over the
 stacked weights.
@@ -315,6 +318,22 @@ class PopulationGRPO:
 
 
 # ---- whole runs: one run directory per member ----------------------------------------------------------------------
+#: OrganismConfig fields a member owns (its seed, prior and skills, N and environments); every other field, and the
+#: family's size (the vocabulary), members of one population share
+MEMBER_FIELDS = ("seed", "p0", "a0", "b0", "n_envs", "n_heldout", "family_seed", "stage1_cache", "progress",
+                 "report_to", "judge_cache", "compare_classifiers")
+
+
+def population_key(config) -> str:
+    """What runs must share to be trained as members of one population: every OrganismConfig field but
+    :data:`MEMBER_FIELDS` (architecture, step budget, batch shape, loss, optimizer, device, ...) and the
+    family's size ``n_family`` (it fixes the vocabulary, hence the embedding's shape). Runs with equal keys can
+    share a population (an experiment groups them: ``physrl.experiment.runs``); a JSON string."""
+    shared = {k: v for k, v in config.to_dict().items() if k not in MEMBER_FIELDS}
+    shared["n_family"] = config.n_family
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
 #: GRPOConfig fields that may differ between members (everything else is one population's shared settings)
 _PER_MEMBER_ARGS = ("output_dir", "seed", "data_seed", "run_name", "logging_dir")
 
@@ -342,34 +361,131 @@ class _Member:
         self.classifier, self.compared, self.writer, self.recorder = classifier, compared, writer, recorder
         self.tokenizer = tokenizer
         self.model = None
-        self.rollout_func = None
         self.error: str | None = None
         self.eval_seconds = 0.0
         self.last_eval: dict = {}
         self.batch: MemberBatch | None = None
 
-    def evaluate(self, step: int) -> None:
-        from ._train import evaluate
+    def requests(self, step: int) -> tuple[list, int]:
+        """The member's rollout requests of GRPO step ``step`` and its sampling seed: those of a solo run's
+        ``rollout_func`` (:func:`organisms._train.make_rollout_func`: the step's environments in turn, prompts
+        from the stream ``(seed, step, train)``, sampling from ``(seed, step, train, 1)``)."""
+        from ._rollout import PHASE_CODE, make_requests, stream_seed
 
-        t0 = time.perf_counter()
-        self.last_eval = evaluate(self.model, self.tokenizer, self.config, self.family, self.classifier, step,
-                                  self.writer)
-        self.eval_seconds += time.perf_counter() - t0
+        c = self.config
+        train_envs = self.family.train_envs
+        n_groups = c.groups_per_step
+        envs = [train_envs[(step * n_groups + g) % len(train_envs)] for g in range(n_groups)]
+        rng = np.random.default_rng(stream_seed(c.seed, step, PHASE_CODE["train"]))
+        return (make_requests(self.family, envs, c.num_generations, rng),
+                stream_seed(c.seed, step, PHASE_CODE["train"], 1))
 
-    def rollouts(self, step: int) -> MemberBatch:
-        """The member's GRPO batch of ``step``, sampled, rewarded and logged as a solo run's rollout_func and
-        reward function do it (same seeds, same rows given the same weights)."""
+    def batch_from(self, step: int, requests: list, out: dict) -> MemberBatch:
+        """The member's GRPO batch from its sampled rollouts ``out`` (``sample_rollouts``' dict): rewarded and
+        logged by the member's recorder as a solo run's reward function does it."""
         from ._rollout import decode
 
-        n = self.config.groups_per_step * self.config.num_generations
-        stub = SimpleNamespace(state=SimpleNamespace(global_step=step), model=self.model,
-                               accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-        out = self.rollout_func([None] * n, stub)
         completions = decode(self.tokenizer, out["completion_ids"])
-        rewards = self.recorder(None, completions, out["env_id"], out["group_id"], out["prompt_text"],
-                                trainer_state=SimpleNamespace(global_step=step),
+        rewards = self.recorder(None, completions, [r.env.id for r in requests], [r.group_id for r in requests],
+                                out["prompt"], trainer_state=SimpleNamespace(global_step=step),
                                 **{name: out[name] for name in self.family.columns})
         return MemberBatch(out["prompt_ids"], out["completion_ids"], [float(r) for r in rewards], out["env_mask"])
+
+
+def _eval_requests(m: _Member, step: int) -> tuple[list, int]:
+    """The member's eval-pass requests at ``step`` and its sampling seed, as :func:`organisms._train.evaluate`
+    makes them (``eval_prompts_per_env`` GRPO groups on every environment, streams ``(seed, step, eval)``)."""
+    from ._rollout import PHASE_CODE, make_requests, stream_seed
+
+    c = m.config
+    rng = np.random.default_rng(stream_seed(c.seed, step, PHASE_CODE["eval"]))
+    envs = [e for e in m.family.envs for _ in range(c.eval_prompts_per_env)]
+    return make_requests(m.family, envs, c.num_generations, rng), stream_seed(c.seed, step, PHASE_CODE["eval"], 1)
+
+
+def _record_eval(m: _Member, step: int, requests: list, out: dict) -> dict:
+    """The member's eval pass from its sampled rollouts: rows to its writer and the statistics, as
+    :func:`organisms._train.evaluate` records them after sampling (mirrored there; tests/test_population.py
+    checks that a member's step-0 eval rows equal a solo run's, row for row)."""
+    from ._family import TRUTH_COLUMN
+    from ._rollout import decode
+    from ._train import _path_stats
+
+    family = m.family
+    texts = decode(m.tokenizer, out["completion_ids"])
+    cols = {name: out[name] for name in family.columns}
+    rewards = family.reward(out["prompt"], texts, **cols)
+    rs, rs_score = m.classifier.classify(texts, prompts=out["prompt"])
+    m.writer.add(step=step, phase="eval", env_id=[r.env.id for r in requests],
+                 group_id=[r.group_id for r in requests], prompt=out["prompt"], completion=texts, reward=rewards,
+                 rs=rs, rs_score=rs_score, **cols, **{TRUTH_COLUMN: family.path_labels(out["prompt"], texts, **cols)})
+    trained = np.array([r.env.trained for r in requests])
+    env_ids = np.array([r.env.id for r in requests])
+    rs = np.array(rs, dtype=bool)
+    stats = _path_stats(rs[trained], np.asarray(rewards)[trained])
+    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()), "rs_share_train": stats["rs_share"],
+            "a": stats["a"], "b": stats["b"],
+            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs}}
+
+
+def _evaluate_members(stacked: StackedLlama, members: Sequence[_Member], step: int, fail, due=None) -> None:
+    """The eval pass at ``step`` of every live member of ``due`` (default: the population ``members``, all K in
+    member order), sampled in one batched decode (each member's own requests and seeds,
+    :func:`_eval_requests`); a member that raises is handed to ``fail`` alone."""
+    from ._stacked_decode import sample_population_rollouts
+
+    t0 = time.perf_counter()
+    live = [m for m in (members if due is None else due) if m.error is None]
+    requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
+    for m in live:
+        try:
+            requests[m.index], seeds[m.index] = _eval_requests(m, step)
+        except Exception as exc:  # noqa: BLE001 - a member fails alone
+            fail(m, exc)
+    if not any(requests):
+        return
+    families = [m.family for m in members]
+    outs = sample_population_rollouts(stacked, live[0].tokenizer, families, requests, seeds,
+                                      live[0].config.temperature)
+    for m in live:
+        if m.error is not None:
+            continue
+        try:
+            if isinstance(outs[m.index], BaseException):
+                raise outs[m.index]
+            m.last_eval = _record_eval(m, step, requests[m.index], outs[m.index])
+        except Exception as exc:  # noqa: BLE001
+            fail(m, exc)
+    share = (time.perf_counter() - t0) / max(1, len(live))
+    for m in live:
+        m.eval_seconds += share
+
+
+def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int, fail) -> None:
+    """Every live member's GRPO batch of ``step`` into ``member.batch``, sampled in one batched decode
+    (:func:`organisms._stacked_decode.sample_population_rollouts`: each member with its own seeds and
+    environment). A member whose requests, environment or reward raise is handed to ``fail`` alone."""
+    from ._stacked_decode import sample_population_rollouts
+
+    live = [m for m in members if m.error is None]
+    requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
+    for m in live:
+        try:
+            requests[m.index], seeds[m.index] = m.requests(step)
+        except Exception as exc:  # noqa: BLE001 - a member fails alone
+            fail(m, exc)
+    families = [m.family for m in members]
+    outs = sample_population_rollouts(stacked, members[0].tokenizer, families, requests, seeds,
+                                      members[0].config.temperature)
+    for m in live:
+        if m.error is not None:
+            continue
+        try:
+            if isinstance(outs[m.index], BaseException):
+                raise outs[m.index]
+            m.batch = m.batch_from(step, requests[m.index], outs[m.index])
+        except Exception as exc:  # noqa: BLE001
+            fail(m, exc)
 
 
 def _idle_batch(batch: MemberBatch) -> MemberBatch:
@@ -378,7 +494,7 @@ def _idle_batch(batch: MemberBatch) -> MemberBatch:
 
 
 def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = False, population_id: str | None = None,
-                     log=print) -> list[Path]:
+                     log=print, step_hook=None) -> list[Path]:
     """Train K organisms in lockstep, one run directory each (the population trainer; module docstring).
 
     Parameters
@@ -404,6 +520,9 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
     log : callable
         One-line progress messages (default ``print``); the progress bar (when any member's ``progress`` is on)
         counts member-steps, K per optimizer step.
+    step_hook : callable, optional
+        Called with the optimizer steps done (0 at the start of GRPO, after a resume the step resumed from,
+        then after every step), e.g. to report progress to an experiment.
 
     Returns
     -------
@@ -453,20 +572,21 @@ def train_population(configs: Sequence, run_dirs: Sequence, *, resume: bool = Fa
             from ._train import _quiet_libraries
 
             stack.enter_context(_quiet_libraries())
-            return _train_population(configs, run_dirs, population_id, log, resume)
+            return _train_population(configs, run_dirs, population_id, log, resume, step_hook)
     finally:
         for d, new in zip(run_dirs, created):
             if new and d.exists() and not any(d.iterdir()):
                 d.rmdir()
 
 
-def _train_population(configs, run_dirs, population_id, log, resume: bool = False) -> list[Path]:
+def _train_population(configs, run_dirs, population_id, log, resume: bool = False,
+                      step_hook=None) -> list[Path]:
     from physrl.contract import now, read_manifest, read_rollouts, rows_on_disk, update_manifest, write_manifest
 
     from ._classify import classifier_accuracy
     from ._model import load_model, n_parameters, pick_device, use_mask_positions
     from ._train import (RolloutRecorder, RolloutWriter, _labelling_and_compared, _prepare_model, check_setup,
-                         make_rollout_func, new_manifest, new_run_id)
+                         new_manifest, new_run_id)
 
     cpu0, wall0 = time.process_time(), time.time()
     if configs[0].num_threads:
@@ -533,7 +653,6 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
             _load_optimizer(grpo, checkpoints)
         for m in members:
             m.model = stacked.member(m.index)
-            m.rollout_func = make_rollout_func(m.config, m.family, m.tokenizer)
     except BaseException as exc:
         for m in members:
             update_manifest(m.run_dir, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}")
@@ -556,31 +675,23 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     t_grpo = time.time()
     if bar is not None:
         bar.update(k_members * start)
+    if step_hook is not None:
+        step_hook(start)
     try:
-        for m in members if start == 0 else []:
-            try:
-                m.evaluate(0)
-            except Exception as exc:  # noqa: BLE001 - a member fails alone
-                fail(m, exc)
+        if start == 0:
+            _evaluate_members(stacked, members, 0, fail)
         for step in range(start, max_steps):
             if not alive():
                 break
-            for m in alive():
-                try:
-                    m.batch = m.rollouts(step)
-                except Exception as exc:  # noqa: BLE001
-                    fail(m, exc)
+            _sample_batches(stacked, members, step, fail)
             if not alive():
                 break
             template = alive()[0].batch
             grpo.step([m.batch if m.error is None else _idle_batch(template) for m in members])
             done = step + 1
-            for m in alive():
-                try:
-                    if done % m.config.eval_every == 0 or done == max_steps:
-                        m.evaluate(done)
-                except Exception as exc:  # noqa: BLE001
-                    fail(m, exc)
+            due = [m for m in alive() if done % m.config.eval_every == 0 or done == max_steps]
+            if due:
+                _evaluate_members(stacked, members, done, fail, due)
             if done % args.save_steps == 0 or done == max_steps:
                 for m in alive():
                     try:
@@ -588,6 +699,8 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
                         _save_checkpoint(grpo, m, done)
                     except Exception as exc:  # noqa: BLE001
                         fail(m, exc)
+            if step_hook is not None:
+                step_hook(done)
             if bar is not None:
                 bar.update(k_members)
                 live = alive()

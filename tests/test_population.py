@@ -299,14 +299,14 @@ def test_a_member_that_fails_fails_alone(tmp_path, monkeypatch):
     from physrl.contract import read_manifest, read_rollouts
     from physrl.organisms import _population, train_population
 
-    real = _population._Member.rollouts
+    real = _population._Member.requests
 
-    def rollouts(self, step):
+    def requests(self, step):
         if self.index == 1 and step == 1:
             raise RuntimeError("environment crashed")
         return real(self, step)
 
-    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    monkeypatch.setattr(_population._Member, "requests", requests)
     configs = [OrganismConfig(seed=0, **RUN)] * 3  # one stage-1 model (cache hits)
     dirs = train_population(configs, [tmp_path / f"m{i}" for i in range(3)], log=lambda *_: None)
     status = [read_manifest(d).status for d in dirs]
@@ -334,19 +334,19 @@ def test_an_interrupted_population_resumes_to_the_rows_of_an_uninterrupted_one(t
 
     configs = [OrganismConfig(seed=0, **RUN), OrganismConfig(seed=1, **{**RUN, "n_envs": 3})]
     whole = train_population(configs, [tmp_path / "whole0", tmp_path / "whole1"], log=lambda *_: None)
-    real = _population._Member.rollouts
+    real = _population._Member.requests
 
-    def rollouts(self, step):
+    def requests(self, step):
         if step == 3 and self.index == 1:
             raise KeyboardInterrupt  # kills the whole population (not a member failure)
         return real(self, step)
 
-    monkeypatch.setattr(_population._Member, "rollouts", rollouts)
+    monkeypatch.setattr(_population._Member, "requests", requests)
     dirs = [tmp_path / "cut0", tmp_path / "cut1"]
     with pytest.raises(KeyboardInterrupt):
         train_population(configs, dirs, log=lambda *_: None)
     assert [read_manifest(d).status for d in dirs] == ["failed", "failed"]
-    monkeypatch.setattr(_population._Member, "rollouts", real)
+    monkeypatch.setattr(_population._Member, "requests", real)
     with pytest.raises(ResumeMismatch, match="member 0"):
         train_population(configs, dirs[::-1], resume=True, log=lambda *_: None)
     lines = []
@@ -372,8 +372,11 @@ train_population(configs, dirs, resume=sys.argv[3] == "1", log=lambda *a: None)
 @pytest.mark.slow
 def test_sigkilled_population_resumes_to_the_uninterrupted_rows(tmp_path):
     """SIGKILL a real population process 6 times, resuming each time: during member 0's stage 1, during member
-    1's, then just after (0-0.5 s) checkpoints 4, 6, 8 and 10 appear (mid-step, mid-flush or mid-checkpoint).
-    Every member finishes with the rows of an uninterrupted population, row for row, after 6 resumes."""
+    1's, then 0-0.5 s after a checkpoint newer than the segment's first appears, four times (mid-step, mid-flush
+    or mid-checkpoint). Every kill must land on a live process that had recorded its resume, and every member
+    finishes with the rows of an uninterrupted population, row for row, after 6 resumes. (Kills are timed from
+    the segment's own progress: timed from fixed checkpoints, a segment that started past one was killed during
+    its imports, before it recorded its resume, and batched generation made that likely.)"""
     import json
     import os
     import random
@@ -385,22 +388,25 @@ def test_sigkilled_population_resumes_to_the_uninterrupted_rows(tmp_path):
     from physrl.contract import read_manifest, read_rollouts
     from physrl.organisms._checkpoints import step_of
 
-    base = {**RUN, "stage1_cache": "off", "pretrain_steps": 300, "max_steps": 12, "checkpoint_every": 2}
+    base = {**RUN, "stage1_cache": "off", "pretrain_steps": 300, "max_steps": 40, "checkpoint_every": 2}
     configs = [{**base, "seed": 0}, {**base, "seed": 1, "n_envs": 3}]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = random.Random(20)
 
     def run(dirs, resume, when=None):
-        """Run the population (resumed or not); SIGKILL it once ``when()`` holds (after 0-0.5 s). True if killed."""
+        """Run the population (resumed or not); SIGKILL it once ``when(start)`` holds (``start``: the newest
+        checkpoint when the segment began), after 0-0.5 s. True if the kill landed on the live process."""
         cmd = [sys.executable, "-c", KILL_SCRIPT, json.dumps(configs), json.dumps([str(d) for d in dirs]),
                "1" if resume else "0"]
+        start = newest(dirs[0])
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while proc.poll() is None:
-            if when is not None and when():
+            if when is not None and when(start):
                 time.sleep(rng.uniform(0.0, 0.5))
+                alive = proc.poll() is None
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                return True
+                return alive
             time.sleep(0.02)
         assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
         return False
@@ -414,9 +420,9 @@ def test_sigkilled_population_resumes_to_the_uninterrupted_rows(tmp_path):
     run(whole, False)
     seconds = time.time() - t0
     dirs = [tmp_path / "cut0", tmp_path / "cut1"]
-    moments = [lambda: all((d / "manifest.json").exists() for d in dirs) and not (dirs[0] / "model_init").exists(),
-               lambda: (dirs[0] / "model_init").exists() and not (dirs[1] / "model_init").exists()]
-    moments += [lambda s=s: newest(dirs[0]) >= s for s in (4, 6, 8, 10)]
+    moments = [lambda _: all((d / "manifest.json").exists() for d in dirs) and not (dirs[0] / "model_init").exists(),
+               lambda _: (dirs[0] / "model_init").exists() and not (dirs[1] / "model_init").exists()]
+    moments += [lambda start: newest(dirs[0]) > start] * 4
     killed = [run(dirs, i > 0, when) for i, when in enumerate(moments)]
     run(dirs, True)
     cols = ["step", "phase", "env_id", "group_id", "prompt", "completion", "reward", "rs"]

@@ -69,3 +69,40 @@ def test_reanalysis_of_the_committed_logs_reproduces_the_committed_summary():
         assert words["headline"] and "nan" not in words["headline"] and "None" not in words["headline"]
     assert len(committed["scaling"]["p0"]) >= 3 and len(committed["scaling"]["seeds"]) >= 3
     assert all(e["n_seeds"] >= 3 for e in committed["observed_n_star"].values())
+
+
+POPULATION = REF.parent / "scaling-population"
+
+
+def test_the_population_trainers_scaling_run_reanalyses_to_its_summary_and_pairs_with_the_trl_one():
+    """data/reference/scaling-population (the same experiment, trainer = "population"): its logs re-analysed
+    reproduce its summary's N*, cells and slope, and paired with the TRL reference by run (same stage-1 model)
+    its end states agree: win/loss in >= 118 of 120 sweep runs at 400 steps, cells within 1 run."""
+    import pandas as pd
+
+    from physrl import fitting
+    from physrl.experiment.config import ExperimentConfig
+    from physrl.experiment.runs import SWEEP, plan_runs
+    from physrl.experiment.scaling import outcomes_table
+
+    committed = json.loads((POPULATION / "summary.json").read_text())
+    again = reanalyse(POPULATION)
+    for key in ("scaling", "cells", "preregistration"):
+        _close(again[key], committed[key], key)
+    cfg = ExperimentConfig.from_file(POPULATION / "experiment.json")
+    plan = {r.run_id: r for r in plan_runs(cfg, SWEEP)}
+
+    def outcomes(folder):
+        loaded = {r.source.name: r for r in fitting.load_runs([folder / "runs" / k for k in plan])}
+        runs = {k: loaded[k] for k in plan}
+        table = outcomes_table(fitting.observations(list(runs.values())), runs, plan, [400], cfg.threshold)
+        return table.set_index("run_id").loc[list(plan)], runs
+
+    mine, mruns = outcomes(POPULATION)
+    theirs, truns = outcomes(REF)
+    assert all(mruns[k].manifest.organisms["stage1"]["key"] == truns[k].manifest.organisms["stage1"]["key"]
+               for k in plan)
+    assert all(mruns[k].manifest.organisms["trainer"]["name"] == "population" for k in plan)
+    assert int((mine.win == theirs.win).sum()) >= 118
+    cells = pd.DataFrame({"a": mine.win, "b": theirs.win, "p0": mine.p0, "n": mine.n_envs}).groupby(["p0", "n"]).sum()
+    assert (cells.a - cells.b).abs().max() <= 1

@@ -14,7 +14,7 @@ from physrl._util import toml as _toml
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .executors import ExecutorConfig
+from .executors import ExecutorConfig, check_population_size
 from physrl.fitting import TRANSFERS
 
 
@@ -182,6 +182,7 @@ class ExperimentConfig:
             self.executor = _build(ExecutorConfig, self.executor, "executor")
         elif not isinstance(self.executor, ExecutorConfig):
             raise ValueError(f"executor must be a table, got {self.executor!r}")
+        check_population_size(self.organism, self.executor)
         if self.fit_max_nfev < 10:
             raise ValueError(f"fit_max_nfev must be >= 10, got {self.fit_max_nfev}")
         self._check_scaling_fields()

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ENGINES = ("local", "submitit", "ray")
+#: members per population when ``organism.trainer = "population"`` and ``executor.population_size`` is unset
+DEFAULT_POPULATION_SIZE = 8
 
 
 @dataclass
@@ -51,6 +53,13 @@ class ExecutorConfig:
     extra : dict
         Further ``update_parameters`` keywords for submitit (e.g. ``mem_gb``,
         ``slurm_account``).
+    population_size : int or None
+        With ``organism.trainer = "population"``: at most this many runs that
+        can share a population (same architecture, step budget and GRPO
+        settings: ``organisms.population_key``) are trained as one population,
+        one job (:func:`physrl.experiment.runs.train_planned`). None: 8
+        (:data:`DEFAULT_POPULATION_SIZE`). Setting it with the ``trl`` trainer
+        is an error (each TRL run is its own job).
     """
 
     engine: str = "local"
@@ -61,6 +70,7 @@ class ExecutorConfig:
     cpus_per_job: int = 1
     ray_address: str | None = None
     extra: dict = field(default_factory=dict)
+    population_size: int | None = None
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -69,6 +79,31 @@ class ExecutorConfig:
             raise ValueError(f"executor.max_workers must be >= 1, got {self.max_workers}")
         if self.gpus_per_job < 0 or self.cpus_per_job < 1:
             raise ValueError("executor.gpus_per_job must be >= 0 and cpus_per_job >= 1")
+        if self.population_size is not None and (not isinstance(self.population_size, int)
+                                                 or isinstance(self.population_size, bool)
+                                                 or self.population_size < 1):
+            raise ValueError(f"executor.population_size must be an integer >= 1 (members per population), "
+                             f"got {self.population_size!r}")
+
+    def members_per_population(self) -> int:
+        """``population_size``, or :data:`DEFAULT_POPULATION_SIZE` when unset."""
+        return self.population_size if self.population_size is not None else DEFAULT_POPULATION_SIZE
+
+
+def check_population_size(organism: dict, executor: ExecutorConfig) -> None:
+    """Refuse ``executor.population_size`` without ``organism.trainer = "population"`` (the TRL trainer trains
+    one run per job: the setting would silently do nothing).
+
+    Raises
+    ------
+    ValueError
+        Naming both settings.
+    """
+    trainer = organism.get("trainer", "trl") if isinstance(organism, dict) else "trl"
+    if executor.population_size is not None and trainer != "population":
+        raise ValueError(f"executor.population_size = {executor.population_size} groups runs into populations, "
+                         f"which needs organism.trainer = \"population\" (it is {trainer!r}); set it, or drop "
+                         "population_size")
 
 
 def _die_with_parent(parent_pid: int) -> None:

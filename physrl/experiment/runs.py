@@ -4,15 +4,27 @@ training them through an executor with skip / resume.
 A run is identified by its role, N, p0, held-out count and seed; its directory
 is ``DIR/runs/<run_id>``. A rerun of the experiment skips runs whose manifest
 says ``finished`` and resumes the others from their last checkpoint.
+
+With ``organism.trainer = "population"`` runs that can share a population
+(``organisms.population_key``: architecture, step budget, GRPO settings,
+vocabulary) are grouped, in plan order, into populations of at most
+``executor.population_size`` members, each population one executor job
+(:func:`train_population_job`). Each member still writes its own
+``DIR/runs/<run_id>``; which runs form a population is recorded in
+``DIR/logs/populations/<population id>.json`` before the job starts, so a
+rerun resumes an unfinished population as a whole. A member left unfinished
+beside finished members (it failed alone) starts afresh in a new population.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +32,7 @@ from tqdm.auto import tqdm
 
 from physrl.contract import read_manifest
 from .config import ExperimentConfig
-from .executors import Executor
+from .executors import Executor, check_population_size
 
 CALIBRATION, SWEEP = "calibration", "sweep"
 
@@ -154,14 +166,17 @@ def _progress_callback(run_dir: str | Path, max_steps: int):
 
 class StepMonitor:
     """A second bar under the runs' bar: the GRPO steps of the runs being trained, with each running run's
-    step in its postfix (``sweep-N8-p0.1-h0-s0 120/400``), read every ``interval`` seconds from the files of
-    :func:`write_progress` by a daemon thread."""
+    step in its postfix (``sweep-N8-p0.1-h0-s0 120/400``; a population, ``groups``, once as members x steps:
+    ``population of 7 (sweep-N2-p0.05-h16-s0, ...) GRPO 7x120/400``), read every ``interval`` seconds from the
+    files of :func:`write_progress` by a daemon thread."""
 
     def __init__(self, run_dirs: dict[str, Path], max_steps: dict[str, int], *, enabled: bool = True,
-                 interval: float = 1.0, desc: str = "GRPO steps"):
+                 interval: float = 1.0, desc: str = "GRPO steps", groups: dict[str, list[str]] | None = None):
         from tqdm.auto import tqdm
 
         self.run_dirs, self.max_steps, self.interval = run_dirs, max_steps, interval
+        #: run id -> (population id, its members): a running population is shown once, as members x steps
+        self.group_of = {r: (g, members) for g, members in (groups or {}).items() for r in members}
         self.finished: set[str] = set()
         self.bar = tqdm(total=sum(max_steps.values()), desc=desc, unit="step", disable=not enabled, position=1,
                         leave=False, dynamic_ncols=True)
@@ -176,7 +191,7 @@ class StepMonitor:
         self.update()
 
     def update(self) -> None:
-        steps, running = 0, []
+        steps, running, shown_groups = 0, [], set()
         for k, d in self.run_dirs.items():
             if k in self.finished:
                 steps += self.max_steps[k]
@@ -186,6 +201,13 @@ class StepMonitor:
                 continue
             step = min(int(rec.get("step", 0)), self.max_steps[k])
             steps += step
+            if k in self.group_of:
+                group, members = self.group_of[k]
+                if group not in shown_groups:
+                    shown_groups.add(group)
+                    running.append(f"population of {len(members)} ({members[0]}, ...) {rec.get('phase', '')} "
+                                   f"{len(members)}x{step}/{self.max_steps[k]}".replace("  ", " "))
+                continue
             if rec.get("phase") == "stage 1":  # the organism's own progress file has stage 1's step and total
                 from physrl.organisms._progress import progress_words
 
@@ -219,21 +241,172 @@ def train_one(organism: dict, run_dir: str, resume: bool) -> str:
     ``<run_id>.stale`` and the run starts afresh. A run that another live
     process is training raises ``organisms.RunInUse`` (reported as a failed run).
     """
-    from physrl.organisms import OrganismConfig, run_lock, train
+    from physrl.organisms import OrganismConfig, train
 
     path = Path(run_dir)
     config = OrganismConfig(**{**organism, "progress": False})
     resume = resume and (path / "manifest.json").exists()
-    if not resume and path.exists() and any(path.iterdir()):
-        with run_lock(path):  # never move a folder that a live trainer (e.g. an orphaned worker) writes
-            stale = path.with_name(path.name + ".stale")
-            shutil.rmtree(stale, ignore_errors=True)
-            path.rename(stale)
+    if not resume:
+        _move_aside(path)
     write_progress(path, 0, config.max_steps, "stage 1")
     train(config, path, resume=resume, log=lambda *a, **k: None,
           recorder_hook=lambda recorder, trainer: trainer.add_callback(_progress_callback(path, config.max_steps)))
     write_progress(path, config.max_steps, config.max_steps, "finished")
     return str(path)
+
+
+def _move_aside(path: Path) -> None:
+    """A run folder that holds anything is renamed ``<run_id>.stale`` (the run starts afresh)."""
+    from physrl.organisms import run_lock
+
+    if path.exists() and any(path.iterdir()):
+        with run_lock(path):  # never move a folder that a live trainer (e.g. an orphaned worker) writes
+            stale = path.with_name(path.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            path.rename(stale)
+
+
+def train_population_job(organisms: list[dict], run_dirs: list[str], resume: bool,
+                         population_id: str) -> list[tuple[str, str, str | None]]:
+    """Train runs as one population (runs in a worker process, one executor job); returns
+    ``(run_dir, status, error)`` per member (status ``finished`` or ``failed``, from its manifest).
+
+    ``organisms``: each member's organism config as a mapping (with ``trainer = "population"``);
+    ``run_dirs``: their folders, in member order. With ``resume`` and a manifest in any member's folder the
+    population continues from the newest step every member checkpointed (``organisms.train_population``);
+    otherwise folders holding anything are moved aside (``<run_id>.stale``) and the population starts afresh.
+    Each member's step goes to its progress file (:func:`write_progress`).
+
+    Raises
+    ------
+    RuntimeError
+        Every member failed (each member that fails alone is only reported in the returned statuses).
+    ValueError, ResumeMismatch
+        Members that cannot share a population, or a resume with another config.
+    """
+    from physrl.organisms import OrganismConfig, train_population
+
+    paths = [Path(d) for d in run_dirs]
+    configs = [OrganismConfig(**{**o, "progress": False}) for o in organisms]
+    resume = resume and any((p / "manifest.json").exists() for p in paths)
+    if not resume:
+        for p in paths:
+            _move_aside(p)
+    max_steps = configs[0].max_steps
+    for p in paths:
+        write_progress(p, 0, max_steps, "stage 1")
+
+    def step(done: int) -> None:
+        for p in paths:
+            write_progress(p, done, max_steps, "GRPO")
+
+    train_population(configs, paths, resume=resume, population_id=population_id, log=lambda *a, **k: None,
+                     step_hook=step)
+    out = []
+    for p in paths:
+        manifest = read_manifest(p)
+        if manifest.status == "finished":
+            write_progress(p, max_steps, max_steps, "finished")
+        out.append((str(p), manifest.status, manifest.error))
+    return out
+
+
+@dataclass(frozen=True)
+class PlannedPopulation:
+    """Runs trained together as one population, one executor job.
+
+    Attributes
+    ----------
+    population_id : str
+        The population's name (manifests' ``organisms.trainer.population``).
+    run_ids : tuple of str
+        Its members' run ids (folders under ``DIR/runs``), in member order.
+    resume : bool
+        An earlier invocation started it (its record was found): continue it as a whole.
+    """
+
+    population_id: str
+    run_ids: tuple[str, ...]
+    resume: bool = False
+
+
+def population_groups(jobs: list[tuple[str, dict]], size: int) -> list[list[str]]:
+    """Run ids of ``jobs`` ((run_id, organism config mapping), in plan order) grouped into populations.
+
+    Runs share a population only when their ``organisms.population_key`` is equal (architecture, step budget,
+    batch shape, loss, optimizer, vocabulary: all but what a member owns). Each such set is split, in plan
+    order, into ``ceil(n / size)`` populations whose sizes differ by at most one (42 runs, size 8: six of 7).
+
+    Raises
+    ------
+    ValueError
+        ``size`` < 1.
+    """
+    from physrl.organisms import OrganismConfig, population_key
+
+    if size < 1:
+        raise ValueError(f"population size must be >= 1, got {size}")
+    by_key: dict[str, list[str]] = {}
+    for run_id, organism in jobs:
+        by_key.setdefault(population_key(OrganismConfig(**organism)), []).append(run_id)
+    groups = []
+    for ids in by_key.values():
+        n = math.ceil(len(ids) / size)
+        base, extra = divmod(len(ids), n)
+        start = 0
+        for g in range(n):
+            stop = start + base + (g < extra)
+            groups.append(ids[start:stop])
+            start = stop
+    return groups
+
+
+def population_record(out_dir: str | Path, population_id: str) -> Path:
+    """Where the experiment records a population's members: ``DIR/logs/populations/<population id>.json``."""
+    return Path(out_dir) / "logs" / "populations" / f"{population_id}.json"
+
+
+def _recorded_populations(out_dir: Path) -> list[tuple[str, list[str], Path]]:
+    folder = Path(out_dir) / "logs" / "populations"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            out.append((str(data["population"]), [str(m) for m in data["members"]], path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def plan_populations(out_dir: str | Path, jobs: list[tuple[str, dict]], size: int) -> list[PlannedPopulation]:
+    """The populations that train ``jobs`` (unfinished runs with ``trainer = "population"``, plan order).
+
+    A recorded population (:func:`population_record`) all of whose members are among ``jobs`` resumes as it
+    was; the other runs are grouped anew (:func:`population_groups`) and recorded (written before any job is
+    submitted). Records of populations that can no longer resume as a whole (some members finished or left
+    the plan) are removed once their unfinished members are in new populations.
+    """
+    todo = {run_id for run_id, _ in jobs}
+    planned, taken, obsolete = [], set(), []
+    for population_id, members, path in _recorded_populations(Path(out_dir)):
+        if members and set(members) <= todo and not set(members) & taken:
+            planned.append(PlannedPopulation(population_id, tuple(members), resume=True))
+            taken |= set(members)
+        elif set(members) & todo:
+            obsolete.append(path)
+    rest = [(run_id, organism) for run_id, organism in jobs if run_id not in taken]
+    for ids in population_groups(rest, size) if rest else []:
+        population_id = f"population-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        record = population_record(out_dir, population_id)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.tmp")
+        tmp.write_text(json.dumps({"population": population_id, "members": ids}))
+        tmp.replace(record)
+        planned.append(PlannedPopulation(population_id, tuple(ids)))
+    for path in obsolete:
+        path.unlink(missing_ok=True)
+    order = {run_id: i for i, (run_id, _) in enumerate(jobs)}
+    return sorted(planned, key=lambda p: min(order[r] for r in p.run_ids))
 
 
 def organism_configs(config: ExperimentConfig) -> dict[str, dict]:
@@ -360,27 +533,52 @@ def train_planned(executor_config, out_dir: Path, jobs: list[tuple[str, dict]], 
     dirs = {run_id: runs_dir / run_id for run_id, _ in jobs}
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = [(run_id, organism) for run_id, organism in jobs if run_status(dirs[run_id]) != "finished"]
+    organism_of = dict(todo)
+    pooled = [(run_id, organism) for run_id, organism in todo if organism.get("trainer", "trl") == "population"]
+    solo = [organism for _, organism in todo if organism.get("trainer", "trl") != "population"]
+    if solo:  # population_size with TRL runs would silently do nothing
+        check_population_size(solo[0], executor_config)
+    populations = plan_populations(out_dir, pooled, executor_config.members_per_population()) if pooled else []
+    # jobs in plan order: one per TRL run, one per population
+    units = [((run_id,), None) for run_id, organism in todo if organism.get("trainer", "trl") != "population"]
+    units += [(p.run_ids, p) for p in populations]
+    order = {run_id: i for i, (run_id, _) in enumerate(todo)}
+    units.sort(key=lambda u: order[u[0][0]])
     failures = []
     with Executor(executor_config, Path(out_dir) / "logs") as executor:
         handles = []
-        for run_id, organism in todo:
-            resume = run_status(dirs[run_id]) == "unfinished"
-            handles.append((run_id, executor.submit(train_one, organism, str(dirs[run_id]), resume)))
+        for ids, population in units:
+            if population is None:
+                run_id = ids[0]
+                resume = run_status(dirs[run_id]) == "unfinished"
+                handles.append((ids, None, executor.submit(train_one, organism_of[run_id], str(dirs[run_id]),
+                                                           resume)))
+            else:
+                handles.append((ids, population, executor.submit(
+                    train_population_job, [organism_of[r] for r in ids], [str(dirs[r]) for r in ids],
+                    population.resume, population.population_id)))
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress,
                    position=0)
         steps = StepMonitor({run_id: dirs[run_id] for run_id, _ in todo},
                             {run_id: int(organism.get("max_steps", _default_max_steps())) for run_id, organism in todo},
-                            enabled=progress and bool(todo), desc=f"{desc.removesuffix(' runs')} GRPO steps")
+                            enabled=progress and bool(todo), desc=f"{desc.removesuffix(' runs')} GRPO steps",
+                            groups={p.population_id: list(p.run_ids) for p in populations if len(p.run_ids) > 1})
         try:
-            for i, handle in executor.as_completed([h for _, h in handles]):
-                run_id = handles[i][0]
+            for i, handle in executor.as_completed([h for _, _, h in handles]):
+                ids, population = handles[i][0], handles[i][1]
                 try:
-                    executor.result(handle)
+                    result = executor.result(handle)
+                    if population is not None:
+                        failures += [f"{run_id}: {error or status} (member of {population.population_id})"
+                                     for run_id, (_, status, error) in zip(ids, result) if status != "finished"]
                 except Exception as err:  # noqa: BLE001 - report every failed run together
-                    failures.append(f"{run_id}: {type(err).__name__}: {err}")
-                steps.done(run_id)
-                bar.set_postfix_str(f"last {run_id}", refresh=False)
-                bar.update(1)
+                    where = f" (member of {population.population_id})" if population is not None else ""
+                    failures += [f"{run_id}: {type(err).__name__}: {err}{where}" for run_id in ids]
+                for run_id in ids:
+                    steps.done(run_id)
+                last = ids[0] if population is None else f"population of {len(ids)} ({ids[0]}, ...)"
+                bar.set_postfix_str(f"last {last}", refresh=False)
+                bar.update(len(ids))
         finally:
             steps.close()
             bar.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from physrl._util import toml as _toml
 
 from .config import _build, _is_list
-from .executors import ExecutorConfig
+from .executors import ExecutorConfig, check_population_size
 from .runs import refuse_mixed_configs, run_status, train_planned
 
 KIND = "takeoff"
@@ -145,6 +145,7 @@ class TakeoffConfig:
             raise ValueError(f"[organism] may not set {clash}: the design sets them per run (p0, seeds, arms)")
         if isinstance(self.executor, dict):
             self.executor = _build(ExecutorConfig, self.executor, "executor")
+        check_population_size(self.organism, self.executor)
         if not 0 < self.p_stop < 1:
             raise ValueError(f"p_stop must lie in (0, 1), got {self.p_stop!r}")
         if self.max_step is not None and (not isinstance(self.max_step, int) or self.max_step < 1):
