@@ -31,7 +31,8 @@ def test_fit_on_reference_reproduces_the_stored_values(tmp_path):
     stored = json.loads((REFERENCE / "fit" / "fit.json").read_text())
     cal = [str(p) for p in RUNS if p.name.startswith("cal-")]
     code = main(["fit", *cal, "--out", str(tmp_path), "--no-figures", "--no-progress",  # as data/reference/README.md
-                 "--transfer", stored["spec"]["transfer"]])
+                 "--transfer", stored["spec"]["transfer"], "--step0", stored["spec"].get("step0", "fixed"),
+                 "--observation", stored["spec"].get("observation", "manifest")])
     assert code == 0
     fresh = json.loads((tmp_path / "fit.json").read_text())
     assert stored["converged"] and fresh["converged"]
