@@ -404,76 +404,30 @@ def _eval_requests(m: _Member, step: int) -> tuple[list, int]:
 
 
 def _record_eval(m: _Member, step: int, requests: list, out: dict) -> dict:
-    """The member's eval pass from its sampled rollouts: rows to its writer and the statistics, as
-    :func:`organisms._train.evaluate` records them after sampling (mirrored there; tests/test_population.py
-    checks that a member's step-0 eval rows equal a solo run's, row for row)."""
-    from ._family import TRUTH_COLUMN
-    from ._rollout import decode
-    from ._train import _path_stats
+    """The member's eval pass from its sampled rollouts: rows to its writer and the statistics
+    (:func:`organisms._train.record_eval`, the solo trainer's own; tests/test_population.py checks that a
+    member's step-0 eval rows equal a solo run's, row for row)."""
+    from ._train import record_eval
 
-    family = m.family
-    texts = decode(m.tokenizer, out["completion_ids"])
-    cols = {name: out[name] for name in family.columns}
-    rewards = family.reward(out["prompt"], texts, **cols)
-    rs, rs_score = m.classifier.classify(texts, prompts=out["prompt"])
-    m.writer.add(step=step, phase="eval", env_id=[r.env.id for r in requests],
-                 group_id=[r.group_id for r in requests], prompt=out["prompt"], completion=texts, reward=rewards,
-                 rs=rs, rs_score=rs_score, **cols, **{TRUTH_COLUMN: family.path_labels(out["prompt"], texts, **cols)})
-    trained = np.array([r.env.trained for r in requests])
-    env_ids = np.array([r.env.id for r in requests])
-    rs = np.array(rs, dtype=bool)
-    stats = _path_stats(rs[trained], np.asarray(rewards)[trained])
-    return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()), "rs_share_train": stats["rs_share"],
-            "a": stats["a"], "b": stats["b"],
-            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs}}
+    return record_eval(out, requests, m.tokenizer, m.family, m.classifier, step, m.writer)
 
 
-def _evaluate_members(stacked: StackedLlama, members: Sequence[_Member], step: int, fail, due=None) -> None:
-    """The eval pass at ``step`` of every live member of ``due`` (default: the population ``members``, all K in
-    member order), sampled in one batched decode (each member's own requests and seeds,
-    :func:`_eval_requests`); a member that raises is handed to ``fail`` alone."""
+def _sample_members(stacked: StackedLlama, members: Sequence[_Member], live: Sequence[_Member], requests_of,
+                    handle, fail) -> None:
+    """One batched decode for ``live`` members of the population ``members``: ``requests_of(m)`` gives a member's
+    (requests, seed), :func:`organisms._stacked_decode.sample_population_rollouts` samples every member's
+    rollouts with its own seeds and environment, ``handle(m, requests, out)`` takes each member's result. A
+    member whose requests, environment or handler raise is handed to ``fail`` alone."""
     from ._stacked_decode import sample_population_rollouts
 
-    t0 = time.perf_counter()
-    live = [m for m in (members if due is None else due) if m.error is None]
     requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
     for m in live:
         try:
-            requests[m.index], seeds[m.index] = _eval_requests(m, step)
+            requests[m.index], seeds[m.index] = requests_of(m)
         except Exception as exc:  # noqa: BLE001 - a member fails alone
             fail(m, exc)
     if not any(requests):
         return
-    families = [m.family for m in members]
-    outs = sample_population_rollouts(stacked, live[0].tokenizer, families, requests, seeds,
-                                      live[0].config.temperature)
-    for m in live:
-        if m.error is not None:
-            continue
-        try:
-            if isinstance(outs[m.index], BaseException):
-                raise outs[m.index]
-            m.last_eval = _record_eval(m, step, requests[m.index], outs[m.index])
-        except Exception as exc:  # noqa: BLE001
-            fail(m, exc)
-    share = (time.perf_counter() - t0) / max(1, len(live))
-    for m in live:
-        m.eval_seconds += share
-
-
-def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int, fail) -> None:
-    """Every live member's GRPO batch of ``step`` into ``member.batch``, sampled in one batched decode
-    (:func:`organisms._stacked_decode.sample_population_rollouts`: each member with its own seeds and
-    environment). A member whose requests, environment or reward raise is handed to ``fail`` alone."""
-    from ._stacked_decode import sample_population_rollouts
-
-    live = [m for m in members if m.error is None]
-    requests, seeds = [[] for _ in range(stacked.k)], [0] * stacked.k
-    for m in live:
-        try:
-            requests[m.index], seeds[m.index] = m.requests(step)
-        except Exception as exc:  # noqa: BLE001 - a member fails alone
-            fail(m, exc)
     families = [m.family for m in members]
     outs = sample_population_rollouts(stacked, members[0].tokenizer, families, requests, seeds,
                                       members[0].config.temperature)
@@ -483,9 +437,37 @@ def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int
         try:
             if isinstance(outs[m.index], BaseException):
                 raise outs[m.index]
-            m.batch = m.batch_from(step, requests[m.index], outs[m.index])
+            handle(m, requests[m.index], outs[m.index])
         except Exception as exc:  # noqa: BLE001
             fail(m, exc)
+
+
+def _evaluate_members(stacked: StackedLlama, members: Sequence[_Member], step: int, fail, due=None) -> None:
+    """The eval pass at ``step`` of every live member of ``due`` (default: the population ``members``, all K in
+    member order), sampled in one batched decode (each member's own requests and seeds,
+    :func:`_eval_requests`); a member that raises is handed to ``fail`` alone."""
+    t0 = time.perf_counter()
+    live = [m for m in (members if due is None else due) if m.error is None]
+
+    def record(m, requests, out):
+        m.last_eval = _record_eval(m, step, requests, out)
+
+    _sample_members(stacked, members, live, lambda m: _eval_requests(m, step), record, fail)
+    share = (time.perf_counter() - t0) / max(1, len(live))
+    for m in live:
+        m.eval_seconds += share
+
+
+def _sample_batches(stacked: StackedLlama, members: Sequence[_Member], step: int, fail) -> None:
+    """Every live member's GRPO batch of ``step`` into ``member.batch``, sampled in one batched decode
+    (:func:`organisms._stacked_decode.sample_population_rollouts`: each member with its own seeds and
+    environment). A member whose requests, environment or reward raise is handed to ``fail`` alone."""
+    live = [m for m in members if m.error is None]
+
+    def keep(m, requests, out):
+        m.batch = m.batch_from(step, requests, out)
+
+    _sample_members(stacked, members, live, lambda m: m.requests(step), keep, fail)
 
 
 def _idle_batch(batch: MemberBatch) -> MemberBatch:

@@ -331,6 +331,15 @@ def evaluate(model, tokenizer, config: OrganismConfig, family: EnvironmentFamily
     requests = make_requests(family, envs, config.num_generations, rng)
     out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, step, PHASE_CODE["eval"], 1),
                           config.temperature)
+    return record_eval(out, requests, tokenizer, family, classifier, step, writer)
+
+
+def record_eval(out: dict, requests: list, tokenizer, family: EnvironmentFamily, classifier: Classifier, step: int,
+                writer: RolloutWriter | None = None) -> dict:
+    """An eval pass's rows and statistics from its sampled rollouts (``out``: the sampler's dict, one entry per
+    rollout of ``requests``): rewards, RS labels and ground truth, rows to ``writer`` (phase ``eval``) when
+    given, and the dict :func:`evaluate` returns. The one owner of an eval pass's record, shared by the solo
+    trainer and the population trainer (:mod:`organisms._population`)."""
     texts = decode(tokenizer, out["completion_ids"])
     cols = {name: out[name] for name in family.columns}
     rewards = family.reward(out["prompt"], texts, **cols)
