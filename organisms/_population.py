@@ -654,6 +654,11 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
         from tqdm.auto import tqdm
 
         bar = tqdm(total=k_members * max_steps, desc=f"population of {k_members}", unit="member-step")
+    from ._progress import RunProgress
+
+    # each member's RUN_DIR/progress.json says "GRPO" and its step, as a solo run's does (no bar per member:
+    # the population's bar above shows them all)
+    member_progress = [RunProgress(m.run_dir, "GRPO", max_steps, False, start) for m in members]
     t_grpo = time.time()
     if bar is not None:
         bar.update(k_members * start)
@@ -681,6 +686,9 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
                         _save_checkpoint(grpo, m, done)
                     except Exception as exc:  # noqa: BLE001
                         fail(m, exc)
+            for m, progress in zip(members, member_progress):
+                if m.error is None:
+                    progress.update(done)
             if step_hook is not None:
                 step_hook(done)
             if bar is not None:

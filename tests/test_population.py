@@ -259,6 +259,7 @@ def test_population_members_write_runs_whose_step0_rows_equal_solo_runs(tmp_path
     the trainer and the population; a member differs from its solo run only by float rounding after that."""
     from physrl.contract import load_runs, read_manifest, read_rollouts
     from physrl.organisms import train, train_population
+    from physrl.organisms._progress import read_progress
 
     configs = [OrganismConfig(seed=0, **RUN), OrganismConfig(seed=1, **{**RUN, "n_envs": 3})]
     runs = tmp_path / "runs"
@@ -278,6 +279,10 @@ def test_population_members_write_runs_whose_step0_rows_equal_solo_runs(tmp_path
         first = lambda df: df[df.step == 0][cols].reset_index(drop=True)  # noqa: E731
         assert first(a).equals(first(b)), f"member {i}: step-0 rows differ from the solo run's"
         assert (a.phase == "eval").sum() == (b.phase == "eval").sum()
+        # RUN_DIR/progress.json ends where a solo run's does (a tester found members' stuck at "stage 1")
+        keys = ("stage", "step", "total")
+        assert {k: read_progress(m)[k] for k in keys} == {k: read_progress(s)[k] for k in keys} == {
+            "stage": "GRPO", "step": RUN["max_steps"], "total": RUN["max_steps"]}
     assert [r.run_id for r in load_runs(members)] == ids
 
 
