@@ -598,8 +598,10 @@ def _train_population(configs, run_dirs, population_id, log, resume: bool = Fals
     start, checkpoints = 0, [None] * k_members
     if resume:
         start, checkpoints = _common_checkpoint(run_dirs, log)
-        for m in members:
-            dropped = m.writer.truncate(start if checkpoints[0] is not None else -1)
+        # every member's rows checked and cut first: a member whose log cannot resume stops the population before
+        # any manifest counts a resume (a tester saw member 0's 'resumed' grow on every failed attempt)
+        drops = [m.writer.truncate(start if checkpoints[0] is not None else -1) for m in members]
+        for m, dropped in zip(members, drops):
             for tmp in m.run_dir.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
             before = read_manifest(m.run_dir).organisms or {}

@@ -37,7 +37,8 @@ from ._schema import (COLUMNS as COLUMNS, CONTRACT_VERSION as CONTRACT_VERSION, 
                       SCHEMA as SCHEMA, STATUSES as STATUSES, Environment as Environment,
                       LogValidationError as LogValidationError, Manifest as Manifest, chunk_paths as chunk_paths,
                       now as now, read_manifest as read_manifest)
-from ._write import (ChunkWriter as ChunkWriter, atomic_write_bytes as atomic_write_bytes,
+from ._write import (ChunkWriter as ChunkWriter, RolloutGapError as RolloutGapError,
+                     atomic_write_bytes as atomic_write_bytes,
                      update_manifest as update_manifest, write_manifest as write_manifest, write_run as write_run)
 from ._read import read_rollouts as read_rollouts, read_table as read_table, rows_on_disk as rows_on_disk
 from ._run import (MeasuredPrior as MeasuredPrior, PriorEstimate as PriorEstimate, Run as Run,
@@ -45,6 +46,6 @@ from ._run import (MeasuredPrior as MeasuredPrior, PriorEstimate as PriorEstimat
 
 __all__ = ["COLUMNS", "CONTRACT_VERSION", "NULLABLE_TEXT", "OBSERVATION_KEYS", "ORGANISMS", "PHASES", "SCHEMA",
            "STATUSES", "Environment", "LogValidationError", "Manifest", "chunk_paths", "now", "read_manifest",
-           "ChunkWriter", "atomic_write_bytes", "update_manifest", "write_manifest", "write_run",
+           "ChunkWriter", "RolloutGapError", "atomic_write_bytes", "update_manifest", "write_manifest", "write_run",
            "read_rollouts", "read_table", "rows_on_disk",
            "MeasuredPrior", "PriorEstimate", "Run", "jeffreys_interval", "load_runs"]

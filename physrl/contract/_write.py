@@ -94,6 +94,27 @@ def _atomic_write_table(path: Path, table: pa.Table) -> None:
     _fsync_dir(path.parent)
 
 
+class RolloutGapError(ValueError):
+    """A run's rollout chunks cannot be resumed from: one is unreadable, or train steps before the checkpoint
+    are missing (:meth:`ChunkWriter.truncate`)."""
+
+
+def _ranges(steps: Sequence[int]) -> str:
+    """``[50, 51, ..., 99, 120]`` -> ``"50-99, 120"``."""
+    out, start, prev = [], None, None
+    for s in steps:
+        if start is None:
+            start = prev = s
+        elif s == prev + 1:
+            prev = s
+        else:
+            out.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = prev = s
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ", ".join(out)
+
+
 class ChunkWriter:
     """Buffers rollout rows and writes them as Parquet chunks under ``run_dir/rollouts`` (atomic renames).
 
@@ -179,13 +200,35 @@ class ChunkWriter:
         Kept: train rows with step < checkpoint_step and eval rows with step
         <= checkpoint_step (``checkpoint_step = -1``: nothing is kept). The
         buffer is emptied and leftover temporary files of a crash are removed.
+
+        Raises
+        ------
+        RolloutGapError
+            Before anything is changed: a chunk cannot be read (truncated or
+            corrupted), or the kept train rows miss a step before the
+            checkpoint (a chunk was deleted). Resuming would leave a hole in
+            the run's log that a finished manifest would hide.
         """
         self._buffer = {name: [] for name in self.schema.names}
+        frames, steps = [], set()
+        for path in chunk_paths(self.dir.parent):
+            try:
+                df = pq.read_table(path).to_pandas()
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise RolloutGapError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the rows it held are "
+                                      "lost, so this run cannot resume without a hole in its log: start it again in "
+                                      "a new folder (the other runs are not affected)") from exc
+            frames.append((path, df))
+            steps.update(df.step[(df.phase == "train") & (df.step < checkpoint_step)].tolist())
+        missing = sorted(set(range(max(checkpoint_step, 0))) - steps)
+        if missing:
+            raise RolloutGapError(f"{self.dir}: no train rows for steps {_ranges(missing)}, written before "
+                                  f"checkpoint-{checkpoint_step} (a rollout chunk was deleted or lost); resuming would "
+                                  "leave that hole in a run marked finished: start it again in a new folder")
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink()
         dropped = 0
-        for path in chunk_paths(self.dir.parent):
-            df = pq.read_table(path).to_pandas()
+        for path, df in frames:
             keep = (((df.phase == "train") & (df.step < checkpoint_step))
                     | ((df.phase == "eval") & (df.step <= checkpoint_step)))
             if keep.all():
