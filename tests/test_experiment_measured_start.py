@@ -18,7 +18,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "reference" / "demo"
 def demo_fit_and_run():
     cal = fitting.load_runs([DEMO / "cal-N1-p0.1-h2-s0", DEMO / "cal-N2-p0.3-h2-s0"])
     config = json.loads((DEMO / "experiment.json").read_text())
-    fit = fitting.fit(cal, transfer=config.get("transfer", "homogeneous"))
+    fit = fitting.fit(cal, transfer=config.get("transfer", "homogeneous"), step0="fixed")  # the experiment's mode
     run = fitting.load_runs([DEMO / "sweep-N8-p0.1-h0-s0"])[0]
     return fit, run
 
@@ -51,7 +51,7 @@ def test_the_measured_start_and_its_noise_enter_every_band(demo_fit_and_run):
     # observed start is the run's own b̂0; under the manifest's floor (from the target b0) it moved
     assert exact.mean["b"][0][0] == pytest.approx(b0.value, abs=1e-6)
     declared = fitting.fit([fitting.load_runs([DEMO / n])[0] for n in ("cal-N1-p0.1-h2-s0", "cal-N2-p0.3-h2-s0")],
-                           transfer=fit.spec.transfer, observation="manifest")
+                           transfer=fit.spec.transfer, observation="manifest", step0="fixed")
     moved = fitting.predict(declared, run, p0=run.measured_prior(phases=("eval",)).pooled.value, n_star=False,
                             n_samples=4, seed=0, level=0.9)
     assert abs(moved.mean["b"][0][0] - b0.value) > 0.03
