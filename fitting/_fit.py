@@ -835,12 +835,6 @@ def _fit(runs, spec: FitSpec, *, dispersion, n_starts, profile, emcee_steps, emc
         notes.append("held fixed, the data cannot support them: "
                      + "; ".join(f"{n} ({r})" for n, r in unsupported.items()))
     n_var = len(problem.var_names)
-    one_step = [n for n, r in unsupported.items() if r == "one observed step: no dynamics to fit"]
-    if one_step and n_var:  # step0 "free"/"prior": only the initial state is left, which is no fit of the dynamics
-        raise InsufficientData("nothing to fit but the initial state: the data cannot support "
-                               + "; ".join(f"{n} ({r})" for n, r in unsupported.items())
-                               + "; add eval passes at later steps (the step-0 measurement alone is in the "
-                               "step-0 table of any fit)")
     if n_var == 0:
         raise InsufficientData("nothing left to fit: the data cannot support "
                                + "; ".join(f"{n} ({r})" for n, r in unsupported.items())
