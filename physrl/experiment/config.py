@@ -23,14 +23,21 @@ def _is_list(value, types) -> bool:
             and all(isinstance(v, types) and not isinstance(v, bool) for v in value))
 
 
+def refuse_unknown_keys(cls, data: dict, where: str) -> None:
+    """Raise ValueError naming the keys of ``data`` that are not fields of the dataclass ``cls``
+    (``unknown <where> key(s) [...]; known: [...]``): the one check every config table goes through."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} key(s) {unknown}; known: {sorted(known)}")
+
+
 def _build(cls, data, where: str):
     """``cls(**data)`` with unknown keys and wrong types named (``where.key``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a table, got {data!r}")
+    refuse_unknown_keys(cls, data, where)
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown {where} key(s) {unknown}; known: {sorted(known)}")
     for key, value in data.items():
         kind = str(known[key].type)
         if value is None and "None" in kind:
@@ -243,10 +250,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
         """Build from a mapping; unknown keys are an error naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown experiment config key(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown_keys(cls, data, "experiment config")
         return cls(**data)
 
     @classmethod

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from physrl._util import toml as _toml
 
-from .config import _build, _is_list
+from .config import _build, _is_list, refuse_unknown_keys
 from .executors import ExecutorConfig, check_population_size
 from .runs import refuse_mixed_configs, run_status, train_planned
 
@@ -156,10 +156,7 @@ class TakeoffConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TakeoffConfig":
         """Build from a mapping; unknown keys are an error naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown takeoff config key(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown_keys(cls, data, "takeoff config")
         return cls(**data)
 
     @classmethod
