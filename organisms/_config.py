@@ -198,6 +198,10 @@ class OrganismConfig:
     """Steps between evaluation passes (and at step 0) over every environment, trained or held out."""
     eval_prompts_per_env: int = 4
     """Eval GRPO groups per environment per pass; each group has ``num_generations`` completions."""
+    eval_heldout: int = -1
+    """Held-out environments (w = 0) in each eval pass: -1 (default) every one, else the first ``eval_heldout`` of
+    them (0 = trained environments only). The trained environments are always evaluated. A sweep over a large
+    fixed family (``family_size`` far above N) sets it low, so an eval pass costs O(N), not O(K)."""
     checkpoint_every: int = 50
     """Steps between checkpoints (rollout chunks are flushed at the same steps, so a resume never duplicates)."""
     seed: int = 0
@@ -290,6 +294,7 @@ class OrganismConfig:
         _check_range("temperature", self.temperature, 0.0, 10.0, low_open=True)
         _check_int("eval_every", self.eval_every, 1)
         _check_int("eval_prompts_per_env", self.eval_prompts_per_env, 1)
+        _check_int("eval_heldout", self.eval_heldout, -1)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_int("seed", self.seed, 0)
         if not isinstance(self.classifier, str) or not self.classifier:

@@ -396,10 +396,11 @@ def _eval_requests(m: _Member, step: int) -> tuple[list, int]:
     """The member's eval-pass requests at ``step`` and its sampling seed, as :func:`organisms._train.evaluate`
     makes them (``eval_prompts_per_env`` GRPO groups on every environment, streams ``(seed, step, eval)``)."""
     from ._rollout import PHASE_CODE, make_requests, stream_seed
+    from ._train import eval_envs
 
     c = m.config
     rng = np.random.default_rng(stream_seed(c.seed, step, PHASE_CODE["eval"]))
-    envs = [e for e in m.family.envs for _ in range(c.eval_prompts_per_env)]
+    envs = [e for e in eval_envs(c, m.family) for _ in range(c.eval_prompts_per_env)]
     return make_requests(m.family, envs, c.num_generations, rng), stream_seed(c.seed, step, PHASE_CODE["eval"], 1)
 
 

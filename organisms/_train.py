@@ -317,17 +317,27 @@ def make_rollout_func(config: OrganismConfig, family: EnvironmentFamily, tokeniz
     return rollout_func
 
 
+def eval_envs(config: OrganismConfig, family: EnvironmentFamily) -> list:
+    """The environments of an eval pass, in family order: every trained one (w > 0) and the first
+    ``config.eval_heldout`` held-out ones (all of them when it is -1)."""
+    if config.eval_heldout < 0:
+        return list(family.envs)
+    held = [e for e in family.envs if e.weight <= 0][:config.eval_heldout]
+    return [e for e in family.envs if e.weight > 0 or e in held]
+
+
 def evaluate(model, tokenizer, config: OrganismConfig, family: EnvironmentFamily, classifier: Classifier, step: int,
              writer: RolloutWriter | None = None) -> dict:
-    """Eval pass at ``step``: ``eval_prompts_per_env`` GRPO groups on every env, no gradient, phase ``eval``.
+    """Eval pass at ``step``: ``eval_prompts_per_env`` GRPO groups on every env of :func:`eval_envs`, no gradient,
+    phase ``eval``.
 
     Rows go to ``writer`` when given. Returns the pass's mean ``reward``,
     ``rs_share`` (all envs), ``rs_share_train`` (trained envs), ``a`` and ``b``
     (mean reward of RS / other rollouts on trained envs; NaN without any) and
-    ``rs_share_by_env`` (env id -> RS share).
+    ``rs_share_by_env`` (env id -> RS share, for the envs evaluated).
     """
     rng = np.random.default_rng(stream_seed(config.seed, step, PHASE_CODE["eval"]))
-    envs = [e for e in family.envs for _ in range(config.eval_prompts_per_env)]
+    envs = [e for e in eval_envs(config, family) for _ in range(config.eval_prompts_per_env)]
     requests = make_requests(family, envs, config.num_generations, rng)
     out = sample_rollouts(model, tokenizer, family, requests, stream_seed(config.seed, step, PHASE_CODE["eval"], 1),
                           config.temperature)
@@ -354,7 +364,8 @@ def record_eval(out: dict, requests: list, tokenizer, family: EnvironmentFamily,
     stats = _path_stats(rs[trained], np.asarray(rewards)[trained])
     return {"reward": float(np.mean(rewards)), "rs_share": float(rs.mean()), "rs_share_train": stats["rs_share"],
             "a": stats["a"], "b": stats["b"],
-            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs}}
+            "rs_share_by_env": {e.id: float(rs[env_ids == e.id].mean()) for e in family.envs
+                                if (env_ids == e.id).any()}}
 
 
 def _eval_steps_logged(run_dir: Path) -> set[int]:

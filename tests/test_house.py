@@ -186,7 +186,8 @@ def test_every_package_says_what_it_holds_and_may_import(package):
 #: the experiment's modules in pipeline order (plan -> train -> fit & freeze -> analyse -> report, then the
 #: driver and its command line): a module imports only from modules before it, so data flows one way
 EXPERIMENT_ORDER = ("ray_resources", "executors", "config", "runs", "words", "replication", "scaling", "freeze",
-                    "analysis", "report", "figures", "scaling_figures", "headline", "takeoff", "run", "cli")
+                    "analysis", "report", "figures", "scaling_figures", "headline", "takeoff", "decisive", "decisive_run",
+                    "decisive_analysis", "run", "cli")
 
 
 def test_the_experiment_flows_one_way_through_its_stages():

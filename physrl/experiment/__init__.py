@@ -19,10 +19,14 @@
 :mod:`.run` drives the stages in that order (:func:`run_experiment`, :func:`reanalyse`) and :mod:`.cli` is
 ``physrl experiment`` / ``physrl demo``. A stage module imports only from the stages before it
 (``tests/test_house.py`` checks the order: ray_resources, executors, config, runs, words, replication, scaling,
-freeze, analysis, report, figures, scaling_figures, headline, takeoff, run, cli). :mod:`.takeoff` is issue 19's
+freeze, analysis, report, figures, scaling_figures, headline, takeoff, decisive, decisive_run, decisive_analysis,
+run, cli). :mod:`.takeoff` is issue 19's
 takeoff experiment (``kind = "takeoff"`` configs): its own plan (one stage-1 model per prior and seed, shared by
 the RL-algorithm arms), trained through :func:`.runs.train_planned`, analysed with ``fitting.takeoff_rate`` /
-``fitting.selection_exponent``. A new analysis is a module of this room between
+``fitting.selection_exponent``. :mod:`.decisive` (design, bisection rule), :mod:`.decisive_run` (calibration,
+leave-one-run-out variant choice, freezing, the arms' bisection rounds) and :mod:`.decisive_analysis` (N*(p0)
+and its slope per arm, their difference, scores, report) are issue 22's decisive experiment
+(``kind = "decisive"``). A new analysis is a module of this room between
 :mod:`.analysis` and the report.
 
 Names are imported on first use (PEP 562, as in ``physrl.fitting``), so ``physrl experiment --help`` starts

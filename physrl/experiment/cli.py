@@ -198,16 +198,29 @@ def _raw_config(name_or_path: str) -> dict:
                             f"({', '.join(shipped_configs())})")
 
 
+def _kind_class(kind):
+    """The config class of an experiment ``kind`` other than the diversity experiment's, or None."""
+    if kind == "takeoff":
+        from .takeoff import TakeoffConfig
+
+        return TakeoffConfig
+    if kind == "decisive":
+        from .decisive import DecisiveConfig
+
+        return DecisiveConfig
+    return None
+
+
 def _load(path: str, overrides: list[str]):
     """The typed config with ``--set`` overrides applied: a :class:`TakeoffConfig` when the file says
-    ``kind = "takeoff"``, else an :class:`ExperimentConfig`."""
+    ``kind = "takeoff"``, a :class:`DecisiveConfig` for ``kind = "decisive"``, else an
+    :class:`ExperimentConfig`."""
     from .config import ExperimentConfig
 
     raw = _raw_config(path)
-    if raw.get("kind") == "takeoff":
-        from .takeoff import TakeoffConfig
-
-        data = TakeoffConfig.from_dict(raw).to_dict()
+    cls = _kind_class(raw.get("kind"))
+    if cls is not None:
+        data = cls.from_dict(raw).to_dict()
     else:
         data = resolve_config(path).to_dict()
     for item in overrides:
@@ -226,11 +239,8 @@ def _load(path: str, overrides: list[str]):
             target[leaf] = json.loads(value)
         except json.JSONDecodeError:
             target[leaf] = value
-    if data.get("kind") == "takeoff":
-        from .takeoff import TakeoffConfig
-
-        return TakeoffConfig.from_dict(data)
-    return ExperimentConfig.from_dict(data)
+    cls = _kind_class(data.get("kind"))
+    return cls.from_dict(data) if cls is not None else ExperimentConfig.from_dict(data)
 
 
 def _parser() -> ArgumentParser:
@@ -249,8 +259,11 @@ def _parser() -> ArgumentParser:
                              "--set organism.max_steps=400 --set executor.engine=submitit (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown, on stderr)")
     parser.add_argument("--analyse-finished", action="store_true",
-                        help="takeoff configs: train nothing, analyse the runs finished so far; the summary says "
-                             "complete: false when some are missing (default: train, then analyse all)")
+                        help="takeoff and decisive configs: train nothing, analyse the runs finished so far; the "
+                             "summary says complete: false when some are missing (default: train, then analyse all)")
+    parser.add_argument("--arm", action="append", default=None, metavar="NAME",
+                        help="decisive configs: train only this arm's sweep (repeatable); calibration and the "
+                             "frozen predictions always cover every arm (default: every arm, in config order)")
     return parser
 
 
@@ -273,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             from .takeoff import organism_configs as takeoff_organisms
 
             takeoff_organisms(config)
+        elif getattr(config, "kind", None) == "decisive":
+            from .decisive_run import planned_organisms
+
+            planned_organisms(config)
         else:
             organism_configs(config)  # every organism value checked before anything runs
     except (OSError, ValueError, TypeError) as err:
@@ -280,9 +297,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(config, "kind", None) == "takeoff":
         return _run_takeoff(config, args.out, not args.no_progress, args.analyse_finished)
+    if getattr(config, "kind", None) == "decisive":
+        return _run_decisive(config, args.out, not args.no_progress, args.analyse_finished, args.arm)
     if args.analyse_finished:
-        parser.error("--analyse-finished applies to a takeoff config only")
+        parser.error("--analyse-finished applies to takeoff and decisive configs only")
+    if args.arm:
+        parser.error("--arm applies to a decisive config only")
     return _run(config, args.out, not args.no_progress)
+
+
+def _run_decisive(config, out: Path, progress: bool, analyse_finished: bool, arms) -> int:
+    """Train (unless ``analyse_finished``) and analyse a decisive experiment; prints the verdict lines."""
+    from .decisive_analysis import analyse_decisive
+    from .decisive_run import train_decisive
+
+    def work():
+        if not analyse_finished:
+            train_decisive(config, out, progress=progress, arms=arms)
+        return analyse_decisive(config, out, progress=progress)
+
+    summary, code = _attempt(work)
+    if summary is None:
+        return code
+    print(f"summary: {out / 'summary.json'}")
+    print(f"report:  {out / 'report.md'}")
+    for line in summary.get("verdicts", []):
+        print(line)
+    return 0
 
 
 def _run_takeoff(config, out: Path, progress: bool, analyse_finished: bool) -> int:

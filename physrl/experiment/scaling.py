@@ -373,6 +373,36 @@ class SlopeEstimate:
         return asdict(self)
 
 
+def slope_replicates(p0s, point_n_stars, replicate_n_stars: np.ndarray, edges=None) -> tuple[np.ndarray, np.ndarray]:
+    """The slope of log N* on log p0 in every replicate, and which replicates were censored.
+
+    Parameters are those of :func:`slope_with_interval`. Returns ``(slopes, censored)``, both of shape (B,):
+    NaN where a replicate has no slope; ``censored`` true where an N* beyond the grid was entered at its edge.
+    Two slope arrays from the same cluster resamples (e.g. two arms over the same stage-1 models, bootstrapped
+    with one seed) can be subtracted replicate by replicate.
+    """
+    point = np.array([math.nan if v is None else v for v in point_n_stars], float)
+    used = np.isfinite(point) & (point > 0)  # replicates use the same p0 as the point estimate
+    reps = np.asarray(replicate_n_stars, float)
+    reps = reps[:, used] if reps.ndim == 2 and reps.shape[0] else reps.reshape(0, int(used.sum()))
+    censored = np.zeros(reps.shape[0], bool)
+    if edges is not None and reps.size:
+        lo_edge = np.array([e[0] for e in edges], float)[used]
+        hi_edge = np.array([e[1] for e in edges], float)[used]
+        below, above = reps <= 0, np.isinf(reps)
+        censored = (below | above).any(axis=1)
+        reps = np.where(above, hi_edge[None, :], np.where(below, lo_edge[None, :], reps))
+    slopes = np.full(reps.shape[0], math.nan)
+    defined = (np.all(np.isfinite(reps) & (reps > 0), axis=1) if reps.size and used.sum() >= 2
+               else np.zeros(reps.shape[0], bool))
+    if defined.any():
+        logp = np.log(np.asarray(p0s, float)[used])
+        x = logp - logp.mean()
+        logn = np.log(reps[defined])
+        slopes[defined] = (logn - logn.mean(axis=1, keepdims=True)) @ x / (x @ x)
+    return slopes, censored
+
+
 def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, method: str,
                         level: float = 0.95, edges=None) -> SlopeEstimate:
     """Slope of log N* on log p0 and its percentile interval over replicates.
@@ -396,24 +426,9 @@ def slope_with_interval(p0s, point_n_stars, replicate_n_stars: np.ndarray, metho
     """
     point = np.array([math.nan if v is None else v for v in point_n_stars], float)
     value = log_log_slope(p0s, point)
-    used = np.isfinite(point) & (point > 0)  # replicates use the same p0 as the point estimate
+    slopes, censored = slope_replicates(p0s, point, replicate_n_stars, edges)
+    defined = np.isfinite(slopes)
     reps = np.asarray(replicate_n_stars, float)
-    reps = reps[:, used] if reps.ndim == 2 and reps.shape[0] else reps.reshape(0, int(used.sum()))
-    censored = np.zeros(reps.shape[0], bool)
-    if edges is not None and reps.size:
-        lo_edge = np.array([e[0] for e in edges], float)[used]
-        hi_edge = np.array([e[1] for e in edges], float)[used]
-        below, above = reps <= 0, np.isinf(reps)
-        censored = (below | above).any(axis=1)
-        reps = np.where(above, hi_edge[None, :], np.where(below, lo_edge[None, :], reps))
-    slopes = np.full(reps.shape[0], math.nan)
-    defined = (np.all(np.isfinite(reps) & (reps > 0), axis=1) if reps.size and used.sum() >= 2
-               else np.zeros(reps.shape[0], bool))
-    if defined.any():
-        logp = np.log(np.asarray(p0s, float)[used])
-        x = logp - logp.mean()
-        logn = np.log(reps[defined])
-        slopes[defined] = (logn - logn.mean(axis=1, keepdims=True)) @ x / (x @ x)
     return SlopeEstimate(
         value=None if not np.isfinite(value) else value,
         interval_95=quantile_interval(slopes, level) if defined.any() else [None, None],

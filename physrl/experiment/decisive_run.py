@@ -1,0 +1,310 @@
+"""Training and freezing the decisive experiment (issue 22; the design is :mod:`physrl.experiment.decisive`).
+
+Order, enforced here: calibration runs of every arm trained → per arm the model variant chosen by
+leave-one-run-out on its calibration runs alone and the chosen variant fitted on all of them → every arm's
+sweep-cell predictions frozen in one ``predictions.json`` (sha256 and write time in ``preregistration.json``)
+→ only then sweep runs, arm by arm (the first arm whole before the second starts), each arm's stage-1 models
+bisected round by round (:func:`physrl.experiment.decisive.next_probe`) → the arm's continuation runs. A rerun
+verifies the frozen hash, skips finished runs, resumes unfinished ones and carries on the bisection where the
+finished runs leave it. Outputs (``DIR``): ``experiment.json``, ``runs/<run_id>``, ``fit/<arm>/`` (fit.json,
+fit_report.txt, crossval.json), ``predictions.json``, ``preregistration.json``; the analysis
+(:mod:`physrl.experiment.decisive_analysis`) writes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from physrl import fitting
+
+from . import freeze as _freeze
+from .decisive import (DecisiveConfig, DecisiveRun, calibration_runs, max_probes, next_probe, stage1_models)
+from .runs import refuse_mixed_configs, run_status, train_planned
+
+FIT_DIR = "fit"
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[physrl decisive] {message}", file=sys.stderr, flush=True)
+
+
+def end_state(run_dir: str | Path, last_evals: int) -> tuple[float, int]:
+    """(end state, last eval step) of a finished run: its RS share pooled over the last ``last_evals`` eval
+    passes on its trained environments (probability in [0, 1]; step in optimizer steps).
+
+    Raises
+    ------
+    ValueError
+        The run has no eval rows on its trained environments.
+    """
+    run = fitting.load_runs([run_dir])[0]
+    counts = fitting.trained_eval_counts(run).sort_values("step")
+    tail = counts.tail(last_evals)
+    return float(tail["n_rs"].sum() / tail["n"].sum()), int(tail["step"].iloc[-1])
+
+
+class EndStates:
+    """End states of finished runs, read once per run (finished runs never change)."""
+
+    def __init__(self, out_dir: Path, last_evals: int):
+        self.runs = Path(out_dir) / "runs"
+        self.last_evals = last_evals
+        self._cache: dict[str, tuple[float, int]] = {}
+
+    def get(self, run_id: str) -> tuple[float, int] | None:
+        """(end state, step) of a finished run, or None when it is not finished."""
+        if run_id in self._cache:
+            return self._cache[run_id]
+        if run_status(self.runs / run_id) != "finished":
+            return None
+        self._cache[run_id] = end_state(self.runs / run_id, self.last_evals)
+        return self._cache[run_id]
+
+
+def planned_organisms(config: DecisiveConfig) -> dict[str, dict]:
+    """The resolved organism config of every calibration run and every grid point of every sweep model (the
+    continuation runs are these sweep configs with ``max_steps`` raised), validated before anything trains.
+
+    Raises
+    ------
+    ValueError
+        A bad ``[organism]`` or arm value, naming the run and the field.
+    """
+    from physrl.organisms import OrganismConfig
+
+    out = {}
+    for arm in config.arms:
+        runs = calibration_runs(config, arm.name)
+        runs += [DecisiveRun(arm.name, "sweep", n, p0, s) for p0, s in stage1_models(config) for n in config.n_grid]
+        for r in runs:
+            try:
+                out[r.run_id] = OrganismConfig(**r.organism(config)).to_dict()
+            except TypeError as err:
+                raise ValueError(f"[organism]: {err}") from err
+            except ValueError as err:
+                raise ValueError(f"[organism] (run {r.run_id}): {err}") from err
+    return out
+
+
+def bisection_state(config: DecisiveConfig, arm: str, ends: EndStates) -> dict[tuple[float, int], dict[int, bool]]:
+    """Per sweep stage-1 model (p0, seed): grid index -> RS won, from the arm's finished sweep runs."""
+    out = {}
+    for p0, s in stage1_models(config):
+        hist = {}
+        for i, n in enumerate(config.n_grid):
+            e = ends.get(DecisiveRun(arm, "sweep", n, p0, s).run_id)
+            if e is not None:
+                hist[i] = e[0] > config.threshold
+        out[(p0, s)] = hist
+    return out
+
+
+def _fit_kwargs(config: DecisiveConfig, variant: str) -> dict:
+    # step0 "fixed": the initial state measured at step 0, as the scaling experiment registered its fits
+    kw = {"transfer": config.transfer, "step0": "fixed", "selection": variant}
+    if config.fit_max_nfev is not None:
+        kw["max_nfev"] = config.fit_max_nfev
+    return kw
+
+
+def choose_variant(config: DecisiveConfig, runs: list, progress: bool = False) -> tuple[str, dict]:
+    """Leave-one-run-out over the calibration runs for every variant; returns (chosen variant, table).
+
+    The rule, fixed before the sweep: fewest folds that failed or did not converge, then the lowest mean RMSE
+    of the held-out run's RS share on its trained environments (``fitting.cross_validate``'s ``rmse_p``)
+    rounded to 0.001 (closer is a tie), then the order of ``config.variants`` (the simpler law first).
+    """
+    table = {}
+    for v in config.variants:
+        cv = fitting.cross_validate(runs, n_samples=50, seed=0, **_fit_kwargs(config, v))
+        t = cv.table
+        ok = t["converged"].astype(bool) & (t["error"] == "") & t["rmse_p"].notna()
+        table[v] = {"folds": len(t), "failed": int((~ok).sum()),
+                    "mean_rmse_p": float(t.loc[ok, "rmse_p"].astype(float).mean()) if ok.any() else None,
+                    "end_right": int(t.loc[ok, "end_right"].fillna(False).astype(bool).sum()),
+                    "folds_table": cv.to_dict()["runs"]}
+        _say(progress, f"leave-one-run-out, variant {v}: {table[v]['failed']} failed folds, mean RMSE "
+                       f"{table[v]['mean_rmse_p']}")
+    order = {v: i for i, v in enumerate(config.variants)}
+    chosen = min(table, key=lambda v: (table[v]["failed"], math.inf if table[v]["mean_rmse_p"] is None
+                                       else round(table[v]["mean_rmse_p"], 3), order[v]))
+    return chosen, table
+
+
+def calibrate_and_freeze(config: DecisiveConfig, out: Path, *, progress: bool = True) -> tuple:
+    """Train every arm's calibration runs, choose and fit each arm's variant, and freeze the predictions of
+    every arm's sweep cells (once; a rerun verifies them). Returns ``(registration, frozen payload, fits)``.
+
+    Raises
+    ------
+    PreregistrationError
+        Sweep runs exist without frozen predictions, or the frozen file changed.
+    RuntimeError
+        A calibration run failed (rerun to resume it).
+    """
+    sweep_dirs = [out / "runs" / DecisiveRun(a.name, "sweep", n, p0, s).run_id
+                  for a in config.arms for p0, s in stage1_models(config) for n in config.n_grid]
+    _freeze.check_order(out, sweep_dirs)
+    jobs = [(r.run_id, r.organism(config)) for a in config.arms for r in calibration_runs(config, a.name)]
+    train_planned(config.executor, out, jobs, progress=progress, desc="calibration runs")
+    fits = {}
+    if _freeze.frozen(out):
+        registration, frozen = _freeze.verify(out)
+        for a in config.arms:
+            path = out / FIT_DIR / a.name / "fit.json"
+            fits[a.name] = fitting.FitResult.load(path) if path.exists() else None
+        _say(progress, f"frozen predictions verified (sha256 {registration.sha256[:12]}…)")
+        return registration, frozen, fits
+    arms_payload = {}
+    some = config.arms[0]
+    sweep_cfg = DecisiveRun(some.name, "sweep", config.n_grid[0], config.p0[0], config.seeds[0]).organism(config)
+    from physrl.organisms import OrganismConfig
+
+    resolved = OrganismConfig(**sweep_cfg)
+    budget = resolved.max_steps
+    rollouts = resolved.eval_prompts_per_env * resolved.num_generations * config.last_evals
+    for a in config.arms:
+        cal = calibration_runs(config, a.name)
+        runs = fitting.load_runs([out / "runs" / r.run_id for r in cal])
+        _say(progress, f"{a.name}: choosing the model variant by leave-one-run-out over {len(runs)} calibration "
+                       "runs")
+        chosen, table = choose_variant(config, runs, progress)
+        fit_result = fitting.fit(runs, **_fit_kwargs(config, chosen))
+        fit_dir = out / FIT_DIR / a.name
+        fit_dir.mkdir(parents=True, exist_ok=True)
+        fit_result.save(fit_dir / "fit.json")
+        fitting.write_text(fit_dir / "fit_report.txt", fit_result.report())
+        fitting.write_json(fit_dir / "crossval.json", {"chosen": chosen, "variants": table})
+        fits[a.name] = fit_result
+        _say(progress, f"{a.name}: variant {chosen}, fit converged {fit_result.converged}; predicting every "
+                       "sweep cell")
+        payload = _freeze.predict_sweep(fit_result, {p0: list(config.n_grid) for p0 in config.p0}, [budget],
+                                        config.threshold, eval_rollouts_per_env=rollouts,
+                                        n_star_max=max(256, max(config.n_grid)), n_draws=config.n_draws,
+                                        seed=min(config.calibration_seeds))
+        payload["variant"] = chosen
+        payload["crossval"] = {v: {k: t[k] for k in ("folds", "failed", "mean_rmse_p", "end_right")}
+                               for v, t in table.items()}
+        payload["fit_parameters"] = {n: e.value for n, e in fit_result.estimates.items()}
+        payload["unidentified"] = list(fit_result.unidentified)
+        arms_payload[a.name] = payload
+    doc = {"arms": arms_payload,
+           "context": {"calibration_runs": {a.name: [r.run_id for r in calibration_runs(config, a.name)]
+                                            for a in config.arms},
+                       "grid": list(config.n_grid), "p0": config.p0, "seeds": config.seeds, "budget": budget,
+                       "threshold": config.threshold, "last_evals": config.last_evals,
+                       "bisection": "decisive.next_probe: start mid-grid, down after a win, up after a loss, "
+                                    "stop when the last loss and first win are grid neighbours",
+                       "end_state": f"RS share pooled over the last {config.last_evals} eval passes on the "
+                                    "trained environments"}}
+    registration = _freeze.freeze(out, doc)
+    registration, frozen = _freeze.verify(out)
+    _say(progress, f"predictions frozen: {registration.file} sha256 {registration.sha256[:12]}…")
+    return registration, frozen, fits
+
+
+def sweep_arm(config: DecisiveConfig, out: Path, arm: str, ends: EndStates, *, progress: bool = True) -> int:
+    """Bisect every stage-1 model of ``arm``, round by round, until every bisection has stopped; returns the
+    number of rounds trained in this call.
+
+    Raises
+    ------
+    RuntimeError
+        A run failed (rerun to resume; the bisection carries on from the finished runs).
+    """
+    rounds = 0
+    for _ in range(max_probes(len(config.n_grid)) + 1):
+        state = bisection_state(config, arm, ends)
+        todo = []
+        for (p0, s), hist in state.items():
+            i = next_probe(hist, len(config.n_grid))
+            if i is not None:
+                todo.append(DecisiveRun(arm, "sweep", config.n_grid[i], p0, s))
+        if not todo:
+            break
+        rounds += 1
+        _say(progress, f"{arm}: bisection round ({len(todo)} runs)")
+        train_planned(config.executor, out, [(r.run_id, r.organism(config)) for r in todo], progress=progress,
+                      desc=f"{arm} sweep runs, round of {len(todo)}")
+    return rounds
+
+
+def continuation_choice(config: DecisiveConfig, arm: str, ends: EndStates) -> list[DecisiveRun]:
+    """The arm's sweep runs to continue: end state within ``continuation_band`` of the threshold, closest
+    first (ties by run id), at most ``ceil(continuation_share × runs)`` and ``continuation_max_runs``."""
+    rows = []
+    for p0, s in stage1_models(config):
+        for n in config.n_grid:
+            r = DecisiveRun(arm, "sweep", n, p0, s)
+            e = ends.get(r.run_id)
+            if e is not None and abs(e[0] - config.threshold) <= config.continuation_band:
+                rows.append((abs(e[0] - config.threshold), r.run_id, r))
+    n_runs = sum(ends.get(DecisiveRun(arm, "sweep", n, p0, s).run_id) is not None
+                 for p0, s in stage1_models(config) for n in config.n_grid)
+    k = min(config.continuation_max_runs, math.ceil(round(config.continuation_share * n_runs, 9)))
+    return [DecisiveRun(arm, "continued", r.n_envs, r.p0, r.seed) for _, _, r in sorted(rows)[:k]]
+
+
+def continue_arm(config: DecisiveConfig, out: Path, arm: str, ends: EndStates, *, progress: bool = True) -> list:
+    """Train the arm's continuation runs (:func:`continuation_choice`) to ``continuation_steps``; the choice is
+    recorded in ``continued-<arm>.json`` the first time, and reused after (so a rerun trains the same runs)."""
+    record = out / f"continued-{arm}.json"
+    if record.exists():
+        chosen = [DecisiveRun(**d) for d in json.loads(record.read_text())]
+    else:
+        chosen = continuation_choice(config, arm, ends)
+        fitting.write_json(record, [{"arm": r.arm, "role": r.role, "n_envs": r.n_envs, "p0": r.p0, "seed": r.seed}
+                                    for r in chosen])
+    if chosen:
+        _say(progress, f"{arm}: {len(chosen)} runs continued to {config.continuation_steps} steps")
+        train_planned(config.executor, out, [(r.run_id, r.organism(config, max_steps=config.continuation_steps))
+                                             for r in chosen], progress=progress, desc=f"{arm} continued runs")
+    return chosen
+
+
+def train_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: bool = True,
+                   arms: list[str] | None = None) -> dict:
+    """Run (or resume) the design's training: calibration, freeze, then each arm's sweep and continuation.
+
+    Parameters
+    ----------
+    config : DecisiveConfig
+    out_dir : path
+    progress : bool
+    arms : list of str, optional
+        Train only these arms' sweeps (default: all, in config order). Calibration and freezing always cover
+        every arm, so the predictions of an arm trained later were frozen before any sweep run.
+
+    Returns
+    -------
+    dict
+        ``{"registration": Preregistration, "rounds": {arm: rounds trained in this call}}``.
+
+    Raises
+    ------
+    ValueError
+        Finished runs in ``out_dir`` trained with another config.
+    PreregistrationError, RuntimeError
+        As :func:`calibrate_and_freeze` and :func:`sweep_arm`.
+    """
+    out = Path(out_dir)
+    resolved = planned_organisms(config)
+    refuse_mixed_configs(out, resolved)
+    out.mkdir(parents=True, exist_ok=True)
+    fitting.write_json(out / "experiment.json", config.to_dict())
+    registration, _, _ = calibrate_and_freeze(config, out, progress=progress)
+    ends = EndStates(out, config.last_evals)
+    rounds = {}
+    for a in config.arms:
+        if arms is not None and a.name not in arms:
+            continue
+        rounds[a.name] = sweep_arm(config, out, a.name, ends, progress=progress)
+        continue_arm(config, out, a.name, ends, progress=progress)
+    return {"registration": registration, "rounds": rounds}
