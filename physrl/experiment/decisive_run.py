@@ -35,37 +35,68 @@ def _say(progress: bool, message: str) -> None:
         print(f"[physrl decisive] {message}", file=sys.stderr, flush=True)
 
 
-def end_state(run_dir: str | Path, last_evals: int) -> tuple[float, int]:
-    """(end state, last eval step) of a finished run: its RS share pooled over the last ``last_evals`` eval
-    passes on its trained environments (probability in [0, 1]; step in optimizer steps).
+def run_counts(run_dir: str | Path) -> pd.DataFrame:
+    """A finished run's eval counts on its trained environments per eval step (``fitting.trained_eval_counts``:
+    step, n, n_rs, a_n, a_sum, b_n, b_sum), sorted by step."""
+    return fitting.trained_eval_counts(fitting.load_runs([run_dir])[0]).sort_values("step").reset_index(drop=True)
+
+
+def end_state(counts: pd.DataFrame, last_evals: int, max_step: int | None = None) -> tuple[float, int]:
+    """(end state, last eval step) from a run's trained-env eval counts (:func:`run_counts`): the RS share pooled
+    over its last ``last_evals`` eval passes (at or before ``max_step`` when given); a probability in [0, 1] and
+    an optimizer step.
 
     Raises
     ------
     ValueError
-        The run has no eval rows on its trained environments.
+        No eval pass (at or before ``max_step``).
     """
-    run = fitting.load_runs([run_dir])[0]
-    counts = fitting.trained_eval_counts(run).sort_values("step")
-    tail = counts.tail(last_evals)
+    c = counts if max_step is None else counts[counts["step"] <= max_step]
+    if c.empty:
+        raise ValueError("no eval pass on the trained environments" + ("" if max_step is None else
+                                                                         f" at or before step {max_step}"))
+    tail = c.sort_values("step").tail(last_evals)
     return float(tail["n_rs"].sum() / tail["n"].sum()), int(tail["step"].iloc[-1])
 
 
 class EndStates:
-    """End states of finished runs, read once per run (finished runs never change)."""
+    """End states of finished runs, read once per run (finished runs never change).
 
-    def __init__(self, out_dir: Path, last_evals: int):
+    From the run folders ``out_dir/runs/<run_id>``, or, with ``counts`` (the table
+    :meth:`table` writes as ``eval_counts.csv``: ``run_id`` plus :func:`run_counts`' columns), from that table
+    alone: a committed reference without its logs is analysed the same way.
+    """
+
+    def __init__(self, out_dir: Path, last_evals: int, counts: pd.DataFrame | None = None):
         self.runs = Path(out_dir) / "runs"
         self.last_evals = last_evals
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._table = None if counts is None else {k: g.drop(columns="run_id").sort_values("step").reset_index(drop=True)
+                                                   for k, g in counts.groupby("run_id")}
+        self._counts: dict[str, pd.DataFrame] = {}
 
-    def get(self, run_id: str) -> tuple[float, int] | None:
-        """(end state, step) of a finished run, or None when it is not finished."""
-        if run_id in self._cache:
-            return self._cache[run_id]
-        if run_status(self.runs / run_id) != "finished":
-            return None
-        self._cache[run_id] = end_state(self.runs / run_id, self.last_evals)
-        return self._cache[run_id]
+    def counts(self, run_id: str) -> pd.DataFrame | None:
+        """The run's trained-env eval counts per eval step, or None when it is not finished."""
+        if self._table is not None:
+            return self._table.get(run_id)
+        if run_id not in self._counts:
+            if run_status(self.runs / run_id) != "finished":
+                return None
+            self._counts[run_id] = run_counts(self.runs / run_id)
+        return self._counts[run_id]
+
+    def get(self, run_id: str, max_step: int | None = None) -> tuple[float, int] | None:
+        """(end state, step) of a finished run (:func:`end_state`), or None when it is not finished."""
+        c = self.counts(run_id)
+        return None if c is None else end_state(c, self.last_evals, max_step)
+
+    def table(self) -> pd.DataFrame:
+        """Every run read so far, as one table (``run_id`` first)."""
+        source = self._table if self._table is not None else self._counts
+        frames = [c.assign(run_id=k) for k, c in sorted(source.items())]
+        if not frames:
+            return pd.DataFrame(columns=["run_id", "step", "n", "n_rs", "a_n", "a_sum", "b_n", "b_sum"])
+        t = pd.concat(frames, ignore_index=True)
+        return t[["run_id"] + [c for c in t.columns if c != "run_id"]]
 
 
 def planned_organisms(config: DecisiveConfig) -> dict[str, dict]:
