@@ -320,7 +320,7 @@ def _run_decisive(config, out: Path, progress: bool, analyse_finished: bool, arm
     if summary is None:
         return code
     print(f"summary: {out / 'summary.json'}")
-    print(f"report:  {out / 'report.md'}")
+    print(f"report:  {out / 'report.html'}")
     for line in summary.get("verdicts", []):
         print(line)
     return 0

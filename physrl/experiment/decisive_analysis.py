@@ -42,7 +42,7 @@ from .decisive import DecisiveConfig, DecisiveRun, bracket, calibration_runs, st
 from .decisive_run import FIT_DIR, EndStates, bisection_state
 from .replication import random_intercept_logit
 from .report import Section, figure_to_data_uri, write_report
-from .scaling import n_star_by_p0, quantile_interval, slope_replicates, slope_with_interval
+from .scaling import log_log_slope, n_star_by_p0, quantile_interval, slope_replicates, slope_with_interval
 
 #: the post's slope of log N* on log p0 (docs/model.md §4)
 POST_SLOPE = -1.0
@@ -186,8 +186,9 @@ def _interval(values) -> list:
 
 
 def arm_result(config: DecisiveConfig, arm: str, rows: pd.DataFrame, cal_rows: pd.DataFrame, frozen_arm: dict,
-               budget: int) -> tuple[dict, np.ndarray]:
-    """One arm's statistics (see the module docstring); returns ``(entry, slope replicates)``.
+               budget: int) -> tuple[dict, tuple]:
+    """One arm's statistics (see the module docstring); returns ``(entry, (p0s, point N*, replicate N*))``,
+    the last of shape (bootstrap, len(p0s)).
 
     Raises
     ------
@@ -202,7 +203,6 @@ def arm_result(config: DecisiveConfig, arm: str, rows: pd.DataFrame, cal_rows: p
     method = ("percentile bootstrap over stage-1 models (resampled within each p0); every replicate enters, an N* "
               "beyond the grid censored at its edge")
     observed = slope_with_interval(p0s, points, reps, method, edges=edges).to_dict()
-    slopes, _ = slope_replicates(p0s, points, reps, edges)
     try:
         mixed = random_intercept_logit(rows, budget, seed=0).to_dict()
         icc = {"value": mixed["icc"], "interval_95": mixed["icc_interval_95"], "sd_intercept": mixed["sd_intercept"]}
@@ -240,7 +240,27 @@ def arm_result(config: DecisiveConfig, arm: str, rows: pd.DataFrame, cal_rows: p
         "variant": frozen_arm.get("variant"), "crossval": frozen_arm.get("crossval"),
         "unidentified": frozen_arm.get("unidentified"),
     }
-    return entry, slopes
+    return entry, (p0s, points, reps)
+
+
+def paired_difference(config: DecisiveConfig, first: tuple, second: tuple) -> dict:
+    """slope(second) − slope(first) per bootstrap replicate, over the priors where both arms have a finite point
+    N* (so both slopes are fitted over the same priors); ``first``/``second`` as :func:`arm_result` returns."""
+    (p1, n1, r1), (p2, n2, r2) = first, second
+    if p1 != p2:
+        raise ValueError(f"the arms were analysed over different priors: {p1} and {p2}")
+    both = [a is not None and b is not None and a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)
+            for a, b in zip(n1, n2)]
+    m1 = [v if ok else None for v, ok in zip(n1, both)]
+    m2 = [v if ok else None for v, ok in zip(n2, both)]
+    edges = [(float(config.n_grid[0]), float(config.n_grid[-1]))] * len(p1)
+    s1, _ = slope_replicates(p1, m1, r1, edges)
+    s2, _ = slope_replicates(p2, m2, r2, edges)
+    v1, v2 = log_log_slope(p1, [math.nan if v is None else v for v in m1]), \
+        log_log_slope(p2, [math.nan if v is None else v for v in m2])
+    value = v2 - v1 if math.isfinite(v1) and math.isfinite(v2) else None
+    return {"value": value, "interval_95": _interval(s2 - s1),
+            "p0_used": [p for p, ok in zip(p1, both) if ok]}
 
 
 def _alpha_x(out: Path, arm: str) -> dict | None:
@@ -300,6 +320,8 @@ def prediction_verdict(entry: dict) -> str:
               f"Brier {d['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     if pred is None:
         sl = "The frozen fit predicted no finite slope"
+    elif held is None:
+        sl = f"The pre-registered slope {pred:.2f} could not be checked (no observed interval)"
     else:
         sl = (f"The pre-registered slope {pred:.2f} {'held (inside' if held else 'failed (outside'} the observed "
               "interval)")
@@ -462,10 +484,8 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
         first, second = arms[0], arms[1]
         same = all(set(outcomes[(outcomes.arm == first["name"]) & (outcomes.p0 == p)].cluster)
                    == set(outcomes[(outcomes.arm == second["name"]) & (outcomes.p0 == p)].cluster) for p in config.p0)
-        d = replicates[second["name"]] - replicates[first["name"]]
-        v1, v2 = first["observed_slope"]["value"], second["observed_slope"]["value"]
         difference = {"arms": [second["name"], first["name"]],
-                      "value": None if v1 is None or v2 is None else v2 - v1, "interval_95": _interval(d),
+                      **paired_difference(config, replicates[first["name"]], replicates[second["name"]]),
                       "paired": bool(same),
                       "method": "slope(second arm) − slope(first arm) per bootstrap replicate, both arms resampled "
                                 "with the same draws of their shared stage-1 models" if same else
