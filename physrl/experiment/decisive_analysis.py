@@ -220,7 +220,7 @@ def arm_result(config: DecisiveConfig, arm: str, rows: pd.DataFrame, cal_rows: p
         "n_stage1_models": int(rows.cluster.nunique()), "n_runs": int(len(rows)),
         "observed_slope": {"value": observed["value"], "interval_95": observed["interval_95"],
                            "share_censored": observed["share_censored"], "replicates": observed["replicates"],
-                           "method": method},
+                           "p0_used": observed["p0_used"], "method": method},
         "predicted_slope": {"value": predicted.get("value"), "interval_95": predicted.get("interval_95"),
                             "share_undefined": predicted.get("share_undefined")},
         "icc": icc,
@@ -293,6 +293,11 @@ def law_verdict(entry: dict, gamma: float | None) -> str:
     inside = [k for k, v in laws.items() if _contains(iv, v)]
     lo, hi = iv
     where = f"observed slope {entry['observed_slope']['value']:.2f}, 95% [{lo:.2f}, {hi:.2f}]"
+    used = entry["observed_slope"].get("p0_used")
+    left = [p for p in entry.get("p0", []) if used is not None and p not in used]
+    if left:
+        where += (f", over p0 = {', '.join(f'{p:g}' for p in used)} only (no finite N* at "
+                  f"{', '.join(f'{p:g}' for p in left)}: RS won or lost at every N there)")
     if not inside:
         return f"The organisms follow none of the candidate laws: {where} excludes " + ", ".join(laws) + "."
     if len(inside) == len(laws):
@@ -363,12 +368,16 @@ def n_star_figure(config: DecisiveConfig, arms: list[dict], path: Path, partial:
         n = np.array([np.nan if o["n_star"] is None else o["n_star"] for o in obs], float)
         for o in obs:
             lo, hi = o["interval_95"]
+            if o["n_star"] is None:  # no 50% point: every run won (N* below the grid) or lost (above it)
+                below = o.get("status") in ("all_wins", "below_grid") or (o.get("share_below_grid") or 0) > 0.5
+                ax.plot(o["p0"], lo_grid if below else hi_grid, "v" if below else "^", color="C0", ms=10,
+                        mfc="white", mew=1.5)
+                continue
             lo = lo_grid / 1.3 if lo is None or lo <= 0 else lo
             hi = ymax if hi is None or not math.isfinite(hi) else hi
-            y = o["n_star"] if o["n_star"] is not None else math.sqrt(lo * hi)
             ax.plot([o["p0"], o["p0"]], [max(lo, ymin), min(hi, ymax)], color="C0", lw=2, alpha=0.6)
-            ax.plot(o["p0"], min(max(y, ymin), ymax), "o", color="C0", ms=7,
-                    mfc="C0" if o["n_star"] is not None else "white")
+            ax.plot(o["p0"], min(max(o["n_star"], ymin), ymax), "o", color="C0", ms=7)
+        ax.plot([], [], "v", color="C0", mfc="white", ms=8, label="N* below the grid (RS won at every N run)")
         ax.plot([], [], "o-", color="C0", label="observed N* (95% over stage-1 models)")
         pred = [d for d in a["predicted_n_star"]]
         pp = np.array([d["p0"] for d in pred])
@@ -404,10 +413,10 @@ def n_star_figure(config: DecisiveConfig, arms: list[dict], path: Path, partial:
         slope_txt = "no slope" if s["value"] is None else f"slope {s['value']:.2f} [{iv[0]:.2f}, {iv[1]:.2f}]"
         ax.set_title(f"{a['name']}: {a['n_runs']} runs, {a['n_stage1_models']} stage-1 models\nobserved {slope_txt}",
                      fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=6.5, loc="upper right", framealpha=0.85)
         ax.grid(True, which="major", alpha=0.25)
     axes[0][0].set_ylabel(f"critical diversity N* (grey: beyond the swept grid {lo_grid}–{hi_grid})")
-    title = "N* against the prior per RL algorithm (decisive experiment, pre-registered)"
+    title = "N* against the prior per RL algorithm (pre-registered)"
     if partial:
         title += f"\nPARTIAL: {partial}"
     fig.suptitle(title, fontsize=10)
