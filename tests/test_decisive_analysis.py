@@ -339,6 +339,7 @@ def test_goals_half_width_and_forecasts():
 TINY = """
 kind = "decisive"
 threshold = 0.025
+last_evals = 2
 p0 = [0.1, 0.3]
 seeds = [0, 1]
 calibration_seeds = [5]

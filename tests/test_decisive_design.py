@@ -11,6 +11,7 @@
 """
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,74 @@ def test_continuation_ties_go_by_run_id():
     ends = FakeEnds({_sweep_id("sgd-none", 8, 0.16, 0): 0.4, _sweep_id("sgd-none", 3, 0.04, 1): 0.6})
     chosen = decisive_run.continuation_choice(c, "sgd-none", ends)
     assert [r.run_id for r in chosen] == ["sgd-none-long-N3-p0.04-s1"]  # "sgd-none-N3-..." < "sgd-none-N8-..."
+
+
+# ---- refusals added after a tester's trials (a design changed after the freeze; --arm) -------------------------
+def _frozen_for(config, budget=200):
+    from physrl.experiment.decisive import calibration_runs
+
+    return {"arms": {a.name: {} for a in config.arms},
+            "context": {"p0": list(config.p0), "grid": list(config.n_grid), "threshold": config.threshold,
+                        "last_evals": config.last_evals, "budget": budget,
+                        "calibration_runs": {a.name: [r.run_id for r in calibration_runs(config, a.name)]
+                                             for a in config.arms}}}
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(threshold=0.6), "threshold 0.6 (frozen 0.5)"),
+    (dict(last_evals=2), "last_evals 2 (frozen 3)"),
+    (dict(n_grid=[1, 2, 4, 5]), "n_grid [1, 2, 4, 5]"),
+    (dict(p0=[0.04, 0.16, 0.5]), "p0 [0.04, 0.16, 0.5]"),
+    (dict(calibration=[{"n_envs": 1, "p0": 0.04}, {"n_envs": 2, "p0": 0.2}]), "calibration runs of adamw-group"),
+    (dict(arms=[{"name": "adamw-group", "optimizer": "adamw", "scale_rewards": "group", "learning_rate": 2e-4},
+                {"name": "sgd-batch", "optimizer": "sgd", "scale_rewards": "batch", "learning_rate": 0.1}]),
+     "arms ['sgd-batch'] have no frozen predictions"),
+])
+def test_a_design_changed_after_the_freeze_is_refused(change, words):
+    from physrl.experiment.decisive_run import check_frozen_design
+    from physrl.experiment.freeze import PreregistrationError
+
+    base = dict(p0=[0.04, 0.16], seeds=[0, 1], calibration_seeds=[100],
+                calibration=[{"n_envs": 1, "p0": 0.04}, {"n_envs": 2, "p0": 0.16}], n_grid=[1, 2, 4], family_size=6)
+    frozen = _frozen_for(DecisiveConfig.from_dict(base))
+    check_frozen_design(DecisiveConfig.from_dict({**base, "seeds": [0, 1, 2, 3]}), frozen, 200)  # seeds may change
+    with pytest.raises(PreregistrationError, match=re.escape(words)):
+        check_frozen_design(DecisiveConfig.from_dict({**base, **change}), frozen, 200)
+    with pytest.raises(PreregistrationError, match=re.escape("budget 400 (frozen 200)")):
+        check_frozen_design(DecisiveConfig.from_dict(base), frozen, 400)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(arms=[{"name": "x", "optimizer": "adamw", "scale_rewards": "group", "learning_rate": 2e-4},
+                {"name": "x-long", "optimizer": "sgd", "scale_rewards": "none", "learning_rate": 0.1}]),
+     "may not end in '-long' or '-cal'"),
+    (dict(p0=[0.1, 0.1000001]), "shortest form"),
+    (dict(fit_max_nfev=5), "fit_max_nfev must be an integer >= 10"),
+    (dict(calibration_seeds=[100], calibration=[{"n_envs": 1, "p0": 0.04}]), "two or more runs"),
+    (dict(continuation_share="0.1"), "continuation_share must be a number"),
+    (dict(measured_gamma={"sgd-none": True}), "measured_gamma must be a table"),
+])
+def test_configs_whose_run_ids_or_values_cannot_work_are_refused(change, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        DecisiveConfig.from_dict({"seeds": [0], **change})
+
+
+def test_last_evals_reaching_step_0_and_a_short_continuation_are_refused():
+    from physrl.experiment.decisive_run import planned_organisms
+
+    with pytest.raises(ValueError, match="would read the step-0 eval pass"):
+        planned_organisms(DecisiveConfig.from_dict({"seeds": [0], "organism": {"max_steps": 40, "eval_every": 20}}))
+    with pytest.raises(ValueError, match="must exceed the sweep's max_steps"):
+        planned_organisms(DecisiveConfig.from_dict({"seeds": [0], "continuation_steps": 200}))
+
+
+def test_arm_flag_is_checked_before_anything_runs(tmp_path, capsys):
+    from physrl.experiment.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["takeoff", "--out", str(tmp_path / "t"), "--arm", "adamw-group"])
+    assert exc.value.code == 2 and "--arm applies to a decisive config only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["decisive", "--out", str(tmp_path / "d"), "--arm", "bogus"])
+    assert exc.value.code == 2 and "'bogus' is not an arm of this config" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()

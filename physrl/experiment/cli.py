@@ -295,14 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as err:
         print(f"physrl experiment: bad config: {err}", file=sys.stderr)
         return 2
+    if args.arm and getattr(config, "kind", None) != "decisive":
+        parser.error("--arm applies to a decisive config only")
+    if args.arm:
+        unknown = sorted(set(args.arm) - {a.name for a in config.arms})
+        if unknown:
+            parser.error(f"--arm {unknown[0]!r} is not an arm of this config ({', '.join(a.name for a in config.arms)})")
     if getattr(config, "kind", None) == "takeoff":
         return _run_takeoff(config, args.out, not args.no_progress, args.analyse_finished)
     if getattr(config, "kind", None) == "decisive":
         return _run_decisive(config, args.out, not args.no_progress, args.analyse_finished, args.arm)
     if args.analyse_finished:
         parser.error("--analyse-finished applies to takeoff and decisive configs only")
-    if args.arm:
-        parser.error("--arm applies to a decisive config only")
     return _run(config, args.out, not args.no_progress)
 
 
@@ -321,6 +325,11 @@ def _run_decisive(config, out: Path, progress: bool, analyse_finished: bool, arm
         return code
     print(f"summary: {out / 'summary.json'}")
     print(f"report:  {out / 'report.html'}")
+    if not summary.get("complete"):
+        print("PARTIAL: arms analysed " + ", ".join(summary.get("arms_analysed", [])) + " of "
+              + ", ".join(summary.get("arms_planned", [])) + "; "
+              + ", ".join(f"{a['name']} {a['stage1_models_finished']} stage-1 models finished"
+                          for a in summary.get("arms", [])))
     for line in summary.get("verdicts", []):
         print(line)
     return 0

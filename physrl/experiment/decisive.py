@@ -166,18 +166,28 @@ class DecisiveConfig:
         if shared:
             raise ValueError(f"calibration_seeds {shared} are sweep seeds too: calibration must use stage-1 models "
                              "the sweep never uses")
+        if self.fit_max_nfev is not None and (not isinstance(self.fit_max_nfev, int)
+                                              or isinstance(self.fit_max_nfev, bool) or self.fit_max_nfev < 10):
+            raise ValueError(f"fit_max_nfev must be an integer >= 10 or absent, got {self.fit_max_nfev!r}")
         if not isinstance(self.calibration, list) or not self.calibration:
             raise ValueError(f"calibration must be a non-empty list of {{n_envs, p0}} tables, got {self.calibration!r}")
         self.calibration = [c if isinstance(c, DecisiveCalibration) else _build(DecisiveCalibration, c, "calibration")
                             for c in self.calibration]
         if len({c.p0 for c in self.calibration}) < len(self.calibration):
             raise ValueError("calibration repeats a p0: each (p0, seed) is one stage-1 model with one run")
+        if len(self.calibration) * len(self.calibration_seeds) < 2:
+            raise ValueError("calibration needs two or more runs (leave-one-run-out): add a calibration row or seed")
         if not isinstance(self.arms, list) or not self.arms:
             raise ValueError(f"arms must be a non-empty list of {{name, optimizer, scale_rewards, learning_rate}} "
                              f"tables, got {self.arms!r}")
         self.arms = [a if isinstance(a, TakeoffArm) else _build(TakeoffArm, a, "arms") for a in self.arms]
         if len({a.name for a in self.arms}) < len(self.arms):
             raise ValueError(f"arms repeat a name: {[a.name for a in self.arms]}")
+        clash = [a.name for a in self.arms if a.name.endswith(("-long", "-cal"))]
+        if clash:
+            raise ValueError(f"arm names may not end in '-long' or '-cal' (run ids would collide): {clash}")
+        if len({f"{p:g}" for p in self.p0}) < len(self.p0):
+            raise ValueError(f"p0 values must differ in their shortest form (run ids use it): {self.p0}")
         if not _is_list(self.n_grid, int) or any(n < 1 for n in self.n_grid) or sorted(set(self.n_grid)) != self.n_grid:
             raise ValueError(f"n_grid must be an ascending list of distinct integers >= 1, got {self.n_grid!r}")
         if not isinstance(self.family_size, int) or self.family_size <= max(self.n_grid):
@@ -196,14 +206,16 @@ class DecisiveConfig:
         if self.transfer not in ("homogeneous", "none"):
             raise ValueError(f"transfer must be 'homogeneous' or 'none' (the protocol's N-env reduction), "
                              f"got {self.transfer!r}")
-        if not isinstance(self.measured_gamma, dict) or not all(isinstance(v, (int, float))
-                                                                 for v in self.measured_gamma.values()):
+        if not isinstance(self.measured_gamma, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.measured_gamma.values()):
             raise ValueError(f"measured_gamma must be a table of arm name -> number, got {self.measured_gamma!r}")
         unknown = sorted(set(self.measured_gamma) - {a.name for a in self.arms})
         if unknown:
             raise ValueError(f"measured_gamma names arms that are not in arms: {unknown}")
-        if not 0 <= self.continuation_share <= 1 or not 0 <= self.continuation_band <= 0.5:
-            raise ValueError("continuation_share must lie in [0, 1] and continuation_band in [0, 0.5]")
+        for name, high in (("continuation_share", 1.0), ("continuation_band", 0.5)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}")
         for name, low in (("continuation_max_runs", 0), ("continuation_steps", 1), ("n_draws", 1),
                           ("bootstrap", 100)):
             value = getattr(self, name)

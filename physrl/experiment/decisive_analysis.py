@@ -7,8 +7,9 @@ pooled over the last eval passes on the trained environments, exceeds the thresh
 - N*(p0): the 50% point of a Firth logistic of win/loss on log N over all of the p0's runs
   (:func:`physrl.experiment.scaling.n_star_by_p0`), its 95% interval a percentile bootstrap over stage-1 models
   (resampled within each p0);
-- the slope of log N* on log p0 with the same bootstrap, every replicate entering (an N* beyond the grid
-  censored at its edge; :func:`physrl.experiment.scaling.slope_with_interval`);
+- the slope of log N* on log p0 with the same bootstrap over the priors with a finite point N* (a prior where
+  RS won, or lost, at every N run has none and drops out: the verdict names it), every replicate entering (a
+  replicate N* beyond the grid censored at its edge; :func:`physrl.experiment.scaling.slope_with_interval`);
 - the arms' difference of slopes: per replicate, from the same resamples of the stage-1 models the arms share
   (one bootstrap seed, the same models in the same order), so the difference is paired;
 - the latent ICC of the stage-1 model (random-intercept logit, :func:`physrl.experiment.replication.
@@ -39,7 +40,9 @@ from physrl import fitting
 from . import freeze as _freeze
 from .analysis import score
 from .decisive import DecisiveConfig, DecisiveRun, bracket, calibration_runs, stage1_models
-from .decisive_run import FIT_DIR, EndStates, bisection_state
+from .decisive_run import (FIT_DIR, EndStates, bisection_state, check_frozen_design, planned_organisms,
+                           sweep_budget)
+from .runs import refuse_mixed_configs
 from .replication import random_intercept_logit
 from .report import Section, figure_to_data_uri, write_report
 from .scaling import log_log_slope, n_star_by_p0, quantile_interval, slope_replicates, slope_with_interval
@@ -54,10 +57,7 @@ COUNTS_FILE = "eval_counts.csv"
 
 
 def _budget(config: DecisiveConfig) -> int:
-    from physrl.organisms import OrganismConfig
-
-    r = DecisiveRun(config.arms[0].name, "sweep", config.n_grid[0], config.p0[0], config.seeds[0])
-    return int(OrganismConfig(**r.organism(config)).max_steps)
+    return sweep_budget(config)
 
 
 def sweep_outcomes(config: DecisiveConfig, ends: EndStates) -> pd.DataFrame:
@@ -166,7 +166,8 @@ def continuation_table(config: DecisiveConfig, out: Path, ends: EndStates) -> pd
         record = out / f"continued-{a.name}.json"
         if not record.exists():
             continue
-        for d in json.loads(record.read_text()):
+        saved = json.loads(record.read_text())
+        for d in (saved["runs"] if isinstance(saved, dict) else saved):
             r = DecisiveRun(**d)
             base = ends.get(DecisiveRun(a.name, "sweep", r.n_envs, r.p0, r.seed).run_id)
             long = ends.get(r.run_id)
@@ -323,6 +324,9 @@ def prediction_verdict(entry: dict) -> str:
     else:
         fc = (f"the frozen forecasts did not differ measurably from the best prospective baseline ({best}): "
               f"Brier {d['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    floor = [d["p0"] for d in entry.get("predicted_n_star", []) if d.get("n_star") is not None
+             and d["n_star"] <= 1.0 and (d.get("interval_95") or [None, None])[1] is not None
+             and d["interval_95"][1] <= 1.0]
     if pred is None:
         sl = "The frozen fit predicted no finite slope"
     elif held is None:
@@ -330,6 +334,9 @@ def prediction_verdict(entry: dict) -> str:
     else:
         sl = (f"The pre-registered slope {pred:.2f} {'held (inside' if held else 'failed (outside'} the observed "
               "interval)")
+    if pred is not None and floor:
+        sl += (f" — but the fit put N* at the floor N = 1 at p0 = {', '.join(f'{p:g}' for p in floor)} in every draw, "
+               "so that slope is a bound set by the grid, not a prediction of the law")
     return f"{sl}; {fc}."
 
 
@@ -368,16 +375,20 @@ def n_star_figure(config: DecisiveConfig, arms: list[dict], path: Path, partial:
         n = np.array([np.nan if o["n_star"] is None else o["n_star"] for o in obs], float)
         for o in obs:
             lo, hi = o["interval_95"]
-            if o["n_star"] is None:  # no 50% point: every run won (N* below the grid) or lost (above it)
-                below = o.get("status") in ("all_wins", "below_grid") or (o.get("share_below_grid") or 0) > 0.5
+            if o["n_star"] is None and o.get("status") in ("all_wins", "below_grid", "no_wins", "above_grid"):
+                below = o["status"] in ("all_wins", "below_grid")  # every run won: N* below the grid
                 ax.plot(o["p0"], lo_grid if below else hi_grid, "v" if below else "^", color="C0", ms=10,
                         mfc="white", mew=1.5)
                 continue
             lo = lo_grid / 1.3 if lo is None or lo <= 0 else lo
             hi = ymax if hi is None or not math.isfinite(hi) else hi
             ax.plot([o["p0"], o["p0"]], [max(lo, ymin), min(hi, ymax)], color="C0", lw=2, alpha=0.6)
-            ax.plot(o["p0"], min(max(o["n_star"], ymin), ymax), "o", color="C0", ms=7)
+            if o["n_star"] is None:  # outcomes without a 50% point inside the grid: the interval alone
+                ax.plot(o["p0"], math.sqrt(max(lo, ymin) * min(hi, ymax)), "o", color="C0", ms=7, mfc="white")
+            else:
+                ax.plot(o["p0"], min(max(o["n_star"], ymin), ymax), "o", color="C0", ms=7)
         ax.plot([], [], "v", color="C0", mfc="white", ms=8, label="N* below the grid (RS won at every N run)")
+        ax.plot([], [], "^", color="C0", mfc="white", ms=8, label="N* above the grid (RS lost at every N run)")
         ax.plot([], [], "o-", color="C0", label="observed N* (95% over stage-1 models)")
         pred = [d for d in a["predicted_n_star"]]
         pp = np.array([d["p0"] for d in pred])
@@ -443,7 +454,12 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
     t0 = time.perf_counter()
     out = Path(out_dir)
     registration, frozen = _freeze.verify(out)
+    check_frozen_design(config, frozen, _budget(config))
     from_logs = (out / "runs").is_dir()
+    if from_logs:
+        refuse_mixed_configs(out, planned_organisms(config))
+    elif not (out / COUNTS_FILE).exists() or not (out / "summary.json").exists():
+        raise ValueError(f"{out} has no runs/ and no {COUNTS_FILE} with its summary.json: nothing to analyse")
     counts = None if from_logs else pd.read_csv(out / COUNTS_FILE)
     ends = EndStates(out, config.last_evals, counts)
     budget = _budget(config)
@@ -578,15 +594,26 @@ def _report(config: DecisiveConfig, out: Path, summary: dict, fig_uri: str, brac
                                  "negative Brier difference means the frozen forecasts did better. σ log N* is the "
                                  "spread of each stage-1 model's bisection bracket between models."])
     s0 = pd.DataFrame(summary["step0"])
+    note = config.organism.get("note_reveal")
     step = Section("Step 0: the organisms as built", tables=[(s0, "per prior, over stage-1 models")] if len(s0) else [],
                    paragraphs=["Measured at step 0 on the trained environments of each stage-1 model's first "
-                               "bisection run. The RS skill a0 starts well below its ceiling of 1 "
-                               "(note_reveal = 1)."])
+                               f"bisection run (config: note_reveal = {note}, a0 = {config.organism.get('a0')}, "
+                               f"b0 = {config.organism.get('b0')}; RS skill ceiling = note_reveal)."])
+    goals_rows = pd.DataFrame([{"arm": a["name"], "slope half-width": _fmt(a["goals"]["slope_half_width"]["value"]),
+                                "≤ 0.2": a["goals"]["slope_half_width"]["met"],
+                                "missed by": _fmt(a["goals"]["slope_half_width"]["missed_by"]),
+                                "beats best prospective": a["goals"]["beats_best_prospective"]["met"],
+                                "Brier diff. upper 95%": _fmt(a["goals"]["beats_best_prospective"]["upper_95"], 3),
+                                "variant (LOO)": a["variant"]} for a in summary["arms"]])
+    cont = pd.DataFrame(summary["continuation"])
+    goal = Section("Goals and continuation", tables=[(goals_rows, "the issue's goals per arm")]
+                   + ([(cont, "runs continued past the budget: end state at the budget (sweep run, and the "
+                              "continued run's repeat of it) and at the continuation's end")] if len(cont) else []))
     pre = summary["preregistration"]
     design = Section("Design and pre-registration", paragraphs=[
         f"predictions.json sha256 {pre['sha256']}, frozen at {pre['frozen_at']}; every sweep run started after it: "
         f"{pre['sweep_logs_read_after']}.",
         f"Grid {config.n_grid}, family of K = {config.family_size}, end state = RS share over the last "
         f"{config.last_evals} evals at {summary['budget']} steps, threshold {config.threshold}."])
-    write_report(out / "report.html", f"physrl decisive experiment: {config.name}", [fig, tables, step, design],
+    write_report(out / "report.html", f"physrl decisive experiment: {config.name}", [fig, tables, goal, step, design],
                  lead=lead)

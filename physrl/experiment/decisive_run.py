@@ -111,6 +111,16 @@ def planned_organisms(config: DecisiveConfig) -> dict[str, dict]:
     from physrl.organisms import OrganismConfig
 
     out = {}
+    first = DecisiveRun(config.arms[0].name, "sweep", config.n_grid[0], config.p0[0], config.seeds[0])
+    resolved = OrganismConfig(**first.organism(config))
+    passes = resolved.max_steps // resolved.eval_every + 1
+    if config.last_evals >= passes:
+        raise ValueError(f"last_evals = {config.last_evals} would read the step-0 eval pass into the end state: "
+                         f"a {resolved.max_steps}-step run has {passes} eval passes (every {resolved.eval_every} "
+                         "steps, from step 0)")
+    if config.continuation_steps <= resolved.max_steps and config.continuation_max_runs > 0:
+        raise ValueError(f"continuation_steps = {config.continuation_steps} must exceed the sweep's max_steps = "
+                         f"{resolved.max_steps}")
     for arm in config.arms:
         runs = calibration_runs(config, arm.name)
         runs += [DecisiveRun(arm.name, "sweep", n, p0, s) for p0, s in stage1_models(config) for n in config.n_grid]
@@ -169,6 +179,46 @@ def choose_variant(config: DecisiveConfig, runs: list, progress: bool = False) -
     return chosen, table
 
 
+def check_frozen_design(config: DecisiveConfig, frozen: dict, budget: int) -> None:
+    """Refuse a config whose forecasts were not the frozen ones: every arm, prior and grid point must have a
+    frozen prediction, at the frozen threshold, end-state rule and budget, from the same calibration runs
+    (the sweep's seeds may be fewer or more: forecasts are per cell, not per seed).
+
+    Raises
+    ------
+    PreregistrationError
+        Naming what differs.
+    """
+    ctx = frozen.get("context", {})
+    differ = []
+    missing = sorted({a.name for a in config.arms} - set(frozen.get("arms", {})))
+    if missing:
+        differ.append(f"arms {missing} have no frozen predictions")
+    if [float(p) for p in ctx.get("p0", [])] != config.p0:
+        differ.append(f"p0 {config.p0} (frozen {ctx.get('p0')})")
+    if list(ctx.get("grid", [])) != list(config.n_grid):
+        differ.append(f"n_grid {config.n_grid} (frozen {ctx.get('grid')})")
+    for key, value in (("threshold", config.threshold), ("last_evals", config.last_evals), ("budget", budget)):
+        if ctx.get(key) != value:
+            differ.append(f"{key} {value} (frozen {ctx.get(key)})")
+    cal = ctx.get("calibration_runs", {})
+    for a in config.arms:
+        if a.name in cal and sorted(cal[a.name]) != sorted(r.run_id for r in calibration_runs(config, a.name)):
+            differ.append(f"calibration runs of {a.name}")
+    if differ:
+        raise _freeze.PreregistrationError(
+            "this config is not the one whose predictions were frozen: " + "; ".join(differ)
+            + ". Restore it, or use a new --out folder")
+
+
+def sweep_budget(config: DecisiveConfig) -> int:
+    """The sweep runs' step budget (``max_steps``, optimizer steps)."""
+    from physrl.organisms import OrganismConfig
+
+    r = DecisiveRun(config.arms[0].name, "sweep", config.n_grid[0], config.p0[0], config.seeds[0])
+    return int(OrganismConfig(**r.organism(config)).max_steps)
+
+
 def calibrate_and_freeze(config: DecisiveConfig, out: Path, *, progress: bool = True) -> tuple:
     """Train every arm's calibration runs, choose and fit each arm's variant, and freeze the predictions of
     every arm's sweep cells (once; a rerun verifies them). Returns ``(registration, frozen payload, fits)``.
@@ -183,6 +233,8 @@ def calibrate_and_freeze(config: DecisiveConfig, out: Path, *, progress: bool = 
     sweep_dirs = [out / "runs" / DecisiveRun(a.name, "sweep", n, p0, s).run_id
                   for a in config.arms for p0, s in stage1_models(config) for n in config.n_grid]
     _freeze.check_order(out, sweep_dirs)
+    if _freeze.frozen(out):  # a changed design is refused before anything trains
+        check_frozen_design(config, _freeze.verify(out)[1], sweep_budget(config))
     jobs = [(r.run_id, r.organism(config)) for a in config.arms for r in calibration_runs(config, a.name)]
     train_planned(config.executor, out, jobs, progress=progress, desc="calibration runs")
     fits = {}
@@ -287,14 +339,23 @@ def continue_arm(config: DecisiveConfig, out: Path, arm: str, ends: EndStates, *
     """Train the arm's continuation runs (:func:`continuation_choice`) to ``continuation_steps``; the choice is
     recorded in ``continued-<arm>.json`` the first time, and reused after (so a rerun trains the same runs)."""
     record = out / f"continued-{arm}.json"
+    settings = {"continuation_steps": config.continuation_steps, "continuation_max_runs": config.continuation_max_runs,
+                "continuation_share": config.continuation_share, "continuation_band": config.continuation_band}
     if record.exists():
-        chosen = [DecisiveRun(**d) for d in json.loads(record.read_text())]
+        saved = json.loads(record.read_text())
+        if isinstance(saved, dict) and saved.get("settings") != settings:
+            raise ValueError(f"{record} chose its runs with {saved.get('settings')}; this config asks for {settings}: "
+                             "restore those settings, or use a new --out folder")
+        chosen = [DecisiveRun(**d) for d in (saved["runs"] if isinstance(saved, dict) else saved)]
     else:
         chosen = continuation_choice(config, arm, ends)
-        fitting.write_json(record, [{"arm": r.arm, "role": r.role, "n_envs": r.n_envs, "p0": r.p0, "seed": r.seed}
-                                    for r in chosen])
-    if chosen:
-        _say(progress, f"{arm}: {len(chosen)} runs continued to {config.continuation_steps} steps")
+        fitting.write_json(record, {"settings": settings,
+                                    "runs": [{"arm": r.arm, "role": r.role, "n_envs": r.n_envs, "p0": r.p0,
+                                              "seed": r.seed} for r in chosen]})
+    todo = [r for r in chosen if run_status(out / "runs" / r.run_id) != "finished"]
+    if todo:
+        _say(progress, f"{arm}: {len(todo)} of {len(chosen)} continuation runs to train ({config.continuation_steps} "
+                       "steps)")
         train_planned(config.executor, out, [(r.run_id, r.organism(config, max_steps=config.continuation_steps))
                                              for r in chosen], progress=progress, desc=f"{arm} continued runs")
     return chosen

@@ -276,6 +276,8 @@ def verify(out_dir: str | Path) -> tuple[Preregistration, dict]:
     """
     out = Path(out_dir)
     lock = out / LOCK_FILE
+    if not lock.exists() and not (out / PREDICTIONS_FILE).exists():
+        raise PreregistrationError(f"nothing is frozen in {out} (no {PREDICTIONS_FILE}): train the experiment first")
     if not lock.exists():
         raise PreregistrationError(f"{out / PREDICTIONS_FILE} exists without its hash record {lock}; "
                                    "cannot verify it was frozen before the sweep: use a new --out folder")
@@ -285,6 +287,9 @@ def verify(out_dir: str | Path) -> tuple[Preregistration, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as err:
         raise PreregistrationError(f"{lock} is not a hash record ({type(err).__name__}: {err}); cannot verify "
                                    f"{out / PREDICTIONS_FILE}: use a new --out folder") from None
+    if not (out / record["file"]).exists():
+        raise PreregistrationError(f"{out / record['file']} is missing though {lock} records it: the frozen "
+                                   "predictions are lost; use a new --out folder")
     digest = _sha256(out / record["file"])
     if digest != record["sha256"]:
         raise PreregistrationError(f"{out / record['file']} changed after it was frozen (sha256 {digest[:12]}… "
