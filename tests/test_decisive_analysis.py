@@ -415,6 +415,26 @@ def tiny_run(tmp_path_factory):
             "runs": _sweep_dirs(out)}
 
 
+def test_cli_run_reanalysed_from_its_counts_alone(tiny_run, tmp_path):
+    """A folder without runs/ (what data/reference/decisive/subset.py commits) re-analyses from eval_counts.csv to
+    the same summary (the ICC, a variational fit, within 1e-4)."""
+    import shutil
+
+    out = tiny_run["out"]
+    for p in out.iterdir():
+        if p.is_file() and p.suffix in (".json", ".csv"):
+            shutil.copy2(p, tmp_path / p.name)
+    shutil.copytree(out / "fit", tmp_path / "fit")
+    committed = json.loads((out / "summary.json").read_text())
+    again = json.loads(json.dumps(da.analyse_decisive(tiny_run["config"], tmp_path, progress=False)))
+    for key in ("arm_difference", "preregistration", "step0", "continuation", "verdicts", "complete"):
+        assert again[key] == committed[key], key
+    for a, b in zip(again["arms"], committed["arms"]):
+        icc_a, icc_b = a.pop("icc"), b.pop("icc")
+        assert a == b
+        assert icc_a["value"] == pytest.approx(icc_b["value"], rel=1e-4, abs=1e-9)
+
+
 def test_cli_run_summary_structure(tiny_run):
     assert tiny_run["code"] == 0
     s = tiny_run["summary"]

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from physrl.experiment import freeze as _freeze
 from physrl.experiment.decisive import DecisiveConfig, next_probe
@@ -67,6 +68,8 @@ def test_every_stage1_model_followed_the_bisection_rule():
         assert sorted(replay) == sorted(won), f"{arm} p0={p0} seed={seed}: runs {sorted(won)} != rule {replay}"
 
 
+@pytest.mark.slow  # ~3-8 min of CPU (the ICC's 200 variational refits per arm); the tiny end-to-end run in
+# tests/test_decisive_analysis.py covers the same analysis path, counts-only re-analysis included
 def test_reanalysis_of_the_committed_counts_reproduces_the_summary(tmp_path):
     for p in REF.iterdir():
         if p.is_file() and p.suffix in (".json", ".csv"):

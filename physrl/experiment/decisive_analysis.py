@@ -287,6 +287,12 @@ def law_verdict(entry: dict, gamma: float | None) -> str:
     """Which law the arm's organisms follow, from the observed slope's 95% interval (module docstring)."""
     iv = entry["observed_slope"]["interval_95"]
     if iv[0] is None:
+        below = [o["p0"] for o in entry.get("n_star", []) if o["n_star"] is None
+                 and o.get("status") in ("all_wins", "below_grid")]
+        if below and len(below) == len(entry.get("n_star", [])):
+            return ("No slope was measured: N* lies below the grid's first point at every prior (RS won at the "
+                    "smallest N in most stage-1 models), so these organisms are in a regime where RS wins without "
+                    "diversity, and the design cannot tell the laws apart.")
         return "No slope was measured."
     laws = {"the post's law (slope −1)": POST_SLOPE, "a flat N* (slope 0)": 0.0}
     if gamma is not None:
@@ -400,13 +406,17 @@ def n_star_figure(config: DecisiveConfig, arms: list[dict], path: Path, partial:
         ax.plot(pp, np.clip(pn, ymin, ymax), "s--", color="C3", ms=5,
                 label=f"frozen prediction ({a.get('variant')}), 95% over draws")
         ok = np.isfinite(n) & (n > 0)
-        if ok.any():
+        if ok.any():  # the laws' shapes through the observed N*'s geometric centre
             x0, y0 = np.exp(np.mean(np.log(p[ok]))), np.exp(np.mean(np.log(n[ok])))
-            ax.plot(xs, y0 * (xs / x0) ** POST_SLOPE, "k--", lw=1, label="the post's law, slope −1 (through the observed)")
-            g = config.measured_gamma.get(a["name"])
-            if g is not None:
-                ax.plot(xs, y0 * (xs / x0) ** (-g), "k:", lw=1.5,
-                        label=f"measured takeoff γ = {g:.2f}: slope −γ (through the observed)")
+            where = "through the observed"
+        else:  # no finite N*: through the largest N* the data allow at the smallest prior (its 95% upper end)
+            up = obs[0]["interval_95"][1] if obs else None
+            x0, y0 = (obs[0]["p0"], up) if up is not None and math.isfinite(up) and up > 0 else (max(p), lo_grid)
+            where = f"through the observed upper 95% end at p0 = {x0:g}"
+        ax.plot(xs, y0 * (xs / x0) ** POST_SLOPE, "k--", lw=1, label=f"the post's law, slope −1 ({where})")
+        g = config.measured_gamma.get(a["name"])
+        if g is not None:
+            ax.plot(xs, y0 * (xs / x0) ** (-g), "k:", lw=1.5, label=f"measured takeoff γ = {g:.2f}: slope −γ ({where})")
         ax.axhspan(hi_grid, ymax, color="0.9", zorder=0)
         ax.axhspan(ymin, lo_grid, color="0.9", zorder=0)
         ax.set_xscale("log")

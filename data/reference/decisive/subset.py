@@ -18,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILES = ("experiment.json", "predictions.json", "preregistration.json", "summary.json", "outcomes.csv",
@@ -33,7 +34,8 @@ def copy_calibration_run(src: Path, dst: Path) -> None:
         for name in ("prompt", "completion"):
             if name in table.column_names:
                 i = table.column_names.index(name)
-                table = table.set_column(i, table.schema.field(i), [[None] * table.num_rows])
+                field = table.schema.field(i)
+                table = table.set_column(i, field, pa.nulls(table.num_rows, type=field.type))
         pq.write_table(table, dst / "rollouts" / part.name, compression="zstd")
 
 
