@@ -108,6 +108,25 @@ def model_brackets(config: DecisiveConfig, arm: str, ends: EndStates) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def per_model_n_star(brackets: pd.DataFrame, n_grid: list[int]) -> list[dict]:
+    """Per prior, from each finished stage-1 model's bisection bracket: how many models have N* below the grid
+    (RS won at its first point), inside it, or above it, and the bracket of the median model (models ordered
+    by their brackets; a model below the grid counts as (0, first point]). Unlike the pooled logistic, this
+    reads each model's own bisection, so it is not biased by which N the bisection ran (N = 1 is run only for
+    models that won at N = 2)."""
+    out = []
+    for p0, g in brackets[brackets.finished].groupby("p0"):
+        pairs = sorted((float(r.lost_at), float(r.won_at)) for r in g.itertuples())
+        k = len(pairs)
+        lower, upper = pairs[(k - 1) // 2], pairs[k // 2]  # the two middle models (the same one for odd k)
+        out.append({"p0": float(p0), "models": k, "below_grid": int((g.censored == "below").sum()),
+                    "above_grid": int((g.censored == "above").sum()),
+                    "inside_grid": int((g.censored == "").sum()),
+                    "median_bracket": [lower[0], upper[1] if math.isfinite(upper[1]) else None],
+                    "grid": [n_grid[0], n_grid[-1]]})
+    return out
+
+
 def between_model_sigma(brackets: pd.DataFrame) -> dict:
     """The spread of log N* between stage-1 models of one arm: the SD of the bracket midpoints within each p0,
     pooled over p0 (models with a censored bracket left out, and counted)."""
@@ -289,10 +308,22 @@ def law_verdict(entry: dict, gamma: float | None) -> str:
     if iv[0] is None:
         below = [o["p0"] for o in entry.get("n_star", []) if o["n_star"] is None
                  and o.get("status") in ("all_wins", "below_grid")]
-        if below and len(below) == len(entry.get("n_star", [])):
-            return ("No slope was measured: N* lies below the grid's first point at every prior (RS won at the "
-                    "smallest N in most stage-1 models), so these organisms are in a regime where RS wins without "
-                    "diversity, and the design cannot tell the laws apart.")
+        models = entry.get("per_model_n_star") or []
+        if below and len(below) == len(entry.get("n_star", [])) and models:
+            counts = " / ".join(str(m["below_grid"]) for m in models)
+            priors = ", ".join(f"{m['p0']:g}" for m in models)
+            total = models[0]["models"]
+            inside = [m for m in models if m["median_bracket"][0] > 0]
+            med = "; ".join(f"p0 = {m['p0']:g}: ({m['median_bracket'][0]:g}, {m['median_bracket'][1]:g}]"
+                            for m in inside if m["median_bracket"][1] is not None)
+            return ("No slope was measured: the pre-registered estimator (a Firth logistic per prior) puts N* below "
+                    "the grid's first point at every prior, and it leans low under the bisection (only models that "
+                    "won at N = 2 ran N = 1). Read per stage-1 model, N* lay below the grid in "
+                    f"{counts} of {total} models at p0 = {priors}"
+                    + (f"; the median model's N* lies in {med}" if med else "")
+                    + ", at most 2 elsewhere (below the grid for most models): N* falls as p0 rises, but only from about 2 to below 1 over a "
+                    "16-fold range of p0, where a grid starting at N = 1 cannot measure a slope. These organisms "
+                    "are close to the regime where RS wins without diversity.")
         return "No slope was measured."
     laws = {"the post's law (slope −1)": POST_SLOPE, "a flat N* (slope 0)": 0.0}
     if gamma is not None:
@@ -493,6 +524,7 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
                                  frozen["arms"][a.name], budget)
         entry.update({"optimizer": a.optimizer, "scale_rewards": a.scale_rewards, "learning_rate": a.learning_rate,
                       "complete": bool(br.finished.all()), "stage1_models_finished": int(br.finished.sum()),
+                      "per_model_n_star": per_model_n_star(br, list(config.n_grid)),
                       "sigma_between_models": between_model_sigma(br), "alpha_x": _alpha_x(out, a.name),
                       "measured_gamma": config.measured_gamma.get(a.name)})
         entry["goals"] = goals(entry)
@@ -540,6 +572,7 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
         "arms_analysed": [a["name"] for a in arms], "arms_planned": [a.name for a in config.arms],
         "budget": budget, "threshold": config.threshold, "last_evals": config.last_evals,
         "n_grid": list(config.n_grid), "family_size": config.family_size,
+        "seeds": list(config.seeds), "seeds_frozen": frozen.get("context", {}).get("seeds"),
         "arms": arms, "arm_difference": difference,
         "preregistration": {"file": registration.file, "sha256": registration.sha256,
                             "frozen_at": registration.written_at,
@@ -624,6 +657,9 @@ def _report(config: DecisiveConfig, out: Path, summary: dict, fig_uri: str, brac
         f"predictions.json sha256 {pre['sha256']}, frozen at {pre['frozen_at']}; every sweep run started after it: "
         f"{pre['sweep_logs_read_after']}.",
         f"Grid {config.n_grid}, family of K = {config.family_size}, end state = RS share over the last "
-        f"{config.last_evals} evals at {summary['budget']} steps, threshold {config.threshold}."])
+        f"{config.last_evals} evals at {summary['budget']} steps, threshold {config.threshold}.",
+        f"Stage-1 seeds analysed: {config.seeds[0]}–{config.seeds[-1]} ({len(config.seeds)} per prior); the frozen "
+        f"plan listed {len(summary.get('seeds_frozen') or [])} ({summary.get('seeds_frozen')}). Forecasts are per "
+        "cell (p0, N), so they hold for any number of seeds."])
     write_report(out / "report.html", f"physrl decisive experiment: {config.name}", [fig, tables, goal, step, design],
                  lead=lead)
