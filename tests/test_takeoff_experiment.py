@@ -191,5 +191,7 @@ def test_takeoff_reference_reproduces_its_summary():
     rates = takeoff_rates(counts, p_stop=config.p_stop, max_step=config.max_step)
     for arm, again in zip(summary["arms"], arm_summaries(config, rates)):
         assert again["n_runs"] == arm["n_runs"] and again["n_p0"] == arm["n_p0"] == 5
-        assert again["gamma"]["value"] == pytest.approx(arm["gamma"]["value"], abs=1e-9)
-        assert again["gamma"]["interval_95"] == pytest.approx(arm["gamma"]["interval_95"], abs=1e-9)
+        # γ is a Levenberg-Marquardt output (scipy least_squares, xtol 1e-8): another scipy/BLAS build lands within
+        # ~1e-8 of it (seen: 4e-9 on a fresh machine), so 1e-6 is its noise, far below any scientific difference
+        assert again["gamma"]["value"] == pytest.approx(arm["gamma"]["value"], abs=1e-6)
+        assert again["gamma"]["interval_95"] == pytest.approx(arm["gamma"]["interval_95"], abs=1e-6)
