@@ -32,7 +32,7 @@ from physrl._util import toml as _toml
 
 from .config import _build, _is_list, refuse_unknown_keys
 from .executors import ExecutorConfig, check_population_size
-from .takeoff import TakeoffArm
+from .takeoff import TakeoffArm, _default_arms
 
 KIND = "decisive"
 SELECTION_VARIANTS = ("replicator", "power", "power+skills")
@@ -71,10 +71,6 @@ class DecisiveCalibration:
 def _default_calibration() -> list[DecisiveCalibration]:
     return [DecisiveCalibration(1, 0.04), DecisiveCalibration(1, 0.32), DecisiveCalibration(4, 0.08),
             DecisiveCalibration(8, 0.16)]
-
-
-def _default_arms() -> list[TakeoffArm]:
-    return [TakeoffArm("adamw-group", "adamw", "group", 2e-4), TakeoffArm("sgd-none", "sgd", "none", 0.1)]
 
 
 @dataclass

@@ -56,14 +56,10 @@ PROSPECTIVE = ("median_n", "half", "calibration")
 COUNTS_FILE = "eval_counts.csv"
 
 
-def _budget(config: DecisiveConfig) -> int:
-    return sweep_budget(config)
-
-
 def sweep_outcomes(config: DecisiveConfig, ends: EndStates) -> pd.DataFrame:
     """One row per finished sweep run of every arm: ``arm, run_id, p0, seed, n_envs, budget, step, final_p,
     win, cluster`` (``cluster`` the stage-1 model ``p<p0>-s<seed>``, shared by the arms)."""
-    budget = _budget(config)
+    budget = sweep_budget(config)
     rows = []
     for a in config.arms:
         for p0, s in stage1_models(config):
@@ -80,7 +76,7 @@ def sweep_outcomes(config: DecisiveConfig, ends: EndStates) -> pd.DataFrame:
 
 def calibration_outcomes(config: DecisiveConfig, ends: EndStates, arm: str) -> pd.DataFrame:
     """The arm's calibration runs as outcome rows (for the calibration-logistic baseline)."""
-    budget = _budget(config)
+    budget = sweep_budget(config)
     rows = []
     for r in calibration_runs(config, arm):
         e = ends.get(r.run_id)
@@ -194,7 +190,7 @@ def continuation_table(config: DecisiveConfig, out: Path, ends: EndStates) -> pd
                    "end_sweep": base[0] if base else None, "end_long": long[0] if long else None,
                    "long_step": long[1] if long else None, "end_long_at_budget": None}
             if long:
-                row["end_long_at_budget"] = ends.get(r.run_id, max_step=_budget(config))[0]
+                row["end_long_at_budget"] = ends.get(r.run_id, max_step=sweep_budget(config))[0]
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -495,7 +491,7 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
     t0 = time.perf_counter()
     out = Path(out_dir)
     registration, frozen = _freeze.verify(out)
-    check_frozen_design(config, frozen, _budget(config))
+    check_frozen_design(config, frozen, sweep_budget(config))
     from_logs = (out / "runs").is_dir()
     if from_logs:
         refuse_mixed_configs(out, planned_organisms(config))
@@ -503,7 +499,7 @@ def analyse_decisive(config: DecisiveConfig, out_dir: str | Path, *, progress: b
         raise ValueError(f"{out} has no runs/ and no {COUNTS_FILE} with its summary.json: nothing to analyse")
     counts = None if from_logs else pd.read_csv(out / COUNTS_FILE)
     ends = EndStates(out, config.last_evals, counts)
-    budget = _budget(config)
+    budget = sweep_budget(config)
     outcomes = sweep_outcomes(config, ends)
     outcomes.to_csv(out / "outcomes.csv", index=False)
     if from_logs:  # a committed reference without logs keeps the record made from them
